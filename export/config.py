@@ -1,0 +1,157 @@
+"""Frozen configuration dataclasses and the presets `paper`, `small` and `tiny`.
+
+The resolved `RunConfig` is written to the run folder, embedded in every checkpoint and copied into every
+bundle manifest; the model classes in `export.vqvae` and `export.prior` take plain sub-configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field
+
+from server.bundle import FAMILIES, PITCH_MAX, PITCH_MIN
+from server.dsp import SpectrogramParams
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    hidden: int = 128  # C: encoder/decoder width (paper default)
+    res_channels: int = 32  # residual block bottleneck
+    n_res_blocks: int = 2
+    embed_dim: int = 64  # D: codebook vector size
+    n_codes: int = 512  # codes per layer (top and bottom)
+    ema_decay: float = 0.99
+    commitment: float = 0.25  # beta
+    # Not in the paper: codes unused for a while are re-seeded from encoder outputs, so that more of the
+    # codebook is used (dead codes are a known VQ failure).
+    restart_dead_codes: bool = True
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    d_model: int = 512
+    n_heads: int = 16
+    n_encoder_layers: int = 6
+    n_decoder_layers: int = 8
+    d_ff: int = 2048
+    dropout: float = 0.1
+    d_condition: int = 16  # pitch and family embeddings, each this wide, concatenated to every token
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    pitch_min: int = PITCH_MIN
+    pitch_max: int = PITCH_MAX  # inclusive
+    split_seed: int = 20200117  # the paper's seeded 80/20 split of pooled train + valid
+    train_fraction: float = 0.8
+    families: tuple[str, ...] = FAMILIES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    vqvae_steps: int = 100_000
+    prior_steps: int = 100_000
+    vqvae_batch_size: int = 64
+    prior_batch_size: int = 32
+    lr: float = 3e-4
+    num_workers: int = 4
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    image_every: int = 1000
+    stats_examples: int = 2000  # notes read to fit the normaliser
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str = "paper"
+    spectrogram: SpectrogramParams = field(default_factory=SpectrogramParams)
+    vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+    top_prior: PriorConfig = field(default_factory=PriorConfig)
+    bottom_prior: PriorConfig = field(default_factory=PriorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a (nested) frozen dataclass from `asdict` output; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            value = from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _paper() -> RunConfig:
+    return RunConfig(preset="paper")
+
+
+def _small() -> RunConfig:
+    # Trains on a CPU in hours, samples 640 tokens in well under a second.
+    prior = PriorConfig(d_model=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=3, d_ff=384, d_condition=16)
+    return RunConfig(
+        preset="small",
+        vqvae=VQVAEConfig(hidden=64, res_channels=32, n_res_blocks=2, embed_dim=64, n_codes=512),
+        top_prior=prior,
+        bottom_prior=prior,
+        train=TrainConfig(vqvae_steps=20_000, prior_steps=20_000, vqvae_batch_size=16, prior_batch_size=32),
+    )
+
+
+def _tiny() -> RunConfig:
+    # For tests: every stage runs in seconds on one CPU core.
+    prior = PriorConfig(d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, d_condition=4)
+    return RunConfig(
+        preset="tiny",
+        vqvae=VQVAEConfig(hidden=8, res_channels=4, n_res_blocks=1, embed_dim=8, n_codes=64),
+        top_prior=prior,
+        bottom_prior=prior,
+        train=TrainConfig(
+            vqvae_steps=3, prior_steps=3, vqvae_batch_size=2, prior_batch_size=2, num_workers=0,
+            log_every=1, checkpoint_every=2, image_every=2, stats_examples=8,
+        ),
+    )
+
+
+PRESETS = {"paper": _paper, "small": _small, "tiny": _tiny}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def override(config: RunConfig, assignments: list[str]) -> RunConfig:
+    """Apply `section.key=value` strings, e.g. `vqvae.hidden=96` or `train.lr=1e-4`."""
+    for item in assignments:
+        path, sep, raw = item.partition("=")
+        section, dot, key = path.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"override {item!r}: expected section.key=value")
+        sub = getattr(config, section, None)
+        if not dataclasses.is_dataclass(sub) or key not in {f.name for f in dataclasses.fields(sub)}:
+            raise ValueError(f"override {item!r}: no setting {path}")
+        hint = typing.get_type_hints(type(sub))[key]
+        value = json.loads(raw) if hint not in (str,) else raw
+        if hint is float:
+            value = float(value)
+        config = dataclasses.replace(config, **{section: dataclasses.replace(sub, **{key: value})})
+    return config

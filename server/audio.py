@@ -1,0 +1,64 @@
+"""Reading user audio into the model's format: any rate, any channel count, any length → 4 s mono at 16 kHz.
+
+numpy + soundfile only (no librosa, no scipy): the runtime installs light. `server.dsp` turns the result
+into a spectrogram.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from server.dsp import SpectrogramParams
+
+
+class AudioError(ValueError):
+    """A file that cannot be read as audio; the message names the file and the reason."""
+
+
+def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Band-limited resampling of (n,) audio by FFT (ideal low-pass when downsampling).
+
+    The signal is zero-padded to twice its length first so that the FFT's circular wrap cannot fold the
+    end of the note onto its attack.
+    """
+    if rate_in == rate_out or audio.size == 0:
+        return audio.astype(np.float32)
+    n_in = audio.shape[-1]
+    n_out = int(round(n_in * rate_out / rate_in))
+    spectrum = np.fft.rfft(audio, n=2 * n_in)
+    n_bins_out = n_out + 1  # rfft bins of a 2 * n_out signal
+    if n_bins_out <= spectrum.shape[-1]:
+        spectrum = spectrum[..., :n_bins_out]
+    else:
+        spectrum = np.pad(spectrum, (0, n_bins_out - spectrum.shape[-1]))
+    return (np.fft.irfft(spectrum, n=2 * n_out)[:n_out] * (n_out / n_in)).astype(np.float32)
+
+
+def load_audio(path: str | Path, p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
+    """Read `path` → (n_samples,) float32 mono at p.sample_rate, cropped or zero-padded to 4 s.
+
+    Raises AudioError for a missing, unreadable or empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        info = sf.info(str(path))
+        # Read only what survives the crop (plus a little for the resampler) from long files.
+        frames = min(info.frames, int(np.ceil(p.n_samples * info.samplerate / p.sample_rate)) + 64)
+        data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"{path}: not a readable audio file ({exc})") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: the file holds no audio frames")
+    mono = data.mean(axis=1)  # (n,)
+    mono = resample(mono, rate, p.sample_rate)
+    if not np.all(np.isfinite(mono)):
+        raise AudioError(f"{path}: the audio holds NaN or infinite samples")
+    out = np.zeros(p.n_samples, np.float32)
+    n = min(p.n_samples, mono.shape[0])
+    out[:n] = mono[:n]
+    return out

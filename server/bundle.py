@@ -1,0 +1,207 @@
+"""The model bundle: a folder of ONNX graphs plus `manifest.json`, the one contract between export and server.
+
+`export.onnx_export` writes bundles with `write_manifest`; the server opens them with `load_bundle`, which
+validates the manifest and opens one onnxruntime session per graph on the provider the user chose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.codemaps import BOTTOM_SHAPE, TOP_SHAPE
+from server.dsp import Normalizer, SpectrogramParams
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# NSynth's families, in NSynth's id order (instrument_family 0..10).
+FAMILIES = ("bass", "brass", "flute", "guitar", "keyboard", "mallet", "organ", "reed", "string", "synth_lead", "vocal")
+PITCH_MIN, PITCH_MAX = 24, 84  # inclusive MIDI range of the conditioning
+
+# Every graph of a bundle, with its fixed input and output names (the export side writes exactly these).
+#   codes_* (B, F, T) int64; spectrogram (B, 2, 1024, 128) float32, raw (the graphs normalise inside);
+#   src (B, S) int64; pitch, family (B,) int64 (pitch as a MIDI number); memory_kv (L, 2, B, H, S, Dh);
+#   tokens (B, N) int64; past_kv / present_kv (L, 2, B, H, P, Dh); logits (B, N, n_codes).
+GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vqvae_encoder": (("spectrogram",), ("codes_top", "codes_bottom")),
+    "vqvae_decoder": (("codes_top", "codes_bottom"), ("spectrogram",)),
+    "top_prior_encoder": (("src", "pitch", "family"), ("memory_kv",)),
+    "top_prior_step": (("tokens", "pitch", "family", "past_kv", "memory_kv"), ("logits", "present_kv")),
+    "bottom_prior_encoder": (("src", "pitch", "family"), ("memory_kv",)),
+    "bottom_prior_step": (("tokens", "pitch", "family", "past_kv", "memory_kv"), ("logits", "present_kv")),
+}
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "coreml": ["CoreMLExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message says which file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class PriorShape:
+    """What a sampler needs to build an empty key/value cache."""
+
+    n_layers: int
+    n_heads: int
+    head_dim: int
+
+
+@dataclass
+class Manifest:
+    spectrogram: SpectrogramParams
+    normalizer: Normalizer
+    families: tuple[str, ...]
+    pitch_range: tuple[int, int]
+    n_codes: int
+    mask_token: int  # top-prior encoder input for a cell to regenerate
+    start_token: int  # first decoder input of both priors
+    priors: dict[str, PriorShape]
+    graphs: dict[str, str]  # graph name → file name
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def top_shape(self) -> tuple[int, int]:
+        return TOP_SHAPE
+
+    @property
+    def bottom_shape(self) -> tuple[int, int]:
+        return BOTTOM_SHAPE
+
+
+def _require(data: dict, key: str, where: str) -> Any:
+    if key not in data:
+        raise BundleError(f"{where}: missing key {key!r}")
+    return data[key]
+
+
+def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
+    """Validate a manifest dictionary; any problem raises BundleError naming the key."""
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: expected a JSON object")
+    version = _require(data, "format_version", where)
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{where}: format_version {version!r} is not supported (this inpaint-osc reads version "
+            f"{FORMAT_VERSION}); re-export the bundle with a matching `inpaint-train export`"
+        )
+    try:
+        spec = SpectrogramParams(**_require(data, "spectrogram", where))
+        norm = _require(data, "normalizer", where)
+        normalizer = Normalizer(tuple(norm["scale"]), tuple(norm["shift"]))
+        priors = {
+            layer: PriorShape(**{k: int(v[k]) for k in ("n_layers", "n_heads", "head_dim")})
+            for layer, v in _require(data, "priors", where).items()
+        }
+        graphs = {name: str(entry["file"]) for name, entry in _require(data, "graphs", where).items()}
+        pitch_range = tuple(int(x) for x in _require(data, "pitch_range", where))
+        manifest = Manifest(
+            spectrogram=spec,
+            normalizer=normalizer,
+            families=tuple(_require(data, "families", where)),
+            pitch_range=(pitch_range[0], pitch_range[1]),
+            n_codes=int(_require(data, "n_codes", where)),
+            mask_token=int(_require(data["tokens"], "mask", where + ": tokens")),
+            start_token=int(_require(data["tokens"], "start", where + ": tokens")),
+            priors=priors,
+            graphs=graphs,
+            raw=data,
+        )
+    except BundleError:
+        raise
+    except (TypeError, KeyError, ValueError, IndexError) as exc:
+        raise BundleError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
+    missing = set(GRAPHS) - set(graphs)
+    if missing:
+        raise BundleError(f"{where}: graphs missing from the manifest: {', '.join(sorted(missing))}")
+    if set(priors) != {"top", "bottom"}:
+        raise BundleError(f"{where}: 'priors' must describe 'top' and 'bottom'")
+    return manifest
+
+
+def read_manifest(bundle_dir: str | Path) -> Manifest:
+    path = Path(bundle_dir) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST})")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    return parse_manifest(data, str(path))
+
+
+def write_manifest(bundle_dir: str | Path, data: dict) -> Path:
+    """Validate, then write atomically (a half-written manifest must never be read)."""
+    parse_manifest(data, "manifest to write")
+    path = Path(bundle_dir) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def session_options(threads: int = 0):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads  # 0: onnxruntime's choice (all physical cores)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # provider fall-back warnings are reported through `providers` instead
+    return opts
+
+
+def resolve_providers(choice: str) -> list[str]:
+    """'cpu', 'cuda', 'coreml' or 'auto' → the provider list handed to onnxruntime."""
+    import onnxruntime as ort
+
+    if choice == "auto":
+        available = ort.get_available_providers()
+        for name in ("cuda", "coreml"):
+            if PROVIDERS[name][0] in available:
+                return PROVIDERS[name]
+        return PROVIDERS["cpu"]
+    if choice not in PROVIDERS:
+        raise BundleError(f"unknown provider {choice!r}: choose cpu, cuda, coreml or auto")
+    return PROVIDERS[choice]
+
+
+class Bundle:
+    """An opened bundle: the manifest plus one onnxruntime session per graph.
+
+    `provider` is what actually runs: onnxruntime silently falls back to CPU when CUDA or CoreML cannot load.
+    """
+
+    def __init__(self, bundle_dir: str | Path, provider: str = "cpu", threads: int = 0):
+        import onnxruntime as ort
+
+        self.path = Path(bundle_dir)
+        self.manifest = read_manifest(self.path)
+        providers = resolve_providers(provider)
+        opts = session_options(threads)
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        for name, (inputs, outputs) in GRAPHS.items():
+            file = self.path / self.manifest.graphs[name]
+            if not file.is_file():
+                raise BundleError(f"{self.path}: graph file {file.name} ({name}) is missing")
+            try:
+                sess = ort.InferenceSession(str(file), opts, providers=providers)
+            except Exception as exc:  # onnxruntime raises several unrelated types for bad files
+                raise BundleError(f"{file}: onnxruntime cannot load it ({exc})") from None
+            got_in = tuple(i.name for i in sess.get_inputs())
+            got_out = tuple(o.name for o in sess.get_outputs())
+            if set(got_in) != set(inputs) or set(got_out) != set(outputs):
+                raise BundleError(f"{file}: inputs {got_in} / outputs {got_out}, expected {inputs} / {outputs}")
+            self.sessions[name] = sess
+        self.provider = self.sessions["top_prior_step"].get_providers()[0]
+
+    def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
+        return self.sessions[graph].run(None, inputs)

@@ -1,0 +1,205 @@
+"""The modified GANSynth Mel-IF representation in numpy: analysis, inversion and normalisation.
+
+A 4 s, 16 kHz note becomes a (2, 1024, 128) array: channel 0 is log mel power, channel 1 is mel
+instantaneous frequency (IF), row 0 the lowest mel band. `export.spectrogram_torch` is the torch twin
+used for training; both build the filterbank here, so the two agree by construction.
+
+Framing (the 128-frame convention, made explicit): the 64 000-sample note is zero-padded at the end to
+65 024 = 127 hops, and a centred STFT (zero padding n_fft/2 each side) gives exactly 128 frames. The inverse
+STFT gives 65 024 samples back, cropped to 64 000.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SpectrogramParams:
+    """Every number of the representation; stored in each bundle manifest."""
+
+    sample_rate: int = 16_000
+    n_samples: int = 64_000  # 4 s notes
+    n_fft: int = 2048
+    hop: int = 512
+    n_frames: int = 128
+    n_mels: int = 1024  # square filterbank: as many mel bands as kept linear bins (0..1023, Nyquist dropped)
+    mel_low_hz: float = 0.0
+    mel_high_hz: float = 8000.0
+    mel_break_hz: float = 240.0  # lowered from HTK's 700 Hz: "more logarithmic" low end (paper)
+    min_band_width_bins: float = 1.5  # narrower mel bands are widened to 1.5 linear bins
+    eps: float = 1e-6  # log(power + eps)
+    # IF is zeroed (and log power floored) where log power < ln(2 eps): the paper's phase thresholding.
+    phase_threshold: float = math.log(2e-6)
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_fft // 2  # Nyquist bin dropped
+
+    @property
+    def padded_samples(self) -> int:
+        return self.hop * (self.n_frames - 1)  # 65 024: a centred STFT of this length has n_frames frames
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Per-channel affine range normaliser x * scale + shift, fitted on training data (GANSynth's)."""
+
+    scale: tuple[float, float] = (1.0, 1.0)
+    shift: tuple[float, float] = (0.0, 0.0)
+
+    @classmethod
+    def fit(cls, minimum: np.ndarray, maximum: np.ndarray, margins: tuple[float, float] = (0.8, 1.0)):
+        """Map each channel's [min, max] onto [-margin, margin] (0.8 for log power, 1.0 for IF)."""
+        scale, shift = [], []
+        for lo, hi, m in zip(np.asarray(minimum, float), np.asarray(maximum, float), margins):
+            a = 2 * m / max(hi - lo, 1e-8)
+            scale.append(float(a))
+            shift.append(float(-m - a * lo))
+        return cls(tuple(scale), tuple(shift))
+
+    def _ab(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.asarray(self.scale, np.float32)[:, None, None], np.asarray(self.shift, np.float32)[:, None, None])
+
+    def normalize(self, spec: np.ndarray) -> np.ndarray:
+        a, b = self._ab()
+        return spec * a + b
+
+    def denormalize(self, spec: np.ndarray) -> np.ndarray:
+        a, b = self._ab()
+        return (spec - b) / a
+
+    def to_dict(self) -> dict:
+        return {"scale": list(self.scale), "shift": list(self.shift)}
+
+
+def mel_break_q(break_hz: float) -> float:
+    """Q of m = Q ln(1 + f / f_b): HTK's 1127 at 700 Hz, else chosen so that 1000 Hz maps to 1000 mel."""
+    return 1127.0 if break_hz == 700.0 else 1000.0 / math.log(1.0 + 1000.0 / break_hz)
+
+
+def hz_to_mel(f, break_hz: float):
+    return mel_break_q(break_hz) * np.log1p(np.asarray(f, np.float64) / break_hz)
+
+
+def mel_to_hz(m, break_hz: float):
+    return break_hz * np.expm1(np.asarray(m, np.float64) / mel_break_q(break_hz))
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
+    """Square triangular filterbank, (n_mels, n_bins) float64: mel = fb @ linear.
+
+    librosa cannot build it: at a 240 Hz break the lowest bands are far narrower than one linear bin and
+    come out empty, so narrow bands are widened to `min_band_width_bins` around their centre, in mel.
+    The DC bin is kept (unlike HTK): under the widened lowest bands it is the only bin, and dropping it
+    would leave those bands empty.
+    """
+    q = mel_break_q(p.mel_break_hz)
+    edges = np.linspace(hz_to_mel(p.mel_low_hz, p.mel_break_hz), hz_to_mel(p.mel_high_hz, p.mel_break_hz), p.n_mels + 2)
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    min_width_hz = p.min_band_width_bins * p.sample_rate / p.n_fft
+    width_hz = mel_to_hz(upper, p.mel_break_hz) - mel_to_hz(lower, p.mel_break_hz)
+    centre_hz = mel_to_hz(centre, p.mel_break_hz)
+    # Half-width in mel whose band spans exactly min_width_hz: Q asinh(w / 2 / (f_c + f_b)).
+    half = q * np.arcsinh(0.5 * min_width_hz / (centre_hz + p.mel_break_hz))
+    narrow = width_hz < min_width_hz
+    lower = np.where(narrow, centre - half, lower)
+    upper = np.where(narrow, centre + half, upper)
+    bins_mel = hz_to_mel(np.arange(p.n_bins) * p.sample_rate / p.n_fft, p.mel_break_hz)  # (n_bins,)
+    rising = (bins_mel[None, :] - lower[:, None]) / (centre - lower)[:, None]
+    falling = (upper[:, None] - bins_mel[None, :]) / (upper - centre)[:, None]
+    return np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, n_bins)
+
+
+@lru_cache(maxsize=8)
+def mel_pseudo_inverse(p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
+    """GANSynth's approximate inverse, (n_bins, n_mels): diag(1 / colsum(fbᵀ fb)) · fbᵀ."""
+    fb = mel_filterbank(p)
+    colsum = (fb.T @ fb).sum(axis=0)  # (n_bins,)
+    d = np.where(np.abs(colsum) > 1e-8, 1.0 / np.where(colsum == 0, 1.0, colsum), colsum)
+    return d[:, None] * fb.T
+
+
+@lru_cache(maxsize=8)
+def hann(n: int) -> np.ndarray:
+    """Symmetric Hann window, as the original system used."""
+    return np.hanning(n)
+
+
+def fit_length(audio: np.ndarray, p: SpectrogramParams) -> np.ndarray:
+    """Crop or zero-pad (..., n) to (..., n_samples)."""
+    n = audio.shape[-1]
+    if n >= p.n_samples:
+        return audio[..., : p.n_samples]
+    return np.pad(audio, [(0, 0)] * (audio.ndim - 1) + [(0, p.n_samples - n)])
+
+
+def stft(audio: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
+    """(n_samples,) float → complex (n_bins, n_frames), centred, zero-padded, Nyquist dropped."""
+    x = np.pad(fit_length(np.asarray(audio, np.float64), p), (0, p.padded_samples - p.n_samples))
+    x = np.pad(x, p.n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(x, p.n_fft)[:: p.hop]  # (n_frames, n_fft)
+    return np.fft.rfft(frames * hann(p.n_fft), axis=-1)[:, : p.n_bins].T
+
+
+def istft(spec: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
+    """Complex (n_bins, n_frames) → (n_samples,) float32, by weighted overlap-add."""
+    full = np.concatenate([spec, spec[-1:]], axis=0)  # re-create the Nyquist row by duplicating the top row
+    window = hann(p.n_fft)
+    frames = np.fft.irfft(full.T, n=p.n_fft, axis=-1) * window  # (n_frames, n_fft)
+    length = p.n_fft + p.hop * (p.n_frames - 1)
+    out = np.zeros(length)
+    norm = np.zeros(length)
+    for i, frame in enumerate(frames):  # 128 short adds: cheaper than building an index matrix
+        out[i * p.hop : i * p.hop + p.n_fft] += frame
+        norm[i * p.hop : i * p.hop + p.n_fft] += window**2
+    half = p.n_fft // 2
+    out = out[half : half + p.padded_samples] / np.maximum(norm[half : half + p.padded_samples], 1e-8)
+    return out[: p.n_samples].astype(np.float32)
+
+
+def instantaneous_frequency(phase: np.ndarray) -> np.ndarray:
+    """(F, T) phase → IF in [-1, 1] along time: unwrap, difference, first frame kept, divided by π."""
+    unwrapped = np.unwrap(phase, axis=-1)
+    return np.concatenate([unwrapped[:, :1], np.diff(unwrapped, axis=-1)], axis=-1) / np.pi
+
+
+def threshold_phase(spec: np.ndarray, p: SpectrogramParams) -> np.ndarray:
+    """Zero the IF and floor the log power where the log power is below the threshold. (2, F, T) → copy."""
+    out = np.array(spec, copy=True)
+    quiet = out[0] < p.phase_threshold
+    out[0][quiet] = p.phase_threshold
+    out[1][quiet] = 0.0
+    return out
+
+
+def analyze(audio: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
+    """(n_samples,) audio in [-1, 1] → (2, n_mels, n_frames) float32 [log mel power, mel IF]."""
+    fb = mel_filterbank(p)
+    x = stft(audio, p)  # (n_bins, n_frames)
+    log_mel = np.log(fb @ (np.abs(x) ** 2) + p.eps)
+    mel_phase = fb @ np.unwrap(np.angle(x), axis=-1)
+    spec = np.stack([log_mel, instantaneous_frequency(mel_phase)])
+    return threshold_phase(spec, p).astype(np.float32)
+
+
+def invert(spec: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
+    """(2, n_mels, n_frames) → (n_samples,) float32 audio, without Griffin-Lim.
+
+    Mel power → linear magnitude through the pseudo-inverse; phase from the cumulative sum of IF, projected
+    back to linear bins. (GANSynth then recomputes a linear IF and sums it again: unwrap-diff-cumsum only
+    adds multiples of 2π, so that detour is skipped.)
+    """
+    spec = threshold_phase(np.asarray(spec, np.float64), p)
+    inv = mel_pseudo_inverse(p)
+    power = np.maximum(inv @ (np.exp(spec[0]) - p.eps), 0.0)  # (n_bins, n_frames)
+    phase = inv @ np.cumsum(spec[1] * np.pi, axis=-1)
+    return istft(np.sqrt(power) * np.exp(1j * phase), p)
