@@ -1,0 +1,167 @@
+"""Transformer priors over codemap sequences: one encoder-decoder class, used for the top and bottom layers.
+
+- top prior: the encoder reads the top sequence with the cells to regenerate replaced by a mask token; the
+  causal decoder models p(c_i | c_<i, m ⊙ c) (unmasked future cells are visible through the encoder);
+- bottom prior: the encoder reads the whole top sequence; the decoder is causal over the bottom sequence in
+  2 x 2 patch order (server.codemaps), so bottom positions 4i..4i+3 sit under top position i.
+Pitch and family embeddings are concatenated to every token and to the start symbol. The decoder runs one
+code path for training and for sampling: `step` takes N >= 1 new tokens plus a key/value cache, which is
+exactly what the exported step graph does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.config import PriorConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.head_dim, self.dropout = n_heads, d_model // n_heads, dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) → (B, H, T, Dh)."""
+        return x.view(x.shape[0], x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
+
+    def keys_values(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) → (2, B, H, T, Dh)."""
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return torch.stack([self.split(k), self.split(v)])
+
+    def attend(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Queries from x (B, N, d) over kv (2, B, H, T, Dh); mask (N, T) bool, True = may attend."""
+        y = F.scaled_dot_product_attention(
+            self.split(self.q(x)), kv[0], kv[1], attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, N, Dh)
+        return self.out(y.transpose(1, 2).reshape(x.shape))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, d_ff: int, dropout: float):
+        super().__init__(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model), nn.Dropout(dropout))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN, bidirectional self-attention."""
+
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.drop(self.attn.attend(h, self.attn.keys_values(h), None))
+        return x + self.ff(self.ln2(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN: causal self-attention over a key/value cache, cross-attention to the encoder memory, FFN."""
+
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
+        self.self_attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.cross_attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, past_kv, memory_kv, mask):
+        """x (B, N, d); past_kv (2, B, H, P, Dh); memory_kv (2, B, H, S, Dh) → x, present (2, B, H, P+N, Dh)."""
+        h = self.ln1(x)
+        present = torch.cat([past_kv, self.self_attn.keys_values(h)], dim=3)
+        x = x + self.drop(self.self_attn.attend(h, present, mask))
+        x = x + self.drop(self.cross_attn.attend(self.ln2(x), memory_kv, None))
+        return x + self.ff(self.ln3(x)), present
+
+
+class Prior(nn.Module):
+    """Shapes: src (B, S) with vocabulary n_codes + 1 (the last is the mask token); target (B, T) codes;
+    pitch (B,) MIDI numbers; family (B,) ids."""
+
+    def __init__(self, cfg: PriorConfig, n_codes: int, src_len: int, tgt_len: int,
+                 pitch_min: int = 24, pitch_max: int = 84, n_families: int = 11):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
+        self.cfg, self.n_codes, self.src_len, self.tgt_len = cfg, n_codes, src_len, tgt_len
+        self.pitch_min, self.n_pitches = pitch_min, pitch_max - pitch_min + 1
+        d_token = cfg.d_model - 2 * cfg.d_condition
+        self.mask_token = self.start_token = n_codes  # src: mask token; target input: start symbol
+        self.src_embed = nn.Embedding(n_codes + 1, d_token)
+        self.tgt_embed = nn.Embedding(n_codes + 1, d_token)
+        self.pitch_embed = nn.Embedding(self.n_pitches, cfg.d_condition)
+        self.family_embed = nn.Embedding(n_families, cfg.d_condition)
+        self.src_pos = nn.Parameter(torch.randn(src_len, cfg.d_model) * 0.02)
+        self.tgt_pos = nn.Parameter(torch.randn(tgt_len, cfg.d_model) * 0.02)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.enc_ln = nn.LayerNorm(cfg.d_model)
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        self.dec_ln = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, n_codes)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    @property
+    def head_dim(self) -> int:
+        return self.cfg.d_model // self.cfg.n_heads
+
+    def _embed(self, table: nn.Embedding, tokens, pitch, family, pos) -> torch.Tensor:
+        """Token ‖ pitch ‖ family, plus position. (B, N) → (B, N, d)."""
+        p = (pitch - self.pitch_min).clamp(0, self.n_pitches - 1)
+        cond = torch.cat([self.pitch_embed(p), self.family_embed(family)], -1)  # (B, 2 d_cond)
+        tok = table(tokens)
+        return self.drop(torch.cat([tok, cond[:, None].expand(-1, tok.shape[1], -1)], -1) + pos)
+
+    def encode(self, src: torch.Tensor, pitch: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
+        """(B, S) → cross-attention keys/values of every decoder layer, (L, 2, B, H, S, Dh)."""
+        x = self._embed(self.src_embed, src, pitch, family, self.src_pos[: src.shape[1]])
+        for layer in self.encoder:
+            x = layer(x)
+        memory = self.enc_ln(x)
+        return torch.stack([layer.cross_attn.keys_values(memory) for layer in self.decoder])
+
+    def empty_cache(self, batch: int, device=None) -> torch.Tensor:
+        return torch.zeros(len(self.decoder), 2, batch, self.cfg.n_heads, 0, self.head_dim, device=device)
+
+    def step(self, tokens, pitch, family, past_kv, memory_kv):
+        """N new decoder inputs after P cached ones → logits (B, N, n_codes), present (L, 2, B, H, P+N, Dh).
+
+        Decoder input j is the start symbol (j = 0) or target token j-1; its logits predict target token j.
+        """
+        n, past = tokens.shape[1], past_kv.shape[4]
+        positions = torch.arange(n, device=tokens.device) + past
+        x = self._embed(self.tgt_embed, tokens, pitch, family, self.tgt_pos[positions])
+        mask = torch.arange(past + n, device=tokens.device)[None, :] <= positions[:, None]  # (N, P+N) causal
+        presents = []
+        for layer, past_l, memory_l in zip(self.decoder, past_kv, memory_kv):
+            x, present = layer(x, past_l, memory_l, mask)
+            presents.append(present)
+        return self.head(self.dec_ln(x)), torch.stack(presents)
+
+    def forward(self, src, target, pitch, family) -> torch.Tensor:
+        """Teacher-forced logits (B, T, n_codes) for target (B, T)."""
+        start = torch.full_like(target[:, :1], self.start_token)
+        inputs = torch.cat([start, target[:, :-1]], 1)
+        logits, _ = self.step(inputs, pitch, family, self.empty_cache(target.shape[0], target.device),
+                              self.encode(src, pitch, family))
+        return logits
+
+
+def mask_source(top: torch.Tensor, mask_token: int, generator: torch.Generator | None = None):
+    """Training masks for the top prior: per example p ~ U(0, 1), each cell masked with probability p.
+
+    top (B, S) → (masked source (B, S), mask (B, S) bool). Per-example p (the paper draws one per batch)
+    shows every batch the whole range from light touch-ups to generation from nothing.
+    """
+    p = torch.rand(top.shape[0], 1, generator=generator, device=top.device)
+    mask = torch.rand(top.shape, generator=generator, device=top.device) < p
+    return torch.where(mask, torch.full_like(top, mask_token), top), mask

@@ -1,0 +1,195 @@
+"""Render an NSynth-format dataset from General MIDI soundfonts through FluidSynth.
+
+Layout and fields match NSynth (`examples.json` keyed by note_str, `audio/<note_str>.wav`, 16 kHz mono
+16-bit, 3 s held + 1 s release), so `export.nsynth` reads it like the real thing. Each worker process makes
+its own synth (a synth created before a fork deadlocks the child) and renders one instrument in a fixed
+order on a fresh synth, so files are reproducible. Existing files are kept: an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from server.bundle import FAMILIES
+
+SAMPLE_RATE = 16_000
+HOLD_S, RELEASE_S = 3, 1
+NSYNTH_VELOCITIES = (25, 50, 75, 100, 127)
+SOURCES = ("acoustic", "electronic", "synthetic")
+QUALITIES = ("bright", "dark", "distortion", "fast_decay", "long_release", "multiphonic", "nonlinear_env",
+             "percussive", "reverb", "tempo-synced")
+SILENCE_PEAK = 1e-4  # a preset that does not sound at this pitch gives (near) zeros: skipped
+
+
+def _programs(family: str, source: str, *ranges) -> dict[int, tuple[str, str]]:
+    out = {}
+    for r in ranges:
+        for program in ([r] if isinstance(r, int) else r):
+            out[program] = (family, source)
+    return out
+
+
+# General MIDI program (0-based) → (NSynth family, source). Timpani, orchestra hit, synth FX and the
+# percussion / sound-effect programs (47, 55, 96-103, 113, 115-127) have no NSynth family and are left out.
+GM_FAMILIES: dict[int, tuple[str, str]] = {
+    **_programs("keyboard", "acoustic", 0, 1, 3, 6),
+    **_programs("keyboard", "electronic", 2, 4, 5, 7),
+    **_programs("mallet", "acoustic", range(8, 16), 108, 112, 114),
+    **_programs("organ", "electronic", 16, 17, 18),
+    **_programs("organ", "acoustic", 19, 20, 21, 23),
+    **_programs("reed", "acoustic", range(64, 72), 22, 109, 111),
+    **_programs("guitar", "acoustic", 24, 25, range(104, 108)),
+    **_programs("guitar", "electronic", range(26, 32)),
+    **_programs("bass", "acoustic", 32),
+    **_programs("bass", "electronic", range(33, 38)),
+    **_programs("bass", "synthetic", 38, 39),
+    **_programs("string", "acoustic", range(40, 47), 48, 49, 110),
+    **_programs("string", "synthetic", 50, 51),
+    **_programs("brass", "acoustic", range(56, 62)),
+    **_programs("brass", "synthetic", 62, 63),
+    **_programs("flute", "acoustic", range(72, 80)),
+    **_programs("synth_lead", "synthetic", range(80, 85), 86, 87, 88, 89, 90, range(92, 96)),
+    **_programs("vocal", "acoustic", 52, 53),
+    **_programs("vocal", "synthetic", 54, 85, 91),
+}
+
+
+@dataclass(frozen=True)
+class Instrument:
+    soundfont: str
+    bank: int
+    program: int
+    preset_name: str
+    family: str
+    source: str
+    instrument: int = -1  # global index, set after sorting
+    instrument_str: str = ""  # <family>_<source>_<NNN>, numbered per family and source
+
+
+def _new_synth():
+    import fluidsynth  # imported here: never at module import, never in the parent before a fork
+
+    return fluidsynth.Synth(
+        gain=0.5, samplerate=SAMPLE_RATE,
+        **{"synth.reverb.active": 0, "synth.chorus.active": 0, "synth.polyphony": 64, "synth.cpu-cores": 1},
+    )
+
+
+def list_instruments(soundfonts: list[str], programs: set[int] | None = None) -> list[Instrument]:
+    """Every melodic preset (banks 0..127) whose program maps to a family, numbered deterministically."""
+    found = []
+    synth = _new_synth()
+    try:
+        for path in sorted(soundfonts, key=lambda s: Path(s).name):
+            sfid = synth.sfload(str(path))
+            if sfid < 0:
+                raise ValueError(f"{path}: FluidSynth cannot load this soundfont")
+            for bank in range(128):
+                for program, (family, source) in sorted(GM_FAMILIES.items()):
+                    if programs is not None and program not in programs:
+                        continue
+                    name = synth.sfpreset_name(sfid, bank, program)
+                    if name is not None:
+                        found.append(Instrument(str(path), bank, program, name, family, source))
+    finally:
+        synth.delete()
+    counters: dict[tuple[str, str], int] = {}
+    numbered = []
+    for i, inst in enumerate(found):
+        key = (inst.family, inst.source)
+        counters[key] = counters.get(key, -1) + 1
+        numbered.append(Instrument(**{**asdict(inst), "instrument": i,
+                                      "instrument_str": f"{inst.family}_{inst.source}_{counters[key]:03d}"}))
+    return numbered
+
+
+def render_note(synth, pitch: int, velocity: int) -> np.ndarray:
+    """One note on channel 0 of a prepared synth → (64 000,) float32 mono."""
+    synth.noteon(0, pitch, velocity)
+    held = synth.get_samples(HOLD_S * SAMPLE_RATE)
+    synth.noteoff(0, pitch)
+    release = synth.get_samples(RELEASE_S * SAMPLE_RATE)
+    synth.all_sounds_off(0)
+    synth.get_samples(256)  # flush what all_sounds_off leaves, so the next note starts clean
+    stereo = np.concatenate([held, release]).reshape(-1, 2).astype(np.float32)
+    return stereo.mean(axis=1) / 32768.0
+
+
+def example_entry(inst: Instrument, pitch: int, velocity: int) -> dict:
+    note_str = f"{inst.instrument_str}-{pitch:03d}-{velocity:03d}"
+    return {
+        "note_str": note_str, "instrument": inst.instrument, "instrument_str": inst.instrument_str,
+        "pitch": pitch, "velocity": velocity, "sample_rate": SAMPLE_RATE,
+        "qualities": [0] * len(QUALITIES), "qualities_str": [],
+        "instrument_family": FAMILIES.index(inst.family), "instrument_family_str": inst.family,
+        "instrument_source": SOURCES.index(inst.source), "instrument_source_str": inst.source,
+    }
+
+
+def _render_instrument(task: tuple[Instrument, list[int], list[int], str]) -> list[dict]:
+    """Worker: render one instrument's notes that are not on disk yet; returns the entries that exist."""
+    inst, pitches, velocities, out = task
+    audio_dir = Path(out) / "audio"
+    entries, synth = [], None
+    try:
+        for pitch in pitches:
+            for velocity in velocities:
+                entry = example_entry(inst, pitch, velocity)
+                path = audio_dir / f"{entry['note_str']}.wav"
+                if not path.exists():
+                    if synth is None:
+                        synth = _new_synth()
+                        synth.program_select(0, synth.sfload(inst.soundfont), inst.bank, inst.program)
+                    audio = render_note(synth, pitch, velocity)
+                    if np.abs(audio).max() < SILENCE_PEAK:
+                        continue
+                    tmp = path.with_name(path.name + ".tmp")
+                    sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+                    os.replace(tmp, path)
+                entries.append(entry)
+    finally:
+        if synth is not None:
+            synth.delete()
+    return entries
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def render_dataset(soundfonts: list[str], out: str | Path, pitches=range(24, 85), velocities=NSYNTH_VELOCITIES,
+                   workers: int = 0, programs: set[int] | None = None, progress: bool = True) -> dict:
+    """Render every (instrument, pitch, velocity) into `out`; returns a summary. Resumable."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    for sf2 in soundfonts:
+        if not Path(sf2).is_file():
+            raise FileNotFoundError(f"{sf2}: no such soundfont")
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("spawn")  # no synth state can leak into the workers
+    workers = workers or os.cpu_count() or 1
+    with ctx.Pool(workers) as pool:
+        instruments = pool.apply(list_instruments, (list(soundfonts), programs))
+        tasks = [(inst, list(pitches), list(velocities), str(out)) for inst in instruments]
+        entries = []
+        bar = tqdm(total=len(tasks) * len(pitches) * len(velocities), unit="note", disable=not progress)
+        for result in pool.imap_unordered(_render_instrument, tasks):
+            entries.extend(result)
+            bar.update(len(pitches) * len(velocities))
+        bar.close()
+    entries.sort(key=lambda e: e["note_str"])
+    examples = {e["note_str"]: {"note": i, **e} for i, e in enumerate(entries)}
+    _write_json(out / "examples.json", examples)
+    _write_json(out / "instruments.json", [asdict(i) for i in instruments])
+    planned = len(tasks) * len(pitches) * len(velocities)
+    return {"instruments": len(instruments), "notes": len(entries), "silent_skipped": planned - len(entries)}
