@@ -1,0 +1,188 @@
+"""Export a trained run to a model bundle: six ONNX graphs plus `manifest.json`, checked against torch.
+
+All export-time surgery lives here (thin wrapper modules with fixed input/output names); the training
+models stay as they are. Names and shapes of every graph are fixed by `server.bundle.GRAPHS`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from export import train
+from export.prior import Prior
+from export.vqvae import VQVAE2
+from server import bundle, codemaps
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-3  # max |onnxruntime - torch| allowed on any float output
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, vqvae: VQVAE2):
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, spectrogram):
+        *_, codes_top, codes_bottom, _ = self.vqvae.encode(spectrogram)
+        return codes_top, codes_bottom
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, vqvae: VQVAE2):
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, codes_top, codes_bottom):
+        return self.vqvae.decode_codes(codes_top, codes_bottom)
+
+
+class PriorEncoderGraph(nn.Module):
+    def __init__(self, prior: Prior):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, src, pitch, family):
+        return self.prior.encode(src, pitch, family)
+
+
+class PriorStepGraph(nn.Module):
+    def __init__(self, prior: Prior):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, tokens, pitch, family, past_kv, memory_kv):
+        return self.prior.step(tokens, pitch, family, past_kv, memory_kv)
+
+
+def example_inputs(name: str, vqvae: VQVAE2, priors: dict[str, Prior], batch: int = 2, past: int = 3,
+                   new: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Valid inputs for graph `name` (also used for the parity check)."""
+    g = torch.Generator().manual_seed(seed)
+    k = vqvae.cfg.n_codes
+    pitch = torch.randint(24, 85, (batch,), generator=g)
+    family = torch.randint(0, 11, (batch,), generator=g)
+    if name == "vqvae_encoder":
+        spec = torch.randn(batch, 2, 1024, 128, generator=g)
+        spec[:, 0] = spec[:, 0] * 4 - 6  # roughly the range of log mel power
+        return {"spectrogram": spec}
+    if name == "vqvae_decoder":
+        return {"codes_top": torch.randint(0, k, (batch, *codemaps.TOP_SHAPE), generator=g),
+                "codes_bottom": torch.randint(0, k, (batch, *codemaps.BOTTOM_SHAPE), generator=g)}
+    prior = priors[name.split("_")[0]]
+    src = torch.randint(0, k + 1, (batch, prior.src_len), generator=g)
+    if name.endswith("encoder"):
+        return {"src": src, "pitch": pitch, "family": family}
+    with torch.no_grad():
+        memory = prior.encode(src, pitch, family)
+    cache = torch.randn(len(prior.decoder), 2, batch, prior.cfg.n_heads, past, prior.head_dim, generator=g)
+    return {"tokens": torch.randint(0, k + 1, (batch, new), generator=g), "pitch": pitch, "family": family,
+            "past_kv": cache, "memory_kv": memory}
+
+
+DYNAMIC_AXES = {
+    "vqvae_encoder": {"spectrogram": {0: "batch"}, "codes_top": {0: "batch"}, "codes_bottom": {0: "batch"}},
+    "vqvae_decoder": {"codes_top": {0: "batch"}, "codes_bottom": {0: "batch"}, "spectrogram": {0: "batch"}},
+    "prior_encoder": {"src": {0: "batch"}, "pitch": {0: "batch"}, "family": {0: "batch"}, "memory_kv": {2: "batch"}},
+    "prior_step": {"tokens": {0: "batch", 1: "new"}, "pitch": {0: "batch"}, "family": {0: "batch"},
+                   "past_kv": {2: "batch", 4: "past"}, "memory_kv": {2: "batch"},
+                   "logits": {0: "batch", 1: "new"}, "present_kv": {2: "batch", 4: "total"}},
+}
+
+
+def _wrapper(name: str, vqvae: VQVAE2, priors: dict[str, Prior]) -> nn.Module:
+    if name == "vqvae_encoder":
+        return EncoderGraph(vqvae)
+    if name == "vqvae_decoder":
+        return DecoderGraph(vqvae)
+    prior = priors[name.split("_")[0]]
+    return PriorEncoderGraph(prior) if name.endswith("encoder") else PriorStepGraph(prior)
+
+
+def export_graph(name: str, module: nn.Module, inputs: dict[str, torch.Tensor], path: Path) -> None:
+    names_in, names_out = bundle.GRAPHS[name]
+    axes = DYNAMIC_AXES[name] if name.startswith("vqvae") else DYNAMIC_AXES[name.split("_", 1)[1]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice; it is the faster graph
+        torch.onnx.export(module.eval(), tuple(inputs[n] for n in names_in), str(path), input_names=list(names_in),
+                          output_names=list(names_out), dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+
+
+def check_parity(name: str, module: nn.Module, path: Path, inputs: dict[str, torch.Tensor]) -> float:
+    """Run torch and onnxruntime on the same inputs; returns max |difference| (codes: fraction that differ)."""
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        expected = module(*[inputs[n] for n in bundle.GRAPHS[name][0]])
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
+    worst = 0.0
+    for e, o in zip(expected, got):
+        e = e.numpy()
+        if e.shape != o.shape:
+            raise AssertionError(f"{name}: onnxruntime shape {o.shape} != torch shape {e.shape}")
+        diff = float(np.mean(e != o)) if e.dtype.kind == "i" else float(np.max(np.abs(e - o)))
+        worst = max(worst, diff)
+    return worst
+
+
+def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
+    """Export every graph of `run` into `out`, check parity, write the manifest; returns the manifest."""
+    config, data = train.load_run(run)
+    vqvae = train.load_vqvae(run, config)
+    priors, prior_ckpts = {}, {}
+    for layer in codemaps.LAYERS:
+        priors[layer], prior_ckpts[layer] = train.load_prior(run, config, layer)
+    vq_ckpt = train.load_checkpoint(run / "vqvae.pt")
+    out.mkdir(parents=True, exist_ok=True)
+    graphs, parity = {}, {}
+    for graph in bundle.GRAPHS:
+        module = _wrapper(graph, vqvae, priors)
+        path = out / f"{graph}.onnx"
+        export_graph(graph, module, example_inputs(graph, vqvae, priors), path)
+        # Check on inputs other than the tracing ones: batch 1, another cache length, another N.
+        parity[graph] = check_parity(graph, module, path, example_inputs(graph, vqvae, priors, 1, 11, 5, seed=1))
+        if parity[graph] > PARITY_TOLERANCE:
+            raise AssertionError(f"{graph}: onnxruntime differs from torch by {parity[graph]:.3g} "
+                                 f"(tolerance {PARITY_TOLERANCE})")
+        names_in, names_out = bundle.GRAPHS[graph]
+        graphs[graph] = {"file": path.name, "inputs": list(names_in), "outputs": list(names_out)}
+    manifest = {
+        "format_version": bundle.FORMAT_VERSION,
+        "name": name or run.name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "spectrogram": config.spectrogram.to_dict(),
+        "normalizer": vq_ckpt["normalizer"],
+        "pitch_range": [config.data.pitch_min, config.data.pitch_max],
+        "families": list(config.data.families),
+        "n_codes": config.vqvae.n_codes,
+        "codemaps": {
+            "top": {"shape": list(codemaps.TOP_SHAPE), "order": "time-major, frequency first: t * 32 + f"},
+            "bottom": {"shape": list(codemaps.BOTTOM_SHAPE),
+                       "order": "2x2 patches in top order; inside (t0,f0) (t0,f1) (t1,f0) (t1,f1): 4 (t*32+f) + 2 dt + df"},
+            "rows": "row 0 is the lowest frequency",
+        },
+        "tokens": {"mask": priors["top"].mask_token, "start": priors["top"].start_token},
+        "priors": {layer: {"n_layers": len(p.decoder), "n_heads": p.cfg.n_heads, "head_dim": p.head_dim,
+                           "src_len": p.src_len, "tgt_len": p.tgt_len} for layer, p in priors.items()},
+        "graphs": graphs,
+        "parity": {"tolerance": PARITY_TOLERANCE, "max_abs_diff": parity,
+                   "note": "codes graphs report the fraction of differing codes"},
+        "provenance": {
+            "data": str(data),
+            "steps": {"vqvae": vq_ckpt["step"], **{f"{k}_prior": v["step"] for k, v in prior_ckpts.items()}},
+            "metrics": {"vqvae": vq_ckpt.get("metrics", {}),
+                        **{f"{k}_prior": v.get("metrics", {}) for k, v in prior_ckpts.items()}},
+            "torch": torch.__version__, "python": platform.python_version(), "opset": OPSET,
+        },
+        "config": config.to_dict(),
+    }
+    bundle.write_manifest(out, manifest)
+    return manifest
