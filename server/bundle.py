@@ -180,20 +180,23 @@ class Bundle:
     `provider` is what actually runs: onnxruntime silently falls back to CPU when CUDA or CoreML cannot load.
     """
 
-    def __init__(self, bundle_dir: str | Path, provider: str = "cpu", threads: int = 0):
+    def __init__(self, bundle_dir: str | Path, provider: str = "cpu", threads: int = 0, prior_threads: int = 1):
         import onnxruntime as ort
 
         self.path = Path(bundle_dir)
         self.manifest = read_manifest(self.path)
         providers = resolve_providers(provider)
-        opts = session_options(threads)
+        # A prior step is a chain of small matrix products: a second thread costs more in hand-offs than it
+        # saves (measured with `inpaint-train bench`). The convolutional VQ-VAE graphs use `threads`.
+        opts = {"vqvae": session_options(threads), "prior": session_options(prior_threads)}
         self.sessions: dict[str, ort.InferenceSession] = {}
         for name, (inputs, outputs) in GRAPHS.items():
             file = self.path / self.manifest.graphs[name]
             if not file.is_file():
                 raise BundleError(f"{self.path}: graph file {file.name} ({name}) is missing")
             try:
-                sess = ort.InferenceSession(str(file), opts, providers=providers)
+                kind = "vqvae" if name.startswith("vqvae") else "prior"
+                sess = ort.InferenceSession(str(file), opts[kind], providers=providers)
             except Exception as exc:  # onnxruntime raises several unrelated types for bad files
                 raise BundleError(f"{file}: onnxruntime cannot load it ({exc})") from None
             got_in = tuple(i.name for i in sess.get_inputs())

@@ -1,0 +1,174 @@
+"""inpaint-train: from audio to a verified model bundle.
+
+  inpaint-train dataset --soundfont SF2 --out DATA        render an NSynth-format dataset with FluidSynth
+  inpaint-train vqvae --data DATA --run RUN --preset small train the VQ-VAE-2 (creates the run folder)
+  inpaint-train codes RUN                                 encode both splits into codemaps
+  inpaint-train prior RUN --layer top|bottom              train one Transformer prior
+  inpaint-train export RUN --out BUNDLE                   write the ONNX bundle, checked against torch
+  inpaint-train pipeline --data DATA --run RUN --out B    all training stages, then export
+  inpaint-train bench                                     prior step: onnxruntime vs torch eager
+
+Every training stage resumes from its checkpoint. For several GPUs or nodes, start a stage with torchrun:
+  torchrun --nproc_per_node 4 -m export vqvae --run RUN ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _range(text: str) -> range:
+    lo, _, hi = text.partition(":")
+    return range(int(lo), int(hi or lo) + 1)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def cmd_dataset(args) -> dict:
+    from export.soundfont_dataset import render_dataset
+
+    return render_dataset(args.soundfont, args.out, pitches=args.pitches, velocities=args.velocities,
+                          workers=args.workers, programs=set(args.programs) if args.programs else None)
+
+
+def _start_run(args) -> None:
+    from export import config as cfg
+    from export import train
+
+    if (args.run / train.RUN_FILE).is_file():
+        if args.set or args.preset_given:
+            raise ValueError(f"{args.run} already exists with its own config; resume without --preset/--set")
+        return
+    if args.data is None:
+        raise ValueError("--data DATA is needed to start a new run")
+    config = cfg.override(cfg.preset(args.preset), args.set)
+    steps = []
+    if args.vqvae_steps is not None:
+        steps.append(f"train.vqvae_steps={args.vqvae_steps}")
+    if args.prior_steps is not None:
+        steps.append(f"train.prior_steps={args.prior_steps}")
+    train.create_run(args.run, cfg.override(config, steps), args.data)
+
+
+def cmd_vqvae(args) -> dict:
+    from export import train
+
+    _start_run(args)
+    return train.train_vqvae(args.run, args.device)
+
+
+def cmd_codes(args) -> dict:
+    from export import train
+
+    return train.extract_codes(args.run, args.device)
+
+
+def cmd_prior(args) -> dict:
+    from export import train
+
+    return train.train_prior(args.run, args.layer, args.device)
+
+
+def cmd_export(args) -> dict:
+    from export.onnx_export import export_bundle
+
+    manifest = export_bundle(args.run, args.out, args.name)
+    return {"bundle": str(args.out), "parity": manifest["parity"]["max_abs_diff"]}
+
+
+def cmd_pipeline(args) -> dict:
+    from export import train
+    from export.onnx_export import export_bundle
+
+    _start_run(args)
+    out = {"vqvae": train.train_vqvae(args.run, args.device), "codes": train.extract_codes(args.run, args.device)}
+    for layer in ("top", "bottom"):
+        out[f"{layer}_prior"] = train.train_prior(args.run, layer, args.device)
+    out["parity"] = export_bundle(args.run, args.out, args.name)["parity"]["max_abs_diff"]
+    return out
+
+
+def cmd_bench(args) -> dict:
+    from export.bench import run_bench
+
+    return run_bench(args.preset, args.threads, args.repeats)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, help="NSynth-layout dataset folder (needed for a new run)")
+    p.add_argument("--run", type=Path, required=True, help="run folder (created if missing)")
+    p.add_argument("--preset", default=None, choices=["paper", "small", "tiny"], help="model sizes (default: small)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. vqvae.hidden=96 or train.lr=1e-4")
+    p.add_argument("--vqvae-steps", type=int, help="shortcut for --set train.vqvae_steps=N")
+    p.add_argument("--prior-steps", type=int, help="shortcut for --set train.prior_steps=N")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="inpaint-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    device = {"default": "auto", "choices": ["auto", "cpu", "cuda"], "help": "training device (default: %(default)s)"}
+
+    p = sub.add_parser("dataset", help="render an NSynth-format dataset from GM soundfonts")
+    p.add_argument("--soundfont", action="append", required=True, help="a .sf2/.sf3 file (repeatable)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--pitches", type=_range, default=range(24, 85), help="LO:HI MIDI, inclusive (default 24:84)")
+    p.add_argument("--velocities", type=_ints, default=[25, 50, 75, 100, 127], help="comma list (default NSynth's)")
+    p.add_argument("--programs", type=_ints, default=None, help="only these GM programs (0-based, comma list)")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+
+    p = sub.add_parser("vqvae", help="train the VQ-VAE-2")
+    _add_run_options(p)
+    p.add_argument("--device", **device)
+
+    for name, helptext in (("codes", "extract codemaps of both splits"), ("prior", "train a prior")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("run", type=Path)
+        p.add_argument("--device", **device)
+        if name == "prior":
+            p.add_argument("--layer", required=True, choices=["top", "bottom"])
+
+    p = sub.add_parser("export", help="export a run to an ONNX bundle")
+    p.add_argument("run", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--name", help="bundle name (default: the run folder's)")
+
+    p = sub.add_parser("pipeline", help="every training stage, then export")
+    _add_run_options(p)
+    p.add_argument("--out", type=Path, required=True, help="bundle folder")
+    p.add_argument("--name")
+    p.add_argument("--device", **device)
+
+    p = sub.add_parser("bench", help="prior decoding step: onnxruntime vs torch eager, and full sampling time")
+    p.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for both runtimes (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="full samplings timed (default %(default)s)")
+    return ap
+
+
+COMMANDS = {"dataset": cmd_dataset, "vqvae": cmd_vqvae, "codes": cmd_codes, "prior": cmd_prior,
+            "export": cmd_export, "pipeline": cmd_pipeline, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if hasattr(args, "preset") and args.command in ("vqvae", "pipeline"):
+        args.preset_given = args.preset is not None
+        args.preset = args.preset or "small"
+    try:
+        result = COMMANDS[args.command](args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"inpaint-train {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Benchmark: one prior decoding step and a full 640-token sampling, onnxruntime vs torch eager.
+
+Both runtimes run the same weights (a randomly initialised model of the chosen preset: speed does not
+depend on training), in one process, through the same sampling loop. onnxruntime runs the priors as the
+server does (one intra-op thread); torch eager is timed at 1 and at `threads` threads and its faster setting
+is the baseline, so the ratio never flatters onnxruntime.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export import config as cfg
+from export import train
+from export.onnx_export import export_bundle
+from export.prior import Prior
+from export.vqvae import VQVAE2
+from server.bundle import Bundle
+from server.sampling import Conditioning, Inpainter, PriorSampler
+
+
+class TorchPriorSampler(PriorSampler):
+    """The server's sampling loop driven by torch eager instead of onnxruntime: the baseline."""
+
+    def __init__(self, prior: Prior):
+        self.prior, self.start = prior, prior.start_token
+
+    def _labels(self, cond: Conditioning):
+        return torch.tensor([cond.pitch]), torch.tensor([cond.family])
+
+    def encode(self, src, cond):
+        with torch.inference_mode():
+            return self.prior.encode(torch.from_numpy(src[None].astype(np.int64)), *self._labels(cond))
+
+    def empty_cache(self):
+        return self.prior.empty_cache(1)
+
+    def step(self, tokens, cond, past, memory):
+        with torch.inference_mode():
+            logits, present = self.prior.step(torch.from_numpy(tokens[None].astype(np.int64)), *self._labels(cond),
+                                              past, memory)
+        return logits[0, -1].numpy(), present
+
+
+def write_random_run(run: Path, config: cfg.RunConfig, seed: int = 0) -> None:
+    """A run folder holding untrained checkpoints of `config`: enough to export and time a bundle."""
+    torch.manual_seed(seed)
+    train.create_run(run, config, Path("untrained"))
+    vqvae = VQVAE2(config.vqvae, config.spectrogram)
+    train.save_checkpoint(run / "vqvae.pt", model=vqvae.state_dict(), step=0, config=config.to_dict(),
+                          normalizer={"scale": [0.1, 1.0], "shift": [0.0, 0.0]}, metrics={})
+    for layer in ("top", "bottom"):
+        prior = train.build_prior(config, layer)
+        train.save_checkpoint(run / f"{layer}_prior.pt", model=prior.state_dict(), step=0, config=config.to_dict(),
+                              metrics={})
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _time_sampler(inpainter: Inpainter, src: np.ndarray, cache_length: int, repeats: int) -> dict:
+    cond = Conditioning(pitch=60, family=4, temperature=1.0, top_p=0.8)
+    sampler, token = inpainter.bottom, np.array([5])
+    memory = sampler.encode(src, cond)
+    prefix = np.resize(src, cache_length)  # any valid codes: the cost does not depend on their values
+    _, past = sampler.step(prefix, cond, sampler.empty_cache(), memory)
+    for _ in range(20):  # warm-up
+        sampler.step(token, cond, past, memory)
+    step_ms = _median_ms(lambda: sampler.step(token, cond, past, memory), 300)
+    inpainter.generate(cond, np.random.default_rng(0))  # warm-up
+    full_ms = _median_ms(lambda: inpainter.generate(cond, np.random.default_rng(0)), repeats)
+    return {"step_ms": step_ms, "generate_640_ms": full_ms}
+
+
+def run_bench(preset: str = "small", threads: int = 2, repeats: int = 3, cache_length: int = 300) -> dict:
+    """Bottom-prior step at `cache_length` (the prior that runs 512 of the 640 steps), batch 1, and a full
+    generation (128 top + 512 bottom tokens, temperature 1, top-p 0.8)."""
+    config = cfg.preset(preset)
+    src = np.random.default_rng(0).integers(0, config.vqvae.n_codes, 128)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        write_random_run(run, config)
+        export_bundle(run, Path(tmp) / "bundle")
+        bundle = Bundle(Path(tmp) / "bundle", "cpu", threads=threads)
+        results["onnxruntime"] = _time_sampler(Inpainter.from_bundle(bundle), src, cache_length, repeats)
+        priors = {layer: train.load_prior(run, config, layer)[0] for layer in ("top", "bottom")}
+        eager = Inpainter(TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]),
+                          bundle.manifest.mask_token)
+        for n in sorted({1, threads}):
+            torch.set_num_threads(n)
+            results[f"torch_{n}_threads"] = _time_sampler(eager, src, cache_length, repeats)
+    baseline = min((k for k in results if k.startswith("torch")), key=lambda k: results[k]["step_ms"])
+    ort_r, torch_r = results["onnxruntime"], results[baseline]
+    summary = {
+        "preset": preset, "cache_length": cache_length, **results, "baseline": baseline,
+        "step_speedup": torch_r["step_ms"] / ort_r["step_ms"],
+        "generate_speedup": torch_r["generate_640_ms"] / ort_r["generate_640_ms"],
+    }
+    print(f"preset {preset}; bottom-prior step at cache length {cache_length}, batch 1; "
+          f"onnxruntime priors on 1 thread; baseline {baseline}")
+    print(f"{'':18}{'step (ms)':>12}{'640 tokens (ms)':>18}")
+    for name, r in results.items():
+        print(f"{name:18}{r['step_ms']:12.3f}{r['generate_640_ms']:18.1f}")
+    print(f"{'speed-up':18}{summary['step_speedup']:11.2f}x{summary['generate_speedup']:17.2f}x")
+    return summary

@@ -1,0 +1,142 @@
+"""Sampling and inpainting with the bundle's prior graphs (numpy + onnxruntime).
+
+Masked positions are visited in sequence order; kept positions are never sampled. A known run of tokens
+(the prefix, or the kept tokens between two masked ones) goes through the step graph in one call, and every
+call reuses the key/value cache, so a full generation costs one call per sampled token. Top inpainting then
+resamples the bottom cells under the edited top cells, as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from server import codemaps
+from server.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    pitch: int  # MIDI number within the bundle's pitch range
+    family: int  # index into the bundle's families
+    temperature: float = 1.0
+    top_p: float = 0.8  # the paper's audio examples: temperature 1, nucleus 0.8
+
+
+def sample_logits(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    """One draw from (V,) logits with temperature and nucleus (top-p) filtering; temperature <= 0 is argmax."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    weights = np.exp(z - z.max())  # unnormalised: the draw below scales by the kept total
+    order = np.argsort(-weights)
+    cumulative = np.cumsum(weights[order])
+    keep = min(int(np.searchsorted(cumulative, min(top_p, 1.0) * cumulative[-1])) + 1, order.size)
+    pick = int(np.searchsorted(cumulative[:keep], rng.random() * cumulative[keep - 1], side="right"))
+    return int(order[min(pick, keep - 1)])
+
+
+class PriorSampler:
+    """The encoder and step graphs of one prior ('top' or 'bottom')."""
+
+    def __init__(self, bundle: Bundle, layer: str):
+        self.shape = bundle.manifest.priors[layer]
+        self.start = bundle.manifest.start_token
+        self._encoder = bundle.sessions[f"{layer}_prior_encoder"]
+        self._step = bundle.sessions[f"{layer}_prior_step"]
+
+    def encode(self, src: np.ndarray, cond: Conditioning) -> np.ndarray:
+        """(S,) source tokens → memory_kv (L, 2, 1, H, S, Dh)."""
+        return self._encoder.run(None, {"src": src[None].astype(np.int64), **self._labels(cond)})[0]
+
+    def _labels(self, cond: Conditioning) -> dict[str, np.ndarray]:
+        return {"pitch": np.array([cond.pitch], np.int64), "family": np.array([cond.family], np.int64)}
+
+    def empty_cache(self) -> np.ndarray:
+        s = self.shape
+        return np.zeros((s.n_layers, 2, 1, s.n_heads, 0, s.head_dim), np.float32)
+
+    def step(self, tokens: np.ndarray, cond: Conditioning, past: np.ndarray, memory: np.ndarray):
+        """(N,) decoder inputs → logits of the last one (V,), new cache."""
+        logits, present = self._step.run(None, {"tokens": tokens[None].astype(np.int64), **self._labels(cond),
+                                                "past_kv": past, "memory_kv": memory})
+        return logits[0, -1], present
+
+    def sample(self, known: np.ndarray, mask: np.ndarray, memory: np.ndarray, cond: Conditioning,
+               rng: np.random.Generator, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Resample the masked positions of the (T,) sequence `known`, left to right; returns a new sequence.
+
+        `progress(done, total)` is called after each sampled token; raising from it cancels the sampling.
+        """
+        seq = known.astype(np.int64).copy()
+        positions = np.flatnonzero(mask)
+        if positions.size == 0:
+            return seq
+        first = positions[0]
+        inputs = np.concatenate([[self.start], seq[:first]])  # start symbol + the known prefix, one call
+        logits, past = self.step(inputs, cond, self.empty_cache(), memory)
+        for i, pos in enumerate(positions):
+            seq[pos] = sample_logits(logits, cond.temperature, cond.top_p, rng)
+            if progress is not None:
+                progress(i + 1, positions.size)
+            if i + 1 == positions.size:
+                break
+            # Feed the new token and the kept ones up to the next masked position in one call.
+            logits, past = self.step(seq[pos : positions[i + 1]], cond, past, memory)
+        return seq
+
+
+class Inpainter:
+    """Generation and inpainting on (F, T) codemaps with a loaded bundle."""
+
+    def __init__(self, top: PriorSampler, bottom: PriorSampler, mask_token: int):
+        self.top, self.bottom, self.mask_token = top, bottom, mask_token
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> Inpainter:
+        return cls(PriorSampler(bundle, "top"), PriorSampler(bundle, "bottom"), bundle.manifest.mask_token)
+
+    def inpaint(self, codes_top: np.ndarray, codes_bottom: np.ndarray, layer: str, mask: np.ndarray,
+                cond: Conditioning, rng: np.random.Generator,
+                progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Regenerate the cells of `layer` where `mask` (F, T) is True; a top edit also resamples the bottom
+        cells beneath it. Returns new (top (32, 4), bottom (64, 8)) maps; the inputs are not modified."""
+        top_seq = codemaps.to_sequence(codes_top, "top")
+        if layer == "top":
+            top_mask = codemaps.to_sequence(mask, "top")
+            bottom_mask = codemaps.to_sequence(codemaps.upsample_mask(mask), "bottom")
+        else:
+            top_mask = np.zeros_like(top_seq, bool)
+            bottom_mask = codemaps.to_sequence(mask, "bottom")
+        total = max(int(top_mask.sum() + bottom_mask.sum()), 1)
+
+        def report(layer_name: str):
+            if progress is None:
+                return None
+            offset = 0 if layer_name == "top" else int(top_mask.sum())
+            return lambda i, _n: progress((offset + i) / total)
+
+        if top_mask.any():
+            src = np.where(top_mask, self.mask_token, top_seq)
+            memory = self.top.encode(src, cond)
+            top_seq = self.top.sample(top_seq, top_mask, memory, cond, rng, report("top"))
+        bottom_seq = codemaps.to_sequence(codes_bottom, "bottom")
+        if bottom_mask.any():
+            memory = self.bottom.encode(top_seq, cond)
+            bottom_seq = self.bottom.sample(bottom_seq, bottom_mask, memory, cond, rng, report("bottom"))
+        return codemaps.from_sequence(top_seq, "top"), codemaps.from_sequence(bottom_seq, "bottom")
+
+    def generate(self, cond: Conditioning, rng: np.random.Generator,
+                 progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A new sound from nothing: the whole top map, then the whole bottom map."""
+        top = np.zeros(codemaps.TOP_SHAPE, np.int64)
+        bottom = np.zeros(codemaps.BOTTOM_SHAPE, np.int64)
+        return self.inpaint(top, bottom, "top", np.ones(codemaps.TOP_SHAPE, bool), cond, rng, progress)
+
+    def resample_bottom(self, codes_top: np.ndarray, codes_bottom: np.ndarray, cond: Conditioning,
+                        rng: np.random.Generator) -> np.ndarray:
+        """Keep the top map, draw a whole new bottom map (the paper's third experiment)."""
+        _, bottom = self.inpaint(codes_top, codes_bottom, "bottom", np.ones(codemaps.BOTTOM_SHAPE, bool), cond, rng)
+        return bottom
