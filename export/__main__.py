@@ -20,9 +20,12 @@ import sys
 from pathlib import Path
 
 
-def _range(text: str) -> range:
-    lo, _, hi = text.partition(":")
-    return range(int(lo), int(hi or lo) + 1)
+def _pitches(text: str) -> list[int]:
+    """'24:84' (inclusive range) or '48,60,72'."""
+    if ":" in text:
+        lo, _, hi = text.partition(":")
+        return list(range(int(lo), int(hi) + 1))
+    return _ints(text)
 
 
 def _ints(text: str) -> list[int]:
@@ -118,7 +121,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dataset", help="render an NSynth-format dataset from GM soundfonts")
     p.add_argument("--soundfont", action="append", required=True, help="a .sf2/.sf3 file (repeatable)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--pitches", type=_range, default=range(24, 85), help="LO:HI MIDI, inclusive (default 24:84)")
+    p.add_argument("--pitches", type=_pitches, default=list(range(24, 85)),
+                   help="LO:HI MIDI inclusive, or a comma list (default 24:84)")
     p.add_argument("--velocities", type=_ints, default=[25, 50, 75, 100, 127], help="comma list (default NSynth's)")
     p.add_argument("--programs", type=_ints, default=None, help="only these GM programs (0-based, comma list)")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")

@@ -1,0 +1,56 @@
+"""Reading user files: any rate, channel count and length → 4 s mono at 16 kHz; clear errors otherwise."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from export.metrics import estimate_f0
+from server.audio import AudioError, load_audio, resample
+
+
+def test_stereo_44k_long_file_becomes_4s_mono_16k_with_pitch_kept(tmp_path):
+    rate = 44_100
+    t = np.arange(int(6.5 * rate)) / rate
+    tone = 0.4 * np.sin(2 * np.pi * 330 * t)
+    path = tmp_path / "long.flac"
+    sf.write(str(path), np.stack([tone, 0.5 * tone], axis=1), rate)
+    audio = load_audio(path)
+    assert audio.shape == (64_000,) and audio.dtype == np.float32
+    assert estimate_f0(audio, 16_000) == pytest.approx(330, rel=0.003)
+    assert np.sqrt(np.mean(audio**2)) == pytest.approx(0.75 * 0.4 / np.sqrt(2), rel=0.02)  # channel mean
+
+
+def test_short_8k_file_is_padded_with_silence(tmp_path):
+    path = tmp_path / "short.wav"
+    sf.write(str(path), 0.5 * np.ones(4000), 8000)  # 0.5 s
+    audio = load_audio(path)
+    assert audio.shape == (64_000,)
+    assert np.all(audio[9000:] == 0) and np.abs(audio[1000:7000]).min() > 0.4
+
+
+def test_resample_is_band_limited():
+    rate = 48_000
+    t = np.arange(rate) / rate
+    mix = np.sin(2 * np.pi * 1000 * t) + np.sin(2 * np.pi * 12_000 * t)  # 12 kHz cannot survive 16 kHz
+    out = resample(mix, rate, 16_000)
+    spectrum = np.abs(np.fft.rfft(out[2000:14000]))
+    freqs = np.fft.rfftfreq(12000, 1 / 16_000)
+    assert abs(freqs[spectrum.argmax()] - 1000) < 3
+    assert spectrum[freqs > 4000].max() < 0.01 * spectrum.max()
+
+
+@pytest.mark.parametrize("content,needle", [(None, "no such file"), (b"", "not a readable audio file"),
+                                            (b"RIFF\x00\x00\x00\x00WAVEjunk", "not a readable audio file")])
+def test_unreadable_files_raise_a_clear_error(tmp_path, content, needle):
+    path = tmp_path / "bad.wav"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(AudioError, match=needle):
+        load_audio(path)
+
+
+def test_empty_audio_file_is_an_error(tmp_path):
+    path = tmp_path / "empty.wav"
+    sf.write(str(path), np.zeros(0), 16_000)
+    with pytest.raises(AudioError, match="no audio frames"):
+        load_audio(path)

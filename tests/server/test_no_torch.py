@@ -1,0 +1,43 @@
+"""The runtime installs light: no module of `server` may import torch or librosa."""
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import server
+from tests.conftest import ROOT, run_cli
+
+
+def test_every_server_module_imports_without_torch_or_librosa():
+    modules = [f"server.{m.name}" for m in pkgutil.iter_modules(server.__path__)]
+    code = (
+        "import importlib, sys\n"
+        "sys.modules['torch'] = None; sys.modules['librosa'] = None\n"  # any import of them now raises
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "assert not any(m.startswith(('torch', 'librosa', 'export')) for m in sys.modules if sys.modules[m])\n"
+        "print(len(" + repr(modules) + "))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == len(modules) >= 6
+
+
+def test_render_command_runs_with_torch_blocked(tiny_bundle, tmp_path):
+    import soundfile as sf
+
+    out = tmp_path / "note.wav"
+    result = run_cli("server", "render", "--bundle", str(tiny_bundle[1]), "--out", str(out), "--pitch", "48",
+                     "--instrument", "string", block_torch=True)
+    assert result.returncode == 0, result.stderr
+    audio, rate = sf.read(str(out))
+    assert rate == 16_000 and audio.shape == (64_000,)
+
+
+def test_render_command_reports_user_errors_without_a_traceback(tiny_bundle, tmp_path):
+    result = run_cli("server", "render", "--bundle", str(tiny_bundle[1]), "--out", str(tmp_path / "x.wav"),
+                     "--pitch", "100", block_torch=True)
+    assert result.returncode == 1
+    assert "pitch 100 is outside the model's range 24..84" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("server", "info", "--bundle", str(Path(tmp_path)), block_torch=True)
+    assert result.returncode == 1 and "not a bundle" in result.stderr

@@ -1,0 +1,112 @@
+"""Sampling and inpainting through the bundle's graphs: what is kept stays, what is masked is redrawn."""
+
+import numpy as np
+import pytest
+
+from server import codemaps
+from server.bundle import Bundle
+from server.render import encode_audio, render
+from server.sampling import Conditioning, Inpainter, sample_logits
+
+
+def test_temperature_zero_is_argmax_and_tiny_top_p_keeps_only_the_best():
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, 3.0, 1.0, 2.9])
+    assert sample_logits(logits, 0.0, 0.8, rng) == 1
+    assert {sample_logits(logits, 1.0, 1e-6, rng) for _ in range(50)} == {1}
+
+
+def test_top_p_restricts_draws_to_the_nucleus_and_follows_probabilities():
+    rng = np.random.default_rng(0)
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = np.log(probs)
+    draws = np.array([sample_logits(logits, 1.0, 0.7, rng) for _ in range(4000)])
+    assert set(draws) == {0, 1}  # 0.5 + 0.3 reaches 0.7: the nucleus is {0, 1}
+    assert (draws == 0).mean() == pytest.approx(0.5 / 0.8, abs=0.03)
+    full = np.array([sample_logits(logits, 1.0, 1.0, rng) for _ in range(4000)])
+    np.testing.assert_allclose(np.bincount(full, minlength=4) / 4000, probs, atol=0.03)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle):
+    bundle = Bundle(tiny_bundle[1])
+    return bundle, Inpainter.from_bundle(bundle)
+
+
+COND = Conditioning(pitch=60, family=4)
+
+
+def test_generation_is_seeded_and_codes_are_in_range(engine):
+    bundle, inpainter = engine
+    top, bottom = inpainter.generate(COND, np.random.default_rng(7))
+    again = inpainter.generate(COND, np.random.default_rng(7))
+    assert top.shape == (32, 4) and bottom.shape == (64, 8)
+    np.testing.assert_array_equal(top, again[0])
+    np.testing.assert_array_equal(bottom, again[1])
+    assert 0 <= top.min() and top.max() < bundle.manifest.n_codes and bottom.max() < bundle.manifest.n_codes
+
+
+def test_top_inpainting_keeps_everything_outside_the_mask_and_its_shadow(engine):
+    _, inpainter = engine
+    rng = np.random.default_rng(1)
+    top, bottom = inpainter.generate(COND, rng)
+    mask = codemaps.rectangle_mask("top", 0, 2, 0, 32)  # the first two seconds
+    new_top, new_bottom = inpainter.inpaint(top, bottom, "top", mask, Conditioning(60, 4, temperature=5.0), rng)
+    np.testing.assert_array_equal(new_top[~mask], top[~mask])
+    shadow = codemaps.upsample_mask(mask)
+    np.testing.assert_array_equal(new_bottom[~shadow], bottom[~shadow])
+    assert (new_top[mask] != top[mask]).any() and (new_bottom[shadow] != bottom[shadow]).any()
+
+
+def test_bottom_inpainting_touches_only_masked_bottom_cells(engine):
+    _, inpainter = engine
+    rng = np.random.default_rng(2)
+    top, bottom = inpainter.generate(COND, rng)
+    mask = codemaps.rectangle_mask("bottom", 0, 8, 0, 16)  # the lowest quarter of frequencies
+    new_top, new_bottom = inpainter.inpaint(top, bottom, "bottom", mask, Conditioning(60, 4, temperature=5.0), rng)
+    np.testing.assert_array_equal(new_top, top)
+    np.testing.assert_array_equal(new_bottom[~mask], bottom[~mask])
+    assert (new_bottom[mask] != bottom[mask]).any()
+
+
+def test_progress_reaches_one_and_an_exception_cancels(engine):
+    _, inpainter = engine
+    seen = []
+    inpainter.generate(COND, np.random.default_rng(3), progress=seen.append)
+    assert seen[-1] == pytest.approx(1.0) and len(seen) == 640 and seen == sorted(seen)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(fraction):
+        if fraction > 0.1:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        inpainter.generate(COND, np.random.default_rng(3), progress=cancel)
+
+
+def test_onnx_sampling_matches_torch_eager_token_for_token(tiny_bundle, engine):
+    """The whole sampling loop, run by onnxruntime and by torch on the same weights and seed."""
+    pytest.importorskip("torch")
+    from export import train
+    from export.bench import TorchPriorSampler
+
+    run = tiny_bundle[0]
+    config, _ = train.load_run(run)
+    priors = {layer: train.load_prior(run, config, layer)[0] for layer in codemaps.LAYERS}
+    eager = Inpainter(TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]), engine[0].manifest.mask_token)
+    for seed in range(3):
+        a = engine[1].generate(COND, np.random.default_rng(seed))
+        b = eager.generate(COND, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_render_and_encode_round_trip_shapes(engine):
+    bundle, inpainter = engine
+    top, bottom = inpainter.generate(COND, np.random.default_rng(4))
+    audio = render(bundle, top, bottom)
+    assert audio.shape == (64_000,) and audio.dtype == np.float32 and np.isfinite(audio).all()
+    codes_top, codes_bottom = encode_audio(bundle, audio)
+    assert codes_top.shape == (32, 4) and codes_bottom.shape == (64, 8)
