@@ -1,15 +1,16 @@
 """inpaint-train: from audio to a verified model bundle.
 
   inpaint-train dataset --soundfont SF2 --out DATA        render an NSynth-format dataset with FluidSynth
-  inpaint-train vqvae --data DATA --run RUN --preset small train the VQ-VAE-2 (creates the run folder)
+  inpaint-train vqvae RUN --data DATA --preset small      train the VQ-VAE-2 (creates the run folder)
   inpaint-train codes RUN                                 encode both splits into codemaps
   inpaint-train prior RUN --layer top|bottom              train one Transformer prior
   inpaint-train export RUN --out BUNDLE                   write the ONNX bundle, checked against torch
-  inpaint-train pipeline --data DATA --run RUN --out B    all training stages, then export
+  inpaint-train pipeline RUN --data DATA --out BUNDLE     all training stages, then export
   inpaint-train bench                                     prior step: onnxruntime vs torch eager
 
 Every training stage resumes from its checkpoint. For several GPUs or nodes, start a stage with torchrun:
-  torchrun --nproc_per_node 4 -m export vqvae --run RUN ...
+  torchrun --nproc_per_node 4 -m export vqvae RUN ...    (one node)
+  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-endpoint HOST:PORT -m export prior RUN --layer top
 """
 
 from __future__ import annotations
@@ -43,19 +44,28 @@ def _start_run(args) -> None:
     from export import config as cfg
     from export import train
 
+    if not train.is_main_process():
+        return  # rank 0 writes the run folder; the others read it after the group's first barrier
+    steps = [f"train.{key}={value}" for key, value in
+             (("vqvae_steps", args.vqvae_steps), ("prior_steps", args.prior_steps)) if value is not None]
     if (args.run / train.RUN_FILE).is_file():
         if args.set or args.preset_given:
             raise ValueError(f"{args.run} already exists with its own config; resume without --preset/--set")
+        _extend(args.run, steps)
         return
     if args.data is None:
         raise ValueError("--data DATA is needed to start a new run")
-    config = cfg.override(cfg.preset(args.preset), args.set)
-    steps = []
-    if args.vqvae_steps is not None:
-        steps.append(f"train.vqvae_steps={args.vqvae_steps}")
-    if args.prior_steps is not None:
-        steps.append(f"train.prior_steps={args.prior_steps}")
-    train.create_run(args.run, cfg.override(config, steps), args.data)
+    train.create_run(args.run, cfg.override(cfg.override(cfg.preset(args.preset), args.set), steps), args.data)
+
+
+def _extend(run: Path, steps: list[str]) -> None:
+    """Resuming with more steps (train longer) is the one change an existing run accepts."""
+    from export import config as cfg
+    from export import train
+
+    if steps and train.is_main_process():  # the other ranks read it after the group's first barrier
+        config, data = train.load_run(run)
+        train.create_run(run, cfg.override(config, steps), data)
 
 
 def cmd_vqvae(args) -> dict:
@@ -74,6 +84,7 @@ def cmd_codes(args) -> dict:
 def cmd_prior(args) -> dict:
     from export import train
 
+    _extend(args.run, [f"train.prior_steps={args.steps}"] if args.steps else [])
     return train.train_prior(args.run, args.layer, args.device)
 
 
@@ -104,7 +115,7 @@ def cmd_bench(args) -> dict:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="NSynth-layout dataset folder (needed for a new run)")
-    p.add_argument("--run", type=Path, required=True, help="run folder (created if missing)")
+    p.add_argument("run", type=Path, help="run folder (created if missing)")
     p.add_argument("--preset", default=None, choices=["paper", "small", "tiny"], help="model sizes (default: small)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. vqvae.hidden=96 or train.lr=1e-4")
@@ -137,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--device", **device)
         if name == "prior":
             p.add_argument("--layer", required=True, choices=["top", "bottom"])
+            p.add_argument("--steps", type=int, help="total steps (raise it to train an existing prior longer)")
 
     p = sub.add_parser("export", help="export a run to an ONNX bundle")
     p.add_argument("run", type=Path)
@@ -170,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"inpaint-train {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, default=str))
+    from export.train import is_main_process
+
+    if is_main_process():  # under torchrun, one report
+        print(json.dumps(result, indent=2, default=str))
     return 0
 
 

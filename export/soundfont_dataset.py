@@ -3,7 +3,8 @@
 Layout and fields match NSynth (`examples.json` keyed by note_str, `audio/<note_str>.wav`, 16 kHz mono
 16-bit, 3 s held + 1 s release), so `export.nsynth` reads it like the real thing. Each worker process makes
 its own synth (a synth created before a fork deadlocks the child) and renders one instrument in a fixed
-order on a fresh synth, so files are reproducible. Existing files are kept: an interrupted run resumes.
+order on a fresh synth, so files are reproducible. Existing files are kept: an interrupted run resumes, and
+finished instruments are not rendered again.
 """
 
 from __future__ import annotations
@@ -134,29 +135,38 @@ def example_entry(inst: Instrument, pitch: int, velocity: int) -> dict:
 
 
 def _render_instrument(task: tuple[Instrument, list[int], list[int], str]) -> list[dict]:
-    """Worker: render one instrument's notes that are not on disk yet; returns the entries that exist."""
+    """Worker: render one instrument; returns the entries whose audio exists.
+
+    A note's samples depend on what the synth played before it, so an incomplete instrument is rendered again
+    from its first note on a fresh synth, writing only the missing files: a resumed run gives the same bytes.
+    """
     inst, pitches, velocities, out = task
     audio_dir = Path(out) / "audio"
-    entries, synth = [], None
+    plan = [example_entry(inst, p, v) for p in pitches for v in velocities]
+    paths = [audio_dir / f"{e['note_str']}.wav" for e in plan]
+    names = [e["note_str"] for e in plan]
+    done = Path(out) / "progress" / f"{inst.instrument_str}.json"  # written once an instrument is complete
+    if done.is_file():
+        record = json.loads(done.read_text())
+        if record["plan"] == names and all((audio_dir / f"{n}.wav").exists() for n in record["rendered"]):
+            return [e for e in plan if e["note_str"] in set(record["rendered"])]
+    synth = _new_synth()
+    entries = []
     try:
-        for pitch in pitches:
-            for velocity in velocities:
-                entry = example_entry(inst, pitch, velocity)
-                path = audio_dir / f"{entry['note_str']}.wav"
-                if not path.exists():
-                    if synth is None:
-                        synth = _new_synth()
-                        synth.program_select(0, synth.sfload(inst.soundfont), inst.bank, inst.program)
-                    audio = render_note(synth, pitch, velocity)
-                    if np.abs(audio).max() < SILENCE_PEAK:
-                        continue
-                    tmp = path.with_name(path.name + ".tmp")
-                    sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-                    os.replace(tmp, path)
+        synth.program_select(0, synth.sfload(inst.soundfont), inst.bank, inst.program)
+        for entry, path in zip(plan, paths):
+            audio = render_note(synth, entry["pitch"], entry["velocity"])
+            if path.exists():
+                entries.append(entry)
+            elif np.abs(audio).max() >= SILENCE_PEAK:
+                tmp = path.with_name(path.name + ".tmp")
+                sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+                os.replace(tmp, path)
                 entries.append(entry)
     finally:
-        if synth is not None:
-            synth.delete()
+        synth.delete()
+    done.parent.mkdir(exist_ok=True)
+    _write_json(done, {"plan": names, "rendered": [e["note_str"] for e in entries]})
     return entries
 
 

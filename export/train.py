@@ -72,6 +72,10 @@ class Dist:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextmanager
 def distributed(device: str = "auto"):
     """One process, or a DDP group when started by torchrun (RANK/WORLD_SIZE set)."""
@@ -83,6 +87,7 @@ def distributed(device: str = "auto"):
         torch.cuda.set_device(dev)
     if world > 1:
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.barrier()  # rank 0 has written run.json before any rank reads it
     try:
         yield Dist(dist.get_rank() if world > 1 else 0, world, dev)
     finally:
@@ -164,11 +169,11 @@ def evaluate_vqvae(model: VQVAE2, notes, config: RunConfig, device, max_notes: i
 
 
 def train_vqvae(run: Path, device: str = "auto") -> dict:
-    config, data = load_run(run)
-    tc = config.train
-    splits = load_splits(data, config.data)
     ckpt_path = run / "vqvae.pt"
     with distributed(device) as ctx:
+        config, data = load_run(run)
+        tc = config.train
+        splits = load_splits(data, config.data)
         torch.manual_seed(tc.seed)
         ckpt = load_checkpoint(ckpt_path)
         if ckpt is None:
@@ -218,8 +223,9 @@ def train_vqvae(run: Path, device: str = "auto") -> dict:
         metrics = evaluate_vqvae(model, splits["valid"], config, ctx.device) if ctx.main else {}
         if writer:
             for key, value in metrics.items():
-                writer.add_scalar(f"valid/{key}", value, step)
+                writer.add_scalar(f"vqvae/{key}", value, step)
             writer.close()
+        metrics["world_size"] = ctx.world
         save(metrics)
     return metrics
 
@@ -317,11 +323,11 @@ def evaluate_prior(model: Prior, layer: str, dataset, device, batch_size: int = 
 def train_prior(run: Path, layer: str, device: str = "auto") -> dict:
     if layer not in codemaps.LAYERS:
         raise ValueError(f"layer must be 'top' or 'bottom', not {layer!r}")
-    config, _ = load_run(run)
-    tc = config.train
     ckpt_path = run / f"{layer}_prior.pt"
-    train_set, valid_set = code_dataset(run, "train"), code_dataset(run, "valid")
     with distributed(device) as ctx:
+        config, _ = load_run(run)
+        tc = config.train
+        train_set, valid_set = code_dataset(run, "train"), code_dataset(run, "valid")
         torch.manual_seed(tc.seed)
         model = build_prior(config, layer).to(ctx.device)
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
@@ -364,6 +370,7 @@ def train_prior(run: Path, layer: str, device: str = "auto") -> dict:
             for key, value in metrics.items():
                 writer.add_scalar(f"{layer}_prior/{key}", value, step)
             writer.close()
+        metrics["world_size"] = ctx.world
         save(metrics)
     return metrics
 

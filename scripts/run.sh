@@ -12,7 +12,7 @@ if [ ! -f "$BUNDLE/manifest.json" ]; then
   echo "no bundle at $BUNDLE: training the demo bundle (tiny preset)" >&2
   inpaint-train dataset --soundfont /usr/share/sounds/sf2/TimGM6mb.sf2 --out "$ROOT/data/demo" \
     --pitches 36:84 --velocities 100 --programs 0,11,19,24,33,40,56,66,73,80,52 >&2
-  inpaint-train pipeline --data "$ROOT/data/demo" --run "$ROOT/runs/demo" --out "$BUNDLE" --preset tiny \
+  inpaint-train pipeline "$ROOT/runs/demo" --data "$ROOT/data/demo" --out "$BUNDLE" --preset tiny \
     --vqvae-steps 200 --prior-steps 200 --device cpu >&2
 fi
 mkdir -p "$ROOT/out"

@@ -62,7 +62,7 @@ def tiny_bundle(dataset, tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, bundle folder) of the `tiny` preset trained for a few steps through every stage."""
     base = tmp_path_factory.mktemp("tiny")
     run, bundle = base / "run", base / "bundle"
-    result = run_cli("export", "pipeline", "--data", str(dataset), "--run", str(run), "--out", str(bundle),
+    result = run_cli("export", "pipeline", str(run), "--data", str(dataset), "--out", str(bundle),
                      "--preset", "tiny", "--device", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     return run, bundle
