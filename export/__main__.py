@@ -36,8 +36,14 @@ def _ints(text: str) -> list[int]:
 def cmd_dataset(args) -> dict:
     from export.soundfont_dataset import render_dataset
 
-    return render_dataset(args.soundfont, args.out, pitches=args.pitches, velocities=args.velocities,
-                          workers=args.workers, programs=set(args.programs) if args.programs else None)
+    return render_dataset(
+        args.soundfont,
+        args.out,
+        pitches=args.pitches,
+        velocities=args.velocities,
+        workers=args.workers,
+        programs=set(args.programs) if args.programs else None,
+    )
 
 
 def _start_run(args) -> None:
@@ -46,8 +52,11 @@ def _start_run(args) -> None:
 
     if not train.is_main_process():
         return  # rank 0 writes the run folder; the others read it after the group's first barrier
-    steps = [f"train.{key}={value}" for key, value in
-             (("vqvae_steps", args.vqvae_steps), ("prior_steps", args.prior_steps)) if value is not None]
+    steps = [
+        f"train.{key}={value}"
+        for key, value in (("vqvae_steps", args.vqvae_steps), ("prior_steps", args.prior_steps))
+        if value is not None
+    ]
     if (args.run / train.RUN_FILE).is_file():
         if args.set or args.preset_given:
             raise ValueError(f"{args.run} already exists with its own config; resume without --preset/--set")
@@ -117,23 +126,33 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="NSynth-layout dataset folder (needed for a new run)")
     p.add_argument("run", type=Path, help="run folder (created if missing)")
     p.add_argument("--preset", default=None, choices=["paper", "small", "tiny"], help="model sizes (default: small)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. vqvae.hidden=96 or train.lr=1e-4")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. vqvae.hidden=96 or train.lr=1e-4",
+    )
     p.add_argument("--vqvae-steps", type=int, help="shortcut for --set train.vqvae_steps=N")
     p.add_argument("--prior-steps", type=int, help="shortcut for --set train.prior_steps=N")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="inpaint-train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="inpaint-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     device = {"default": "auto", "choices": ["auto", "cpu", "cuda"], "help": "training device (default: %(default)s)"}
 
     p = sub.add_parser("dataset", help="render an NSynth-format dataset from GM soundfonts")
     p.add_argument("--soundfont", action="append", required=True, help="a .sf2/.sf3 file (repeatable)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--pitches", type=_pitches, default=list(range(24, 85)),
-                   help="LO:HI MIDI inclusive, or a comma list (default 24:84)")
+    p.add_argument(
+        "--pitches",
+        type=_pitches,
+        default=list(range(24, 85)),
+        help="LO:HI MIDI inclusive, or a comma list (default 24:84)",
+    )
     p.add_argument("--velocities", type=_ints, default=[25, 50, 75, 100, 127], help="comma list (default NSynth's)")
     p.add_argument("--programs", type=_ints, default=None, help="only these GM programs (0-based, comma list)")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
@@ -168,8 +187,15 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-COMMANDS = {"dataset": cmd_dataset, "vqvae": cmd_vqvae, "codes": cmd_codes, "prior": cmd_prior,
-            "export": cmd_export, "pipeline": cmd_pipeline, "bench": cmd_bench}
+COMMANDS = {
+    "dataset": cmd_dataset,
+    "vqvae": cmd_vqvae,
+    "codes": cmd_codes,
+    "prior": cmd_prior,
+    "export": cmd_export,
+    "pipeline": cmd_pipeline,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

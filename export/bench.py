@@ -43,8 +43,9 @@ class TorchPriorSampler(PriorSampler):
 
     def step(self, tokens, cond, past, memory):
         with torch.inference_mode():
-            logits, present = self.prior.step(torch.from_numpy(tokens[None].astype(np.int64)), *self._labels(cond),
-                                              past, memory)
+            logits, present = self.prior.step(
+                torch.from_numpy(tokens[None].astype(np.int64)), *self._labels(cond), past, memory
+            )
         return logits[0, -1].numpy(), present
 
 
@@ -53,12 +54,19 @@ def write_random_run(run: Path, config: cfg.RunConfig, seed: int = 0) -> None:
     torch.manual_seed(seed)
     train.create_run(run, config, Path("untrained"))
     vqvae = VQVAE2(config.vqvae, config.spectrogram)
-    train.save_checkpoint(run / "vqvae.pt", model=vqvae.state_dict(), step=0, config=config.to_dict(),
-                          normalizer={"scale": [0.1, 1.0], "shift": [0.0, 0.0]}, metrics={})
+    train.save_checkpoint(
+        run / "vqvae.pt",
+        model=vqvae.state_dict(),
+        step=0,
+        config=config.to_dict(),
+        normalizer={"scale": [0.1, 1.0], "shift": [0.0, 0.0]},
+        metrics={},
+    )
     for layer in ("top", "bottom"):
         prior = train.build_prior(config, layer)
-        train.save_checkpoint(run / f"{layer}_prior.pt", model=prior.state_dict(), step=0, config=config.to_dict(),
-                              metrics={})
+        train.save_checkpoint(
+            run / f"{layer}_prior.pt", model=prior.state_dict(), step=0, config=config.to_dict(), metrics={}
+        )
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -97,20 +105,26 @@ def run_bench(preset: str = "small", threads: int = 2, repeats: int = 3, cache_l
         bundle = Bundle(Path(tmp) / "bundle", "cpu", threads=threads)
         results["onnxruntime"] = _time_sampler(Inpainter.from_bundle(bundle), src, cache_length, repeats)
         priors = {layer: train.load_prior(run, config, layer)[0] for layer in ("top", "bottom")}
-        eager = Inpainter(TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]),
-                          bundle.manifest.mask_token)
+        eager = Inpainter(
+            TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]), bundle.manifest.mask_token
+        )
         for n in sorted({1, threads}):
             torch.set_num_threads(n)
             results[f"torch_{n}_threads"] = _time_sampler(eager, src, cache_length, repeats)
     baseline = min((k for k in results if k.startswith("torch")), key=lambda k: results[k]["step_ms"])
     ort_r, torch_r = results["onnxruntime"], results[baseline]
     summary = {
-        "preset": preset, "cache_length": cache_length, **results, "baseline": baseline,
+        "preset": preset,
+        "cache_length": cache_length,
+        **results,
+        "baseline": baseline,
         "step_speedup": torch_r["step_ms"] / ort_r["step_ms"],
         "generate_speedup": torch_r["generate_640_ms"] / ort_r["generate_640_ms"],
     }
-    print(f"preset {preset}; bottom-prior step at cache length {cache_length}, batch 1; "
-          f"onnxruntime priors on 1 thread; baseline {baseline}")
+    print(
+        f"preset {preset}; bottom-prior step at cache length {cache_length}, batch 1; "
+        f"onnxruntime priors on 1 thread; baseline {baseline}"
+    )
     print(f"{'':18}{'step (ms)':>12}{'640 tokens (ms)':>18}")
     for name, r in results.items():
         print(f"{name:18}{r['step_ms']:12.3f}{r['generate_640_ms']:18.1f}")

@@ -124,8 +124,15 @@ def _tiny() -> RunConfig:
         top_prior=prior,
         bottom_prior=prior,
         train=TrainConfig(
-            vqvae_steps=3, prior_steps=3, vqvae_batch_size=2, prior_batch_size=2, num_workers=0,
-            log_every=1, checkpoint_every=2, image_every=2, stats_examples=8,
+            vqvae_steps=3,
+            prior_steps=3,
+            vqvae_batch_size=2,
+            prior_batch_size=2,
+            num_workers=0,
+            log_every=1,
+            checkpoint_every=2,
+            image_every=2,
+            stats_examples=8,
         ),
     )
 

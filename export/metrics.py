@@ -17,8 +17,15 @@ def cents(f: float, reference: float) -> float:
     return 1200 * math.log2(f / reference)
 
 
-def estimate_f0(audio: np.ndarray, sample_rate: int = 16_000, fmin: float = 25.0, fmax: float = 2100.0,
-                start_s: float = 0.25, duration_s: float = 1.0, threshold: float = 0.1) -> float | None:
+def estimate_f0(
+    audio: np.ndarray,
+    sample_rate: int = 16_000,
+    fmin: float = 25.0,
+    fmax: float = 2100.0,
+    start_s: float = 0.25,
+    duration_s: float = 1.0,
+    threshold: float = 0.1,
+) -> float | None:
     """YIN (de Cheveigné & Kawahara 2002) over one window of the held part of a note; None when silent."""
     x = np.asarray(audio, np.float64)[int(start_s * sample_rate) : int((start_s + duration_s) * sample_rate)]
     if x.size == 0 or np.sqrt(np.mean(x**2)) < 1e-5:
@@ -57,8 +64,12 @@ def pitch_kept(audio: np.ndarray, pitch: int, sample_rate: int = 16_000, toleran
     return f0 is not None and abs(cents(f0, target)) <= tolerance_cents
 
 
-def log_spectral_distance(reference: np.ndarray, estimate: np.ndarray,
-                          p: dsp.SpectrogramParams = dsp.SpectrogramParams(), floor_db: float = -80.0) -> float:
+def log_spectral_distance(
+    reference: np.ndarray,
+    estimate: np.ndarray,
+    p: dsp.SpectrogramParams = dsp.SpectrogramParams(),
+    floor_db: float = -80.0,
+) -> float:
     """Mean over frames of the RMS over bins of the dB difference of power spectra (n_fft 2048, hop 512).
 
     Powers are floored `floor_db` below the reference's peak, so silent bins do not dominate.

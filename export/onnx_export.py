@@ -61,8 +61,9 @@ class PriorStepGraph(nn.Module):
         return self.prior.step(tokens, pitch, family, past_kv, memory_kv)
 
 
-def example_inputs(name: str, vqvae: VQVAE2, priors: dict[str, Prior], batch: int = 2, past: int = 3,
-                   new: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+def example_inputs(
+    name: str, vqvae: VQVAE2, priors: dict[str, Prior], batch: int = 2, past: int = 3, new: int = 2, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """Valid inputs for graph `name` (also used for the parity check)."""
     g = torch.Generator().manual_seed(seed)
     k = vqvae.cfg.n_codes
@@ -73,8 +74,10 @@ def example_inputs(name: str, vqvae: VQVAE2, priors: dict[str, Prior], batch: in
         spec[:, 0] = spec[:, 0] * 4 - 6  # roughly the range of log mel power
         return {"spectrogram": spec}
     if name == "vqvae_decoder":
-        return {"codes_top": torch.randint(0, k, (batch, *codemaps.TOP_SHAPE), generator=g),
-                "codes_bottom": torch.randint(0, k, (batch, *codemaps.BOTTOM_SHAPE), generator=g)}
+        return {
+            "codes_top": torch.randint(0, k, (batch, *codemaps.TOP_SHAPE), generator=g),
+            "codes_bottom": torch.randint(0, k, (batch, *codemaps.BOTTOM_SHAPE), generator=g),
+        }
     prior = priors[name.split("_")[0]]
     src = torch.randint(0, k + 1, (batch, prior.src_len), generator=g)
     if name.endswith("encoder"):
@@ -82,17 +85,28 @@ def example_inputs(name: str, vqvae: VQVAE2, priors: dict[str, Prior], batch: in
     with torch.no_grad():
         memory = prior.encode(src, pitch, family)
     cache = torch.randn(len(prior.decoder), 2, batch, prior.cfg.n_heads, past, prior.head_dim, generator=g)
-    return {"tokens": torch.randint(0, k + 1, (batch, new), generator=g), "pitch": pitch, "family": family,
-            "past_kv": cache, "memory_kv": memory}
+    return {
+        "tokens": torch.randint(0, k + 1, (batch, new), generator=g),
+        "pitch": pitch,
+        "family": family,
+        "past_kv": cache,
+        "memory_kv": memory,
+    }
 
 
 DYNAMIC_AXES = {
     "vqvae_encoder": {"spectrogram": {0: "batch"}, "codes_top": {0: "batch"}, "codes_bottom": {0: "batch"}},
     "vqvae_decoder": {"codes_top": {0: "batch"}, "codes_bottom": {0: "batch"}, "spectrogram": {0: "batch"}},
     "prior_encoder": {"src": {0: "batch"}, "pitch": {0: "batch"}, "family": {0: "batch"}, "memory_kv": {2: "batch"}},
-    "prior_step": {"tokens": {0: "batch", 1: "new"}, "pitch": {0: "batch"}, "family": {0: "batch"},
-                   "past_kv": {2: "batch", 4: "past"}, "memory_kv": {2: "batch"},
-                   "logits": {0: "batch", 1: "new"}, "present_kv": {2: "batch", 4: "total"}},
+    "prior_step": {
+        "tokens": {0: "batch", 1: "new"},
+        "pitch": {0: "batch"},
+        "family": {0: "batch"},
+        "past_kv": {2: "batch", 4: "past"},
+        "memory_kv": {2: "batch"},
+        "logits": {0: "batch", 1: "new"},
+        "present_kv": {2: "batch", 4: "total"},
+    },
 }
 
 
@@ -110,8 +124,16 @@ def export_graph(name: str, module: nn.Module, inputs: dict[str, torch.Tensor], 
     axes = DYNAMIC_AXES[name] if name.startswith("vqvae") else DYNAMIC_AXES[name.split("_", 1)[1]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice; it is the faster graph
-        torch.onnx.export(module.eval(), tuple(inputs[n] for n in names_in), str(path), input_names=list(names_in),
-                          output_names=list(names_out), dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            module.eval(),
+            tuple(inputs[n] for n in names_in),
+            str(path),
+            input_names=list(names_in),
+            output_names=list(names_out),
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
 
 
 def check_parity(name: str, module: nn.Module, path: Path, inputs: dict[str, torch.Tensor]) -> float:
@@ -124,7 +146,7 @@ def check_parity(name: str, module: nn.Module, path: Path, inputs: dict[str, tor
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
     worst = 0.0
-    for e, o in zip(expected, got):
+    for e, o in zip(expected, got, strict=True):
         e = e.numpy()
         if e.shape != o.shape:
             raise AssertionError(f"{name}: onnxruntime shape {o.shape} != torch shape {e.shape}")
@@ -150,8 +172,9 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
         # Check on inputs other than the tracing ones: batch 1, another cache length, another N.
         parity[graph] = check_parity(graph, module, path, example_inputs(graph, vqvae, priors, 1, 11, 5, seed=1))
         if parity[graph] > PARITY_TOLERANCE:
-            raise AssertionError(f"{graph}: onnxruntime differs from torch by {parity[graph]:.3g} "
-                                 f"(tolerance {PARITY_TOLERANCE})")
+            raise AssertionError(
+                f"{graph}: onnxruntime differs from torch by {parity[graph]:.3g} (tolerance {PARITY_TOLERANCE})"
+            )
         names_in, names_out = bundle.GRAPHS[graph]
         graphs[graph] = {"file": path.name, "inputs": list(names_in), "outputs": list(names_out)}
     manifest = {
@@ -165,22 +188,39 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
         "n_codes": config.vqvae.n_codes,
         "codemaps": {
             "top": {"shape": list(codemaps.TOP_SHAPE), "order": "time-major, frequency first: t * 32 + f"},
-            "bottom": {"shape": list(codemaps.BOTTOM_SHAPE),
-                       "order": "2x2 patches in top order; inside (t0,f0) (t0,f1) (t1,f0) (t1,f1): 4 (t*32+f) + 2 dt + df"},
+            "bottom": {
+                "shape": list(codemaps.BOTTOM_SHAPE),
+                "order": "2x2 patches in top order; inside (t0,f0) (t0,f1) (t1,f0) (t1,f1): 4 (t*32+f) + 2 dt + df",
+            },
             "rows": "row 0 is the lowest frequency",
         },
         "tokens": {"mask": priors["top"].mask_token, "start": priors["top"].start_token},
-        "priors": {layer: {"n_layers": len(p.decoder), "n_heads": p.cfg.n_heads, "head_dim": p.head_dim,
-                           "src_len": p.src_len, "tgt_len": p.tgt_len} for layer, p in priors.items()},
+        "priors": {
+            layer: {
+                "n_layers": len(p.decoder),
+                "n_heads": p.cfg.n_heads,
+                "head_dim": p.head_dim,
+                "src_len": p.src_len,
+                "tgt_len": p.tgt_len,
+            }
+            for layer, p in priors.items()
+        },
         "graphs": graphs,
-        "parity": {"tolerance": PARITY_TOLERANCE, "max_abs_diff": parity,
-                   "note": "codes graphs report the fraction of differing codes"},
+        "parity": {
+            "tolerance": PARITY_TOLERANCE,
+            "max_abs_diff": parity,
+            "note": "codes graphs report the fraction of differing codes",
+        },
         "provenance": {
             "data": str(data),
             "steps": {"vqvae": vq_ckpt["step"], **{f"{k}_prior": v["step"] for k, v in prior_ckpts.items()}},
-            "metrics": {"vqvae": vq_ckpt.get("metrics", {}),
-                        **{f"{k}_prior": v.get("metrics", {}) for k, v in prior_ckpts.items()}},
-            "torch": torch.__version__, "python": platform.python_version(), "opset": OPSET,
+            "metrics": {
+                "vqvae": vq_ckpt.get("metrics", {}),
+                **{f"{k}_prior": v.get("metrics", {}) for k, v in prior_ckpts.items()},
+            },
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "opset": OPSET,
         },
         "config": config.to_dict(),
     }

@@ -88,8 +88,16 @@ class Prior(nn.Module):
     """Shapes: src (B, S) with vocabulary n_codes + 1 (the last is the mask token); target (B, T) codes;
     pitch (B,) MIDI numbers; family (B,) ids."""
 
-    def __init__(self, cfg: PriorConfig, n_codes: int, src_len: int, tgt_len: int,
-                 pitch_min: int = 24, pitch_max: int = 84, n_families: int = 11):
+    def __init__(
+        self,
+        cfg: PriorConfig,
+        n_codes: int,
+        src_len: int,
+        tgt_len: int,
+        pitch_min: int = 24,
+        pitch_max: int = 84,
+        n_families: int = 11,
+    ):
         super().__init__()
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
@@ -142,7 +150,7 @@ class Prior(nn.Module):
         x = self._embed(self.tgt_embed, tokens, pitch, family, self.tgt_pos[positions])
         mask = torch.arange(past + n, device=tokens.device)[None, :] <= positions[:, None]  # (N, P+N) causal
         presents = []
-        for layer, past_l, memory_l in zip(self.decoder, past_kv, memory_kv):
+        for layer, past_l, memory_l in zip(self.decoder, past_kv, memory_kv, strict=True):
             x, present = layer(x, past_l, memory_l, mask)
             presents.append(present)
         return self.head(self.dec_ln(x)), torch.stack(presents)
@@ -151,8 +159,9 @@ class Prior(nn.Module):
         """Teacher-forced logits (B, T, n_codes) for target (B, T)."""
         start = torch.full_like(target[:, :1], self.start_token)
         inputs = torch.cat([start, target[:, :-1]], 1)
-        logits, _ = self.step(inputs, pitch, family, self.empty_cache(target.shape[0], target.device),
-                              self.encode(src, pitch, family))
+        logits, _ = self.step(
+            inputs, pitch, family, self.empty_cache(target.shape[0], target.device), self.encode(src, pitch, family)
+        )
         return logits
 
 

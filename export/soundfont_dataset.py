@@ -24,15 +24,25 @@ SAMPLE_RATE = 16_000
 HOLD_S, RELEASE_S = 3, 1
 NSYNTH_VELOCITIES = (25, 50, 75, 100, 127)
 SOURCES = ("acoustic", "electronic", "synthetic")
-QUALITIES = ("bright", "dark", "distortion", "fast_decay", "long_release", "multiphonic", "nonlinear_env",
-             "percussive", "reverb", "tempo-synced")
+QUALITIES = (
+    "bright",
+    "dark",
+    "distortion",
+    "fast_decay",
+    "long_release",
+    "multiphonic",
+    "nonlinear_env",
+    "percussive",
+    "reverb",
+    "tempo-synced",
+)
 SILENCE_PEAK = 1e-4  # a preset that does not sound at this pitch gives (near) zeros: skipped
 
 
 def _programs(family: str, source: str, *ranges) -> dict[int, tuple[str, str]]:
     out = {}
     for r in ranges:
-        for program in ([r] if isinstance(r, int) else r):
+        for program in [r] if isinstance(r, int) else r:
             out[program] = (family, source)
     return out
 
@@ -78,7 +88,8 @@ def _new_synth():
     import fluidsynth  # imported here: never at module import, never in the parent before a fork
 
     return fluidsynth.Synth(
-        gain=0.5, samplerate=SAMPLE_RATE,
+        gain=0.5,
+        samplerate=SAMPLE_RATE,
         **{"synth.reverb.active": 0, "synth.chorus.active": 0, "synth.polyphony": 64, "synth.cpu-cores": 1},
     )
 
@@ -106,8 +117,15 @@ def list_instruments(soundfonts: list[str], programs: set[int] | None = None) ->
     for i, inst in enumerate(found):
         key = (inst.family, inst.source)
         counters[key] = counters.get(key, -1) + 1
-        numbered.append(Instrument(**{**asdict(inst), "instrument": i,
-                                      "instrument_str": f"{inst.family}_{inst.source}_{counters[key]:03d}"}))
+        numbered.append(
+            Instrument(
+                **{
+                    **asdict(inst),
+                    "instrument": i,
+                    "instrument_str": f"{inst.family}_{inst.source}_{counters[key]:03d}",
+                }
+            )
+        )
     return numbered
 
 
@@ -126,11 +144,18 @@ def render_note(synth, pitch: int, velocity: int) -> np.ndarray:
 def example_entry(inst: Instrument, pitch: int, velocity: int) -> dict:
     note_str = f"{inst.instrument_str}-{pitch:03d}-{velocity:03d}"
     return {
-        "note_str": note_str, "instrument": inst.instrument, "instrument_str": inst.instrument_str,
-        "pitch": pitch, "velocity": velocity, "sample_rate": SAMPLE_RATE,
-        "qualities": [0] * len(QUALITIES), "qualities_str": [],
-        "instrument_family": FAMILIES.index(inst.family), "instrument_family_str": inst.family,
-        "instrument_source": SOURCES.index(inst.source), "instrument_source_str": inst.source,
+        "note_str": note_str,
+        "instrument": inst.instrument,
+        "instrument_str": inst.instrument_str,
+        "pitch": pitch,
+        "velocity": velocity,
+        "sample_rate": SAMPLE_RATE,
+        "qualities": [0] * len(QUALITIES),
+        "qualities_str": [],
+        "instrument_family": FAMILIES.index(inst.family),
+        "instrument_family_str": inst.family,
+        "instrument_source": SOURCES.index(inst.source),
+        "instrument_source_str": inst.source,
     }
 
 
@@ -154,7 +179,7 @@ def _render_instrument(task: tuple[Instrument, list[int], list[int], str]) -> li
     entries = []
     try:
         synth.program_select(0, synth.sfload(inst.soundfont), inst.bank, inst.program)
-        for entry, path in zip(plan, paths):
+        for entry, path in zip(plan, paths, strict=True):
             audio = render_note(synth, entry["pitch"], entry["velocity"])
             if path.exists():
                 entries.append(entry)
@@ -176,8 +201,15 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def render_dataset(soundfonts: list[str], out: str | Path, pitches=range(24, 85), velocities=NSYNTH_VELOCITIES,
-                   workers: int = 0, programs: set[int] | None = None, progress: bool = True) -> dict:
+def render_dataset(
+    soundfonts: list[str],
+    out: str | Path,
+    pitches=range(24, 85),
+    velocities=NSYNTH_VELOCITIES,
+    workers: int = 0,
+    programs: set[int] | None = None,
+    progress: bool = True,
+) -> dict:
     """Render every (instrument, pitch, velocity) into `out`; returns a summary. Resumable."""
     from tqdm import tqdm
 

@@ -35,8 +35,14 @@ class MelIF(torch.nn.Module):
         x = audio.to(self.window.dtype)[..., : p.n_samples]
         x = torch.nn.functional.pad(x, (0, p.padded_samples - x.shape[-1]))  # (B, 65 024)
         spec = torch.stft(
-            x, p.n_fft, hop_length=p.hop, win_length=p.n_fft, window=self.window,
-            center=True, pad_mode="constant", return_complex=True,
+            x,
+            p.n_fft,
+            hop_length=p.hop,
+            win_length=p.n_fft,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
         )[:, : p.n_bins]  # (B, 1024, 128), Nyquist dropped
         log_mel = torch.log(self.filterbank @ spec.abs().square() + p.eps)
         mel_phase = unwrap(self.filterbank @ unwrap(torch.angle(spec)))

@@ -98,9 +98,16 @@ def distributed(device: str = "auto"):
 def _loader(dataset, batch_size: int, ctx: Dist, workers: int, seed: int, shuffle: bool = True):
     sampler = DistributedSampler(dataset, ctx.world, ctx.rank, shuffle=shuffle, seed=seed) if ctx.world > 1 else None
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, drop_last=len(dataset) >= batch_size * ctx.world, generator=gen,
-                      persistent_workers=workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=len(dataset) >= batch_size * ctx.world,
+        generator=gen,
+        persistent_workers=workers > 0,
+    )
 
 
 def _forever(loader):
@@ -164,8 +171,12 @@ def evaluate_vqvae(model: VQVAE2, notes, config: RunConfig, device, max_notes: i
         n += audio.shape[0]
     model.train()
     k = config.vqvae.n_codes
-    return {"valid_mse": mse / max(n, 1), "valid_codes_used_top": len(used_t) / k,
-            "valid_codes_used_bottom": len(used_b) / k, "valid_notes": n}
+    return {
+        "valid_mse": mse / max(n, 1),
+        "valid_codes_used_top": len(used_t) / k,
+        "valid_codes_used_bottom": len(used_b) / k,
+        "valid_notes": n,
+    }
 
 
 def train_vqvae(run: Path, device: str = "auto") -> dict:
@@ -191,14 +202,22 @@ def train_vqvae(run: Path, device: str = "auto") -> dict:
             step = ckpt["step"]
         ddp = DDP(model) if ctx.world > 1 else model
         melif = MelIF(config.spectrogram).to(ctx.device)
-        loader = _loader(NoteAudio(splits["train"], config.spectrogram), tc.vqvae_batch_size, ctx, tc.num_workers,
-                         tc.seed + step)
+        loader = _loader(
+            NoteAudio(splits["train"], config.spectrogram), tc.vqvae_batch_size, ctx, tc.num_workers, tc.seed + step
+        )
         writer, bar = _writer(run, ctx), _progress(tc.vqvae_steps, step, ctx, "vqvae")
 
         def save(metrics: dict):
             if ctx.main:
-                save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), step=step,
-                                config=config.to_dict(), normalizer=normalizer.to_dict(), metrics=metrics)
+                save_checkpoint(
+                    ckpt_path,
+                    model=model.state_dict(),
+                    optimizer=opt.state_dict(),
+                    step=step,
+                    config=config.to_dict(),
+                    normalizer=normalizer.to_dict(),
+                    metrics=metrics,
+                )
 
         batches = _forever(loader)
         while step < tc.vqvae_steps:
@@ -254,8 +273,9 @@ def extract_codes(run: Path, device: str = "auto", batch_size: int = 32) -> dict
     counts = {}
     for name, notes in load_splits(data, config.data).items():
         tops, bottoms, pitches, families = [], [], [], []
-        loader = DataLoader(NoteAudio(notes, config.spectrogram), batch_size=batch_size,
-                            num_workers=config.train.num_workers)
+        loader = DataLoader(
+            NoteAudio(notes, config.spectrogram), batch_size=batch_size, num_workers=config.train.num_workers
+        )
         from tqdm import tqdm
 
         for audio, pitch, family in tqdm(loader, desc=f"codes {name}"):
@@ -264,8 +284,13 @@ def extract_codes(run: Path, device: str = "auto", batch_size: int = 32) -> dict
             bottoms.append(codes_b.cpu().numpy().astype(np.uint16))
             pitches.append(pitch.numpy())
             families.append(family.numpy())
-        np.savez(run / "codes" / f"{name}.npz", top=np.concatenate(tops), bottom=np.concatenate(bottoms),
-                 pitch=np.concatenate(pitches).astype(np.int16), family=np.concatenate(families).astype(np.int16))
+        np.savez(
+            run / "codes" / f"{name}.npz",
+            top=np.concatenate(tops),
+            bottom=np.concatenate(bottoms),
+            pitch=np.concatenate(pitches).astype(np.int16),
+            family=np.concatenate(families).astype(np.int16),
+        )
         counts[name] = sum(len(t) for t in tops)
     return counts
 
@@ -277,8 +302,15 @@ def build_prior(config: RunConfig, layer: str) -> Prior:
     cfg = config.top_prior if layer == "top" else config.bottom_prior
     tgt = codemaps.TOP_SHAPE if layer == "top" else codemaps.BOTTOM_SHAPE
     top_len = codemaps.TOP_SHAPE[0] * codemaps.TOP_SHAPE[1]
-    return Prior(cfg, config.vqvae.n_codes, top_len, tgt[0] * tgt[1], config.data.pitch_min, config.data.pitch_max,
-                 len(config.data.families))
+    return Prior(
+        cfg,
+        config.vqvae.n_codes,
+        top_len,
+        tgt[0] * tgt[1],
+        config.data.pitch_min,
+        config.data.pitch_max,
+        len(config.data.families),
+    )
 
 
 def code_dataset(run: Path, split_name: str) -> TensorDataset:
@@ -289,8 +321,12 @@ def code_dataset(run: Path, split_name: str) -> TensorDataset:
     z = np.load(path)
     top = codemaps.to_sequence(z["top"].astype(np.int64), "top")
     bottom = codemaps.to_sequence(z["bottom"].astype(np.int64), "bottom")
-    return TensorDataset(torch.from_numpy(top), torch.from_numpy(bottom), torch.from_numpy(z["pitch"].astype(np.int64)),
-                         torch.from_numpy(z["family"].astype(np.int64)))
+    return TensorDataset(
+        torch.from_numpy(top),
+        torch.from_numpy(bottom),
+        torch.from_numpy(z["pitch"].astype(np.int64)),
+        torch.from_numpy(z["family"].astype(np.int64)),
+    )
 
 
 def prior_batch(layer: str, top, bottom, mask_token: int):
@@ -343,8 +379,14 @@ def train_prior(run: Path, layer: str, device: str = "auto") -> dict:
 
         def save(metrics: dict):
             if ctx.main:
-                save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), step=step,
-                                config=config.to_dict(), metrics=metrics)
+                save_checkpoint(
+                    ckpt_path,
+                    model=model.state_dict(),
+                    optimizer=opt.state_dict(),
+                    step=step,
+                    config=config.to_dict(),
+                    metrics=metrics,
+                )
 
         batches = _forever(loader)
         while step < tc.prior_steps:

@@ -81,8 +81,10 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, res_channels: int):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, res_channels, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(res_channels, channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(channels, res_channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(res_channels, channels, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,8 +98,9 @@ def _res_stack(channels: int, res_channels: int, n: int) -> list[nn.Module]:
 class VQVAE2(nn.Module):
     """Shapes: spectrogram (B, 2, 1024, 128) ⇄ codes_top (B, 32, 4), codes_bottom (B, 64, 8)."""
 
-    def __init__(self, cfg: VQVAEConfig, spec: SpectrogramParams = SpectrogramParams(),
-                 normalizer: Normalizer = Normalizer()):
+    def __init__(
+        self, cfg: VQVAEConfig, spec: SpectrogramParams = SpectrogramParams(), normalizer: Normalizer = Normalizer()
+    ):
         super().__init__()
         c, r, n, d = cfg.hidden, cfg.res_channels, cfg.n_res_blocks, cfg.embed_dim
         self.cfg, self.spec = cfg, spec
@@ -107,13 +110,17 @@ class VQVAE2(nn.Module):
             down += [nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1)] + ([nn.ReLU()] if i < 3 else [])
         self.enc_b = nn.Sequential(*down, nn.Conv2d(c, c, 3, padding=1), *_res_stack(c, r, n))
         self.enc_t = nn.Sequential(  # x2: 64 x 8 → 32 x 4
-            nn.Conv2d(c, c // 2, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c // 2, c, 3, padding=1), *_res_stack(c, r, n),
+            nn.Conv2d(c, c // 2, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c // 2, c, 3, padding=1),
+            *_res_stack(c, r, n),
         )
         self.pre_q_t = nn.Conv2d(c, d, 1)
         self.quantize_t = Quantizer(d, cfg.n_codes, cfg.ema_decay, restart=cfg.restart_dead_codes)
         self.dec_t = nn.Sequential(
-            nn.Conv2d(d, c, 3, padding=1), *_res_stack(c, r, n), nn.ConvTranspose2d(c, d, 4, stride=2, padding=1),
+            nn.Conv2d(d, c, 3, padding=1),
+            *_res_stack(c, r, n),
+            nn.ConvTranspose2d(c, d, 4, stride=2, padding=1),
         )
         self.pre_q_b = nn.Conv2d(d + c, d, 1)
         self.quantize_b = Quantizer(d, cfg.n_codes, cfg.ema_decay, restart=cfg.restart_dead_codes)

@@ -22,9 +22,16 @@ def cmd_info(args) -> dict:
 
     b = Bundle(args.bundle, args.provider)
     m = b.manifest
-    return {"bundle": str(b.path), "name": m.raw.get("name"), "format_version": m.raw["format_version"],
-            "provider": b.provider, "families": list(m.families), "pitch_range": list(m.pitch_range),
-            "n_codes": m.n_codes, "provenance": m.raw.get("provenance", {})}
+    return {
+        "bundle": str(b.path),
+        "name": m.raw.get("name"),
+        "format_version": m.raw["format_version"],
+        "provider": b.provider,
+        "families": list(m.families),
+        "pitch_range": list(m.pitch_range),
+        "n_codes": m.n_codes,
+        "provenance": m.raw.get("provenance", {}),
+    }
 
 
 def cmd_render(args) -> dict:
@@ -50,19 +57,30 @@ def cmd_render(args) -> dict:
     rendered = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(args.out), audio, m.spectrogram.sample_rate, subtype="FLOAT")
-    return {"wav": str(args.out), "frames": int(audio.shape[0]), "sample_rate": m.spectrogram.sample_rate,
-            "provider": b.provider, "load_s": round(loaded - t0, 3), "sample_s": round(sampled - loaded, 3),
-            "decode_invert_s": round(rendered - sampled, 3)}
+    return {
+        "wav": str(args.out),
+        "frames": int(audio.shape[0]),
+        "sample_rate": m.spectrogram.sample_rate,
+        "provider": b.provider,
+        "load_s": round(loaded - t0, 3),
+        "sample_s": round(sampled - loaded, 3),
+        "decode_invert_s": round(rendered - sampled, 3),
+    }
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="inpaint-osc", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="inpaint-osc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--bundle", type=Path, required=True, help="model bundle folder")
-    common.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "coreml", "auto"],
-                        help="onnxruntime execution provider (default: %(default)s)")
+    common.add_argument(
+        "--provider",
+        default="cpu",
+        choices=["cpu", "cuda", "coreml", "auto"],
+        help="onnxruntime execution provider (default: %(default)s)",
+    )
     sub.add_parser("info", parents=[common], help="describe a bundle")
     p = sub.add_parser("render", parents=[common], help="generate one note to a WAV file")
     p.add_argument("--out", type=Path, required=True, help="WAV file to write (float32)")

@@ -59,7 +59,7 @@ class Normalizer:
     def fit(cls, minimum: np.ndarray, maximum: np.ndarray, margins: tuple[float, float] = (0.8, 1.0)):
         """Map each channel's [min, max] onto [-margin, margin] (0.8 for log power, 1.0 for IF)."""
         scale, shift = [], []
-        for lo, hi, m in zip(np.asarray(minimum, float), np.asarray(maximum, float), margins):
+        for lo, hi, m in zip(np.asarray(minimum, float), np.asarray(maximum, float), margins, strict=True):
             a = 2 * m / max(hi - lo, 1e-8)
             scale.append(float(a))
             shift.append(float(-m - a * lo))

@@ -10,8 +10,9 @@ from server.bundle import Bundle
 
 def decode(bundle: Bundle, codes_top: np.ndarray, codes_bottom: np.ndarray) -> np.ndarray:
     """(32, 4), (64, 8) codes → raw spectrogram (2, 1024, 128)."""
-    return bundle.run("vqvae_decoder", codes_top=codes_top[None].astype(np.int64),
-                      codes_bottom=codes_bottom[None].astype(np.int64))[0][0]
+    return bundle.run(
+        "vqvae_decoder", codes_top=codes_top[None].astype(np.int64), codes_bottom=codes_bottom[None].astype(np.int64)
+    )[0][0]
 
 
 def render(bundle: Bundle, codes_top: np.ndarray, codes_bottom: np.ndarray) -> np.ndarray:

@@ -60,12 +60,20 @@ class PriorSampler:
 
     def step(self, tokens: np.ndarray, cond: Conditioning, past: np.ndarray, memory: np.ndarray):
         """(N,) decoder inputs → logits of the last one (V,), new cache."""
-        logits, present = self._step.run(None, {"tokens": tokens[None].astype(np.int64), **self._labels(cond),
-                                                "past_kv": past, "memory_kv": memory})
+        logits, present = self._step.run(
+            None, {"tokens": tokens[None].astype(np.int64), **self._labels(cond), "past_kv": past, "memory_kv": memory}
+        )
         return logits[0, -1], present
 
-    def sample(self, known: np.ndarray, mask: np.ndarray, memory: np.ndarray, cond: Conditioning,
-               rng: np.random.Generator, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def sample(
+        self,
+        known: np.ndarray,
+        mask: np.ndarray,
+        memory: np.ndarray,
+        cond: Conditioning,
+        rng: np.random.Generator,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
         """Resample the masked positions of the (T,) sequence `known`, left to right; returns a new sequence.
 
         `progress(done, total)` is called after each sampled token; raising from it cancels the sampling.
@@ -98,9 +106,16 @@ class Inpainter:
     def from_bundle(cls, bundle: Bundle) -> Inpainter:
         return cls(PriorSampler(bundle, "top"), PriorSampler(bundle, "bottom"), bundle.manifest.mask_token)
 
-    def inpaint(self, codes_top: np.ndarray, codes_bottom: np.ndarray, layer: str, mask: np.ndarray,
-                cond: Conditioning, rng: np.random.Generator,
-                progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def inpaint(
+        self,
+        codes_top: np.ndarray,
+        codes_bottom: np.ndarray,
+        layer: str,
+        mask: np.ndarray,
+        cond: Conditioning,
+        rng: np.random.Generator,
+        progress: Callable[[float], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Regenerate the cells of `layer` where `mask` (F, T) is True; a top edit also resamples the bottom
         cells beneath it. Returns new (top (32, 4), bottom (64, 8)) maps; the inputs are not modified."""
         top_seq = codemaps.to_sequence(codes_top, "top")
@@ -128,15 +143,17 @@ class Inpainter:
             bottom_seq = self.bottom.sample(bottom_seq, bottom_mask, memory, cond, rng, report("bottom"))
         return codemaps.from_sequence(top_seq, "top"), codemaps.from_sequence(bottom_seq, "bottom")
 
-    def generate(self, cond: Conditioning, rng: np.random.Generator,
-                 progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def generate(
+        self, cond: Conditioning, rng: np.random.Generator, progress: Callable[[float], None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """A new sound from nothing: the whole top map, then the whole bottom map."""
         top = np.zeros(codemaps.TOP_SHAPE, np.int64)
         bottom = np.zeros(codemaps.BOTTOM_SHAPE, np.int64)
         return self.inpaint(top, bottom, "top", np.ones(codemaps.TOP_SHAPE, bool), cond, rng, progress)
 
-    def resample_bottom(self, codes_top: np.ndarray, codes_bottom: np.ndarray, cond: Conditioning,
-                        rng: np.random.Generator) -> np.ndarray:
+    def resample_bottom(
+        self, codes_top: np.ndarray, codes_bottom: np.ndarray, cond: Conditioning, rng: np.random.Generator
+    ) -> np.ndarray:
         """Keep the top map, draw a whole new bottom map (the paper's third experiment)."""
         _, bottom = self.inpaint(codes_top, codes_bottom, "bottom", np.ones(codemaps.BOTTOM_SHAPE, bool), cond, rng)
         return bottom

@@ -29,6 +29,7 @@ def require(ok: bool, what: str) -> None:
 def require_soundfont() -> Path:
     try:
         import fluidsynth  # noqa: F401  (needs Debian's libfluidsynth)
+
         lib = True
     except (ImportError, OSError):
         lib = False
@@ -38,12 +39,15 @@ def require_soundfont() -> Path:
 
 def run_cli(module: str, *args: str, block_torch: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python -m module args` in a subprocess; with block_torch, importing torch or librosa fails."""
-    code = f"import runpy, sys; sys.argv = ['{module}'] + sys.argv[1:]; runpy.run_module('{module}', run_name='__main__')"
+    code = (
+        f"import runpy, sys; sys.argv = ['{module}'] + sys.argv[1:]; runpy.run_module('{module}', run_name='__main__')"
+    )
     if block_torch:
         code = "import sys; sys.modules['torch'] = None; sys.modules['librosa'] = None; " + code
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +55,22 @@ def dataset(tmp_path_factory) -> Path:
     """An NSynth-format dataset rendered from TimGM6mb: 11 programs x 3 pitches x 1 velocity = 33 notes."""
     sf2 = require_soundfont()
     out = tmp_path_factory.mktemp("data") / "gm"
-    result = run_cli("export", "dataset", "--soundfont", str(sf2), "--out", str(out), "--pitches", "48,60,72",
-                     "--velocities", "100", "--programs", PROGRAMS, "--workers", "2")
+    result = run_cli(
+        "export",
+        "dataset",
+        "--soundfont",
+        str(sf2),
+        "--out",
+        str(out),
+        "--pitches",
+        "48,60,72",
+        "--velocities",
+        "100",
+        "--programs",
+        PROGRAMS,
+        "--workers",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -62,8 +80,18 @@ def tiny_bundle(dataset, tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, bundle folder) of the `tiny` preset trained for a few steps through every stage."""
     base = tmp_path_factory.mktemp("tiny")
     run, bundle = base / "run", base / "bundle"
-    result = run_cli("export", "pipeline", str(run), "--data", str(dataset), "--out", str(bundle),
-                     "--preset", "tiny", "--device", "cpu")
+    result = run_cli(
+        "export",
+        "pipeline",
+        str(run),
+        "--data",
+        str(dataset),
+        "--out",
+        str(bundle),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run, bundle
-

@@ -11,9 +11,21 @@ from server.bundle import FAMILIES
 from tests.conftest import require_soundfont
 
 EXCLUDED = {47, 55, *range(96, 104), 113, *range(115, 128)}
-NSYNTH_FIELDS = {"note", "note_str", "instrument", "instrument_str", "pitch", "velocity", "sample_rate", "qualities",
-                 "qualities_str", "instrument_family", "instrument_family_str", "instrument_source",
-                 "instrument_source_str"}
+NSYNTH_FIELDS = {
+    "note",
+    "note_str",
+    "instrument",
+    "instrument_str",
+    "pitch",
+    "velocity",
+    "sample_rate",
+    "qualities",
+    "qualities_str",
+    "instrument_family",
+    "instrument_family_str",
+    "instrument_source",
+    "instrument_source_str",
+}
 
 
 def test_every_gm_program_is_mapped_or_deliberately_excluded():

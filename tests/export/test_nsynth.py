@@ -16,10 +16,15 @@ def _write_split(root, name, notes):
     examples = {}
     for i, (family, pitch) in enumerate(notes):
         note_str = f"{family}_acoustic_{i:03d}-{pitch:03d}-100"
-        examples[note_str] = {"note": i, "note_str": note_str, "pitch": pitch, "velocity": 100,
-                              "instrument_family_str": family, "sample_rate": 16000}
-        sf.write(str(folder / "audio" / f"{note_str}.wav"), np.full(64000, 0.01 * (i + 1)), 16000,
-                 subtype="PCM_16")
+        examples[note_str] = {
+            "note": i,
+            "note_str": note_str,
+            "pitch": pitch,
+            "velocity": 100,
+            "instrument_family_str": family,
+            "sample_rate": 16000,
+        }
+        sf.write(str(folder / "audio" / f"{note_str}.wav"), np.full(64000, 0.01 * (i + 1)), 16000, subtype="PCM_16")
     (folder / "examples.json").write_text(json.dumps(examples))
 
 

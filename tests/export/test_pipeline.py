@@ -11,8 +11,15 @@ from tests.conftest import run_cli
 
 def test_pipeline_leaves_every_artefact_in_the_run_folder(tiny_bundle):
     run, bundle = tiny_bundle
-    for name in ("run.json", "stats.json", "vqvae.pt", "top_prior.pt", "bottom_prior.pt", "codes/train.npz",
-                 "codes/valid.npz"):
+    for name in (
+        "run.json",
+        "stats.json",
+        "vqvae.pt",
+        "top_prior.pt",
+        "bottom_prior.pt",
+        "codes/train.npz",
+        "codes/valid.npz",
+    ):
         assert (run / name).is_file(), name
     config, _ = train.load_run(run)
     ckpt = train.load_checkpoint(run / "vqvae.pt")
@@ -57,8 +64,9 @@ def test_resuming_with_a_new_preset_is_refused(tiny_bundle, tmp_path):
 def test_two_process_ddp_with_gloo_on_cpu(dataset, tmp_path):
     run = tmp_path / "ddp"
     torchrun = ["torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "export"]
-    result = run_cli(*[torchrun[0]], *torchrun[1:], "vqvae", str(run), "--data", str(dataset),
-                     "--preset", "tiny", "--device", "cpu")
+    result = run_cli(
+        *[torchrun[0]], *torchrun[1:], "vqvae", str(run), "--data", str(dataset), "--preset", "tiny", "--device", "cpu"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["world_size"] == 2 and "valid_mse" in report
@@ -78,7 +86,8 @@ def test_bench_prints_onnxruntime_and_torch_figures(capsys):
     for runtime in ("onnxruntime", "torch_1_threads"):
         assert summary[runtime]["step_ms"] > 0 and summary[runtime]["generate_640_ms"] > 0
     assert summary["step_speedup"] == pytest.approx(
-        summary[summary["baseline"]]["step_ms"] / summary["onnxruntime"]["step_ms"])
+        summary[summary["baseline"]]["step_ms"] / summary["onnxruntime"]["step_ms"]
+    )
 
 
 def test_user_errors_are_reported_without_a_traceback(tmp_path):

@@ -39,8 +39,14 @@ def test_resample_is_band_limited():
     assert spectrum[freqs > 4000].max() < 0.01 * spectrum.max()
 
 
-@pytest.mark.parametrize("content,needle", [(None, "no such file"), (b"", "not a readable audio file"),
-                                            (b"RIFF\x00\x00\x00\x00WAVEjunk", "not a readable audio file")])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (None, "no such file"),
+        (b"", "not a readable audio file"),
+        (b"RIFF\x00\x00\x00\x00WAVEjunk", "not a readable audio file"),
+    ],
+)
 def test_unreadable_files_raise_a_clear_error(tmp_path, content, needle):
     path = tmp_path / "bad.wav"
     if content is not None:

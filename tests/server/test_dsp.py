@@ -26,6 +26,7 @@ def test_break_frequency_maps_1000_hz_to_1000_mel_and_keeps_htk_at_700():
 
 def test_lowered_break_gives_more_bands_to_the_low_end():
     """The reference: 100 of 1024 bands below 100 Hz at a 240 Hz break, 54 at 700 Hz."""
+
     def bands_below_100(break_hz):
         p = dsp.SpectrogramParams(mel_break_hz=break_hz)
         centres = dsp.mel_to_hz(np.linspace(0, dsp.hz_to_mel(8000, break_hz), 1026)[1:-1], break_hz)

@@ -95,7 +95,9 @@ def test_onnx_sampling_matches_torch_eager_token_for_token(tiny_bundle, engine):
     run = tiny_bundle[0]
     config, _ = train.load_run(run)
     priors = {layer: train.load_prior(run, config, layer)[0] for layer in codemaps.LAYERS}
-    eager = Inpainter(TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]), engine[0].manifest.mask_token)
+    eager = Inpainter(
+        TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]), engine[0].manifest.mask_token
+    )
     for seed in range(3):
         a = engine[1].generate(COND, np.random.default_rng(seed))
         b = eager.generate(COND, np.random.default_rng(seed))
