@@ -19,9 +19,9 @@ from export.config import PriorConfig
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int):
         super().__init__()
-        self.n_heads, self.head_dim, self.dropout = n_heads, d_model // n_heads, dropout
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.q = nn.Linear(d_model, d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -35,12 +35,14 @@ class Attention(nn.Module):
         k, v = self.kv(x).chunk(2, dim=-1)
         return torch.stack([self.split(k), self.split(v)])
 
-    def attend(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Queries from x (B, N, d) over kv (2, B, H, T, Dh); mask (N, T) bool, True = may attend."""
-        y = F.scaled_dot_product_attention(
-            self.split(self.q(x)), kv[0], kv[1], attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, N, Dh)
-        return self.out(y.transpose(1, 2).reshape(x.shape))
+    def attend(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None, causal: bool = False):
+        """Queries from x (B, N, d) over kv (2, B, H, T, Dh); mask (N, T) bool, True = may attend.
+
+        No dropout on attention weights: on CPU it cost a quarter of a training step and blocks SDPA's fused
+        kernels; residual and embedding dropout regularise instead.
+        """
+        y = F.scaled_dot_product_attention(self.split(self.q(x)), kv[0], kv[1], attn_mask=mask, is_causal=causal)
+        return self.out(y.transpose(1, 2).reshape(x.shape))  # (B, N, d)
 
 
 class FeedForward(nn.Sequential):
@@ -54,7 +56,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: PriorConfig):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.attn = Attention(cfg.d_model, cfg.n_heads)
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -70,16 +72,16 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: PriorConfig):
         super().__init__()
         self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
-        self.self_attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.cross_attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.self_attn = Attention(cfg.d_model, cfg.n_heads)
+        self.cross_attn = Attention(cfg.d_model, cfg.n_heads)
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, past_kv, memory_kv, mask):
+    def forward(self, x, past_kv, memory_kv, mask, causal: bool = False):
         """x (B, N, d); past_kv (2, B, H, P, Dh); memory_kv (2, B, H, S, Dh) → x, present (2, B, H, P+N, Dh)."""
         h = self.ln1(x)
         present = torch.cat([past_kv, self.self_attn.keys_values(h)], dim=3)
-        x = x + self.drop(self.self_attn.attend(h, present, mask))
+        x = x + self.drop(self.self_attn.attend(h, present, mask, causal))
         x = x + self.drop(self.cross_attn.attend(self.ln2(x), memory_kv, None))
         return x + self.ff(self.ln3(x)), present
 
@@ -148,10 +150,13 @@ class Prior(nn.Module):
         n, past = tokens.shape[1], past_kv.shape[4]
         positions = torch.arange(n, device=tokens.device) + past
         x = self._embed(self.tgt_embed, tokens, pitch, family, self.tgt_pos[positions])
-        mask = torch.arange(past + n, device=tokens.device)[None, :] <= positions[:, None]  # (N, P+N) causal
+        # Training (no cache) takes SDPA's fused causal path; cached steps and the exported graph use the
+        # explicit (N, P+N) mask. Tests check both give the same logits.
+        causal = not torch.onnx.is_in_onnx_export() and past == 0 and n > 1
+        mask = None if causal else torch.arange(past + n, device=tokens.device)[None, :] <= positions[:, None]
         presents = []
         for layer, past_l, memory_l in zip(self.decoder, past_kv, memory_kv, strict=True):
-            x, present = layer(x, past_l, memory_l, mask)
+            x, present = layer(x, past_l, memory_l, mask, causal)
             presents.append(present)
         return self.head(self.dec_ln(x)), torch.stack(presents)
 
