@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -141,6 +144,80 @@ def _spectrogram_image(spec: torch.Tensor) -> torch.Tensor:
     return x.flip(0)[None]
 
 
+@dataclass
+class StepResult:
+    """What one optimisation step reports; `scalars` and `images` are only evaluated on logging steps."""
+
+    loss: torch.Tensor
+    scalars: Callable[[], dict[str, float]]
+    images: Callable[[], dict[str, torch.Tensor]] = dict
+
+
+def optimise(
+    ctx: Dist,
+    run: Path,
+    name: str,
+    model: nn.Module,
+    total_steps: int,
+    make_loader: Callable[[int], Any],
+    train_step: Callable[[nn.Module, Any], StepResult],
+    evaluate: Callable[[], dict],
+    config: RunConfig,
+    **state,
+) -> dict:
+    """The loop every stage shares: resume from `<run>/<name>.pt`, optimise with Adam, log to TensorBoard,
+    checkpoint every `checkpoint_every` steps and at the end (with the validation metrics and `state`)."""
+    tc = config.train
+    ckpt_path = run / f"{name}.pt"
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    step, ckpt = 0, load_checkpoint(ckpt_path)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+    wrapped = DDP(model) if ctx.world > 1 else model
+    writer, bar = _writer(run, ctx), _progress(total_steps, step, ctx, name)
+
+    def save(metrics: dict) -> None:
+        if ctx.main:
+            save_checkpoint(
+                ckpt_path,
+                model=model.state_dict(),
+                optimizer=opt.state_dict(),
+                step=step,
+                config=config.to_dict(),
+                metrics=metrics,
+                **state,
+            )
+
+    batches = _forever(make_loader(tc.seed + step))  # a resumed run does not replay the same batches
+    while step < total_steps:
+        result = train_step(wrapped, next(batches))
+        opt.zero_grad(set_to_none=True)
+        result.loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        if writer and step % tc.log_every == 0:
+            scalars = result.scalars()
+            for key, value in scalars.items():
+                writer.add_scalar(f"{name}/{key}", value, step)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k in ("loss", "accuracy")})
+        if writer and step % tc.image_every == 0:
+            for key, image in result.images().items():
+                writer.add_image(f"{name}/{key}", image, step)
+        if step % tc.checkpoint_every == 0:
+            save({})
+    bar.close()
+    metrics = evaluate() if ctx.main else {}
+    if writer:
+        for key, value in metrics.items():
+            writer.add_scalar(f"{name}/{key}", value, step)
+        writer.close()
+    save(metrics)
+    return {**metrics, "world_size": ctx.world}
+
+
 # ---------------------------------------------------------------- VQ-VAE
 
 
@@ -165,7 +242,7 @@ def evaluate_vqvae(model: VQVAE2, notes, config: RunConfig, device, max_notes: i
     mse, used_t, used_b, n = 0.0, set(), set(), 0
     for audio, _, _ in DataLoader(NoteAudio(notes[:max_notes], config.spectrogram), batch_size=8):
         out = model(melif(audio.to(device)))
-        mse += out["vq/mse"].item() * audio.shape[0]
+        mse += out["mse"].item() * audio.shape[0]
         used_t.update(out["codes_top"].unique().tolist())
         used_b.update(out["codes_bottom"].unique().tolist())
         n += audio.shape[0]
@@ -180,13 +257,11 @@ def evaluate_vqvae(model: VQVAE2, notes, config: RunConfig, device, max_notes: i
 
 
 def train_vqvae(run: Path, device: str = "auto") -> dict:
-    ckpt_path = run / "vqvae.pt"
     with distributed(device) as ctx:
         config, data = load_run(run)
-        tc = config.train
         splits = load_splits(data, config.data)
-        torch.manual_seed(tc.seed)
-        ckpt = load_checkpoint(ckpt_path)
+        torch.manual_seed(config.train.seed)
+        ckpt = load_checkpoint(run / "vqvae.pt")
         if ckpt is None:
             normalizer = fit_normalizer(splits["train"], config, ctx.device)
             if ctx.main:
@@ -194,59 +269,34 @@ def train_vqvae(run: Path, device: str = "auto") -> dict:
         else:
             normalizer = Normalizer(**{k: tuple(v) for k, v in ckpt["normalizer"].items()})
         model = VQVAE2(config.vqvae, config.spectrogram, normalizer).to(ctx.device)
-        opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-        step = 0
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            step = ckpt["step"]
-        ddp = DDP(model) if ctx.world > 1 else model
         melif = MelIF(config.spectrogram).to(ctx.device)
-        loader = _loader(
-            NoteAudio(splits["train"], config.spectrogram), tc.vqvae_batch_size, ctx, tc.num_workers, tc.seed + step
+        notes = NoteAudio(splits["train"], config.spectrogram)
+
+        def train_step(wrapped, batch) -> StepResult:
+            spec = melif(batch[0].to(ctx.device))  # (B, 2, 1024, 128)
+            out = wrapped(spec)
+            keys = ("loss", "mse", "commitment", "perplexity_top", "perplexity_bottom")
+            return StepResult(
+                out["loss"],
+                lambda: {k: out[k].item() for k in keys},
+                lambda: {
+                    "input": _spectrogram_image(model.normalize(spec)[0]),
+                    "reconstruction": _spectrogram_image(out["recon"][0]),
+                },
+            )
+
+        return optimise(
+            ctx,
+            run,
+            "vqvae",
+            model,
+            config.train.vqvae_steps,
+            lambda seed: _loader(notes, config.train.vqvae_batch_size, ctx, config.train.num_workers, seed),
+            train_step,
+            lambda: evaluate_vqvae(model, splits["valid"], config, ctx.device),
+            config,
+            normalizer=normalizer.to_dict(),
         )
-        writer, bar = _writer(run, ctx), _progress(tc.vqvae_steps, step, ctx, "vqvae")
-
-        def save(metrics: dict):
-            if ctx.main:
-                save_checkpoint(
-                    ckpt_path,
-                    model=model.state_dict(),
-                    optimizer=opt.state_dict(),
-                    step=step,
-                    config=config.to_dict(),
-                    normalizer=normalizer.to_dict(),
-                    metrics=metrics,
-                )
-
-        batches = _forever(loader)
-        while step < tc.vqvae_steps:
-            audio, _, _ = next(batches)
-            spec = melif(audio.to(ctx.device))  # (B, 2, 1024, 128)
-            out = ddp(spec)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-            step += 1
-            bar.update(1)
-            if writer and step % tc.log_every == 0:
-                for key in ("loss", "vq/mse", "vq/commitment", "vq/perplexity_top", "vq/perplexity_bottom"):
-                    writer.add_scalar(key, out[key].item(), step)
-                bar.set_postfix(loss=f"{out['loss'].item():.4f}")
-            if writer and step % tc.image_every == 0:
-                writer.add_image("spectrogram/input", _spectrogram_image(model.normalize(spec)[0]), step)
-                writer.add_image("spectrogram/reconstruction", _spectrogram_image(out["recon"][0]), step)
-            if step % tc.checkpoint_every == 0:
-                save({})
-        bar.close()
-        metrics = evaluate_vqvae(model, splits["valid"], config, ctx.device) if ctx.main else {}
-        if writer:
-            for key, value in metrics.items():
-                writer.add_scalar(f"vqvae/{key}", value, step)
-            writer.close()
-        metrics["world_size"] = ctx.world
-        save(metrics)
-    return metrics
 
 
 def load_vqvae(run: Path, config: RunConfig) -> VQVAE2:
@@ -359,62 +409,32 @@ def evaluate_prior(model: Prior, layer: str, dataset, device, batch_size: int = 
 def train_prior(run: Path, layer: str, device: str = "auto") -> dict:
     if layer not in codemaps.LAYERS:
         raise ValueError(f"layer must be 'top' or 'bottom', not {layer!r}")
-    ckpt_path = run / f"{layer}_prior.pt"
     with distributed(device) as ctx:
         config, _ = load_run(run)
-        tc = config.train
         train_set, valid_set = code_dataset(run, "train"), code_dataset(run, "valid")
-        torch.manual_seed(tc.seed)
+        torch.manual_seed(config.train.seed)
         model = build_prior(config, layer).to(ctx.device)
-        opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-        step = 0
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            step = ckpt["step"]
-        ddp = DDP(model) if ctx.world > 1 else model
-        loader = _loader(train_set, tc.prior_batch_size, ctx, 0, tc.seed + step)
-        writer, bar = _writer(run, ctx), _progress(tc.prior_steps, step, ctx, f"{layer} prior")
 
-        def save(metrics: dict):
-            if ctx.main:
-                save_checkpoint(
-                    ckpt_path,
-                    model=model.state_dict(),
-                    optimizer=opt.state_dict(),
-                    step=step,
-                    config=config.to_dict(),
-                    metrics=metrics,
-                )
-
-        batches = _forever(loader)
-        while step < tc.prior_steps:
-            top, bottom, pitch, family = (t.to(ctx.device) for t in next(batches))
+        def train_step(wrapped, batch) -> StepResult:
+            top, bottom, pitch, family = (t.to(ctx.device) for t in batch)
             src, target = prior_batch(layer, top, bottom, model.mask_token)
-            logits = ddp(src, target, pitch, family)  # (B, T, n_codes)
+            logits = wrapped(src, target, pitch, family)  # (B, T, n_codes)
             loss = F.cross_entropy(logits.transpose(1, 2), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            bar.update(1)
-            if writer and step % tc.log_every == 0:
-                accuracy = (logits.argmax(-1) == target).float().mean().item()
-                writer.add_scalar(f"{layer}_prior/loss", loss.item(), step)
-                writer.add_scalar(f"{layer}_prior/accuracy", accuracy, step)
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}")
-            if step % tc.checkpoint_every == 0:
-                save({})
-        bar.close()
-        metrics = evaluate_prior(model, layer, valid_set, ctx.device) if ctx.main else {}
-        if writer:
-            for key, value in metrics.items():
-                writer.add_scalar(f"{layer}_prior/{key}", value, step)
-            writer.close()
-        metrics["world_size"] = ctx.world
-        save(metrics)
-    return metrics
+            return StepResult(
+                loss, lambda: {"loss": loss.item(), "accuracy": (logits.argmax(-1) == target).float().mean().item()}
+            )
+
+        return optimise(
+            ctx,
+            run,
+            f"{layer}_prior",
+            model,
+            config.train.prior_steps,
+            lambda seed: _loader(train_set, config.train.prior_batch_size, ctx, 0, seed),
+            train_step,
+            lambda: evaluate_prior(model, layer, valid_set, ctx.device),
+            config,
+        )
 
 
 def load_prior(run: Path, config: RunConfig, layer: str) -> tuple[Prior, dict]:

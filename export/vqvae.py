@@ -181,10 +181,10 @@ class VQVAE2(nn.Module):
         mse = F.mse_loss(recon, self.normalize(spec))
         return {
             "loss": mse + self.cfg.commitment * commitment,
-            "vq/mse": mse.detach(),
-            "vq/commitment": commitment.detach(),
-            "vq/perplexity_top": perplexity[0],
-            "vq/perplexity_bottom": perplexity[1],
+            "mse": mse.detach(),
+            "commitment": commitment.detach(),
+            "perplexity_top": perplexity[0],
+            "perplexity_bottom": perplexity[1],
             "recon": recon.detach(),
             "codes_top": codes_t,
             "codes_bottom": codes_b,

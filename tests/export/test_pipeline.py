@@ -36,8 +36,10 @@ def test_tensorboard_has_scalars_and_spectrogram_images(tiny_bundle):
         acc.Reload()
         for kind in tags:
             tags[kind].update(acc.Tags()[kind])
-    assert {"loss", "vq/mse", "vq/perplexity_top", "top_prior/loss", "bottom_prior/accuracy"} <= tags["scalars"]
-    assert {"spectrogram/input", "spectrogram/reconstruction"} <= tags["images"]
+    expected = {"vqvae/loss", "vqvae/mse", "vqvae/perplexity_top", "top_prior/loss", "bottom_prior/accuracy"}
+    assert expected <= tags["scalars"]
+    assert {"vqvae/valid_mse", "top_prior/valid_loss"} <= tags["scalars"]
+    assert {"vqvae/input", "vqvae/reconstruction"} <= tags["images"]
 
 
 def test_stages_resume_from_their_checkpoints(tiny_bundle, tmp_path):

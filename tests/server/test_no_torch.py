@@ -27,36 +27,16 @@ def test_render_command_runs_with_torch_blocked(tiny_bundle, tmp_path):
     import soundfile as sf
 
     out = tmp_path / "note.wav"
-    result = run_cli(
-        "server",
-        "render",
-        "--bundle",
-        str(tiny_bundle[1]),
-        "--out",
-        str(out),
-        "--pitch",
-        "48",
-        "--instrument",
-        "string",
-        block_torch=True,
-    )
+    args = ["render", "--bundle", str(tiny_bundle[1]), "--out", str(out), "--pitch", "48", "--instrument", "string"]
+    result = run_cli("server", *args, block_torch=True)
     assert result.returncode == 0, result.stderr
     audio, rate = sf.read(str(out))
     assert rate == 16_000 and audio.shape == (64_000,)
 
 
 def test_render_command_reports_user_errors_without_a_traceback(tiny_bundle, tmp_path):
-    result = run_cli(
-        "server",
-        "render",
-        "--bundle",
-        str(tiny_bundle[1]),
-        "--out",
-        str(tmp_path / "x.wav"),
-        "--pitch",
-        "100",
-        block_torch=True,
-    )
+    args = ["render", "--bundle", str(tiny_bundle[1]), "--out", str(tmp_path / "x.wav"), "--pitch", "100"]
+    result = run_cli("server", *args, block_torch=True)
     assert result.returncode == 1
     assert "pitch 100 is outside the model's range 24..84" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("server", "info", "--bundle", str(Path(tmp_path)), block_torch=True)
