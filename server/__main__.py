@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 
-def cmd_info(args) -> dict:
+def cmd_info(args: argparse.Namespace) -> dict:
     from server.bundle import Bundle
 
     b = Bundle(args.bundle, args.provider)
@@ -34,7 +34,7 @@ def cmd_info(args) -> dict:
     }
 
 
-def cmd_render(args) -> dict:
+def cmd_render(args: argparse.Namespace) -> dict:
     import soundfile as sf
 
     from server.bundle import Bundle

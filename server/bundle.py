@@ -148,7 +148,7 @@ def write_manifest(bundle_dir: str | Path, data: dict) -> Path:
     return path
 
 
-def session_options(threads: int = 0):
+def session_options(threads: int = 0) -> Any:  # onnxruntime.SessionOptions (imported lazily)
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

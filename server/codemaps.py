@@ -30,8 +30,8 @@ def order(layer: str) -> np.ndarray:
     """Flat (row-major, F x T) cell index for each sequence position of `layer`. (F*T,) int64."""
     f_top, t_top = TOP_SHAPE
     if layer == "top":
-        t, f = np.meshgrid(np.arange(t_top), np.arange(f_top), indexing="ij")  # time-major
-        return (f * t_top + t).reshape(-1)
+        times, freqs = np.meshgrid(np.arange(t_top), np.arange(f_top), indexing="ij")  # time-major
+        return (freqs * t_top + times).reshape(-1)
     f_bot, t_bot = layer_shape(layer)
     idx = []
     for t in range(t_top):

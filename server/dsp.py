@@ -56,14 +56,14 @@ class Normalizer:
     shift: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
-    def fit(cls, minimum: np.ndarray, maximum: np.ndarray, margins: tuple[float, float] = (0.8, 1.0)):
+    def fit(cls, minimum: np.ndarray, maximum: np.ndarray, margins: tuple[float, float] = (0.8, 1.0)) -> Normalizer:
         """Map each channel's [min, max] onto [-margin, margin] (0.8 for log power, 1.0 for IF)."""
         scale, shift = [], []
         for lo, hi, m in zip(np.asarray(minimum, float), np.asarray(maximum, float), margins, strict=True):
             a = 2 * m / max(hi - lo, 1e-8)
             scale.append(float(a))
             shift.append(float(-m - a * lo))
-        return cls(tuple(scale), tuple(shift))
+        return cls((scale[0], scale[1]), (shift[0], shift[1]))
 
     def _ab(self) -> tuple[np.ndarray, np.ndarray]:
         return (np.asarray(self.scale, np.float32)[:, None, None], np.asarray(self.shift, np.float32)[:, None, None])
@@ -85,11 +85,11 @@ def mel_break_q(break_hz: float) -> float:
     return 1127.0 if break_hz == 700.0 else 1000.0 / math.log(1.0 + 1000.0 / break_hz)
 
 
-def hz_to_mel(f, break_hz: float):
+def hz_to_mel(f: float | np.ndarray, break_hz: float) -> np.ndarray:
     return mel_break_q(break_hz) * np.log1p(np.asarray(f, np.float64) / break_hz)
 
 
-def mel_to_hz(m, break_hz: float):
+def mel_to_hz(m: float | np.ndarray, break_hz: float) -> np.ndarray:
     return break_hz * np.expm1(np.asarray(m, np.float64) / mel_break_q(break_hz))
 
 

@@ -58,7 +58,9 @@ class PriorSampler:
         s = self.shape
         return np.zeros((s.n_layers, 2, 1, s.n_heads, 0, s.head_dim), np.float32)
 
-    def step(self, tokens: np.ndarray, cond: Conditioning, past: np.ndarray, memory: np.ndarray):
+    def step(
+        self, tokens: np.ndarray, cond: Conditioning, past: np.ndarray, memory: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(N,) decoder inputs → logits of the last one (V,), new cache."""
         logits, present = self._step.run(
             None, {"tokens": tokens[None].astype(np.int64), **self._labels(cond), "past_kv": past, "memory_kv": memory}
@@ -127,7 +129,7 @@ class Inpainter:
             bottom_mask = codemaps.to_sequence(mask, "bottom")
         total = max(int(top_mask.sum() + bottom_mask.sum()), 1)
 
-        def report(layer_name: str):
+        def report(layer_name: str) -> Callable[[int, int], None] | None:
             if progress is None:
                 return None
             offset = 0 if layer_name == "top" else int(top_mask.sum())

@@ -1,4 +1,4 @@
-"""The code stays lint-clean and formatted (ruff, configured in pyproject.toml; the dev extra installs it)."""
+"""The code stays lint-clean, formatted and (server/) type-checked: ruff and mypy, configured in pyproject.toml."""
 
 import subprocess
 import sys
@@ -14,4 +14,10 @@ def test_ruff(args):
     result = subprocess.run(
         [sys.executable, "-m", "ruff", *args, "server", "export", "tests"], cwd=ROOT, capture_output=True, text=True
     )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_on_the_runtime():
+    pytest.importorskip("mypy")
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
