@@ -120,6 +120,8 @@ class Inpainter:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Regenerate the cells of `layer` where `mask` (F, T) is True; a top edit also resamples the bottom
         cells beneath it. Returns new (top (32, 4), bottom (64, 8)) maps; the inputs are not modified."""
+        if mask.shape != codemaps.layer_shape(layer):
+            raise ValueError(f"{layer} mask has shape {mask.shape}, expected {codemaps.layer_shape(layer)}")
         top_seq = codemaps.to_sequence(codes_top, "top")
         if layer == "top":
             top_mask = codemaps.to_sequence(mask, "top")
@@ -127,22 +129,21 @@ class Inpainter:
         else:
             top_mask = np.zeros_like(top_seq, bool)
             bottom_mask = codemaps.to_sequence(mask, "bottom")
-        total = max(int(top_mask.sum() + bottom_mask.sum()), 1)
+        n_top = int(top_mask.sum())
+        total = max(n_top + int(bottom_mask.sum()), 1)
 
-        def report(layer_name: str) -> Callable[[int, int], None] | None:
-            if progress is None:
-                return None
-            offset = 0 if layer_name == "top" else int(top_mask.sum())
-            return lambda i, _n: progress((offset + i) / total)
+        def report(offset: int) -> Callable[[int, int], None] | None:
+            """Per-layer (done, n) → overall fraction for `progress`."""
+            return None if progress is None else (lambda done, _n: progress((offset + done) / total))
 
         if top_mask.any():
             src = np.where(top_mask, self.mask_token, top_seq)
             memory = self.top.encode(src, cond)
-            top_seq = self.top.sample(top_seq, top_mask, memory, cond, rng, report("top"))
+            top_seq = self.top.sample(top_seq, top_mask, memory, cond, rng, report(0))
         bottom_seq = codemaps.to_sequence(codes_bottom, "bottom")
         if bottom_mask.any():
             memory = self.bottom.encode(top_seq, cond)
-            bottom_seq = self.bottom.sample(bottom_seq, bottom_mask, memory, cond, rng, report("bottom"))
+            bottom_seq = self.bottom.sample(bottom_seq, bottom_mask, memory, cond, rng, report(n_top))
         return codemaps.from_sequence(top_seq, "top"), codemaps.from_sequence(bottom_seq, "bottom")
 
     def generate(

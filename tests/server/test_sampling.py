@@ -112,3 +112,12 @@ def test_render_and_encode_round_trip_shapes(engine):
     assert audio.shape == (64_000,) and audio.dtype == np.float32 and np.isfinite(audio).all()
     codes_top, codes_bottom = encode_audio(bundle, audio)
     assert codes_top.shape == (32, 4) and codes_bottom.shape == (64, 8)
+
+
+def test_a_mask_of_the_wrong_shape_or_layer_is_refused(engine):
+    _, inpainter = engine
+    top, bottom = np.zeros((32, 4), np.int64), np.zeros((64, 8), np.int64)
+    with pytest.raises(ValueError, match=r"bottom mask has shape \(32, 4\), expected \(64, 8\)"):
+        inpainter.inpaint(top, bottom, "bottom", np.ones((32, 4), bool), COND, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown layer 'middle'"):
+        inpainter.inpaint(top, bottom, "middle", np.ones((32, 4), bool), COND, np.random.default_rng(0))
