@@ -25,9 +25,9 @@ def _all_reduce(x: torch.Tensor) -> torch.Tensor:
 class Quantizer(nn.Module):
     """Nearest-neighbour codebook with EMA updates (no codebook loss) and optional dead-code restarts."""
 
-    def __init__(self, dim: int, n_codes: int, decay: float = 0.99, eps: float = 1e-5, restart: bool = True):
+    def __init__(self, dim: int, n_codes: int, decay: float = 0.99, eps: float = 1e-5, dead_threshold: float = 1.0):
         super().__init__()
-        self.dim, self.n_codes, self.decay, self.eps, self.restart = dim, n_codes, decay, eps, restart
+        self.dim, self.n_codes, self.decay, self.eps, self.dead_threshold = dim, n_codes, decay, eps, dead_threshold
         embed = torch.randn(dim, n_codes)
         self.register_buffer("embed", embed)  # (D, K)
         self.register_buffer("cluster_size", torch.ones(n_codes))
@@ -65,16 +65,16 @@ class Quantizer(nn.Module):
         n = self.cluster_size.sum()
         size = (self.cluster_size + self.eps) / (n + self.n_codes * self.eps) * n  # Laplace smoothing
         self.embed.copy_(self.embed_avg / size.unsqueeze(0))
-        if self.restart:
-            dead = self.cluster_size < 1e-3  # unused for hundreds of steps
-            if dead.any():
-                picks = flat[torch.randint(0, flat.shape[0], (int(dead.sum()),), device=flat.device)]
-                self.embed[:, dead] = picks.t()
-                self.embed_avg[:, dead] = picks.t()
-                self.cluster_size[dead] = 1.0
-                if dist.is_available() and dist.is_initialized():  # every rank keeps rank 0's codebook
-                    for buf in (self.embed, self.embed_avg, self.cluster_size):
-                        dist.broadcast(buf, 0)
+        # Codes start with usage 1, so at the first step every unused one is re-seeded: a data-dependent init.
+        dead = self.cluster_size < self.dead_threshold
+        if dead.any():
+            picks = flat[torch.randint(0, flat.shape[0], (int(dead.sum()),), device=flat.device)].t()
+            self.embed[:, dead] = picks
+            self.embed_avg[:, dead] = picks * self.dead_threshold
+            self.cluster_size[dead] = self.dead_threshold
+            if dist.is_available() and dist.is_initialized():  # every rank keeps rank 0's codebook
+                for buf in (self.embed, self.embed_avg, self.cluster_size):
+                    dist.broadcast(buf, 0)
 
 
 class ResBlock(nn.Module):
@@ -116,14 +116,14 @@ class VQVAE2(nn.Module):
             *_res_stack(c, r, n),
         )
         self.pre_q_t = nn.Conv2d(c, d, 1)
-        self.quantize_t = Quantizer(d, cfg.n_codes, cfg.ema_decay, restart=cfg.restart_dead_codes)
+        self.quantize_t = Quantizer(d, cfg.n_codes, cfg.ema_decay, dead_threshold=cfg.dead_code_threshold)
         self.dec_t = nn.Sequential(
             nn.Conv2d(d, c, 3, padding=1),
             *_res_stack(c, r, n),
             nn.ConvTranspose2d(c, d, 4, stride=2, padding=1),
         )
         self.pre_q_b = nn.Conv2d(d + c, d, 1)
-        self.quantize_b = Quantizer(d, cfg.n_codes, cfg.ema_decay, restart=cfg.restart_dead_codes)
+        self.quantize_b = Quantizer(d, cfg.n_codes, cfg.ema_decay, dead_threshold=cfg.dead_code_threshold)
         self.upsample_t = nn.ConvTranspose2d(d, d, 4, stride=2, padding=1)
         up = [nn.Conv2d(2 * d, c, 3, padding=1), *_res_stack(c, r, n)]
         widths_up = [c, 3 * c // 4, c // 2, c // 4, 2]

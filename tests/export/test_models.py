@@ -40,6 +40,21 @@ def test_straight_through_gradient_reaches_the_encoder_and_ema_moves_the_codeboo
     assert not torch.equal(before, model.quantize_b.embed)
 
 
+def test_dead_codes_are_reseeded_from_encoder_outputs():
+    """Encoder outputs far from the random initial codebook pick one or two codes; restarts spread them out."""
+    from export.vqvae import Quantizer
+
+    torch.manual_seed(0)
+    quantizer = Quantizer(dim=4, n_codes=16, dead_threshold=1.0)
+    z = torch.randn(8, 8, 8, 4) * 0.1 + 20.0  # (B, F, T, D), 512 vectors
+    first = quantizer(z)[2].unique().numel()
+    second = quantizer(z)[2].unique().numel()
+    assert first <= 2 and second >= 12
+    off = Quantizer(dim=4, n_codes=16, dead_threshold=0.0)
+    off(z)
+    assert off(z)[2].unique().numel() <= 2  # without restarts the codebook stays collapsed
+
+
 def test_a_few_optimiser_steps_lower_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     model = VQVAE2(TINY.vqvae)
