@@ -33,11 +33,14 @@ class Quantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(n_codes))
         self.register_buffer("embed_avg", embed.clone())
 
+    def distances(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., D) → (N, K) squared Euclidean distances to every code."""
+        flat = z.reshape(-1, self.dim)
+        return flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed + self.embed.pow(2).sum(0, keepdim=True)
+
     def codes(self, z: torch.Tensor) -> torch.Tensor:
         """(B, F, T, D) → (B, F, T) nearest code indices."""
-        flat = z.reshape(-1, self.dim)
-        dist_ = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed + self.embed.pow(2).sum(0, keepdim=True)
-        return dist_.argmin(1).view(*z.shape[:-1])
+        return self.distances(z).argmin(1).view(*z.shape[:-1])
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, F, T) int → (B, F, T, D)."""
