@@ -75,6 +75,13 @@ class Dist:
         return self.rank == 0
 
 
+def resolve_device(device: str) -> torch.device:
+    """'auto' (the GPU when there is one), 'cpu' or 'cuda'; asking for CUDA without it is an error."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available to torch here")
+    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -83,7 +90,7 @@ def is_main_process() -> bool:
 def distributed(device: str = "auto"):
     """One process, or a DDP group when started by torchrun (RANK/WORLD_SIZE set)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    use_cuda = resolve_device(device).type == "cuda"
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:
@@ -98,13 +105,14 @@ def distributed(device: str = "auto"):
             dist.destroy_process_group()
 
 
-def _loader(dataset, batch_size: int, ctx: Dist, workers: int, seed: int, shuffle: bool = True):
-    sampler = DistributedSampler(dataset, ctx.world, ctx.rank, shuffle=shuffle, seed=seed) if ctx.world > 1 else None
+def _loader(dataset, batch_size: int, ctx: Dist, workers: int, seed: int):
+    """Shuffled batches; under DDP each rank reads its own shard."""
+    sampler = DistributedSampler(dataset, ctx.world, ctx.rank, shuffle=True, seed=seed) if ctx.world > 1 else None
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
+        shuffle=sampler is None,
         sampler=sampler,
         num_workers=workers,
         drop_last=len(dataset) >= batch_size * ctx.world,
@@ -267,7 +275,7 @@ def train_vqvae(run: Path, device: str = "auto") -> dict:
             if ctx.main:
                 (run / "stats.json").write_text(json.dumps(normalizer.to_dict(), indent=2))
         else:
-            normalizer = Normalizer(**{k: tuple(v) for k, v in ckpt["normalizer"].items()})
+            normalizer = Normalizer.from_dict(ckpt["normalizer"])
         model = VQVAE2(config.vqvae, config.spectrogram, normalizer).to(ctx.device)
         melif = MelIF(config.spectrogram).to(ctx.device)
         notes = NoteAudio(splits["train"], config.spectrogram)
@@ -303,8 +311,7 @@ def load_vqvae(run: Path, config: RunConfig) -> VQVAE2:
     ckpt = load_checkpoint(run / "vqvae.pt")
     if ckpt is None:
         raise FileNotFoundError(f"{run}: no vqvae.pt; run `inpaint-train vqvae` first")
-    normalizer = Normalizer(**{k: tuple(v) for k, v in ckpt["normalizer"].items()})
-    model = VQVAE2(config.vqvae, config.spectrogram, normalizer)
+    model = VQVAE2(config.vqvae, config.spectrogram, Normalizer.from_dict(ckpt["normalizer"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -315,8 +322,10 @@ def load_vqvae(run: Path, config: RunConfig) -> VQVAE2:
 @torch.no_grad()
 def extract_codes(run: Path, device: str = "auto", batch_size: int = 32) -> dict:
     """Encode every note of both splits → codes/{split}.npz: top (N, 32, 4), bottom (N, 64, 8) uint16, labels."""
+    from tqdm import tqdm
+
     config, data = load_run(run)
-    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     model = load_vqvae(run, config).to(dev)
     melif = MelIF(config.spectrogram).to(dev)
     (run / "codes").mkdir(exist_ok=True)
@@ -326,8 +335,6 @@ def extract_codes(run: Path, device: str = "auto", batch_size: int = 32) -> dict
         loader = DataLoader(
             NoteAudio(notes, config.spectrogram), batch_size=batch_size, num_workers=config.train.num_workers
         )
-        from tqdm import tqdm
-
         for audio, pitch, family in tqdm(loader, desc=f"codes {name}"):
             *_, codes_t, codes_b, _ = model.encode(melif(audio.to(dev)))
             tops.append(codes_t.cpu().numpy().astype(np.uint16))

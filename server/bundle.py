@@ -95,8 +95,7 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
         )
     try:
         spec = SpectrogramParams(**_require(data, "spectrogram", where))
-        norm = _require(data, "normalizer", where)
-        normalizer = Normalizer(tuple(norm["scale"]), tuple(norm["shift"]))
+        normalizer = Normalizer.from_dict(_require(data, "normalizer", where))
         priors = {
             layer: PriorShape(**{k: int(v[k]) for k in ("n_layers", "n_heads", "head_dim")})
             for layer, v in _require(data, "priors", where).items()

@@ -79,6 +79,11 @@ class Normalizer:
     def to_dict(self) -> dict:
         return {"scale": list(self.scale), "shift": list(self.shift)}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Normalizer:
+        scale, shift = data["scale"], data["shift"]
+        return cls((float(scale[0]), float(scale[1])), (float(shift[0]), float(shift[1])))
+
 
 def mel_break_q(break_hz: float) -> float:
     """Q of m = Q ln(1 + f / f_b): HTK's 1127 at 700 Hz, else chosen so that 1000 Hz maps to 1000 mel."""

@@ -99,3 +99,12 @@ def test_user_errors_are_reported_without_a_traceback(tmp_path):
     assert result.returncode == 1 and "--data DATA is needed" in result.stderr
     result = run_cli("export", "dataset", "--soundfont", str(tmp_path / "none.sf2"), "--out", str(tmp_path / "d"))
     assert result.returncode == 1 and "no such soundfont" in result.stderr
+
+
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tiny_bundle):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli("export", "codes", str(tiny_bundle[0]), "--device", "cuda")
+    assert result.returncode == 1 and "no CUDA device is available" in result.stderr
