@@ -34,8 +34,13 @@ def sample_logits(logits: np.ndarray, temperature: float, top_p: float, rng: np.
     order = np.argsort(-weights)
     cumulative = np.cumsum(weights[order])
     keep = min(int(np.searchsorted(cumulative, min(top_p, 1.0) * cumulative[-1])) + 1, order.size)
-    pick = int(np.searchsorted(cumulative[:keep], rng.random() * cumulative[keep - 1], side="right"))
-    return int(order[min(pick, keep - 1)])
+    # Draw over the nucleus in token order, not in sorted order: two runtimes whose logits differ by float
+    # rounding may sort near-equal tokens differently, but then still draw the same token.
+    kept = np.zeros_like(weights)
+    kept[order[:keep]] = weights[order[:keep]]
+    cumulative = np.cumsum(kept)
+    pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return min(pick, weights.size - 1)
 
 
 class PriorSampler:
