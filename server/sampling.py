@@ -31,13 +31,13 @@ def sample_logits(logits: np.ndarray, temperature: float, top_p: float, rng: np.
         return int(np.argmax(logits))
     z = logits.astype(np.float64) / temperature
     weights = np.exp(z - z.max())  # unnormalised: the draw below scales by the kept total
-    order = np.argsort(-weights)
-    cumulative = np.cumsum(weights[order])
-    keep = min(int(np.searchsorted(cumulative, min(top_p, 1.0) * cumulative[-1])) + 1, order.size)
-    # Draw over the nucleus in token order, not in sorted order: two runtimes whose logits differ by float
-    # rounding may sort near-equal tokens differently, but then still draw the same token.
-    kept = np.zeros_like(weights)
-    kept[order[:keep]] = weights[order[:keep]]
+    descending = np.sort(weights)[::-1]
+    cumulative = np.cumsum(descending)
+    keep = min(int(np.searchsorted(cumulative, min(top_p, 1.0) * cumulative[-1])) + 1, weights.size)
+    # The nucleus is every token at least as likely as the last one needed to reach top_p. The draw runs over
+    # it in token order, not sorted order, so two runtimes whose logits differ by float rounding (and might
+    # sort near-equal tokens differently) still draw the same token.
+    kept = np.where(weights >= descending[keep - 1], weights, 0.0)
     cumulative = np.cumsum(kept)
     pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
     return min(pick, weights.size - 1)
