@@ -183,7 +183,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="prior decoding step: onnxruntime vs torch eager, and full sampling time")
     p.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both runtimes (default %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="full samplings timed (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=7, help="full samplings timed (default %(default)s)")
     return ap
 
 
