@@ -60,6 +60,9 @@ def _start_run(args) -> None:
     if (args.run / train.RUN_FILE).is_file():
         if args.set or args.preset_given:
             raise ValueError(f"{args.run} already exists with its own config; resume without --preset/--set")
+        _, data = train.load_run(args.run)
+        if args.data is not None and args.data.resolve() != data:
+            raise ValueError(f"{args.run} was trained on {data}, not {args.data}; start a new run for new data")
         _extend(args.run, steps)
         return
     if args.data is None:

@@ -56,11 +56,13 @@ def test_stages_resume_from_their_checkpoints(tiny_bundle, tmp_path):
     assert train.load_checkpoint(run / "top_prior.pt")["step"] == 4
 
 
-def test_resuming_with_a_new_preset_is_refused(tiny_bundle, tmp_path):
+def test_resuming_with_a_new_preset_or_new_data_is_refused(tiny_bundle, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_bundle[0], run)
     result = run_cli("export", "vqvae", str(run), "--preset", "small")
     assert result.returncode == 1 and "already exists with its own config" in result.stderr
+    result = run_cli("export", "vqvae", str(run), "--data", str(tmp_path))
+    assert result.returncode == 1 and "start a new run for new data" in result.stderr
 
 
 def test_two_process_ddp_with_gloo_on_cpu(dataset, tmp_path):
