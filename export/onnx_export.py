@@ -24,6 +24,10 @@ OPSET = 17
 PARITY_TOLERANCE = 1e-3  # max |onnxruntime - torch| allowed on any float output
 
 
+class ParityError(ValueError):
+    """An exported graph does not compute what the torch model computes."""
+
+
 class EncoderGraph(nn.Module):
     def __init__(self, vqvae: VQVAE2):
         super().__init__()
@@ -110,7 +114,7 @@ DYNAMIC_AXES = {
 }
 
 
-def _wrapper(name: str, vqvae: VQVAE2, priors: dict[str, Prior]) -> nn.Module:
+def graph_module(name: str, vqvae: VQVAE2, priors: dict[str, Prior]) -> nn.Module:
     if name == "vqvae_encoder":
         return EncoderGraph(vqvae)
     if name == "vqvae_decoder":
@@ -173,7 +177,7 @@ def check_parity(name: str, module: nn.Module, path: Path, inputs: dict[str, tor
     for e, o in zip(expected, got, strict=True):
         e = e.numpy()
         if e.shape != o.shape:
-            raise AssertionError(f"{name}: onnxruntime shape {o.shape} != torch shape {e.shape}")
+            raise ParityError(f"{name}: onnxruntime shape {o.shape} != torch shape {e.shape}")
         worst = max(worst, float(np.max(np.abs(e - o))))
     return worst
 
@@ -187,15 +191,17 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
         priors[layer], prior_ckpts[layer] = train.load_prior(run, config, layer)
     vq_ckpt = train.load_checkpoint(run / "vqvae.pt")
     out.mkdir(parents=True, exist_ok=True)
+    # The manifest is written last: a folder being (re-)exported, or whose export failed, is never a bundle.
+    (out / bundle.MANIFEST).unlink(missing_ok=True)
     graphs, parity = {}, {}
     for graph in bundle.GRAPHS:
-        module = _wrapper(graph, vqvae, priors)
+        module = graph_module(graph, vqvae, priors)
         path = out / f"{graph}.onnx"
         export_graph(graph, module, example_inputs(graph, vqvae, priors), path)
         # Check on inputs other than the tracing ones: batch 1, another cache length, another N.
         parity[graph] = check_parity(graph, module, path, example_inputs(graph, vqvae, priors, 1, 11, 5, seed=1))
         if parity[graph] > PARITY_TOLERANCE:
-            raise AssertionError(
+            raise ParityError(
                 f"{graph}: onnxruntime differs from torch by {parity[graph]:.3g} (tolerance {PARITY_TOLERANCE})"
             )
         names_in, names_out = bundle.GRAPHS[graph]
