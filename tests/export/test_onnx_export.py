@@ -3,7 +3,7 @@
 import torch
 
 from export.config import preset
-from export.onnx_export import PARITY_TOLERANCE, graph_module, check_parity, example_inputs, export_graph
+from export.onnx_export import PARITY_TOLERANCE, check_parity, example_inputs, export_graph, graph_module
 from export.train import build_prior
 from export.vqvae import VQVAE2
 
