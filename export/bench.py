@@ -2,8 +2,8 @@
 
 Both runtimes run the same weights (a randomly initialised model of the chosen preset: speed does not
 depend on training), in one process, through the same sampling loop. onnxruntime runs the priors as the
-server does (one intra-op thread); torch eager is timed at 1 and at `threads` threads and its faster setting
-is the baseline, so the ratio never flatters onnxruntime.
+server does (one intra-op thread); torch eager is timed at 1 and at `threads` threads and, for each figure,
+its faster setting is the baseline, so a ratio never flatters onnxruntime.
 """
 
 from __future__ import annotations
@@ -111,19 +111,19 @@ def run_bench(preset: str = "small", threads: int = 2, repeats: int = 3, cache_l
         for n in sorted({1, threads}):
             torch.set_num_threads(n)
             results[f"torch_{n}_threads"] = _time_sampler(eager, src, cache_length, repeats)
-    baseline = min((k for k in results if k.startswith("torch")), key=lambda k: results[k]["step_ms"])
-    ort_r, torch_r = results["onnxruntime"], results[baseline]
+    torch_runs = [r for k, r in results.items() if k.startswith("torch")]
+    best_torch = {metric: min(r[metric] for r in torch_runs) for metric in ("step_ms", "generate_640_ms")}
+    ort_r = results["onnxruntime"]
     summary = {
         "preset": preset,
         "cache_length": cache_length,
         **results,
-        "baseline": baseline,
-        "step_speedup": torch_r["step_ms"] / ort_r["step_ms"],
-        "generate_speedup": torch_r["generate_640_ms"] / ort_r["generate_640_ms"],
+        "step_speedup": best_torch["step_ms"] / ort_r["step_ms"],
+        "generate_speedup": best_torch["generate_640_ms"] / ort_r["generate_640_ms"],
     }
     print(
         f"preset {preset}; bottom-prior step at cache length {cache_length}, batch 1; "
-        f"onnxruntime priors on 1 thread; baseline {baseline}"
+        "onnxruntime priors on 1 thread; speed-up against the faster torch setting"
     )
     print(f"{'':18}{'step (ms)':>12}{'640 tokens (ms)':>18}")
     for name, r in results.items():

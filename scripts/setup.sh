@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set-up for a fresh Debian machine, sourced by run.sh and test.sh: installs the Debian packages the
-# project uses (when missing), creates .venv and installs the project with its cpu, train and dev extras.
+# Set-up for a fresh Debian machine (run it, or source it as run.sh and test.sh do): installs the Debian
+# packages the project uses (when missing), creates .venv and installs the project with its cpu, train and dev
+# extras.
 # Idempotent: a second run checks and returns in about a second.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
