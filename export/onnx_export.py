@@ -1,7 +1,7 @@
 """Export a trained run to a model bundle: six ONNX graphs plus `manifest.json`, checked against torch.
 
 All export-time surgery lives here (thin wrapper modules with fixed input/output names); the training
-models stay as they are. Names and shapes of every graph are fixed by `server.bundle.GRAPHS`.
+models stay as they are. Names and shapes of every graph are fixed by `server.bundle.graph_io`.
 """
 
 from __future__ import annotations
@@ -53,26 +53,33 @@ class PriorEncoderGraph(nn.Module):
         self.prior = prior
 
     def forward(self, src, pitch, family):
-        return self.prior.encode(src, pitch, family)
+        return tuple(self.prior.encode(src, pitch, family))
 
 
 class PriorStepGraph(nn.Module):
+    """Inputs tokens, pitch, family, then the 2L past tensors, then the 2L memory tensors."""
+
     def __init__(self, prior: Prior):
         super().__init__()
         self.prior = prior
 
-    def forward(self, tokens, pitch, family, past_kv, memory_kv):
-        return self.prior.step(tokens, pitch, family, past_kv, memory_kv)
+    def forward(self, tokens, pitch, family, *caches):
+        n = 2 * len(self.prior.decoder)
+        logits, present = self.prior.step(tokens, pitch, family, list(caches[:n]), list(caches[n:]))
+        return (logits, *present)
+
+
+def n_layers(name: str, priors: dict[str, Prior]) -> int:
+    layer = name.split("_")[0]
+    return len(priors[layer].decoder) if layer in priors else 0
 
 
 def example_inputs(
     name: str, vqvae: VQVAE2, priors: dict[str, Prior], batch: int = 2, past: int = 3, new: int = 2, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Valid inputs for graph `name` (also used for the parity check)."""
+    """Valid inputs for graph `name`, keyed and ordered by its input names (also used for parity checks)."""
     g = torch.Generator().manual_seed(seed)
     k = vqvae.cfg.n_codes
-    pitch = torch.randint(24, 85, (batch,), generator=g)
-    family = torch.randint(0, 11, (batch,), generator=g)
     if name == "vqvae_encoder":
         spec = torch.randn(batch, 2, 1024, 128, generator=g)
         spec[:, 0] = spec[:, 0] * 4 - 6  # roughly the range of log mel power
@@ -83,35 +90,34 @@ def example_inputs(
             "codes_bottom": torch.randint(0, k, (batch, *codemaps.BOTTOM_SHAPE), generator=g),
         }
     prior = priors[name.split("_")[0]]
+    labels = {
+        "pitch": torch.randint(24, 85, (batch,), generator=g),
+        "family": torch.randint(0, 11, (batch,), generator=g),
+    }
     src = torch.randint(0, k + 1, (batch, prior.src_len), generator=g)
     if name.endswith("encoder"):
-        return {"src": src, "pitch": pitch, "family": family}
+        return {"src": src, **labels}
     with torch.no_grad():
-        memory = prior.encode(src, pitch, family)
-    cache = torch.randn(len(prior.decoder), 2, batch, prior.cfg.n_heads, past, prior.head_dim, generator=g)
+        memory = prior.encode(src, labels["pitch"], labels["family"])
+    n = len(prior.decoder)
+    cache = [torch.randn(batch, prior.cfg.n_heads, past, prior.head_dim, generator=g) for _ in range(2 * n)]
+    tokens = torch.randint(0, k + 1, (batch, new), generator=g)
     return {
-        "tokens": torch.randint(0, k + 1, (batch, new), generator=g),
-        "pitch": pitch,
-        "family": family,
-        "past_kv": cache,
-        "memory_kv": memory,
+        "tokens": tokens,
+        **labels,
+        **dict(zip(bundle.cache_names("past", n), cache, strict=True)),
+        **dict(zip(bundle.cache_names("memory", n), memory, strict=True)),
     }
 
 
-DYNAMIC_AXES = {
-    "vqvae_encoder": {"spectrogram": {0: "batch"}, "codes_top": {0: "batch"}, "codes_bottom": {0: "batch"}},
-    "vqvae_decoder": {"codes_top": {0: "batch"}, "codes_bottom": {0: "batch"}, "spectrogram": {0: "batch"}},
-    "prior_encoder": {"src": {0: "batch"}, "pitch": {0: "batch"}, "family": {0: "batch"}, "memory_kv": {2: "batch"}},
-    "prior_step": {
-        "tokens": {0: "batch", 1: "new"},
-        "pitch": {0: "batch"},
-        "family": {0: "batch"},
-        "past_kv": {2: "batch", 4: "past"},
-        "memory_kv": {2: "batch"},
-        "logits": {0: "batch", 1: "new"},
-        "present_kv": {2: "batch", 4: "total"},
-    },
-}
+def dynamic_axes(name: str, n: int) -> dict[str, dict[int, str]]:
+    """Batch everywhere; the number of new tokens and the cache lengths of the step graph."""
+    names_in, names_out = bundle.graph_io(name, n)
+    axes = {key: {0: "batch"} for key in (*names_in, *names_out)}
+    axes.update({key: {0: "batch", 1: "new"} for key in ("tokens", "logits") if key in axes})
+    axes.update({key: {0: "batch", 2: "past"} for key in bundle.cache_names("past", n) if key in axes})
+    axes.update({key: {0: "batch", 2: "total"} for key in bundle.cache_names("present", n) if key in axes})
+    return axes
 
 
 def graph_module(name: str, vqvae: VQVAE2, priors: dict[str, Prior]) -> nn.Module:
@@ -123,9 +129,10 @@ def graph_module(name: str, vqvae: VQVAE2, priors: dict[str, Prior]) -> nn.Modul
     return PriorEncoderGraph(prior) if name.endswith("encoder") else PriorStepGraph(prior)
 
 
-def export_graph(name: str, module: nn.Module, inputs: dict[str, torch.Tensor], path: Path) -> None:
-    names_in, names_out = bundle.GRAPHS[name]
-    axes = DYNAMIC_AXES[name] if name.startswith("vqvae") else DYNAMIC_AXES[name.split("_", 1)[1]]
+def export_graph(name: str, module: nn.Module, inputs: dict[str, torch.Tensor], path: Path, n: int = 0) -> None:
+    """`n`: the prior's decoder layers (0 for the VQ-VAE graphs)."""
+    names_in, names_out = bundle.graph_io(name, n)
+    axes = dynamic_axes(name, n)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice; it is the faster graph
         torch.onnx.export(
@@ -171,7 +178,7 @@ def check_parity(name: str, module: nn.Module, path: Path, inputs: dict[str, tor
     if name == "vqvae_encoder":
         return code_gap(module.vqvae, inputs["spectrogram"], got)
     with torch.no_grad():
-        expected = module(*[inputs[n] for n in bundle.GRAPHS[name][0]])
+        expected = module(*inputs.values())
     expected = expected if isinstance(expected, tuple) else (expected,)
     worst = 0.0
     for e, o in zip(expected, got, strict=True):
@@ -197,14 +204,15 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
     for graph in bundle.GRAPHS:
         module = graph_module(graph, vqvae, priors)
         path = out / f"{graph}.onnx"
-        export_graph(graph, module, example_inputs(graph, vqvae, priors), path)
+        n = n_layers(graph, priors)
+        export_graph(graph, module, example_inputs(graph, vqvae, priors), path, n)
         # Check on inputs other than the tracing ones: batch 1, another cache length, another N.
         parity[graph] = check_parity(graph, module, path, example_inputs(graph, vqvae, priors, 1, 11, 5, seed=1))
         if parity[graph] > PARITY_TOLERANCE:
             raise ParityError(
                 f"{graph}: onnxruntime differs from torch by {parity[graph]:.3g} (tolerance {PARITY_TOLERANCE})"
             )
-        names_in, names_out = bundle.GRAPHS[graph]
+        names_in, names_out = bundle.graph_io(graph, n)
         graphs[graph] = {"file": path.name, "inputs": list(names_in), "outputs": list(names_out)}
     manifest = {
         "format_version": bundle.FORMAT_VERSION,

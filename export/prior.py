@@ -19,40 +19,49 @@ from export.config import PriorConfig
 
 
 class Attention(nn.Module):
-    """Multi-head attention with head-major weights: (B, T, d) @ (H, d, Dh) broadcasts straight to
-    (B, H, T, Dh). With no reshapes, the exported step graph carries no shape arithmetic: 3.5x fewer nodes
-    than view-based heads, and a token step is mostly node overhead at these sizes."""
+    """Multi-head attention with head-major weights (H, d, Dh).
+
+    Exported, (B, T, d) @ (H, d, Dh) broadcasts straight to (B, H, T, Dh): no reshapes, so the step graph
+    carries no shape arithmetic (2.5x fewer nodes; a token step is mostly per-node overhead at these sizes).
+    In torch the same weights run as one wide matmul and a view, which is faster for training and eager use.
+    """
 
     def __init__(self, d_model: int, n_heads: int):
         super().__init__()
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.scale = self.head_dim**-0.5
 
-        def weight(*shape: int, fan_in: int) -> nn.Parameter:
-            return nn.Parameter(torch.randn(*shape) * fan_in**-0.5)
+        def weight(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.randn(*shape) * d_model**-0.5)
 
-        self.w_q, self.w_k, self.w_v = (weight(n_heads, d_model, self.head_dim, fan_in=d_model) for _ in range(3))
+        self.w_q, self.w_k, self.w_v = (weight(n_heads, d_model, self.head_dim) for _ in range(3))
         self.b_q, self.b_k, self.b_v = (nn.Parameter(torch.zeros(n_heads, 1, self.head_dim)) for _ in range(3))
-        self.w_out = weight(n_heads, self.head_dim, d_model, fan_in=d_model)
+        self.w_out = weight(n_heads, self.head_dim, d_model)
         self.b_out = nn.Parameter(torch.zeros(d_model))
 
-    def keys_values(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d) → (2, B, H, T, Dh)."""
-        x = x.unsqueeze(1)
-        return torch.stack([x @ self.w_k + self.b_k, x @ self.w_v + self.b_v])
+    def _project(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) → (B, H, T, Dh)."""
+        if torch.onnx.is_in_onnx_export():
+            return x.unsqueeze(1) @ w + b
+        y = x @ w.transpose(0, 1).reshape(x.shape[-1], -1)  # (B, T, H * Dh)
+        return y.view(*x.shape[:2], self.n_heads, self.head_dim).transpose(1, 2) + b
 
-    def attend(self, x: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor | None, causal: bool = False):
-        """Queries from x (B, N, d) over kv (2, B, H, T, Dh); bias (N, T) additive (-inf = may not attend).
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, d) → keys, values, each (B, H, T, Dh)."""
+        return self._project(x, self.w_k, self.b_k), self._project(x, self.w_v, self.b_v)
+
+    def attend(self, x, keys, values, bias: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """Queries from x (B, N, d) over keys, values (B, H, T, Dh); bias (N, T) additive (-inf: hidden).
 
         No dropout on attention weights: on CPU it cost a quarter of a training step and blocks SDPA's fused
         kernels; residual and embedding dropout regularise instead.
         """
-        q = x.unsqueeze(1) @ self.w_q + self.b_q  # (B, H, N, Dh)
+        q = self._project(x, self.w_q, self.b_q)  # (B, H, N, Dh)
         if torch.onnx.is_in_onnx_export():  # plain softmax attention exports to fewer nodes than SDPA
-            y = torch.softmax(q @ kv[0].transpose(-1, -2) * self.scale + (0 if bias is None else bias), -1) @ kv[1]
-        else:
-            y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias, is_causal=causal)
-        return (y @ self.w_out).sum(1) + self.b_out  # (B, N, d)
+            y = torch.softmax(q @ keys.transpose(-1, -2) * self.scale + (0 if bias is None else bias), -1) @ values
+            return (y @ self.w_out).sum(1) + self.b_out  # (B, N, d)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, is_causal=causal)
+        return y.transpose(1, 2).flatten(2) @ self.w_out.flatten(0, 1) + self.b_out  # (B, N, d)
 
 
 class FeedForward(nn.Sequential):
@@ -72,7 +81,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
-        x = x + self.drop(self.attn.attend(h, self.attn.keys_values(h), None))
+        x = x + self.drop(self.attn.attend(h, *self.attn.keys_values(h)))
         return x + self.ff(self.ln2(x))
 
 
@@ -87,13 +96,15 @@ class DecoderLayer(nn.Module):
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, past_kv, memory_kv, bias, causal: bool = False):
-        """x (B, N, d); past_kv (2, B, H, P, Dh); memory_kv (2, B, H, S, Dh) → x, present (2, B, H, P+N, Dh)."""
+    def forward(self, x, past: tuple, memory: tuple, bias, causal: bool = False):
+        """x (B, N, d); past (key, value) (B, H, P, Dh); memory (key, value) (B, H, S, Dh)
+        → x, present (key, value) (B, H, P+N, Dh)."""
         h = self.ln1(x)
-        present = torch.cat([past_kv, self.self_attn.keys_values(h)], dim=3)
-        x = x + self.drop(self.self_attn.attend(h, present, bias, causal))
-        x = x + self.drop(self.cross_attn.attend(self.ln2(x), memory_kv, None))
-        return x + self.ff(self.ln3(x)), present
+        new_k, new_v = self.self_attn.keys_values(h)
+        keys, values = torch.cat([past[0], new_k], dim=2), torch.cat([past[1], new_v], dim=2)
+        x = x + self.drop(self.self_attn.attend(h, keys, values, bias, causal))
+        x = x + self.drop(self.cross_attn.attend(self.ln2(x), *memory))
+        return x + self.ff(self.ln3(x)), (keys, values)
 
 
 class Prior(nn.Module):
@@ -141,37 +152,41 @@ class Prior(nn.Module):
         tok = table(tokens)
         return self.drop(torch.cat([tok, cond[:, None].expand(-1, tok.shape[1], -1)], -1) + pos)
 
-    def encode(self, src: torch.Tensor, pitch: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
-        """(B, S) → cross-attention keys/values of every decoder layer, (L, 2, B, H, S, Dh)."""
+    # Caches are flat lists [key_0, value_0, key_1, value_1, ...], one (B, H, T, Dh) tensor each: separate
+    # graph inputs and outputs per layer, so a step never splits or stacks (copies) the whole cache.
+
+    def encode(self, src: torch.Tensor, pitch: torch.Tensor, family: torch.Tensor) -> list[torch.Tensor]:
+        """(B, S) → the cross-attention keys and values of every decoder layer (the memory), 2L x (B, H, S, Dh)."""
         x = self._embed(self.src_embed, src, pitch, family, self.src_pos[: src.shape[1]])
         for layer in self.encoder:
             x = layer(x)
         memory = self.enc_ln(x)
-        return torch.stack([layer.cross_attn.keys_values(memory) for layer in self.decoder])
+        return [t for layer in self.decoder for t in layer.cross_attn.keys_values(memory)]
 
-    def empty_cache(self, batch: int, device=None) -> torch.Tensor:
-        return torch.zeros(len(self.decoder), 2, batch, self.cfg.n_heads, 0, self.head_dim, device=device)
+    def empty_cache(self, batch: int, device=None) -> list[torch.Tensor]:
+        shape = (batch, self.cfg.n_heads, 0, self.head_dim)
+        return [torch.zeros(shape, device=device) for _ in range(2 * len(self.decoder))]
 
-    def step(self, tokens, pitch, family, past_kv, memory_kv):
-        """N new decoder inputs after P cached ones → logits (B, N, n_codes), present (L, 2, B, H, P+N, Dh).
+    def step(self, tokens, pitch, family, past: list[torch.Tensor], memory: list[torch.Tensor]):
+        """N new decoder inputs after P cached ones → logits (B, N, n_codes), present 2L x (B, H, P+N, Dh).
 
         Decoder input j is the start symbol (j = 0) or target token j-1; its logits predict target token j.
         """
-        n, past = tokens.shape[1], past_kv.shape[4]
-        positions = torch.arange(n, device=tokens.device) + past
+        n, past_len = tokens.shape[1], past[0].shape[2]
+        positions = torch.arange(n, device=tokens.device) + past_len
         x = self._embed(self.tgt_embed, tokens, pitch, family, self.tgt_pos[positions])
         # Training (no cache) takes SDPA's fused causal path; cached steps and the exported graph use the
         # explicit (N, P+N) mask. Tests check both give the same logits.
-        causal = not torch.onnx.is_in_onnx_export() and past == 0 and n > 1
+        causal = not torch.onnx.is_in_onnx_export() and past_len == 0 and n > 1
         bias = None
         if not causal:  # (N, P+N): new token j sees the cache and new tokens up to itself
-            visible = torch.arange(past + n, device=tokens.device)[None, :] <= positions[:, None]
+            visible = torch.arange(past_len + n, device=tokens.device)[None, :] <= positions[:, None]
             bias = torch.zeros(visible.shape, device=tokens.device).masked_fill(~visible, float("-inf"))
-        presents = []
-        for layer, past_l, memory_l in zip(self.decoder, past_kv, memory_kv, strict=True):
-            x, present = layer(x, past_l, memory_l, bias, causal)
-            presents.append(present)
-        return self.head(self.dec_ln(x)), torch.stack(presents)
+        present = []
+        for i, layer in enumerate(self.decoder):
+            x, kv = layer(x, past[2 * i : 2 * i + 2], memory[2 * i : 2 * i + 2], bias, causal)
+            present.extend(kv)
+        return self.head(self.dec_ln(x)), present
 
     def forward(self, src, target, pitch, family) -> torch.Tensor:
         """Teacher-forced logits (B, T, n_codes) for target (B, T)."""

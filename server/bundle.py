@@ -23,23 +23,44 @@ MANIFEST = "manifest.json"
 FAMILIES = ("bass", "brass", "flute", "guitar", "keyboard", "mallet", "organ", "reed", "string", "synth_lead", "vocal")
 PITCH_MIN, PITCH_MAX = 24, 84  # inclusive MIDI range of the conditioning
 
-# Every graph of a bundle, with its fixed input and output names (the export side writes exactly these).
+# Every graph of a bundle. Input and output names (the export side writes exactly these, see `graph_io`):
 #   codes_* (B, F, T) int64; spectrogram (B, 2, 1024, 128) float32, raw (the graphs normalise inside);
-#   src (B, S) int64; pitch, family (B,) int64 (pitch as a MIDI number); memory_kv (L, 2, B, H, S, Dh);
-#   tokens (B, N) int64; past_kv / present_kv (L, 2, B, H, P, Dh); logits (B, N, n_codes).
-GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "vqvae_encoder": (("spectrogram",), ("codes_top", "codes_bottom")),
-    "vqvae_decoder": (("codes_top", "codes_bottom"), ("spectrogram",)),
-    "top_prior_encoder": (("src", "pitch", "family"), ("memory_kv",)),
-    "top_prior_step": (("tokens", "pitch", "family", "past_kv", "memory_kv"), ("logits", "present_kv")),
-    "bottom_prior_encoder": (("src", "pitch", "family"), ("memory_kv",)),
-    "bottom_prior_step": (("tokens", "pitch", "family", "past_kv", "memory_kv"), ("logits", "present_kv")),
-}
+#   src (B, S) int64; pitch, family (B,) int64 (pitch as a MIDI number); tokens (B, N) int64;
+#   logits (B, N, n_codes); memory.{l}.key / .value (B, H, S, Dh): decoder layer l's cross-attention inputs;
+#   past.{l}.* (B, H, P, Dh) → present.{l}.* (B, H, P+N, Dh): its self-attention cache.
+GRAPHS = (
+    "vqvae_encoder",
+    "vqvae_decoder",
+    "top_prior_encoder",
+    "top_prior_step",
+    "bottom_prior_encoder",
+    "bottom_prior_step",
+)
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "coreml": ["CoreMLExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+def cache_names(kind: str, n_layers: int) -> tuple[str, ...]:
+    """'memory', 'past' or 'present' → (kind.0.key, kind.0.value, kind.1.key, ...)."""
+    return tuple(f"{kind}.{layer}.{part}" for layer in range(n_layers) for part in ("key", "value"))
+
+
+def graph_io(graph: str, n_layers: int = 0) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input names, output names) of `graph`; prior graphs need their decoder's layer count."""
+    if graph == "vqvae_encoder":
+        return ("spectrogram",), ("codes_top", "codes_bottom")
+    if graph == "vqvae_decoder":
+        return ("codes_top", "codes_bottom"), ("spectrogram",)
+    labels = ("pitch", "family")
+    if graph.endswith("_prior_encoder"):
+        return ("src", *labels), cache_names("memory", n_layers)
+    if graph.endswith("_prior_step"):
+        inputs = ("tokens", *labels, *cache_names("past", n_layers), *cache_names("memory", n_layers))
+        return inputs, ("logits", *cache_names("present", n_layers))
+    raise ValueError(f"unknown graph {graph!r}")
 
 
 class BundleError(ValueError):
@@ -189,7 +210,8 @@ class Bundle:
         # saves (measured with `inpaint-train bench`). The convolutional VQ-VAE graphs use `threads`.
         opts = {"vqvae": session_options(threads), "prior": session_options(prior_threads)}
         self.sessions: dict[str, ort.InferenceSession] = {}
-        for name, (inputs, outputs) in GRAPHS.items():
+        for name in GRAPHS:
+            inputs, outputs = graph_io(name, self.n_layers(name))
             file = self.path / self.manifest.graphs[name]
             if not file.is_file():
                 raise BundleError(f"{self.path}: graph file {file.name} ({name}) is missing")
@@ -204,6 +226,11 @@ class Bundle:
                 raise BundleError(f"{file}: inputs {got_in} / outputs {got_out}, expected {inputs} / {outputs}")
             self.sessions[name] = sess
         self.provider = self.sessions["top_prior_step"].get_providers()[0]
+
+    def n_layers(self, graph: str) -> int:
+        """Decoder layers of the prior a graph belongs to (0 for the VQ-VAE graphs)."""
+        layer = graph.split("_")[0]
+        return self.manifest.priors[layer].n_layers if layer in self.manifest.priors else 0
 
     def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
         return self.sessions[graph].run(None, inputs)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server import codemaps
-from server.bundle import Bundle
+from server.bundle import Bundle, cache_names
 
 
 @dataclass(frozen=True)
@@ -51,32 +51,35 @@ class PriorSampler:
         self.start = bundle.manifest.start_token
         self._encoder = bundle.sessions[f"{layer}_prior_encoder"]
         self._step = bundle.sessions[f"{layer}_prior_step"]
+        self._memory_names = cache_names("memory", self.shape.n_layers)
+        self._past_names = cache_names("past", self.shape.n_layers)
 
-    def encode(self, src: np.ndarray, cond: Conditioning) -> np.ndarray:
-        """(S,) source tokens → memory_kv (L, 2, 1, H, S, Dh)."""
-        return self._encoder.run(None, {"src": src[None].astype(np.int64), **self._labels(cond)})[0]
+    def encode(self, src: np.ndarray, cond: Conditioning) -> dict[str, np.ndarray]:
+        """(S,) source tokens → the memory: {memory.l.key / .value: (1, H, S, Dh)}, computed once per request."""
+        memory = self._encoder.run(None, {"src": src[None].astype(np.int64), **self._labels(cond)})
+        return dict(zip(self._memory_names, memory, strict=True))
 
     def _labels(self, cond: Conditioning) -> dict[str, np.ndarray]:
         return {"pitch": np.array([cond.pitch], np.int64), "family": np.array([cond.family], np.int64)}
 
-    def empty_cache(self) -> np.ndarray:
+    def empty_cache(self) -> list[np.ndarray]:
         s = self.shape
-        return np.zeros((s.n_layers, 2, 1, s.n_heads, 0, s.head_dim), np.float32)
+        return [np.zeros((1, s.n_heads, 0, s.head_dim), np.float32)] * (2 * s.n_layers)
 
     def step(
-        self, tokens: np.ndarray, cond: Conditioning, past: np.ndarray, memory: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(N,) decoder inputs → logits of the last one (V,), new cache."""
-        logits, present = self._step.run(
-            None, {"tokens": tokens[None].astype(np.int64), **self._labels(cond), "past_kv": past, "memory_kv": memory}
-        )
+        self, tokens: np.ndarray, cond: Conditioning, past: list[np.ndarray], memory: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(N,) decoder inputs → logits of the last one (V,), new cache (2L arrays (1, H, P+N, Dh))."""
+        feed = {"tokens": tokens[None].astype(np.int64), **self._labels(cond), **memory}
+        feed.update(zip(self._past_names, past, strict=True))
+        logits, *present = self._step.run(None, feed)
         return logits[0, -1], present
 
     def sample(
         self,
         known: np.ndarray,
         mask: np.ndarray,
-        memory: np.ndarray,
+        memory: dict[str, np.ndarray],
         cond: Conditioning,
         rng: np.random.Generator,
         progress: Callable[[int, int], None] | None = None,

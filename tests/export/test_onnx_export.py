@@ -3,7 +3,14 @@
 import torch
 
 from export.config import preset
-from export.onnx_export import PARITY_TOLERANCE, check_parity, example_inputs, export_graph, graph_module
+from export.onnx_export import (
+    PARITY_TOLERANCE,
+    check_parity,
+    example_inputs,
+    export_graph,
+    graph_module,
+    n_layers,
+)
 from export.train import build_prior
 from export.vqvae import VQVAE2
 
@@ -16,7 +23,7 @@ def test_parity_check_catches_a_graph_that_no_longer_matches_torch(tmp_path):
     for graph in ("vqvae_decoder", "bottom_prior_step"):
         module = graph_module(graph, vqvae, priors)
         path = tmp_path / f"{graph}.onnx"
-        export_graph(graph, module, example_inputs(graph, vqvae, priors), path)
+        export_graph(graph, module, example_inputs(graph, vqvae, priors), path, n_layers(graph, priors))
         check = example_inputs(graph, vqvae, priors, batch=1, past=7, new=3, seed=1)
         assert check_parity(graph, module, path, check) < PARITY_TOLERANCE
     with torch.no_grad():
