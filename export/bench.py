@@ -2,8 +2,8 @@
 
 Both runtimes run the same weights (a randomly initialised model of the chosen preset: speed does not
 depend on training), in one process, through the same sampling loop. onnxruntime runs the priors as the
-server does (one intra-op thread); torch eager is timed at 1 and at `threads` threads and, for each figure,
-its faster setting is the baseline, so a ratio never flatters onnxruntime.
+server does (`server.bundle.Bundle` picks the threads); torch eager is timed at 1 and at `threads`
+threads and, for each figure, its faster setting is the baseline, so a ratio never flatters onnxruntime.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def run_bench(preset: str = "small", threads: int = 2, repeats: int = 3, cache_l
     }
     print(
         f"preset {preset}; bottom-prior step at cache length {cache_length}, batch 1; "
-        "onnxruntime priors on 1 thread; speed-up against the faster torch setting"
+        "onnxruntime as the server runs it; speed-up against the faster torch setting"
     )
     print(f"{'':18}{'step (ms)':>12}{'640 tokens (ms)':>18}")
     for name, r in results.items():
