@@ -401,8 +401,8 @@ def evaluate_prior(model: Prior, layer: str, dataset, device, batch_size: int = 
     gen = torch.Generator().manual_seed(0)
     for top, bottom, pitch, family in DataLoader(dataset, batch_size=batch_size):
         top, bottom, pitch, family = (t.to(device) for t in (top, bottom, pitch, family))
-        if layer == "top":
-            src, target = mask_source(top, model.mask_token, gen.manual_seed(n))[0], top
+        if layer == "top":  # the same masks at every evaluation: one seeded generator
+            src, target = mask_source(top, model.mask_token, gen)[0], top
         else:
             src, target = top, bottom
         logits = model(src, target, pitch, family)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from server.codemaps import BOTTOM_SHAPE, TOP_SHAPE
 from server.dsp import Normalizer, SpectrogramParams
 
 FORMAT_VERSION = 1
@@ -88,14 +87,6 @@ class Manifest:
     priors: dict[str, PriorShape]
     graphs: dict[str, str]  # graph name → file name
     raw: dict[str, Any] = field(repr=False)
-
-    @property
-    def top_shape(self) -> tuple[int, int]:
-        return TOP_SHAPE
-
-    @property
-    def bottom_shape(self) -> tuple[int, int]:
-        return BOTTOM_SHAPE
 
 
 def _require(data: dict, key: str, where: str) -> Any:
