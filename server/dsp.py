@@ -133,6 +133,49 @@ def mel_pseudo_inverse(p: SpectrogramParams = SpectrogramParams()) -> np.ndarray
     return d[:, None] * fb.T
 
 
+@dataclass(frozen=True)
+class SparseRows:
+    """The pseudo-inverse kept as its non-zeros (2 518 of 1 048 576): most rows (linear bins) hold at most two,
+    gathered directly; the few low rows under the widened, overlapping lowest bands hold up to 13 and go
+    through one small dense block. A product costs about 1.5 ms instead of 6 ms for the dense matmul."""
+
+    shape: tuple[int, int]
+    light: np.ndarray  # (L,) rows with at most two non-zeros
+    light_cols: np.ndarray  # (L, 2) their columns (a missing second entry has weight 0)
+    light_values: np.ndarray  # (L, 2)
+    heavy: np.ndarray  # (H,) the other rows
+    heavy_span: tuple[int, int]  # columns [c0, c1) the heavy rows touch
+    heavy_block: np.ndarray  # (H, c1 - c0)
+
+    @classmethod
+    def from_dense(cls, m: np.ndarray) -> SparseRows:
+        m = m.astype(np.float32)
+        counts = (m != 0).sum(axis=1)
+        light, heavy = np.flatnonzero(counts <= 2), np.flatnonzero(counts > 2)
+        cols = np.zeros((light.size, 2), np.int64)
+        for i, row in enumerate(light):
+            nz = np.flatnonzero(m[row])
+            cols[i, : nz.size] = nz
+        values = np.take_along_axis(m[light], cols, axis=1) * (np.arange(2) < counts[light, None])
+        touched = np.flatnonzero((m[heavy] != 0).any(axis=0))
+        span = (int(touched.min()), int(touched.max()) + 1) if heavy.size else (0, 0)
+        return cls(m.shape, light, cols, values, heavy, span, m[heavy, span[0] : span[1]])
+
+    def __matmul__(self, x: np.ndarray) -> np.ndarray:
+        """(n_rows, n_cols) @ (n_cols, K) → (n_rows, K) float32."""
+        x = x.astype(np.float32, copy=False)
+        out = np.empty((self.shape[0], x.shape[1]), np.float32)
+        c, v = self.light_cols, self.light_values
+        out[self.light] = v[:, :1] * x[c[:, 0]] + v[:, 1:] * x[c[:, 1]]
+        out[self.heavy] = self.heavy_block @ x[self.heavy_span[0] : self.heavy_span[1]]
+        return out
+
+
+@lru_cache(maxsize=8)
+def sparse_pseudo_inverse(p: SpectrogramParams = SpectrogramParams()) -> SparseRows:
+    return SparseRows.from_dense(mel_pseudo_inverse(p))
+
+
 @lru_cache(maxsize=8)
 def hann(n: int) -> np.ndarray:
     """Symmetric Hann window, as the original system used."""
@@ -155,20 +198,31 @@ def stft(audio: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np.nd
     return np.fft.rfft(frames * hann(p.n_fft), axis=-1)[:, : p.n_bins].T
 
 
+@lru_cache(maxsize=8)
+def overlap_norm(p: SpectrogramParams) -> np.ndarray:
+    """(n_samples,) float32: 1 / the summed squared windows under each output sample."""
+    norm = overlap_add(np.broadcast_to(hann(p.n_fft) ** 2, (p.n_frames, p.n_fft)), p)
+    return (1.0 / np.maximum(norm, 1e-8)).astype(np.float32)
+
+
+def overlap_add(frames: np.ndarray, p: SpectrogramParams) -> np.ndarray:
+    """(n_frames, n_fft) → (n_samples,) overlap-added, centring padding removed. The hop divides n_fft, so
+    the frames go in as n_fft / hop shifted slabs of (n_frames, hop) rather than one frame at a time."""
+    k = p.n_fft // p.hop
+    if k * p.hop != p.n_fft:
+        raise ValueError(f"hop {p.hop} must divide n_fft {p.n_fft}")
+    out = np.zeros((p.n_frames + k - 1, p.hop), frames.dtype)
+    for i in range(k):
+        out[i : i + p.n_frames] += frames[:, i * p.hop : (i + 1) * p.hop]
+    half = p.n_fft // 2
+    return out.reshape(-1)[half : half + p.n_samples]
+
+
 def istft(spec: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
     """Complex (n_bins, n_frames) → (n_samples,) float32, by weighted overlap-add."""
     full = np.concatenate([spec, spec[-1:]], axis=0)  # re-create the Nyquist row by duplicating the top row
-    window = hann(p.n_fft)
-    frames = np.fft.irfft(full.T, n=p.n_fft, axis=-1) * window  # (n_frames, n_fft)
-    length = p.n_fft + p.hop * (p.n_frames - 1)
-    out = np.zeros(length)
-    norm = np.zeros(length)
-    for i, frame in enumerate(frames):  # 128 short adds: cheaper than building an index matrix
-        out[i * p.hop : i * p.hop + p.n_fft] += frame
-        norm[i * p.hop : i * p.hop + p.n_fft] += window**2
-    half = p.n_fft // 2
-    out = out[half : half + p.padded_samples] / np.maximum(norm[half : half + p.padded_samples], 1e-8)
-    return out[: p.n_samples].astype(np.float32)
+    frames = np.fft.irfft(full.T, n=p.n_fft, axis=-1) * hann(p.n_fft).astype(np.float32)  # (n_frames, n_fft)
+    return (overlap_add(frames, p) * overlap_norm(p)).astype(np.float32)
 
 
 def instantaneous_frequency(phase: np.ndarray) -> np.ndarray:
@@ -203,8 +257,8 @@ def invert(spec: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np.n
     back to linear bins. (GANSynth then recomputes a linear IF and sums it again: unwrap-diff-cumsum only
     adds multiples of 2π, so that detour is skipped.)
     """
-    spec = threshold_phase(np.asarray(spec, np.float64), p)
-    inv = mel_pseudo_inverse(p)
-    power = np.maximum(inv @ (np.exp(spec[0]) - p.eps), 0.0)  # (n_bins, n_frames)
-    phase = inv @ np.cumsum(spec[1] * np.pi, axis=-1)
-    return istft(np.sqrt(power) * np.exp(1j * phase), p)
+    spec = threshold_phase(np.asarray(spec, np.float32), p)
+    both = sparse_pseudo_inverse(p) @ np.concatenate([np.exp(spec[0]) - p.eps, np.cumsum(spec[1] * np.pi, axis=-1)], 1)
+    magnitude = np.sqrt(np.maximum(both[:, : p.n_frames], 0.0))  # (n_bins, n_frames)
+    phase = both[:, p.n_frames :]
+    return istft(magnitude * (np.cos(phase) + 1j * np.sin(phase)).astype(np.complex64), p)

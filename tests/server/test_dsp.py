@@ -116,3 +116,9 @@ def test_numpy_and_torch_twins_agree(dataset):
     # (phase unwrapping can decide a ±π tie differently on a handful of cells).
     assert np.abs(fast[0] - reference[0]).max() < 0.01
     assert (np.abs(fast[1] - reference[1]) < 1e-3).mean() > 0.999
+
+
+def test_sparse_pseudo_inverse_matches_the_dense_product():
+    dense = dsp.mel_pseudo_inverse(P)
+    x = np.random.default_rng(0).normal(size=(P.n_mels, 256)).astype(np.float32)
+    np.testing.assert_allclose(dsp.sparse_pseudo_inverse(P) @ x, dense @ x, rtol=1e-4, atol=1e-5)
