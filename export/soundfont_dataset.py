@@ -19,6 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from server.bundle import FAMILIES
+from server.midi import GM_FAMILIES
 
 SAMPLE_RATE = 16_000
 HOLD_S, RELEASE_S = 3, 1
@@ -37,39 +38,6 @@ QUALITIES = (
     "tempo-synced",
 )
 SILENCE_PEAK = 1e-4  # a preset that does not sound at this pitch gives (near) zeros: skipped
-
-
-def _programs(family: str, source: str, *ranges) -> dict[int, tuple[str, str]]:
-    out = {}
-    for r in ranges:
-        for program in [r] if isinstance(r, int) else r:
-            out[program] = (family, source)
-    return out
-
-
-# General MIDI program (0-based) → (NSynth family, source). Timpani, orchestra hit, synth FX and the
-# percussion / sound-effect programs (47, 55, 96-103, 113, 115-127) have no NSynth family and are left out.
-GM_FAMILIES: dict[int, tuple[str, str]] = {
-    **_programs("keyboard", "acoustic", 0, 1, 3, 6),
-    **_programs("keyboard", "electronic", 2, 4, 5, 7),
-    **_programs("mallet", "acoustic", range(8, 16), 108, 112, 114),
-    **_programs("organ", "electronic", 16, 17, 18),
-    **_programs("organ", "acoustic", 19, 20, 21, 23),
-    **_programs("reed", "acoustic", range(64, 72), 22, 109, 111),
-    **_programs("guitar", "acoustic", 24, 25, range(104, 108)),
-    **_programs("guitar", "electronic", range(26, 32)),
-    **_programs("bass", "acoustic", 32),
-    **_programs("bass", "electronic", range(33, 38)),
-    **_programs("bass", "synthetic", 38, 39),
-    **_programs("string", "acoustic", range(40, 47), 48, 49, 110),
-    **_programs("string", "synthetic", 50, 51),
-    **_programs("brass", "acoustic", range(56, 62)),
-    **_programs("brass", "synthetic", 62, 63),
-    **_programs("flute", "acoustic", range(72, 80)),
-    **_programs("synth_lead", "synthetic", range(80, 85), 86, 87, 88, 89, 90, range(92, 96)),
-    **_programs("vocal", "acoustic", 52, 53),
-    **_programs("vocal", "synthetic", 54, 85, 91),
-}
 
 
 @dataclass(frozen=True)

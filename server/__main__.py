@@ -1,9 +1,10 @@
 """inpaint-osc: the live instrument's runtime (numpy + onnxruntime, no torch).
 
-  inpaint-osc info --bundle DIR                         what a bundle holds, and the provider that runs it
-  inpaint-osc render --bundle DIR --out note.wav ...    generate one note to a WAV file, no server
-
-The OSC server (`inpaint-osc serve`) builds on the same engine.
+inpaint-osc serve [--bundle DIR] [--port 9000] ...    the OSC server: paint sounds from Max, Pd, a DAW, code
+inpaint-osc send /generate                            send one message to a server, print the replies
+inpaint-osc info --bundle DIR                         what a bundle holds, and the provider that runs it
+inpaint-osc render --bundle DIR --out note.wav ...    generate one note to a WAV file, no server
+inpaint-osc bench --bundle DIR                        latency over loopback OSC, as JSON
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +70,87 @@ def cmd_render(args: argparse.Namespace) -> dict:
     }
 
 
+def cmd_serve(args: argparse.Namespace) -> dict:
+    import logging
+
+    from server.bundle import Bundle
+    from server.engine import Engine, EngineError
+    from server.osc import InstrumentServer
+    from server.output import OutputFolder
+
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr
+    )
+    log = logging.getLogger("inpaint-osc")
+    # The receive thread must get the interpreter back quickly while the worker runs Python between graph calls.
+    sys.setswitchinterval(0.0005)
+    engine = Engine(Bundle(args.bundle, args.provider, threads=args.threads))
+    if args.session is not None and args.session.exists():
+        try:
+            engine.load(args.session)
+            log.info("restored %s (version %d, %d undo steps)", args.session, engine.version, len(engine.undo_stack))
+        except EngineError as exc:
+            aside = args.session.with_name(f"{args.session.name}.unreadable-{int(time.time())}")
+            args.session.rename(aside)
+            log.error("%s; kept it as %s and started a new session", exc, aside)
+    server = InstrumentServer(
+        engine,
+        OutputFolder(args.out, keep=args.keep),
+        host=args.host,
+        port=args.port,
+        reply_port=args.reply_port,
+        allow=tuple(args.allow),
+        read_dirs=tuple(args.read_dir or [Path.home(), Path.cwd()]),
+        session=args.session,
+        play=args.play,
+    )
+    log.info("model %s on %s", engine.bundle.path, engine.bundle.provider)
+    if args.midi_in:
+        from server.midi import open_input
+
+        midi_client = server.client(("127.0.0.1", 0))  # its errors go to the default reply port
+        port = open_input(args.midi_in, lambda address, values: server.handle_message(midi_client, address, values))
+        log.info("MIDI input: %s", port.name)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return {"stopped": True, "session": str(args.session) if args.session else None}
+
+
+def cmd_send(args: argparse.Namespace) -> dict:
+    from server import protocol
+    from server.client import OscClient
+
+    values = [_value(a) for a in args.args]
+    client = OscClient(args.host, args.port)
+    client.send(args.address, *values)
+    starts_work = args.address in protocol.BY_PATH and protocol.BY_PATH[args.address].request_id
+    final = {"/render/done", "/render/cancelled", "/error", "/image/done"} if starts_work else None
+    replies: list[list] = []
+    deadline = time.monotonic() + args.timeout
+    while (left := deadline - time.monotonic()) > 0:
+        reply = client.receive(left if final else min(left, args.wait))
+        if reply is None:
+            break
+        print(reply[0], *reply[1], flush=True)
+        replies.append([reply[0], *reply[1]])
+        if final and reply[0] in final:
+            break
+    if not replies:
+        raise OSError(f"no reply from {args.host}:{args.port} (is `inpaint-osc serve` running?)")
+    return {"replies": len(replies)}
+
+
+def _value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="inpaint-osc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -82,6 +165,28 @@ def parser() -> argparse.ArgumentParser:
         help="onnxruntime execution provider (default: %(default)s)",
     )
     sub.add_parser("info", parents=[common], help="describe a bundle")
+    s = sub.add_parser("serve", help="the OSC server", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--bundle", type=Path, default=default_bundle(), help="model bundle folder")
+    s.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "coreml", "auto"], help="execution provider")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback opens a network")
+    s.add_argument("--port", type=int, default=9000, help="UDP port to listen on")
+    s.add_argument("--reply-port", type=int, default=9001, help="replies go to this port at the sender's address")
+    s.add_argument("--allow", action="append", default=[], metavar="NET", help="client network besides loopback")
+    s.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "inpaint-osc", help="output folder")
+    s.add_argument("--keep", type=int, default=32, help="renders kept in the output folder")
+    s.add_argument("--read-dir", action="append", type=Path, help="folder /analyze may read (default: home, cwd)")
+    s.add_argument("--session", type=Path, help="save the performer's state here after every edit; restore it")
+    s.add_argument("--play", action="store_true", help="play every render on this machine's audio output")
+    s.add_argument("--midi-in", metavar="NAME", help="MIDI input port (needs the midi extra)")
+    s.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
+    s.add_argument("--quiet", action="store_true", help="log warnings only, not one line per request")
+    c = sub.add_parser("send", help="send one OSC message and print the replies")
+    c.add_argument("address")
+    c.add_argument("args", nargs=argparse.REMAINDER, help="numbers are sent as int or float, the rest as strings")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=9000)
+    c.add_argument("--wait", type=float, default=0.5, help="seconds of silence that end the replies")
+    c.add_argument("--timeout", type=float, default=60.0, help="longest wait for work to finish")
     p = sub.add_parser("render", parents=[common], help="generate one note to a WAV file")
     p.add_argument("--out", type=Path, required=True, help="WAV file to write (float32)")
     p.add_argument("--pitch", type=int, default=60, help="MIDI pitch (default: %(default)s)")
@@ -92,16 +197,24 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-COMMANDS = {"info": cmd_info, "render": cmd_render}
+def default_bundle() -> Path:
+    """The bundle shipped inside the package, or $INPAINT_OSC_BUNDLE."""
+    import os
+
+    return Path(os.environ.get("INPAINT_OSC_BUNDLE") or Path(__file__).parent / "default_bundle")
+
+
+COMMANDS = {"info": cmd_info, "render": cmd_render, "serve": cmd_serve, "send": cmd_send}
 
 
 def main(argv: list[str] | None = None) -> int:
     from server.bundle import BundleError
+    from server.midi import MidiError
 
     args = parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)
-    except (BundleError, ValueError, OSError) as exc:
+    except (BundleError, ValueError, OSError, MidiError, TimeoutError) as exc:
         print(f"inpaint-osc {args.command}: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))

@@ -167,6 +167,9 @@ def session_options(threads: int = 0) -> Any:  # onnxruntime.SessionOptions (imp
     opts.intra_op_num_threads = threads  # 0: onnxruntime's choice (all physical cores)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # provider fall-back warnings are reported through `providers` instead
+    # Idle pool threads would spin for a while after each call, stealing the next session's cores (on 2 cores a
+    # top-cell inpaint plus render took 64 ms spinning, 36 ms not).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
@@ -194,35 +197,45 @@ class Bundle:
     def __init__(
         self, bundle_dir: str | Path, provider: str = "cpu", threads: int = 0, prior_threads: int | None = None
     ):
-        import onnxruntime as ort
-
         self.path = Path(bundle_dir)
         self.manifest = read_manifest(self.path)
         providers = resolve_providers(provider)
         if prior_threads is None:
-            # A token step of a narrow prior is a chain of small products: a second thread costs as much in
-            # hand-offs as it saves (d_model 128: 0.27-0.32 ms either way). A wide one gains (d_model 512:
-            # 8.8 ms on one thread, 6.2 ms on two; measured on 2 cores). The VQ-VAE graphs use `threads`.
+            # A one-token step of a narrow prior is a chain of small products: a second thread costs as much in
+            # hand-offs as it saves (d_model 128: 0.2 ms either way), while long known prefixes and the encoders
+            # gain (296 tokens: 9.3 ms on one thread, 5.5 on two). Such priors get a second, one-thread session
+            # for single steps. Wide priors gain everywhere (d_model 512: 8.8 ms on one thread, 6.2 on two).
             widest = max(p.n_heads * p.head_dim for p in self.manifest.priors.values())
             prior_threads = 1 if widest <= 256 else threads
-        opts = {"vqvae": session_options(threads), "prior": session_options(prior_threads)}
-        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.sessions: dict[str, Any] = {}  # name → onnxruntime.InferenceSession
         for name in GRAPHS:
-            inputs, outputs = graph_io(name, self.n_layers(name))
-            file = self.path / self.manifest.graphs[name]
-            if not file.is_file():
-                raise BundleError(f"{self.path}: graph file {file.name} ({name}) is missing")
-            try:
-                kind = "vqvae" if name.startswith("vqvae") else "prior"
-                sess = ort.InferenceSession(str(file), opts[kind], providers=providers)
-            except Exception as exc:  # onnxruntime raises several unrelated types for bad files
-                raise BundleError(f"{file}: onnxruntime cannot load it ({exc})") from None
-            got_in = tuple(i.name for i in sess.get_inputs())
-            got_out = tuple(o.name for o in sess.get_outputs())
-            if set(got_in) != set(inputs) or set(got_out) != set(outputs):
-                raise BundleError(f"{file}: inputs {got_in} / outputs {got_out}, expected {inputs} / {outputs}")
-            self.sessions[name] = sess
+            self.sessions[name] = self._open(name, session_options(threads), providers)
+        # The session for one-token steps: the step graph again on `prior_threads` when that differs.
+        self.single_step: dict[str, Any] = {}
+        for layer in self.manifest.priors:
+            name = f"{layer}_prior_step"
+            single = session_options(prior_threads)
+            self.single_step[layer] = (
+                self.sessions[name] if prior_threads == threads else self._open(name, single, providers)
+            )
         self.provider = self.sessions["top_prior_step"].get_providers()[0]
+
+    def _open(self, name: str, options: Any, providers: list[str]) -> Any:
+        import onnxruntime as ort
+
+        inputs, outputs = graph_io(name, self.n_layers(name))
+        file = self.path / self.manifest.graphs[name]
+        if not file.is_file():
+            raise BundleError(f"{self.path}: graph file {file.name} ({name}) is missing")
+        try:
+            sess = ort.InferenceSession(str(file), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises several unrelated types for bad files
+            raise BundleError(f"{file}: onnxruntime cannot load it ({exc})") from None
+        got_in = tuple(i.name for i in sess.get_inputs())
+        got_out = tuple(o.name for o in sess.get_outputs())
+        if set(got_in) != set(inputs) or set(got_out) != set(outputs):
+            raise BundleError(f"{file}: inputs {got_in} / outputs {got_out}, expected {inputs} / {outputs}")
+        return sess
 
     def n_layers(self, graph: str) -> int:
         """Decoder layers of the prior a graph belongs to (0 for the VQ-VAE graphs)."""

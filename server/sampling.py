@@ -16,6 +16,8 @@ import numpy as np
 from server import codemaps
 from server.bundle import Bundle, cache_names
 
+WIDE_STEP = 32  # decoder inputs from which a step call goes to the all-threads session (see Bundle)
+
 
 @dataclass(frozen=True)
 class Conditioning:
@@ -51,6 +53,7 @@ class PriorSampler:
         self.start = bundle.manifest.start_token
         self._encoder = bundle.sessions[f"{layer}_prior_encoder"]
         self._step = bundle.sessions[f"{layer}_prior_step"]
+        self._single_step = bundle.single_step[layer]
         self._memory_names = cache_names("memory", self.shape.n_layers)
         self._past_names = cache_names("past", self.shape.n_layers)
 
@@ -72,7 +75,8 @@ class PriorSampler:
         """(N,) decoder inputs → logits of the last one (V,), new cache (2L arrays (1, H, P+N, Dh))."""
         feed = {"tokens": tokens[None].astype(np.int64), **self._labels(cond), **memory}
         feed.update(zip(self._past_names, past, strict=True))
-        logits, *present = self._step.run(None, feed)
+        session = self._step if tokens.size >= WIDE_STEP else self._single_step
+        logits, *present = session.run(None, feed)
         return logits[0, -1], present
 
     def sample(

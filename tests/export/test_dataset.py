@@ -6,8 +6,9 @@ import numpy as np
 import soundfile as sf
 
 from export.metrics import pitch_kept
-from export.soundfont_dataset import GM_FAMILIES, NSYNTH_VELOCITIES, render_dataset
+from export.soundfont_dataset import NSYNTH_VELOCITIES, render_dataset
 from server.bundle import FAMILIES
+from server.midi import GM_FAMILIES
 from tests.conftest import require_soundfont
 
 EXCLUDED = {47, 55, *range(96, 104), 113, *range(115, 128)}

@@ -1,0 +1,306 @@
+"""The performer's instrument: two codemaps, the conditioning, an undo history, and every operation on them.
+
+Single-threaded and free of OSC: `server.worker` runs one operation at a time, `server.osc` turns messages
+into operations. Inputs that depend on the model (pitch range, families, grid sizes, code range) are checked
+here and raise EngineError with a message fit for an `/error` reply; a failed operation changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from server import codemaps, render
+from server.audio import AudioError, load_audio
+from server.bundle import Bundle
+from server.sampling import Conditioning, Inpainter
+
+SESSION_VERSION = 1
+NOTE_MODES = ("generate", "resample")
+Progress = Callable[[float], None]
+
+
+class EngineError(ValueError):
+    """An operation the current model or state cannot do; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The conditioning and sampling parameters: set at any time, read when an operation starts."""
+
+    pitch: int = 60
+    family: int = 4  # keyboard
+    temperature: float = 1.0
+    top_p: float = 0.8  # the paper's examples: temperature 1, nucleus 0.8
+    seed: int = 0
+    note_mode: str = "generate"
+
+    def conditioning(self, pitch: int | None = None) -> Conditioning:
+        return Conditioning(self.pitch if pitch is None else pitch, self.family, self.temperature, self.top_p)
+
+
+@dataclass
+class Note:
+    """A cached note: codes and audio, and the WAV the server wrote for it (kept while the entry lives)."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+    audio: np.ndarray
+    wav: str = ""
+
+
+class Engine:
+    """Codemaps, settings and history over one bundle. Every edit goes through `_commit`, which records undo."""
+
+    def __init__(self, bundle: Bundle, history_limit: int = 100, note_cache: int = 128):
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.inpainter = Inpainter.from_bundle(bundle)
+        self.settings = Settings(family=min(4, len(self.manifest.families) - 1))
+        # The codes of a silent note: what `erase` writes and where a new session starts.
+        silence = np.zeros(self.manifest.spectrogram.n_samples, np.float32)
+        self.silence_top, self.silence_bottom = render.encode_audio(bundle, silence)
+        self.top, self.bottom = self.silence_top.copy(), self.silence_bottom.copy()
+        self.version = 0
+        self.draws = 0  # random operations since the seed was set: the next one draws from (seed, draws)
+        self.undo_stack: list[tuple[np.ndarray, np.ndarray]] = []
+        self.redo_stack: list[tuple[np.ndarray, np.ndarray]] = []
+        self.history_limit = history_limit
+        self.notes: OrderedDict[tuple, Note] = OrderedDict()
+        self.note_cache_size = note_cache
+        self.evicted: list[Note] = []  # evicted notes whose WAVs the server should delete
+        # Settings change on the receive thread while the worker edits and saves: one lock over writes and saves.
+        self.lock = threading.RLock()
+
+    def update_settings(self, **changes: object) -> Settings:
+        with self.lock:
+            self.settings = replace(self.settings, **changes)  # type: ignore[arg-type]
+            if "seed" in changes:
+                self.draws = 0  # setting a seed, even the same one, restarts its random sequence
+            return self.settings
+
+    # ---- checks -------------------------------------------------------------------------------------------
+
+    def check_pitch(self, pitch: int) -> int:
+        lo, hi = self.manifest.pitch_range
+        if not lo <= pitch <= hi:
+            raise EngineError(f"pitch {pitch} is outside the model's range {lo}..{hi}")
+        return pitch
+
+    def family_index(self, value: int | str) -> int:
+        families = self.manifest.families
+        if isinstance(value, str):
+            if value not in families:
+                raise EngineError(f"unknown instrument {value!r}: one of {', '.join(families)}")
+            return families.index(value)
+        if not 0 <= value < len(families):
+            raise EngineError(f"instrument {value} is outside 0..{len(families) - 1}")
+        return value
+
+    def range_mask(self, layer: str, t0: int, t1: int, f0: int, f1: int) -> np.ndarray:
+        try:
+            return codemaps.rectangle_mask(layer, t0, t1, f0, f1)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+
+    def cells_mask(self, layer: str, cells: Iterable[tuple[int, ...]]) -> np.ndarray:
+        rows, cols = self.layer_shape(layer)
+        mask = np.zeros((rows, cols), bool)
+        for t, f, *_ in cells:
+            self._check_cell(layer, t, f)
+            mask[f, t] = True
+        return mask
+
+    def layer_shape(self, layer: str) -> tuple[int, int]:
+        try:
+            return codemaps.layer_shape(layer)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+
+    def _check_cell(self, layer: str, t: int, f: int) -> None:
+        rows, cols = self.layer_shape(layer)
+        if not (0 <= t < cols and 0 <= f < rows):
+            raise EngineError(f"{layer} cell (t={t}, f={f}) is outside the {rows} x {cols} grid")
+
+    # ---- history ------------------------------------------------------------------------------------------
+
+    def _commit(self, top: np.ndarray, bottom: np.ndarray) -> None:
+        with self.lock:
+            self.undo_stack.append((self.top, self.bottom))
+            del self.undo_stack[: -self.history_limit]
+            self.redo_stack.clear()
+            self._set(top, bottom)
+
+    def _set(self, top: np.ndarray, bottom: np.ndarray) -> None:
+        self.top, self.bottom = top.astype(np.int64), bottom.astype(np.int64)
+        self.version += 1
+
+    def undo(self) -> None:
+        with self.lock:
+            if not self.undo_stack:
+                raise EngineError("nothing to undo")
+            self.redo_stack.append((self.top, self.bottom))
+            self._set(*self.undo_stack.pop())
+
+    def redo(self) -> None:
+        with self.lock:
+            if not self.redo_stack:
+                raise EngineError("nothing to redo")
+            self.undo_stack.append((self.top, self.bottom))
+            self._set(*self.redo_stack.pop())
+
+    # ---- operations ---------------------------------------------------------------------------------------
+
+    def _rng(self) -> np.random.Generator:
+        self.draws += 1
+        return np.random.default_rng([self.settings.seed, self.draws])
+
+    def generate(self, progress: Progress | None = None) -> None:
+        self._commit(*self.inpainter.generate(self.settings.conditioning(), self._rng(), progress))
+
+    def inpaint(self, layer: str, mask: np.ndarray, progress: Progress | None = None) -> None:
+        """Regenerate the masked cells of `layer`; a top edit also resamples the bottom cells beneath."""
+        cond = self.settings.conditioning()
+        self._commit(*self.inpainter.inpaint(self.top, self.bottom, layer, mask, cond, self._rng(), progress))
+
+    def resample_bottom(self, progress: Progress | None = None) -> None:
+        """Keep the top map, draw a whole new bottom map (the paper's third experiment)."""
+        self.inpaint("bottom", np.ones(codemaps.BOTTOM_SHAPE, bool), progress)
+
+    def erase(self, layer: str, mask: np.ndarray) -> None:
+        """Masked cells take the codes of silence; a top erase silences the bottom cells beneath too."""
+        top, bottom = self.top.copy(), self.bottom.copy()
+        if layer == "top":
+            top[mask] = self.silence_top[mask]
+            mask = codemaps.upsample_mask(mask)
+        bottom[mask] = self.silence_bottom[mask]
+        self._commit(top, bottom)
+
+    def randomize(self, layer: str, mask: np.ndarray) -> None:
+        """Uniformly random codes in the masked cells of `layer` (NOTONO's random brush: no prior involved)."""
+        codes = self.top.copy() if layer == "top" else self.bottom.copy()
+        codes[mask] = self._rng().integers(0, self.manifest.n_codes, int(mask.sum()))
+        self._commit(codes, self.bottom) if layer == "top" else self._commit(self.top, codes)
+
+    def set_cells(self, layer: str, cells: Iterable[tuple[int, int, int]]) -> None:
+        codes = self.top.copy() if layer == "top" else self.bottom.copy()
+        for t, f, code in cells:
+            self._check_cell(layer, t, f)
+            if not 0 <= code < self.manifest.n_codes:
+                raise EngineError(f"code {code} is outside 0..{self.manifest.n_codes - 1}")
+            codes[f, t] = code
+        self._commit(codes, self.bottom) if layer == "top" else self._commit(self.top, codes)
+
+    def analyze(self, path: Path) -> None:
+        try:
+            audio = load_audio(path, self.manifest.spectrogram)
+        except AudioError as exc:
+            raise EngineError(str(exc)) from None
+        self._commit(*render.encode_audio(self.bundle, audio))
+
+    def render(self) -> np.ndarray:
+        """The current codemaps → (n_samples,) float32 audio; the spectrogram is kept for pictures."""
+        self.last_spectrogram = render.decode(self.bundle, self.top, self.bottom)
+        return render.dsp.invert(self.last_spectrogram, self.manifest.spectrogram)
+
+    # ---- notes --------------------------------------------------------------------------------------------
+
+    def note_key(self, pitch: int) -> tuple:
+        s = self.settings
+        base = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.seed)
+        if s.note_mode == "resample":  # keeps the top map: the sound depends on it
+            return (*base, hashlib.blake2b(self.top.tobytes(), digest_size=8).hexdigest())
+        return base
+
+    def cached_note(self, pitch: int) -> Note | None:
+        key = self.note_key(pitch)
+        note = self.notes.get(key)
+        if note is not None:
+            self.notes.move_to_end(key)
+        return note
+
+    def make_note(self, pitch: int, progress: Progress | None = None) -> Note:
+        """Sample and render the note for `pitch` under the current settings, deterministically: the random
+        stream comes from the note's key, so a cached note is exactly what sampling again would give."""
+        key = self.note_key(pitch)
+        seed = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little")
+        rng = np.random.default_rng(seed)
+        cond = self.settings.conditioning(pitch)
+        if self.settings.note_mode == "generate":
+            top, bottom = self.inpainter.generate(cond, rng, progress)
+        else:
+            mask = np.ones(codemaps.BOTTOM_SHAPE, bool)
+            top, bottom = self.inpainter.inpaint(self.top, self.bottom, "bottom", mask, cond, rng, progress)
+        audio = render.dsp.invert(render.decode(self.bundle, top, bottom), self.manifest.spectrogram)
+        note = Note(top, bottom, audio)
+        self.notes[key] = note
+        while len(self.notes) > self.note_cache_size:
+            self.evicted.append(self.notes.popitem(last=False)[1])
+        return note
+
+    def play_note(self, pitch: int, note: Note) -> None:
+        """A note-on: the note's pitch becomes the conditioning and its codes the current state."""
+        with self.lock:
+            self.update_settings(pitch=pitch)
+            self._commit(note.top, note.bottom)
+
+    # ---- session ------------------------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Everything a restart needs, written atomically (a temporary file, then a rename)."""
+        with self.lock:
+            self._save(path)
+
+    def _save(self, path: Path) -> None:
+        meta = {
+            "session_version": SESSION_VERSION,
+            "bundle": self.manifest.raw.get("name", ""),
+            "settings": asdict(self.settings),
+            "version": self.version,
+            "draws": self.draws,
+        }
+        arrays = {"top": self.top, "bottom": self.bottom, "meta": np.array(json.dumps(meta))}
+        for name, stack in (("undo", self.undo_stack), ("redo", self.redo_stack)):
+            arrays[f"{name}_top"] = np.array([t for t, _ in stack], np.int16).reshape(-1, *codemaps.TOP_SHAPE)
+            arrays[f"{name}_bottom"] = np.array([b for _, b in stack], np.int16).reshape(-1, *codemaps.BOTTOM_SHAPE)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> None:
+        """Restore a saved session; raises EngineError (and changes nothing) if the file is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                if meta.get("session_version") != SESSION_VERSION:
+                    raise EngineError(f"{path}: session version {meta.get('session_version')!r} is not supported")
+                maps = [data[k].astype(np.int64) for k in ("top", "bottom")]
+                stacks = [
+                    list(zip(data[f"{n}_top"].astype(np.int64), data[f"{n}_bottom"].astype(np.int64), strict=True))
+                    for n in ("undo", "redo")
+                ]
+                settings = Settings(**meta["settings"])
+        except EngineError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise EngineError(f"{path}: not a readable session ({type(exc).__name__}: {exc})") from None
+        for top, bottom in [maps, *stacks[0], *stacks[1]]:
+            if top.shape != codemaps.TOP_SHAPE or bottom.shape != codemaps.BOTTOM_SHAPE:
+                raise EngineError(f"{path}: codemaps of the wrong shape")
+            if min(top.min(), bottom.min()) < 0 or max(top.max(), bottom.max()) >= self.manifest.n_codes:
+                raise EngineError(f"{path}: codes outside this model's 0..{self.manifest.n_codes - 1}")
+        self.check_pitch(settings.pitch)
+        self.family_index(settings.family)
+        self.top, self.bottom = maps
+        self.undo_stack, self.redo_stack = stacks
+        self.settings, self.version, self.draws = settings, int(meta["version"]), int(meta["draws"])

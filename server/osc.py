@@ -1,0 +1,460 @@
+"""The OSC server: UDP in through python-osc, replies out, one short handler per address of `server.protocol`.
+
+The receive thread only parses, checks and queues: conditioning changes apply at once, anything that samples
+or renders goes to `server.worker`. Replies go to the sender's IP at its reply port (Max and Pd send from
+throwaway ports), set per client by `/reply_port`. Every failure answers `/error address message`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pythonosc import osc_packet, osc_server
+from pythonosc.dispatcher import Dispatcher
+
+from server import codemaps, protocol
+from server.engine import NOTE_MODES, Engine, EngineError
+from server.midi import CC_PARAMETERS, DEFAULT_CC_MAP, GM_FAMILIES, cc_value
+from server.output import OutputFolder
+from server.playback import PlaybackError, Player
+from server.protocol import MAX_DATAGRAM, ProtocolError, Request
+from server.worker import Job, JobQueue, QueueFull, Requester, Worker
+
+log = logging.getLogger("inpaint-osc")
+VERSION = "0.1.0"
+RENDER_MODES = ("file", "chunks", "both")
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass
+class Client:
+    """A sender, known by its IP and source port; replies go to (host, reply_port)."""
+
+    host: str
+    reply_port: int
+    mode: str = "file"  # how rendered audio reaches it: file path, sample chunks, or both
+
+
+# ---- outgoing messages: int32, float32 and strings only ------------------------------------------------------
+
+
+def _pad(b: bytes) -> bytes:
+    return b + b"\0" * (4 - len(b) % 4)
+
+
+def encode(address: str, *args: Any) -> bytes:
+    """An OSC message with explicit i/f/s types; a numpy array argument becomes that many floats."""
+    tags, data = [","], []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            tags.append("f" * a.size)
+            data.append(a.astype(">f4").tobytes())
+        elif isinstance(a, str):
+            tags.append("s")
+            data.append(_pad(a.encode("utf-8")))
+        elif isinstance(a, (bool, np.bool_)):
+            raise TypeError("booleans are not sent: Max and Pd read no T/F")
+        elif isinstance(a, (int, np.integer)):
+            tags.append("i")
+            data.append(struct.pack(">i", max(protocol.INT32[0], min(protocol.INT32[1], int(a)))))
+        elif isinstance(a, (float, np.floating)):
+            tags.append("f")
+            data.append(struct.pack(">f", float(a)))
+        else:
+            raise TypeError(f"cannot send {type(a).__name__}")
+    datagram = _pad(address.encode()) + _pad("".join(tags).encode()) + b"".join(data)
+    if len(datagram) > MAX_DATAGRAM:
+        raise ValueError(f"{address}: {len(datagram)}-byte datagram exceeds {MAX_DATAGRAM}")
+    return datagram
+
+
+class _UDPServer(osc_server.BlockingOSCUDPServer):
+    max_packet_size = 65536  # python-osc's 8 192 would drop larger datagrams without a word
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return True  # malformed datagrams reach the handler and get an /error instead of silence
+
+
+class _Dispatcher(Dispatcher):
+    def __init__(self, handle: Callable[[bytes, tuple[str, int]], None]):
+        super().__init__()
+        self._handle = handle
+
+    def call_handlers_for_packet(self, data: bytes, client_address: tuple[str, int]) -> list:
+        self._handle(data, client_address)
+        return []
+
+
+class InstrumentServer:
+    """The live instrument: an Engine served over OSC. `serve_forever` blocks; `start` runs it on a thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        out: OutputFolder,
+        host: str = "127.0.0.1",
+        port: int = 9000,
+        reply_port: int = 9001,
+        allow: tuple[str, ...] = (),
+        read_dirs: tuple[Path, ...] = (),
+        session: Path | None = None,
+        play: bool = False,
+        queue_limit: int = 256,
+    ):
+        self.engine, self.out, self.default_reply_port = engine, out, reply_port
+        self.allow = LOOPBACK + tuple(ipaddress.ip_network(a, strict=False) for a in allow)
+        self.read_dirs = tuple(Path(d).expanduser().resolve() for d in read_dirs) + (out.folder,)
+        self.clients: OrderedDict[tuple[str, int], Client] = OrderedDict()
+        self.cc_map = dict(DEFAULT_CC_MAP)
+        self.player = Player()
+        self.queue = JobQueue(queue_limit)
+        self.worker = Worker(engine, self.queue, out, self, session, self.player, play)
+        self.session = session
+        self._next_id = 1 << 30  # ids the server assigns, far from the small ones clients pick
+        self._settings_dirty = threading.Event()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.udp = _UDPServer((host, port), _Dispatcher(self.handle_datagram), family=family)
+        self.udp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # ride out bursts
+        self.port = self.udp.server_address[1]
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._threads: list[threading.Thread] = []
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        self._start_helpers()
+        log.info("listening on %s:%d, replies to port %d", *self.udp.server_address[:2], self.default_reply_port)
+        try:
+            self.udp.serve_forever(poll_interval=0.2)
+        finally:
+            self.close()
+
+    def start(self) -> InstrumentServer:
+        self._start_helpers()
+        t = threading.Thread(target=self.udp.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def _start_helpers(self) -> None:
+        self.worker.start()
+        saver = threading.Thread(target=self._settings_saver, name="settings-saver", daemon=True)
+        saver.start()
+        self._threads.append(saver)
+
+    def shutdown(self) -> None:
+        self.udp.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.worker.join(timeout=5)
+        self._settings_dirty.set()
+        self.udp.server_close()
+        self.player.stop()
+
+    # ---- sending ------------------------------------------------------------------------------------------
+
+    def send(self, client: Client, address: str, *args: Any) -> None:
+        try:
+            self.sock.sendto(encode(address, *args), (client.host, client.reply_port))
+        except OSError as exc:  # an unreachable client must not stop the others
+            log.warning("send %s to %s:%d failed: %s", address, client.host, client.reply_port, exc)
+
+    def broadcast(self, address: str, *args: Any) -> None:
+        for client in {(c.host, c.reply_port): c for c in self.clients.values()}.values():
+            self.send(client, address, *args)
+
+    def send_codemaps(self, client: Client | None = None) -> None:
+        e = self.engine
+        with e.lock:
+            version, maps = e.version, {"top": e.top, "bottom": e.bottom}
+        for layer, codes in maps.items():
+            rows, cols = codes.shape
+            args = ("/codemap", layer, version, rows, cols, *codes.reshape(-1).tolist())
+            self.send(client, *args) if client else self.broadcast(*args)
+
+    def send_settings(self, client: Client | None = None) -> None:
+        s, families = self.engine.settings, self.engine.manifest.families
+        for args in (
+            ("/pitch", s.pitch),
+            ("/instrument", s.family, families[s.family]),
+            ("/temperature", float(s.temperature)),
+            ("/top_p", float(s.top_p)),
+            ("/seed", s.seed),
+            ("/note/mode", s.note_mode),
+        ):
+            self.send(client, *args) if client else self.broadcast(*args)
+
+    def error(self, client: Client, address: str, message: str) -> None:
+        log.info("error %s: %s", address, message)
+        self.send(client, "/error", address[:200], message[:2000])
+
+    # ---- receiving ----------------------------------------------------------------------------------------
+
+    def client(self, addr: tuple[str, int]) -> Client:
+        key = (addr[0], addr[1])
+        c = self.clients.get(key)
+        if c is None:
+            c = self.clients[key] = Client(addr[0], self.default_reply_port)
+            if len(self.clients) > 64:  # forget the oldest throwaway senders (oscsend, one-shot scripts)
+                self.clients.popitem(last=False)
+        return c
+
+    def handle_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not any(ipaddress.ip_address(addr[0]) in net for net in self.allow):
+            log.warning("dropped a datagram from %s: not in the allow-list (--allow)", addr[0])
+            return
+        client = self.client(addr)
+        try:
+            messages = osc_packet.OscPacket(data).messages  # bundles are flattened; their time tags are ignored
+        except osc_packet.ParseError as exc:
+            self.error(client, "", f"malformed OSC datagram ({len(data)} bytes): {exc}")
+            return
+        except Exception as exc:  # python-osc raises plain errors on some corrupt packets
+            self.error(client, "", f"malformed OSC datagram ({len(data)} bytes): {type(exc).__name__}: {exc}")
+            return
+        for timed in messages:
+            self.handle_message(client, timed.message.address, timed.message.params)
+
+    def handle_message(self, client: Client, address: str, params: list[Any]) -> None:
+        t0 = time.perf_counter()
+        try:
+            request = protocol.parse(address, params)
+            HANDLERS[address](self, client, request, t0)
+        except (ProtocolError, EngineError, QueueFull) as exc:
+            self.error(client, address, str(exc))
+        except Exception as exc:  # a bug must cost one message, never the server
+            log.exception("handling %s", address)
+            self.error(client, address, f"internal error: {type(exc).__name__}: {exc}")
+        log.info("%s %s %.2f ms", address, _brief(params), (time.perf_counter() - t0) * 1000)
+
+    # ---- work for the worker ------------------------------------------------------------------------------
+
+    def submit(self, client: Client, request: Request, kind: str, received: float, **params: Any) -> None:
+        request_id = request.request_id
+        if request_id is None:
+            request_id, self._next_id = self._next_id, self._next_id + 1
+        job = Job(kind, request.address, [Requester(client, request_id, received)], params)
+        for old in self.queue.put(job):
+            for r in old.requesters:
+                self.send(r.client, "/render/cancelled", r.request_id, f"superseded by {request.address}")
+
+    def _mask(self, request: Request) -> np.ndarray:
+        v = request.values
+        return self.engine.range_mask(v["layer"], v["t0"], v["t1"], v["f0"], v["f1"])
+
+    def on_generate(self, c: Client, r: Request, t: float) -> None:
+        self.submit(c, r, "generate", t)
+
+    def on_analyze(self, c: Client, r: Request, t: float) -> None:
+        self.submit(c, r, "analyze", t, path=self.readable(r.values["path"]))
+
+    def on_inpaint(self, c: Client, r: Request, t: float) -> None:
+        self.submit(c, r, "inpaint", t, layer=r.values["layer"], mask=self._mask(r))
+
+    def on_inpaint_cells(self, c: Client, r: Request, t: float) -> None:
+        layer = r.values["layer"]
+        self.submit(c, r, "inpaint", t, layer=layer, mask=self.engine.cells_mask(layer, r.groups))
+
+    def on_resample_bottom(self, c: Client, r: Request, t: float) -> None:
+        self.submit(c, r, "resample", t)
+
+    def on_erase(self, c: Client, r: Request, t: float) -> None:
+        self.submit(c, r, "erase", t, layer=r.values["layer"], mask=self._mask(r))
+
+    def on_randomize(self, c: Client, r: Request, t: float) -> None:
+        self.submit(c, r, "randomize", t, layer=r.values["layer"], mask=self._mask(r))
+
+    def on_codemap_set(self, c: Client, r: Request, t: float) -> None:
+        layer = r.values["layer"]
+        self.engine.cells_mask(layer, r.groups)  # checks every cell now, so a bad one is refused at once
+        for _, _, code in r.groups:
+            if not 0 <= code < self.engine.manifest.n_codes:
+                raise EngineError(f"code {code} is outside 0..{self.engine.manifest.n_codes - 1}")
+        self.submit(c, r, "set", t, layer=layer, cells=list(r.groups))
+
+    def on_undo(self, c: Client, r: Request, t: float) -> None:
+        self.submit(c, r, "undo", t)
+
+    def on_redo(self, c: Client, r: Request, t: float) -> None:
+        self.submit(c, r, "redo", t)
+
+    def on_render(self, c: Client, r: Request, t: float) -> None:
+        self.submit(c, r, "render", t)
+
+    def on_image(self, c: Client, r: Request, t: float) -> None:
+        self.engine.layer_shape(r.values["layer"])
+        self.submit(c, r, "image", t, layer=r.values["layer"])
+
+    def on_note(self, c: Client, r: Request, t: float) -> None:
+        if r.values["velocity"] == 0:
+            return  # note-off: the sound is a 4 s note; nothing to stop
+        self.submit(c, r, "note", t, pitch=self.engine.check_pitch(r.values["pitch"]))
+
+    def on_cancel(self, c: Client, r: Request, t: float) -> None:
+        hit = self.queue.cancel(r.request_id)
+        if r.request_id is not None and not hit:
+            raise EngineError(f"no waiting or running request {r.request_id}")
+        for job in hit:
+            if job is not self.queue.running:  # the running job answers itself when it stops
+                for q in job.requesters:
+                    self.send(q.client, "/render/cancelled", q.request_id, "cancelled by /cancel")
+        self.worker.prefill.clear()
+
+    # ---- answered at once -----------------------------------------------------------------------------------
+
+    def on_ping(self, c: Client, r: Request, t: float) -> None:
+        self.send(c, "/pong", VERSION, self.port, c.reply_port)
+
+    def on_help(self, c: Client, r: Request, t: float) -> None:
+        for row in protocol.help_rows():
+            self.send(c, "/help", *row)
+
+    def on_reply_port(self, c: Client, r: Request, t: float) -> None:
+        c.reply_port = r.values["port"]
+        self.on_ping(c, r, t)
+
+    def on_model_info(self, c: Client, r: Request, t: float) -> None:
+        m, (tr, tc), (br, bc) = self.engine.manifest, codemaps.TOP_SHAPE, codemaps.BOTTOM_SHAPE
+        name = str(m.raw.get("name") or self.engine.bundle.path.name)
+        sp = m.spectrogram
+        self.send(
+            c,
+            "/model/info",
+            name,
+            self.engine.bundle.provider,
+            sp.sample_rate,
+            sp.n_samples,
+            tr,
+            tc,
+            br,
+            bc,
+            m.n_codes,
+            *m.pitch_range,
+            *m.families,
+        )
+
+    def on_state(self, c: Client, r: Request, t: float) -> None:
+        self.send_settings(c)
+        self.send_codemaps(c)
+        self.send(c, "/status", self.worker.status)
+
+    def on_codemap_get(self, c: Client, r: Request, t: float) -> None:
+        layer = r.values["layer"]
+        self.engine.layer_shape(layer)
+        e = self.engine
+        with e.lock:
+            codes, version = (e.top if layer == "top" else e.bottom), e.version
+        self.send(c, "/codemap", layer, version, *codes.shape, *codes.reshape(-1).tolist())
+
+    def set_settings(self, **changes: Any) -> None:
+        self.engine.update_settings(**changes)
+        self._settings_dirty.set()  # saved, then echoed to every client, by the settings saver
+
+    def on_pitch(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(pitch=self.engine.check_pitch(r.values["pitch"]))
+
+    def on_instrument(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(family=self.engine.family_index(r.values["instrument"]))
+
+    def on_temperature(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(temperature=r.values["temperature"])
+
+    def on_top_p(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(top_p=r.values["top_p"])
+
+    def on_seed(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(seed=r.values["seed"])
+
+    def on_note_mode(self, c: Client, r: Request, t: float) -> None:
+        if r.values["mode"] not in NOTE_MODES:
+            raise EngineError(f"unknown note mode {r.values['mode']!r}: one of {', '.join(NOTE_MODES)}")
+        self.set_settings(note_mode=r.values["mode"])
+
+    def on_note_prefill(self, c: Client, r: Request, t: float) -> None:
+        low, high = (self.engine.check_pitch(r.values[k]) for k in ("low", "high"))
+        if low > high:
+            raise EngineError(f"low {low} is above high {high}")
+        self.worker.prefill = list(range(low, high + 1))
+
+    def on_program(self, c: Client, r: Request, t: float) -> None:
+        program = r.values["program"]
+        if program not in GM_FAMILIES:
+            raise EngineError(f"General MIDI program {program} (0-based) has no instrument family")
+        self.set_settings(family=self.engine.family_index(GM_FAMILIES[program][0]))
+
+    def on_cc(self, c: Client, r: Request, t: float) -> None:
+        parameter = self.cc_map.get(r.values["controller"])
+        if parameter is None:
+            return  # controllers send constantly; an unmapped one is not an error
+        m = self.engine.manifest
+        value = cc_value(parameter, r.values["value"], len(m.families), m.pitch_range)
+        self.set_settings(**{"family" if parameter == "instrument" else parameter: value})
+
+    def on_cc_map(self, c: Client, r: Request, t: float) -> None:
+        if r.values["parameter"] not in CC_PARAMETERS:
+            raise EngineError(f"unknown parameter {r.values['parameter']!r}: one of {', '.join(CC_PARAMETERS)}")
+        self.cc_map[r.values["controller"]] = r.values["parameter"]
+
+    def on_render_mode(self, c: Client, r: Request, t: float) -> None:
+        if r.values["mode"] not in RENDER_MODES:
+            raise EngineError(f"unknown render mode {r.values['mode']!r}: one of {', '.join(RENDER_MODES)}")
+        c.mode = r.values["mode"]
+
+    def on_play(self, c: Client, r: Request, t: float) -> None:
+        audio = self.worker.last_audio
+        if audio is None:
+            raise EngineError("nothing rendered yet")
+        try:
+            self.player.play(audio, self.engine.manifest.spectrogram.sample_rate, loop=bool(r.values.get("loop", 0)))
+        except PlaybackError as exc:
+            raise EngineError(str(exc)) from None
+
+    def on_stop(self, c: Client, r: Request, t: float) -> None:
+        self.player.stop()
+
+    # ---- helpers ------------------------------------------------------------------------------------------
+
+    def readable(self, path: str) -> Path:
+        """A client's path, resolved (symlinks, ..) and allowed only under the read folders (--read-dir)."""
+        resolved = Path(os.path.expanduser(path)).resolve()
+        if not any(resolved.is_relative_to(d) for d in self.read_dirs):
+            raise EngineError(f"{path}: outside the folders the server may read (--read-dir)")
+        if not resolved.is_file():
+            raise EngineError(f"{path}: no such file")
+        return resolved
+
+    def _settings_saver(self) -> None:
+        """Coalesces conditioning changes: save the session, then echo the settings to every client."""
+        while not self.worker.stopping.is_set():
+            if not self._settings_dirty.wait(0.2):
+                continue
+            self._settings_dirty.clear()
+            if self.worker.stopping.is_set():
+                return
+            if self.session is not None:
+                self.engine.save(self.session)
+            self.send_settings()
+
+
+def _brief(params: list[Any]) -> str:
+    text = " ".join(str(p) for p in params[:8])
+    return text + (" ..." if len(params) > 8 else "")
+
+
+HANDLERS: dict[str, Callable[[InstrumentServer, Client, Request, float], None]] = {
+    a.path: getattr(InstrumentServer, "on_" + a.path.strip("/").replace("/", "_")) for a in protocol.INBOUND
+}

@@ -1,0 +1,242 @@
+"""The OSC address table: the single source of truth for the server, the patches, the docs and `/help`.
+
+Every inbound address lists its arguments; `parse` turns a message's arguments into named Python values or
+raises ProtocolError with a message fit for an `/error` reply. Ints and floats are accepted interchangeably
+(Pd sends every number as a float, Max sends `1` as an int and `1.` as a float); outbound messages carry only
+int32, float32 and strings, the types Max and Pd both read.
+
+Rules the table follows: lower-case words, no numeric path components, half-open ranges in the edited layer's
+grid (t = time column, f = frequency row counted from the lowest). Names here are a contract: add, never
+rename.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+INT32 = (-(2**31), 2**31 - 1)
+MAX_DATAGRAM = 8000  # bytes per outgoing datagram: under macOS's 9 216 default and python-osc's 8 192
+CHUNK_FRAMES = 1024  # samples per /render/chunk (about 4.2 kB)
+
+
+class ProtocolError(ValueError):
+    """A message that does not match its address's arguments; the text goes back in `/error`."""
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: str  # "i" int, "f" float, "s" string, "is" int or string
+    low: float | None = None  # inclusive bounds checked here; bounds that depend on the model live in the engine
+    high: float | None = None
+
+    def spec(self) -> str:
+        return f"{self.kind.replace('is', 'i|s')}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Address:
+    path: str
+    args: tuple[Arg, ...] = ()
+    doc: str = ""
+    repeat: tuple[Arg, ...] = ()  # a group that follows `args` one or more times (cells, triples)
+    request_id: bool = False  # work-starting requests may end with an optional int request id
+    optional: tuple[Arg, ...] = ()  # trailing arguments that may be left out, before the request id
+
+    def spec(self) -> str:
+        parts = [a.spec() for a in self.args]
+        if self.repeat:
+            parts.append(" ".join(a.spec() for a in self.repeat) + " ...")
+        parts += [f"[{a.spec()}]" for a in self.optional]
+        if self.request_id:
+            parts.append("[i:id]")
+        return " ".join(parts)
+
+
+@dataclass
+class Request:
+    """A parsed inbound message: named values, repeated groups, and the request id if one was given."""
+
+    address: str
+    values: dict[str, Any]
+    groups: list[tuple[Any, ...]] = field(default_factory=list)
+    request_id: int | None = None
+
+
+LAYER = Arg("layer", "s")
+RANGE = (Arg("t0", "i"), Arg("t1", "i"), Arg("f0", "i"), Arg("f1", "i"))
+MIDI = (0, 127)
+
+INBOUND = (
+    Address("/ping", doc="answers /pong"),
+    Address("/help", doc="one /help reply per inbound address"),
+    Address("/reply_port", (Arg("port", "i", 1, 65535),), "replies to this client go to this UDP port"),
+    Address("/model/info", doc="answers /model/info"),
+    Address("/state", doc="answers the conditioning addresses and both /codemap messages"),
+    Address("/pitch", (Arg("pitch", "i"),), "MIDI pitch of the conditioning, within the model's range"),
+    Address("/instrument", (Arg("instrument", "is"),), "instrument family, by index or name"),
+    Address("/temperature", (Arg("temperature", "f", 0.0, 10.0),), "sampling temperature (0 = most likely)"),
+    Address("/top_p", (Arg("top_p", "f", 0.0, 1.0),), "nucleus sampling mass"),
+    Address("/seed", (Arg("seed", "i", 0, INT32[1]),), "restart the random sequence"),
+    Address("/generate", doc="a new sound: the whole top map, then the whole bottom map", request_id=True),
+    Address("/analyze", (Arg("path", "s"),), "encode an audio file (under an allowed folder)", request_id=True),
+    Address(
+        "/inpaint", (LAYER, *RANGE), "regenerate a rectangle; a top edit resamples the bottom beneath", request_id=True
+    ),
+    Address("/inpaint/cells", (LAYER,), "regenerate single cells", (Arg("t", "i"), Arg("f", "i")), True),
+    Address("/resample/bottom", doc="keep the top map, draw a new bottom map", request_id=True),
+    Address("/erase", (LAYER, *RANGE), "set a rectangle to the codes of silence", request_id=True),
+    Address("/randomize", (LAYER, *RANGE), "uniformly random codes in a rectangle", request_id=True),
+    Address("/codemap/set", (LAYER,), "set cells directly", (Arg("t", "i"), Arg("f", "i"), Arg("code", "i")), True),
+    Address("/codemap/get", (LAYER,), "answers /codemap"),
+    Address("/undo", doc="back one edit", request_id=True),
+    Address("/redo", doc="forward one edit", request_id=True),
+    Address("/render", doc="render the current codemaps", request_id=True),
+    Address("/cancel", doc="cancel the request with this id, or all work when none is given", request_id=True),
+    Address(
+        "/note",
+        (Arg("pitch", "i", *MIDI), Arg("velocity", "i", *MIDI)),
+        "velocity > 0: set the pitch and render in the note mode; 0: note-off (ignored)",
+        request_id=True,
+    ),
+    Address("/note/mode", (Arg("mode", "s"),), "what a note does: generate | resample (keep the top map)"),
+    Address(
+        "/note/prefill", (Arg("low", "i", *MIDI), Arg("high", "i", *MIDI)), "fill the note cache in the background"
+    ),
+    Address("/program", (Arg("program", "i", *MIDI),), "General MIDI program 0-127 → instrument family"),
+    Address("/cc", (Arg("controller", "i", *MIDI), Arg("value", "i", *MIDI)), "a mapped controller sets a parameter"),
+    Address("/cc/map", (Arg("controller", "i", *MIDI), Arg("parameter", "s")), "map a controller to a parameter"),
+    Address("/render/mode", (Arg("mode", "s"),), "how audio reaches this client: file | chunks | both"),
+    Address("/image", (LAYER,), "PNG of the last render's spectrogram with the layer's grid", request_id=True),
+    Address("/play", optional=(Arg("loop", "i", 0, 1),), doc="play the last render on the server's output"),
+    Address("/stop", doc="stop playback"),
+)
+
+OUTBOUND = (
+    Address("/pong", (Arg("version", "s"), Arg("listen_port", "i"), Arg("reply_port", "i"))),
+    Address("/help", (Arg("address", "s"), Arg("arguments", "s"), Arg("description", "s"))),
+    Address(
+        "/model/info",
+        (
+            Arg("name", "s"),
+            Arg("provider", "s"),
+            Arg("sample_rate", "i"),
+            Arg("frames", "i"),
+            Arg("top_rows", "i"),
+            Arg("top_cols", "i"),
+            Arg("bottom_rows", "i"),
+            Arg("bottom_cols", "i"),
+            Arg("n_codes", "i"),
+            Arg("pitch_min", "i"),
+            Arg("pitch_max", "i"),
+        ),
+        "then the family names",
+        repeat=(Arg("family", "s"),),
+    ),
+    Address("/pitch", (Arg("pitch", "i"),), "the conditioning changed (pushed to every client)"),
+    Address("/instrument", (Arg("index", "i"), Arg("name", "s"))),
+    Address("/temperature", (Arg("temperature", "f"),)),
+    Address("/top_p", (Arg("top_p", "f"),)),
+    Address("/seed", (Arg("seed", "i"),)),
+    Address("/note/mode", (Arg("mode", "s"),)),
+    Address("/render/started", (Arg("id", "i"),)),
+    Address("/render/progress", (Arg("id", "i"), Arg("fraction", "f"))),
+    Address(
+        "/render/done",
+        (Arg("id", "i"), Arg("wav_path", "s"), Arg("frames", "i"), Arg("sample_rate", "i"), Arg("seconds", "f")),
+        "float32 mono WAV; seconds from the request's arrival",
+    ),
+    Address("/render/cancelled", (Arg("id", "i"), Arg("reason", "s"))),
+    Address("/render/chunk", (Arg("id", "i"), Arg("offset", "i"), Arg("frames", "i")), repeat=(Arg("sample", "f"),)),
+    Address("/render/end", (Arg("id", "i"), Arg("frames", "i"))),
+    Address("/image/done", (Arg("id", "i"), Arg("png_path", "s"), Arg("width", "i"), Arg("height", "i"))),
+    Address(
+        "/codemap",
+        (Arg("layer", "s"), Arg("version", "i"), Arg("rows", "i"), Arg("cols", "i")),
+        "row-major from the lowest row; pushed to every client after each change",
+        repeat=(Arg("code", "i"),),
+    ),
+    Address("/status", (Arg("status", "s"),), "ready | busy | loading"),
+    Address("/error", (Arg("address", "s"), Arg("message", "s"))),
+)
+
+BY_PATH = {a.path: a for a in INBOUND}
+
+
+def _number(value: Any, arg: Arg, path: str) -> int | float:
+    # bool is an int subclass in Python: OSC T/F must not pass as 1/0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"{arg.name} must be a number, got {_describe(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError(f"{arg.name} must be finite, got {value}")
+    if "i" in arg.kind and not float(value).is_integer():
+        raise ProtocolError(f"{arg.name} must be a whole number, got {value}")
+    out: int | float = int(value) if "i" in arg.kind else float(value)
+    if (arg.low is not None and out < arg.low) or (arg.high is not None and out > arg.high):
+        raise ProtocolError(f"{arg.name} {value} is outside {_bound(arg.low)}..{_bound(arg.high)}")
+    if "i" in arg.kind and not INT32[0] <= out <= INT32[1]:
+        raise ProtocolError(f"{arg.name} {value} does not fit in 32 bits")
+    return out
+
+
+def _bound(x: float | None) -> str:
+    return "" if x is None else (str(int(x)) if float(x).is_integer() else str(x))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    return f"{type(value).__name__} {str(value)[:40]}"
+
+
+def _convert(value: Any, arg: Arg, path: str) -> Any:
+    if arg.kind == "s" or (arg.kind == "is" and isinstance(value, str)):
+        if not isinstance(value, str):
+            raise ProtocolError(f"{arg.name} must be a string, got {_describe(value)}")
+        return value
+    return _number(value, arg, path)
+
+
+def parse(path: str, args: list[Any] | tuple[Any, ...]) -> Request:
+    """Check a message against the table; returns the named values or raises ProtocolError."""
+    address = BY_PATH.get(path)
+    if address is None:
+        raise ProtocolError(f"unknown address {path[:80]!r}; send /help for the list")
+    args = list(args)
+    given = len(args)
+    fixed, group, optional = len(address.args), len(address.repeat), len(address.optional)
+    request_id = None
+    if address.request_id:
+        extra = len(args) - fixed  # an id is the one argument left over after the fixed, optional and grouped ones
+        has_id = extra % group == 1 if group else extra > optional
+        if has_id and extra > 0:
+            request_id = int(_number(args.pop(), Arg("request id", "i", *INT32), path))
+    n = len(args)
+    expected = address.spec()
+    if n < fixed or (group and (n - fixed < group or (n - fixed) % group)) or (not group and n > fixed + optional):
+        raise ProtocolError(f"expected {expected or 'no arguments'}, got {given} argument{'s' * (given != 1)}")
+    values = {arg.name: _convert(v, arg, path) for arg, v in zip(address.args, args[:fixed], strict=True)}
+    tail = args[fixed:]
+    for arg, v in zip(address.optional, tail, strict=False):
+        values[arg.name] = _convert(v, arg, path)
+    groups = [
+        tuple(_convert(v, arg, path) for arg, v in zip(address.repeat, tail[i : i + group], strict=True))
+        for i in range(0, len(tail) if group else 0, group or 1)
+    ]
+    return Request(path, values, groups, request_id)
+
+
+def help_rows() -> list[tuple[str, str, str]]:
+    """(address, arguments, description) for every inbound address: the /help replies."""
+    return [(a.path, a.spec(), a.doc) for a in INBOUND]
+
+
+def markdown_table() -> str:
+    """The address table for README files (maxpatch/README.md is generated from it)."""
+    lines = ["| direction | address | arguments | meaning |", "|---|---|---|---|"]
+    for direction, table in (("in", INBOUND), ("out", OUTBOUND)):
+        for a in table:
+            lines.append(f"| {direction} | `{a.path}` | `{a.spec()}` | {a.doc} |".replace("``", ""))
+    return "\n".join(lines)

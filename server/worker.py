@@ -1,0 +1,347 @@
+"""The render worker: one thread that runs the engine's operations in arrival order, off the receive thread.
+
+Requests wait in a bounded queue where bursts coalesce: a new generate, note or analyze supersedes the
+sampling work still waiting (and cancels the one running), consecutive inpaints of one layer merge their
+masks, and a batch of edits is rendered once. Each batch is saved to the session before it is acknowledged
+(`/codemap`, `/render/done`). Every request id gets exactly one ending: done, cancelled or an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from server.engine import Engine, EngineError, Note
+from server.output import OutputFolder, chunks
+from server.playback import PlaybackError, Player
+
+log = logging.getLogger("inpaint-osc")
+
+SAMPLING = {"generate", "analyze", "note", "inpaint", "resample"}  # expensive: may be superseded or cancelled
+REPLACES_ALL = {"generate", "analyze", "note"}  # their result replaces everything sampling work before did
+
+
+class Cancelled(Exception):
+    """Raised inside sampling when its job is cancelled or superseded."""
+
+
+class Replies(Protocol):
+    """What the worker needs from the transport (server.osc)."""
+
+    def send(self, client: Any, address: str, *args: Any) -> None: ...
+    def broadcast(self, address: str, *args: Any) -> None: ...
+    def send_codemaps(self, client: Any = None) -> None: ...
+    def send_settings(self, client: Any = None) -> None: ...
+
+
+@dataclass
+class Requester:
+    client: Any
+    request_id: int
+    received: float  # time.perf_counter() at arrival
+
+
+@dataclass
+class Job:
+    kind: str
+    address: str
+    requesters: list[Requester]
+    params: dict[str, Any] = field(default_factory=dict)
+    cancelled: str = ""  # why, once cancelled
+
+    def ids(self) -> list[int]:
+        return [r.request_id for r in self.requesters]
+
+
+class QueueFull(RuntimeError):
+    pass
+
+
+class JobQueue:
+    """Pending jobs, bounded, with coalescing; `running` is the job the worker holds."""
+
+    def __init__(self, limit: int = 256):
+        self.limit = limit
+        self.pending: list[Job] = []
+        self.running: Job | None = None
+        self.cond = threading.Condition()
+
+    def put(self, job: Job) -> list[Job]:
+        """Queue `job`; returns the jobs it superseded (their requesters are answered `/render/cancelled`)."""
+        with self.cond:
+            superseded: list[Job] = []
+            last = self.pending[-1] if self.pending else None
+            if job.kind in REPLACES_ALL:
+                superseded = [j for j in self.pending if j.kind in SAMPLING]
+                self.pending = [j for j in self.pending if j.kind not in SAMPLING]
+                if self.running is not None and self.running.kind in SAMPLING:
+                    self.running.cancelled = f"superseded by {job.address}"
+            elif last is not None and self._merge(last, job):
+                return []
+            if len(self.pending) >= self.limit:
+                raise QueueFull(f"{len(self.pending)} requests are waiting; try again when /status says ready")
+            self.pending.append(job)
+            self.cond.notify()
+            return superseded
+
+    @staticmethod
+    def _merge(last: Job, job: Job) -> bool:
+        """Fold `job` into the waiting `last` when doing both equals doing the merged one."""
+        if job.kind == last.kind == "render":
+            last.requesters += job.requesters
+            return True
+        if job.kind == last.kind == "inpaint" and job.params["layer"] == last.params["layer"]:
+            last.params["mask"] = last.params["mask"] | job.params["mask"]
+            last.requesters += job.requesters
+            return True
+        return False
+
+    def take(self, timeout: float) -> list[Job]:
+        with self.cond:
+            if not self.pending:
+                self.cond.wait(timeout)
+            jobs, self.pending = self.pending, []
+            return jobs
+
+    def cancel(self, request_id: int | None) -> list[Job]:
+        """Cancel waiting jobs with this id (all when None) and flag the running one; returns the removed."""
+        with self.cond:
+            hit = [j for j in self.pending if request_id is None or request_id in j.ids()]
+            self.pending = [j for j in self.pending if j not in hit]
+            running = self.running
+            if running is not None and (request_id is None or request_id in running.ids()):
+                running.cancelled = "cancelled by /cancel"
+                hit.append(running)
+            return hit
+
+    def busy(self) -> bool:
+        with self.cond:
+            return bool(self.pending) or self.running is not None
+
+
+class Worker(threading.Thread):
+    def __init__(
+        self,
+        engine: Engine,
+        queue: JobQueue,
+        out: OutputFolder,
+        replies: Replies,
+        session: Path | None = None,
+        player: Player | None = None,
+        play_each: bool = False,
+    ):
+        super().__init__(name="render-worker", daemon=True)
+        self.engine, self.queue, self.out, self.replies = engine, queue, out, replies
+        self.session, self.player, self.play_each = session, player, play_each
+        self.last_audio: np.ndarray | None = None
+        self.prefill: list[int] = []  # pitches still to render into the note cache when idle
+        self.stopping = threading.Event()
+        self.status = "ready"
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            jobs = self.queue.take(timeout=0.1)
+            if jobs:
+                self.run_batch(jobs)
+            elif self.prefill:
+                self._prefill_one()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.queue.cond:
+            self.queue.cond.notify_all()
+
+    # ---- one batch ----------------------------------------------------------------------------------------
+
+    def run_batch(self, jobs: list[Job]) -> None:
+        self._set_status("busy")
+        changed = False
+        to_render: list[Requester] = []
+        cached: list[tuple[Requester, Note]] = []
+        timings: dict[str, float] = {}
+        for job in jobs:
+            with self.queue.cond:
+                self.queue.running = job
+            for r in job.requesters:
+                self.replies.send(r.client, "/render/started", r.request_id)
+            t0 = time.perf_counter()
+            try:
+                result = self.apply(job)
+            except Cancelled:
+                self._cancelled(job)
+                continue
+            except EngineError as exc:
+                self._error(job, str(exc))
+                continue
+            except Exception as exc:  # a bug must cost one request, never the server
+                log.error("%s failed:\n%s", job.address, traceback.format_exc())
+                self._error(job, f"internal error: {type(exc).__name__}: {exc}")
+                continue
+            finally:
+                with self.queue.cond:
+                    self.queue.running = None
+            timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - t0
+            changed |= result == "edit" or isinstance(result, Note)
+            if isinstance(result, Note):
+                cached += [(r, result) for r in job.requesters]
+            elif result in ("edit", "render"):
+                to_render += job.requesters
+        if changed:
+            t0 = time.perf_counter()
+            self._save()
+            timings["save"] = time.perf_counter() - t0
+            self.replies.send_codemaps()
+        for r, note in cached:
+            self._done(r, note.wav, note.audio)
+        if to_render:
+            self._render(to_render, timings)
+        self._set_status("ready")
+
+    def apply(self, job: Job) -> Note | str:
+        """Run one job: "edit" (state changed, render it), "render" (render only), "quiet" (nothing to render),
+        or the Note a note-on played (state changed, audio ready)."""
+        e, p = self.engine, job.params
+        progress = self._progress(job)
+        if job.kind == "generate":
+            e.generate(progress)
+        elif job.kind == "inpaint":
+            e.inpaint(p["layer"], p["mask"], progress)
+        elif job.kind == "resample":
+            e.resample_bottom(progress)
+        elif job.kind == "erase":
+            e.erase(p["layer"], p["mask"])
+        elif job.kind == "randomize":
+            e.randomize(p["layer"], p["mask"])
+        elif job.kind == "set":
+            e.set_cells(p["layer"], p["cells"])
+        elif job.kind == "analyze":
+            e.analyze(p["path"])
+        elif job.kind in ("undo", "redo"):
+            getattr(e, job.kind)()
+        elif job.kind == "render":
+            return "render"
+        elif job.kind == "note":
+            return self._note(p["pitch"], progress)
+        elif job.kind == "image":
+            self._image(job)
+            return "quiet"
+        else:
+            raise EngineError(f"unknown job {job.kind}")
+        return "edit"
+
+    def _note(self, pitch: int, progress: Callable[[float], None]) -> Note:
+        note = self.engine.cached_note(pitch)
+        if note is None:
+            note = self.engine.make_note(pitch, progress)
+            note.wav = str(self.out.note_wav(note.audio, self.engine.manifest.spectrogram.sample_rate))
+            self._evict()
+        self.engine.play_note(pitch, note)
+        self.last_audio = note.audio
+        if self.play_each:
+            self._play(note.audio)
+        self.replies.send_settings()
+        return note
+
+    def _evict(self) -> None:
+        while self.engine.evicted:
+            Path(self.engine.evicted.pop().wav).unlink(missing_ok=True)
+
+    def _image(self, job: Job) -> None:
+        if getattr(self.engine, "last_spectrogram", None) is None:
+            self.last_audio = self.engine.render()
+        path, width, height = self.out.write_png(self.engine.last_spectrogram, job.params["layer"], job.ids()[0])
+        for r in job.requesters:
+            self.replies.send(r.client, "/image/done", r.request_id, str(path), width, height)
+
+    def _render(self, requesters: list[Requester], timings: dict[str, float]) -> None:
+        t0 = time.perf_counter()
+        audio = self.engine.render()
+        t1 = time.perf_counter()
+        path = self.out.write_wav(audio, self.engine.manifest.spectrogram.sample_rate, requesters[-1].request_id)
+        t2 = time.perf_counter()
+        self.last_audio = audio
+        for r in requesters:
+            self._done(r, str(path), audio)
+        if self.play_each:
+            self._play(audio)
+        timings.update(decode_invert=t1 - t0, wav=t2 - t1)
+        stages = " ".join(f"{k} {v * 1000:.1f}" for k, v in timings.items())
+        total = (time.perf_counter() - requesters[0].received) * 1000
+        log.info("render %s: %.1f ms (%s ms)", ",".join(str(r.request_id) for r in requesters), total, stages)
+
+    def _done(self, r: Requester, wav: str, audio: np.ndarray) -> None:
+        sr = self.engine.manifest.spectrogram.sample_rate
+        if getattr(r.client, "mode", "file") in ("chunks", "both"):
+            for offset, piece in chunks(audio):
+                self.replies.send(r.client, "/render/chunk", r.request_id, offset, piece.size, piece)
+            self.replies.send(r.client, "/render/end", r.request_id, audio.size)
+        seconds = time.perf_counter() - r.received
+        self.replies.send(r.client, "/render/done", r.request_id, wav, audio.size, sr, float(seconds))
+
+    def _play(self, audio: np.ndarray) -> None:
+        if self.player is None:
+            return
+        try:
+            self.player.play(audio, self.engine.manifest.spectrogram.sample_rate)
+        except PlaybackError as exc:
+            log.warning("%s", exc)
+
+    def _progress(self, job: Job) -> Callable[[float], None]:
+        """Progress replies at most every 50 ms, and the cancellation check between sampled tokens."""
+        last = [0.0]
+
+        def progress(fraction: float) -> None:
+            if job.cancelled:
+                raise Cancelled(job.cancelled)
+            now = time.perf_counter()
+            if now - last[0] >= 0.05:
+                last[0] = now
+                for r in job.requesters:
+                    self.replies.send(r.client, "/render/progress", r.request_id, float(fraction))
+
+        return progress
+
+    def _cancelled(self, job: Job) -> None:
+        for r in job.requesters:
+            self.replies.send(r.client, "/render/cancelled", r.request_id, job.cancelled or "cancelled")
+
+    def _error(self, job: Job, message: str) -> None:
+        for r in job.requesters:
+            self.replies.send(r.client, "/error", job.address, message)
+
+    def _save(self) -> None:
+        if self.session is not None:
+            self.engine.save(self.session)
+
+    def _set_status(self, status: str) -> None:
+        if status != self.status:
+            self.status = status
+            self.replies.broadcast("/status", status)
+
+    def _prefill_one(self) -> None:
+        """Render one pitch into the note cache; any waiting request cancels it at once."""
+        pitch = self.prefill.pop(0)
+        if self.engine.cached_note(pitch) is not None:
+            return
+
+        def preempt(_fraction: float) -> None:
+            if self.queue.pending:
+                raise Cancelled("a request arrived")
+
+        try:
+            note = self.engine.make_note(pitch, preempt)
+        except Cancelled:
+            self.prefill.insert(0, pitch)
+            return
+        note.wav = str(self.out.note_wav(note.audio, self.engine.manifest.spectrogram.sample_rate))
+        self._evict()
+        if not self.prefill:
+            log.info("note cache filled (%d notes)", len(self.engine.notes))
