@@ -30,6 +30,7 @@ class TorchPriorSampler(PriorSampler):
 
     def __init__(self, prior: Prior):
         self.prior, self.start = prior, prior.start_token
+        self._memory = self._prefix = None  # the caches of PriorSampler; `encode` here always recomputes
 
     def _labels(self, cond: Conditioning):
         return torch.tensor([cond.pitch]), torch.tensor([cond.family])

@@ -142,6 +142,12 @@ def cmd_send(args: argparse.Namespace) -> dict:
     return {"replies": len(replies)}
 
 
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from server.bench import run_bench
+
+    return run_bench(args.bundle, repeats=args.repeats, threads=args.threads)
+
+
 def _value(text: str) -> int | float | str:
     for kind in (int, float):
         try:
@@ -180,6 +186,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--midi-in", metavar="NAME", help="MIDI input port (needs the midi extra)")
     s.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
     s.add_argument("--quiet", action="store_true", help="log warnings only, not one line per request")
+    bp = sub.add_parser(
+        "bench", help="latency over loopback OSC (JSON)", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    bp.add_argument("--bundle", type=Path, default=default_bundle(), help="model bundle folder")
+    bp.add_argument("--repeats", type=int, default=50, help="requests per edit figure")
+    bp.add_argument("--threads", type=int, default=2, help="the server's onnxruntime threads")
     c = sub.add_parser("send", help="send one OSC message and print the replies")
     c.add_argument("address")
     c.add_argument("args", nargs=argparse.REMAINDER, help="numbers are sent as int or float, the rest as strings")
@@ -204,7 +216,7 @@ def default_bundle() -> Path:
     return Path(os.environ.get("INPAINT_OSC_BUNDLE") or Path(__file__).parent / "default_bundle")
 
 
-COMMANDS = {"info": cmd_info, "render": cmd_render, "serve": cmd_serve, "send": cmd_send}
+COMMANDS = {"info": cmd_info, "render": cmd_render, "serve": cmd_serve, "send": cmd_send, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

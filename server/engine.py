@@ -207,6 +207,13 @@ class Engine:
             raise EngineError(str(exc)) from None
         self._commit(*render.encode_audio(self.bundle, audio))
 
+    def warm(self) -> bool:
+        """Idle-time work, a few ms per call: extend the bottom prior's key/value cache over the current maps so
+        that the next bottom edit samples from it. True while more remains."""
+        cond, bottom = self.settings.conditioning(), self.inpainter.bottom
+        memory = bottom.encode(codemaps.to_sequence(self.top, "top"), cond)
+        return bottom.warm(codemaps.to_sequence(self.bottom, "bottom"), cond, memory)
+
     def render(self) -> np.ndarray:
         """The current codemaps → (n_samples,) float32 audio; the spectrogram is kept for pictures."""
         self.last_spectrogram = render.decode(self.bundle, self.top, self.bottom)

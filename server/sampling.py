@@ -56,11 +56,20 @@ class PriorSampler:
         self._single_step = bundle.single_step[layer]
         self._memory_names = cache_names("memory", self.shape.n_layers)
         self._past_names = cache_names("past", self.shape.n_layers)
+        # The last memory, and the decoder cache over the inputs fed under it: an edit that keeps the encoder's
+        # source and the start of the sequence reuses both instead of recomputing them.
+        self._memory: tuple[tuple, dict[str, np.ndarray]] | None = None
+        self._prefix: tuple[dict[str, np.ndarray], np.ndarray, list[np.ndarray]] | None = None
 
     def encode(self, src: np.ndarray, cond: Conditioning) -> dict[str, np.ndarray]:
-        """(S,) source tokens → the memory: {memory.l.key / .value: (1, H, S, Dh)}, computed once per request."""
-        memory = self._encoder.run(None, {"src": src[None].astype(np.int64), **self._labels(cond)})
-        return dict(zip(self._memory_names, memory, strict=True))
+        """(S,) source tokens → the memory: {memory.l.key / .value: (1, H, S, Dh)}, reused while unchanged."""
+        key = (src.astype(np.int64).tobytes(), cond.pitch, cond.family)
+        if self._memory is not None and self._memory[0] == key:
+            return self._memory[1]
+        outputs = self._encoder.run(None, {"src": src[None].astype(np.int64), **self._labels(cond)})
+        memory = dict(zip(self._memory_names, outputs, strict=True))
+        self._memory, self._prefix = (key, memory), None
+        return memory
 
     def _labels(self, cond: Conditioning) -> dict[str, np.ndarray]:
         return {"pitch": np.array([cond.pitch], np.int64), "family": np.array([cond.family], np.int64)}
@@ -98,7 +107,7 @@ class PriorSampler:
             return seq
         first = positions[0]
         inputs = np.concatenate([[self.start], seq[:first]])  # start symbol + the known prefix, one call
-        logits, past = self.step(inputs, cond, self.empty_cache(), memory)
+        logits, past = self._feed(inputs, cond, memory)
         for i, pos in enumerate(positions):
             seq[pos] = sample_logits(logits, cond.temperature, cond.top_p, rng)
             if progress is not None:
@@ -107,7 +116,40 @@ class PriorSampler:
                 break
             # Feed the new token and the kept ones up to the next masked position in one call.
             logits, past = self.step(seq[pos : positions[i + 1]], cond, past, memory)
+        self._prefix = (memory, np.concatenate([[self.start], seq[: positions[-1]]]), past)
         return seq
+
+    def _feed(
+        self, inputs: np.ndarray, cond: Conditioning, memory: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits after `inputs` (start symbol + known tokens) and the cache, reusing the cached prefix that
+        matches under the same memory; at least the last input is fed, as its logits are needed."""
+        past, reuse = self.empty_cache(), 0
+        if self._prefix is not None and self._prefix[0] is memory:
+            cached, cached_past = self._prefix[1], self._prefix[2]
+            n = min(cached.size, inputs.size - 1)
+            differ = np.flatnonzero(cached[:n] != inputs[:n])
+            reuse = n if differ.size == 0 else int(differ[0])
+            if reuse:
+                past = [p[:, :, :reuse] for p in cached_past]
+        return self.step(inputs[reuse:], cond, past, memory)
+
+    def warm(self, seq: np.ndarray, cond: Conditioning, memory: dict[str, np.ndarray], chunk: int = 128) -> bool:
+        """Idle-time work: extend the cached prefix over `seq` by up to `chunk` tokens, so that a later edit
+        anywhere in it starts from the cache. Returns True while more remains."""
+        inputs = np.concatenate([[self.start], seq[:-1]]).astype(np.int64)
+        reuse, past = 0, self.empty_cache()
+        if self._prefix is not None and self._prefix[0] is memory:
+            cached = self._prefix[1][: inputs.size]
+            differ = np.flatnonzero(cached != inputs[: cached.size])
+            reuse = cached.size if differ.size == 0 else int(differ[0])
+            past = [p[:, :, :reuse] for p in self._prefix[2]]
+        if reuse >= inputs.size:
+            return False
+        end = min(reuse + chunk, inputs.size)
+        _, past = self.step(inputs[reuse:end], cond, past, memory)
+        self._prefix = (memory, inputs[:end], past)
+        return end < inputs.size
 
 
 class Inpainter:

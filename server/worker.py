@@ -145,12 +145,17 @@ class Worker(threading.Thread):
         self.prefill: list[int] = []  # pitches still to render into the note cache when idle
         self.stopping = threading.Event()
         self.status = "ready"
+        self.warming = False
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            jobs = self.queue.take(timeout=0.1)
+            idle_work = self.warming or bool(self.prefill)
+            jobs = self.queue.take(timeout=0 if idle_work else 0.1)
             if jobs:
                 self.run_batch(jobs)
+                self.warming = True
+            elif self.warming:
+                self.warming = self.engine.warm()  # a few ms at a time: a new request waits at most that long
             elif self.prefill:
                 self._prefill_one()
 
