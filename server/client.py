@@ -21,6 +21,7 @@ class OscClient:
         self.server = (host, port)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # a render's chunks arrive in a burst
         self.sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
         self.reply_port = self.sock.getsockname()[1]
         if announce:

@@ -210,7 +210,7 @@ def parse(path: str, args: list[Any] | tuple[Any, ...]) -> Request:
     request_id = None
     if address.request_id:
         extra = len(args) - fixed  # an id is the one argument left over after the fixed, optional and grouped ones
-        has_id = extra % group == 1 if group else extra > optional
+        has_id = extra % group == 1 if group else extra == optional + 1
         if has_id and extra > 0:
             request_id = int(_number(args.pop(), Arg("request id", "i", *INT32), path))
     n = len(args)

@@ -285,8 +285,10 @@ class Worker(threading.Thread):
     def _done(self, r: Requester, wav: str, audio: np.ndarray) -> None:
         sr = self.engine.manifest.spectrogram.sample_rate
         if getattr(r.client, "mode", "file") in ("chunks", "both"):
-            for offset, piece in chunks(audio):
+            for i, (offset, piece) in enumerate(chunks(audio)):
                 self.replies.send(r.client, "/render/chunk", r.request_id, offset, piece.size, piece)
+                if i % 8 == 7:
+                    time.sleep(0.0005)  # paced: 64 datagrams at once overflow a default 208 kB socket buffer
             self.replies.send(r.client, "/render/end", r.request_id, audio.size)
         seconds = time.perf_counter() - r.received
         self.replies.send(r.client, "/render/done", r.request_id, wav, audio.size, sr, float(seconds))

@@ -1,0 +1,298 @@
+"""The OSC server over real UDP sockets, on a tiny bundle: every address's happy path and its /error path,
+the audio it writes, and what it does with bursts, bad datagrams and cancellation."""
+
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from server import protocol
+from server.playback import PlaybackError, Player
+
+# address → (messages sent first, the message, the reply that answers it)
+HAPPY = {
+    "/ping": ([], [], "/pong"),
+    "/help": ([], [], "/help"),
+    "/reply_port": ([], None, "/pong"),  # arguments filled in with the client's own port
+    "/model/info": ([], [], "/model/info"),
+    "/state": ([], [], "/codemap"),
+    "/pitch": ([], [50], "/pitch"),
+    "/instrument": ([], ["flute"], "/instrument"),
+    "/temperature": ([], [0.9], "/temperature"),
+    "/top_p": ([], [0.7], "/top_p"),
+    "/seed": ([], [3], "/seed"),
+    "/generate": ([], [11], "/render/done"),
+    "/analyze": ([], None, "/render/done"),  # a WAV written into the read folder
+    "/inpaint": ([], ["top", 1, 3, 4, 8, 12], "/render/done"),
+    "/inpaint/cells": ([], ["bottom", 0, 0, 7, 63, 13], "/render/done"),
+    "/resample/bottom": ([], [14], "/render/done"),
+    "/erase": ([], ["top", 0, 4, 0, 8, 15], "/render/done"),
+    "/randomize": ([], ["bottom", 2, 4, 10, 20, 16], "/render/done"),
+    "/codemap/set": ([], ["top", 0, 0, 5, 3, 31, 6, 17], "/render/done"),
+    "/codemap/get": ([], ["bottom"], "/codemap"),
+    "/undo": ([("/codemap/set", ["top", 1, 1, 9])], [18], "/render/done"),
+    "/redo": ([("/codemap/set", ["top", 1, 1, 9]), ("/undo", [])], [19], "/render/done"),
+    "/render": ([], [20], "/render/done"),
+    "/cancel": ([("/generate", [21])], [21], "/render/cancelled"),
+    "/note": ([], [60, 100, 22], "/render/done"),
+    "/note/mode": ([], ["resample"], "/note/mode"),
+    "/note/prefill": ([], [60, 61], None),
+    "/program": ([], [40], "/instrument"),
+    "/cc": ([], [1, 64], "/temperature"),
+    "/cc/map": ([("/cc/map", [20, "top_p"])], None, "/top_p"),  # checked by a mapped /cc that follows
+    "/render/mode": ([], ["both"], None),
+    "/image": ([], ["top", 23], "/image/done"),
+    "/play": ([("/render", [])], [], None),
+    "/stop": ([], [], None),
+}
+
+# address → (arguments, text the /error message must contain)
+BAD = {
+    "/ping": ([1], "expected no arguments"),
+    "/help": (["x"], "expected no arguments"),
+    "/reply_port": ([0], "port 0 is outside 1..65535"),
+    "/model/info": ([1], "expected no arguments"),
+    "/state": ([1], "expected no arguments"),
+    "/pitch": ([100], "pitch 100 is outside the model's range 24..84"),
+    "/instrument": (["banjo"], "unknown instrument 'banjo'"),
+    "/temperature": ([-1], "temperature -1 is outside 0..10"),
+    "/top_p": (["high"], "top_p must be a number"),
+    "/seed": ([-5], "seed -5 is outside"),
+    "/generate": (["now"], "request id must be a number"),
+    "/analyze": (["/etc/passwd"], "outside the folders the server may read"),
+    "/inpaint": (["top", 0, 5, 0, 1], "top range t[0,5) f[0,1) is outside the 32 x 4 grid"),
+    "/inpaint/cells": (["middle", 0, 0], "unknown layer 'middle'"),
+    "/resample/bottom": ([1, 2], "expected [i:id], got 2 arguments"),
+    "/erase": (["bottom", 0, 1, 70, 71], "bottom range t[0,1) f[70,71) is outside the 64 x 8 grid"),
+    "/randomize": (["top", 2, 2, 0, 1], "is outside the 32 x 4 grid or empty"),
+    "/codemap/set": (["top", 0, 0, 99999], "code 99999 is outside 0.."),
+    "/codemap/get": (["left"], "unknown layer 'left'"),
+    "/undo": ([1.5], "request id must be a whole number"),
+    "/redo": ([], "nothing to redo"),
+    "/render": (["x", "y"], "expected [i:id], got 2 arguments"),
+    "/cancel": ([987654], "no waiting or running request 987654"),
+    "/note": ([10, 100], "pitch 10 is outside the model's range 24..84"),
+    "/note/mode": (["loop"], "unknown note mode 'loop'"),
+    "/note/prefill": ([70, 60], "low 70 is above high 60"),
+    "/program": ([47], "program 47 (0-based) has no instrument family"),
+    "/cc": ([1, 200], "value 200 is outside 0..127"),
+    "/cc/map": ([1, "volume"], "unknown parameter 'volume'"),
+    "/render/mode": (["stream"], "unknown render mode 'stream'"),
+    "/image": (["side"], "unknown layer 'side'"),
+    "/play": ([2], "loop 2 is outside 0..1"),
+    "/stop": ([1], "expected no arguments"),
+}
+
+
+def test_the_tables_cover_every_inbound_address():
+    paths = {a.path for a in protocol.INBOUND}
+    assert set(HAPPY) == paths and set(BAD) == paths
+
+
+@pytest.fixture
+def client(live):
+    c = live.client()
+    yield c
+    c.drain(0.02)
+
+
+def _play_is_possible() -> bool:
+    try:
+        Player()._device()
+        return True
+    except PlaybackError:
+        return False
+
+
+@pytest.mark.parametrize("address", sorted(HAPPY))
+def test_happy_path(live, client, address):
+    before, args, reply = HAPPY[address]
+    if address == "/reply_port":
+        args = [client.reply_port]
+    if address == "/analyze":
+        path = live.read_dir / "tone.wav"
+        sf.write(str(path), 0.3 * np.sin(2 * np.pi * 220 * np.arange(64_000) / 16_000), 16_000)
+        args = [str(path)]
+    if address == "/cc/map":
+        address, args = "/cc", [20, 127]  # the controller mapped just before now moves top-p
+    for a, v in before:
+        client.send(a, *v)
+    client.send(address, *args)
+    if address == "/play" and not _play_is_possible():
+        assert client.wait_for("/error", timeout=30)[1][1].startswith("no audio output")
+        return
+    if reply is None:  # acknowledged by silence: no /error, and the server still answers
+        client.send("/ping")
+        got = client.wait_for("/pong", "/error", timeout=30)
+        assert got[0] == "/pong", got
+        return
+    has_id = reply in ("/render/done", "/render/cancelled") and args and isinstance(args[-1], int)
+    wanted = args[-1] if has_id else None
+    got = client.wait_for(reply, "/error", timeout=60)
+    while wanted is not None and got[0] == reply and got[1][0] != wanted:  # answers to the messages sent first
+        got = client.wait_for(reply, "/error", timeout=60)
+    assert got[0] == reply, got
+    if reply == "/render/done":
+        _, wav, frames, rate, seconds = got[1]
+        info = sf.info(wav)
+        assert (info.frames, info.samplerate, info.subtype) == (frames, rate, "FLOAT") == (64_000, 16_000, "FLOAT")
+        assert seconds > 0 and wav.startswith(str(live.out))
+
+
+@pytest.mark.parametrize("address", sorted(BAD))
+def test_bad_input_answers_error_and_changes_nothing(live, client, address):
+    args, text = BAD[address]
+    client.send("/codemap/get", "top")
+    _, before = client.wait_for("/codemap")
+    if address == "/redo":
+        client.send("/codemap/set", "top", 2, 2, 1)  # an edit clears the redo history
+        client.wait_for("/render/done")
+        client.send("/codemap/get", "top")
+        _, before = client.wait_for("/codemap")
+    client.send(address, *args)
+    reply = client.wait_for("/error", timeout=30)
+    assert reply[1][0] == address and text in reply[1][1], reply
+    client.send("/codemap/get", "top")
+    _, after = client.wait_for("/codemap")
+    assert after == before  # same version, same codes
+
+
+def test_edits_are_pushed_to_every_client_and_match_codemap_get(live):
+    a, b = live.client(), live.client()
+    a.send("/codemap/set", "bottom", 3, 40, 7, 4, 41, 8)
+    _, pushed = b.wait_for("/codemap", timeout=30)
+    while pushed[0] != "bottom":
+        _, pushed = b.wait_for("/codemap", timeout=30)
+    layer, version, rows, cols, *codes = pushed
+    grid = np.array(codes).reshape(rows, cols)
+    assert (rows, cols) == (64, 8) and grid[40, 3] == 7 and grid[41, 4] == 8
+    b.send("/codemap/get", "bottom")
+    assert b.wait_for("/codemap")[1] == pushed
+
+
+def test_inpainting_a_top_cell_keeps_every_other_top_cell(live, client):
+    client.send("/codemap/get", "top")
+    before = np.array(client.wait_for("/codemap")[1][4:]).reshape(32, 4)
+    client.send("/inpaint", "top", 2, 3, 10, 11, 71)
+    assert client.wait_for("/render/done", timeout=30)[1][0] == 71
+    client.send("/codemap/get", "top")
+    after = np.array(client.wait_for("/codemap")[1][4:]).reshape(32, 4)
+    changed = before != after
+    changed[10, 2] = False
+    assert not changed.any()
+
+
+def echo(client, address, values):
+    """Wait for the settings echo that carries `values` (earlier echoes may still be arriving)."""
+    while (got := client.wait_for(address, timeout=10)[1]) != values:
+        pass
+    return got
+
+
+def test_malformed_oversize_and_bundled_datagrams(live, client):
+    client.send_raw(b"\x00garbage!")
+    reply = client.wait_for("/error")
+    assert reply[1][0] == "" and "malformed OSC datagram (9 bytes)" in reply[1][1]
+    client.send_raw(b"/pitch\x00\x00,i\x00\x00\x00\x01")  # truncated: the int is missing two bytes
+    assert "malformed" in client.wait_for("/error")[1][1]
+    # 1 200 cells in one message: about 18 kB, twice python-osc's default receive limit.
+    triples = [v for i in range(1200) for v in (i % 8, i % 64, i % 16)]
+    client.send_typed("/codemap/set", ("s", "bottom"), *[("i", v) for v in [*triples, 81]])
+    assert client.wait_for("/render/done", "/error", timeout=30)[0] == "/render/done"
+    bundle = OscBundleBuilder(IMMEDIATELY)
+    for address, value in (("/pitch", 52), ("/seed", 9)):
+        message = OscMessageBuilder(address)
+        message.add_arg(value, "i")
+        bundle.add_content(message.build())
+    client.send_raw(bundle.build().dgram)
+    echo(client, "/pitch", [52])
+    echo(client, "/seed", [9])
+    client.send_typed("/temperature", ("d", 0.5))  # doubles and 64-bit ints from Python and SuperCollider
+    echo(client, "/temperature", [0.5])
+    client.send_typed("/seed", ("h", 12))
+    echo(client, "/seed", [12])
+    client.send_typed("/pitch", ("T", True))
+    assert "pitch must be a number" in client.wait_for("/error")[1][1]
+    client.send("/ping")
+    assert client.wait_for("/pong")
+
+
+def test_a_new_generate_supersedes_the_running_one_and_cancel_stops_work(live, client):
+    client.send("/generate", 301)
+    client.send("/generate", 302)
+    replies = {}
+    while len(replies) < 2:
+        address, args = client.wait_for("/render/done", "/render/cancelled", timeout=60)
+        replies[args[0]] = address
+    assert replies == {301: "/render/cancelled", 302: "/render/done"}
+    client.send("/generate", 303)
+    client.send("/cancel")
+    assert client.wait_for("/render/cancelled", "/render/done", timeout=60)[1][0] == 303
+
+
+def test_a_burst_of_edits_coalesces_and_every_request_is_answered(live, client):
+    ids = list(range(401, 421))
+    for i in ids:
+        client.send("/inpaint", "bottom", i % 8, i % 8 + 1, i % 64, i % 64 + 1, i)
+    done = {}
+    while len(done) < len(ids):
+        _, args = client.wait_for("/render/done", timeout=60)
+        done[args[0]] = args[1]
+    assert set(done) == set(ids)
+    assert len(set(done.values())) < len(ids)  # fewer renders than requests: the burst was merged
+
+
+def test_chunks_mode_sends_the_samples_of_the_wav(live, client):
+    client.send("/render/mode", "chunks")
+    client.send("/render", 501)
+    pieces, total = {}, None
+    while True:
+        address, args = client.wait_for("/render/chunk", "/render/end", "/render/done", timeout=30)
+        if address == "/render/chunk":
+            assert args[2] <= protocol.CHUNK_FRAMES and len(args) == 3 + args[2]
+            pieces[args[1]] = np.array(args[3:], np.float32)
+        elif address == "/render/end":
+            total = args[1]
+        else:
+            wav = args[1]
+            break
+    audio = np.concatenate([pieces[k] for k in sorted(pieces)])
+    assert total == audio.size == 64_000
+    np.testing.assert_array_equal(audio, sf.read(wav, dtype="float32")[0])
+    client.send("/render/mode", "file")
+
+
+def test_image_is_a_png_with_the_grid(live, client):
+    client.send("/image", "bottom", 601)
+    _, (request_id, path, width, height) = client.wait_for("/image/done", timeout=30)
+    data = open(path, "rb").read()
+    assert request_id == 601 and data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (width, height) == (512, 512)
+
+
+def test_a_cached_note_answers_with_the_same_file_at_once(live, client):
+    client.send("/note/mode", "generate")
+    client.send("/note", 64, 90)
+    first = client.wait_for("/render/done", timeout=60)[1]
+    client.send("/note", 64, 90)
+    again = client.wait_for("/render/done", timeout=60)[1]
+    assert again[1] == first[1] and again[4] < first[4]
+    client.send("/note", 64, 0)  # note-off: nothing to do, nothing to answer
+    client.send("/ping")
+    assert client.wait_for("/pong", "/render/done", "/error")[0] == "/pong"
+
+
+def test_reply_port_redirects_this_clients_replies(live):
+    from server.client import OscClient
+
+    a, listener = live.client(), OscClient(port=live.port, announce=False)
+    a.send("/reply_port", listener.reply_port)
+    assert listener.wait_for("/pong")[1][2] == listener.reply_port
+    a.send("/ping")
+    assert listener.wait_for("/pong")
+    a.send("/reply_port", a.reply_port)
+    assert a.wait_for("/pong")
+    listener.close()
