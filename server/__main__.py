@@ -123,7 +123,10 @@ def cmd_send(args: argparse.Namespace) -> dict:
     from server.client import OscClient
 
     values = [_value(a) for a in args.args]
-    client = OscClient(args.host, args.port)
+    try:
+        client = OscClient(args.host, args.port, timeout=3)
+    except TimeoutError:
+        raise OSError(f"no reply from {args.host}:{args.port} (is `inpaint-osc serve` running?)") from None
     client.send(args.address, *values)
     starts_work = args.address in protocol.BY_PATH and protocol.BY_PATH[args.address].request_id
     final = {"/render/done", "/render/cancelled", "/error", "/image/done"} if starts_work else None
@@ -194,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     bp.add_argument("--threads", type=int, default=2, help="the server's onnxruntime threads")
     c = sub.add_parser("send", help="send one OSC message and print the replies")
     c.add_argument("address")
-    c.add_argument("args", nargs=argparse.REMAINDER, help="numbers are sent as int or float, the rest as strings")
+    c.add_argument("args", nargs="*", help="numbers are sent as int or float, the rest as strings")
     c.add_argument("--host", default="127.0.0.1")
     c.add_argument("--port", type=int, default=9000)
     c.add_argument("--wait", type=float, default=0.5, help="seconds of silence that end the replies")

@@ -17,7 +17,7 @@ from server.osc import encode
 
 
 class OscClient:
-    def __init__(self, host: str = "127.0.0.1", port: int = 9000, announce: bool = True):
+    def __init__(self, host: str = "127.0.0.1", port: int = 9000, announce: bool = True, timeout: float = 10.0):
         self.server = (host, port)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -26,7 +26,7 @@ class OscClient:
         self.reply_port = self.sock.getsockname()[1]
         if announce:
             self.send("/reply_port", self.reply_port)
-            self.wait_for("/pong", timeout=10)
+            self.wait_for("/pong", timeout=timeout)
 
     def send(self, address: str, *args: Any) -> None:
         self.sock.sendto(encode(address, *args), self.server)

@@ -1,0 +1,133 @@
+"""Clients other than our own: liblo's `oscsend` and `oscdump` (C), mido MIDI messages, and the
+`inpaint-osc send` and `bench` commands."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import soundfile as sf
+
+from server.midi import GM_FAMILIES, cc_value, to_osc
+from tests.conftest import ROOT, require
+
+
+@pytest.fixture(scope="module")
+def liblo():
+    require(shutil.which("oscsend") is not None and shutil.which("oscdump") is not None, "liblo-tools")
+
+
+def oscdump(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(["oscdump", "-L", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # oscdump binds its port
+    return proc
+
+
+def read_until(proc: subprocess.Popen, address: str, ending: str = "", timeout: float = 30) -> list[str]:
+    """oscdump lines (timetag, address, types, values...) until one on `address` that ends with `ending`."""
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.split()[1:2] == [address] and line.rstrip().endswith(ending):
+            return lines
+    raise TimeoutError(f"oscdump saw no {address}: {lines}")
+
+
+def oscsend(port: int, address: str, types: str = "", *values) -> None:
+    subprocess.run(["oscsend", "localhost", str(port), address, types, *map(str, values)], check=True, timeout=10)
+
+
+def test_liblo_clients_drive_the_server_and_read_its_replies(live, liblo):
+    dump = oscdump(live.reply_port)  # oscsend sends from a throwaway port: replies go to the default reply port
+    try:
+        oscsend(live.port, "/ping")
+        assert read_until(dump, "/pong")[-1].split()[2] == "sii"
+        oscsend(live.port, "/pitch", "f", 55.0)  # Pd-style float for an int argument
+        assert read_until(dump, "/pitch", " 55")[-1].split()[2:] == ["i", "55"]
+        oscsend(live.port, "/temperature", "d", 0.75)  # a double, as SuperCollider and Python may send
+        assert read_until(dump, "/temperature", "0.750000")[-1].split()[2:] == ["f", "0.750000"]
+        oscsend(live.port, "/inpaint", "siiiii", "top", 0, 1, 0, 4, 77)
+        done = read_until(dump, "/render/done")[-1].split()
+        assert done[2] == "isiif" and done[3] == "77"
+        wav = done[4].strip('"')
+        assert sf.info(wav).frames == int(done[5]) == 64_000
+        oscsend(live.port, "/inpaint", "siiii", "top", 0, 9, 0, 4)
+        error = read_until(dump, "/error")[-1]
+        assert "/inpaint" in error and "outside the 32 x 4 grid" in error
+    finally:
+        dump.kill()
+
+
+def test_nothing_the_server_sends_uses_a_type_max_or_pd_cannot_read(live, liblo):
+    dump = oscdump(live.reply_port)
+    try:
+        for address, types, values in [("/state", "", []), ("/model/info", "", []), ("/help", "", [])]:
+            oscsend(live.port, address, types, *values)
+        oscsend(live.port, "/render", "i", 5)
+        lines = read_until(dump, "/render/done")
+    finally:
+        dump.kill()
+    types = {line.split()[2] for line in lines if len(line.split()) > 2 and line.split()[1].startswith("/")}
+    assert types and all(set(t) <= set("ifs") for t in types), types
+
+
+def test_mido_messages_become_osc_requests(live):
+    mido = pytest.importorskip("mido")
+    assert to_osc(mido.Message("note_on", note=62, velocity=90)) == ("/note", [62, 90])
+    assert to_osc(mido.Message("note_off", note=62, velocity=40)) == ("/note", [62, 0])
+    assert to_osc(mido.Message("program_change", program=40)) == ("/program", [40])
+    assert to_osc(mido.Message("control_change", control=1, value=127)) == ("/cc", [1, 127])
+    assert to_osc(mido.Message("pitchwheel", pitch=100)) is None
+    c = live.client()
+    for message in (mido.Message("program_change", program=73), mido.Message("note_on", note=62, velocity=90)):
+        c.send(*_flatten(to_osc(message)))
+    assert c.wait_for("/instrument", timeout=10)[1] == [2, "flute"]
+    assert c.wait_for("/render/done", timeout=60)[1][2] == 64_000
+
+
+def _flatten(converted):
+    address, args = converted
+    return (address, *args)
+
+
+def test_general_midi_programs_and_controllers_map_to_parameters():
+    assert GM_FAMILIES[0][0] == "keyboard" and GM_FAMILIES[40][0] == "string" and 47 not in GM_FAMILIES
+    assert cc_value("temperature", 127, 11, (24, 84)) == 2.0 and cc_value("top_p", 0, 11, (24, 84)) == 0.0
+    assert cc_value("instrument", 127, 11, (24, 84)) == 10 and cc_value("pitch", 0, 11, (24, 84)) == 24
+
+
+def test_send_command_prints_the_replies(live):
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "send", "/render", "9", "--port", str(live.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "/render/started 9" in result.stdout and "/render/done 9 " in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "send", "/ping", "--port", "9", "--wait", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1 and "no reply" in result.stderr
+
+
+def test_bench_prints_measured_round_trips(tiny_bundle):
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "bench", "--bundle", str(tiny_bundle[1]), "--repeats", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for key in ("ping", "inpaint_top_cell", "inpaint_bottom_cell", "generate", "ping_during_generate", "note_cached"):
+        assert 0 < figures[key]["p50_ms"] <= figures[key]["p99_ms"], key
