@@ -1,0 +1,153 @@
+"""The engine on a tiny bundle: what each operation changes and keeps, history, notes, caches and sessions;
+then the server killed with SIGKILL and restarted from its session."""
+
+import numpy as np
+import pytest
+
+from server import codemaps
+from server.bundle import Bundle
+from server.engine import Engine, EngineError
+from tests.conftest import start_server
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    return Bundle(tiny_bundle[1])
+
+
+@pytest.fixture
+def engine(bundle):
+    e = Engine(bundle)
+    e.generate()
+    return e
+
+
+def test_top_inpaint_changes_only_the_masked_cells_and_the_bottom_beneath(engine):
+    top, bottom = engine.top.copy(), engine.bottom.copy()
+    mask = engine.range_mask("top", 1, 3, 8, 12)
+    engine.inpaint("top", mask)
+    assert (engine.top[~mask] == top[~mask]).all()
+    beneath = codemaps.upsample_mask(mask)
+    assert (engine.bottom[~beneath] == bottom[~beneath]).all()
+    assert engine.version == 2 and len(engine.undo_stack) == 2
+
+
+def test_bottom_inpaint_keeps_the_top_map(engine):
+    top, bottom = engine.top.copy(), engine.bottom.copy()
+    mask = engine.cells_mask("bottom", [(0, 0), (7, 63)])
+    engine.inpaint("bottom", mask)
+    assert (engine.top == top).all() and (engine.bottom[~mask] == bottom[~mask]).all()
+
+
+def test_erase_writes_the_codes_of_silence_and_randomize_stays_in_range(engine):
+    mask = engine.range_mask("top", 0, 2, 0, 32)
+    engine.erase("top", mask)
+    assert (engine.top[:, :2] == engine.silence_top[:, :2]).all()
+    assert (engine.bottom[:, :4] == engine.silence_bottom[:, :4]).all()
+    before = engine.bottom.copy()
+    mask = engine.range_mask("bottom", 4, 8, 0, 64)
+    engine.randomize("bottom", mask)
+    assert (engine.bottom[:, :4] == before[:, :4]).all()
+    assert engine.bottom.min() >= 0 and engine.bottom.max() < engine.manifest.n_codes
+
+
+def test_set_cells_undo_and_redo(engine):
+    original = engine.top.copy()
+    engine.set_cells("top", [(3, 31, 5)])
+    assert engine.top[31, 3] == 5
+    engine.undo()
+    assert (engine.top == original).all()
+    engine.redo()
+    assert engine.top[31, 3] == 5
+    with pytest.raises(EngineError, match="nothing to redo"):
+        engine.redo()
+    with pytest.raises(EngineError, match="code 64 is outside 0..63"):
+        engine.set_cells("top", [(0, 0, 64)])
+    with pytest.raises(EngineError, match=r"top cell \(t=4, f=0\) is outside the 32 x 4 grid"):
+        engine.set_cells("top", [(4, 0, 1)])
+    assert engine.top[31, 3] == 5  # a refused edit changed nothing
+
+
+def test_the_history_is_bounded(bundle):
+    e = Engine(bundle, history_limit=3)
+    for code in range(6):
+        e.set_cells("top", [(0, 0, code)])
+    assert len(e.undo_stack) == 3
+
+
+def test_a_seed_replays_the_same_sounds(engine):
+    engine.update_settings(seed=7)
+    engine.generate()
+    first = engine.top.copy()
+    engine.update_settings(seed=7)
+    engine.generate()
+    assert (engine.top == first).all()
+
+
+def test_the_cached_key_value_prefix_gives_the_tokens_a_fresh_run_gives(engine):
+    while engine.warm():
+        pass
+    mask = engine.cells_mask("bottom", [(5, 40)])
+    state = (engine.top.copy(), engine.bottom.copy())
+    cond = engine.settings.conditioning()
+    cached = engine.inpainter.inpaint(*state, "bottom", mask, cond, np.random.default_rng(3))
+    engine.inpainter.bottom._prefix = None  # forget the cache: everything recomputed
+    fresh = engine.inpainter.inpaint(*state, "bottom", mask, cond, np.random.default_rng(3))
+    assert (cached[1] == fresh[1]).all()
+
+
+def test_a_note_is_deterministic_and_cached(engine):
+    note = engine.make_note(62)
+    assert engine.cached_note(62) is note
+    engine.notes.clear()
+    again = engine.make_note(62)
+    assert (again.top == note.top).all() and (again.bottom == note.bottom).all()
+    engine.play_note(62, again)
+    assert engine.settings.pitch == 62 and (engine.top == note.top).all()
+
+
+def test_a_session_round_trips_and_a_corrupt_one_is_refused(engine, bundle, tmp_path):
+    engine.update_settings(pitch=50, temperature=0.7, family=2)
+    engine.set_cells("bottom", [(1, 1, 3)])
+    path = tmp_path / "s.npz"
+    engine.save(path)
+    restored = Engine(bundle)
+    restored.load(path)
+    assert (restored.top == engine.top).all() and (restored.bottom == engine.bottom).all()
+    assert restored.settings == engine.settings and restored.version == engine.version
+    assert len(restored.undo_stack) == len(engine.undo_stack)
+    restored.undo()
+    assert (restored.bottom == engine.undo_stack[-1][1]).all()
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(EngineError, match="not a readable session"):
+        Engine(bundle).load(path)
+
+
+def test_sigkill_during_a_render_loses_no_acknowledged_edit(tiny_bundle, tmp_path):
+    server = start_server(tiny_bundle[1], tmp_path)
+    c = server.client()
+    c.send("/pitch", 52)
+    c.send("/instrument", "string")
+    while c.wait_for("/instrument", timeout=10)[1] != [8, "string"]:  # echoed once saved
+        pass
+    c.send("/generate", 1)
+    c.wait_for("/render/done", timeout=60)
+    c.send("/codemap/set", "top", 0, 0, 3, 1, 1, 4, 2)
+    c.wait_for("/render/done", timeout=60)
+    c.send("/codemap/get", "top")
+    top = c.wait_for("/codemap")[1]
+    c.send("/generate", 3)  # killed while this one samples: it was never acknowledged
+    c.wait_for("/render/started")
+    server.stop(kill=True)
+    server = start_server(tiny_bundle[1], tmp_path)
+    c = server.client()
+    c.send("/state")
+    assert c.wait_for("/pitch")[1] == [52]
+    assert c.wait_for("/instrument")[1] == [8, "string"]
+    assert c.wait_for("/codemap")[1] == top
+    c.send("/undo", 4)
+    c.wait_for("/render/done", timeout=60)
+    c.send("/codemap/get", "top")
+    undone = np.array(c.wait_for("/codemap")[1][4:]).reshape(32, 4)
+    assert undone[0, 0] != 3 or undone[1, 1] != 4  # the history came back too
+    server.stop()
