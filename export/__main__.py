@@ -6,7 +6,7 @@
   inpaint-train prior RUN --layer top|bottom              train one Transformer prior
   inpaint-train export RUN --out BUNDLE                   write the ONNX bundle, checked against torch
   inpaint-train pipeline RUN --data DATA --out BUNDLE     all training stages, then export
-  inpaint-train bench                                     prior step: onnxruntime vs torch eager
+  inpaint-train bench [--server]                          onnxruntime vs torch eager; --server: over OSC
 
 Every training stage resumes from its checkpoint. For several GPUs or nodes, start a stage with torchrun:
   torchrun --nproc_per_node 4 -m export vqvae RUN ...    (one node)
@@ -120,9 +120,11 @@ def cmd_pipeline(args) -> dict:
 
 
 def cmd_bench(args) -> dict:
-    from export.bench import run_bench
+    from export.bench import run_bench, run_server_bench
 
-    return run_bench(args.preset, args.threads, args.repeats)
+    if args.server:
+        return run_server_bench(args.preset, args.threads, args.repeats or 50)
+    return run_bench(args.preset, args.threads, args.repeats or 7)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -186,7 +188,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="prior decoding step: onnxruntime vs torch eager, and full sampling time")
     p.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both runtimes (default %(default)s)")
-    p.add_argument("--repeats", type=int, default=7, help="full samplings timed (default %(default)s)")
+    p.add_argument("--repeats", type=int, help="full samplings timed (default 7; 50 edits with --server)")
+    p.add_argument("--server", action="store_true", help="the OSC server's latencies, and torch eager end to end")
     return ap
 
 

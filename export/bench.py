@@ -131,3 +131,54 @@ def run_bench(preset: str = "small", threads: int = 2, repeats: int = 3, cache_l
         print(f"{name:18}{r['step_ms']:12.3f}{r['generate_640_ms']:18.1f}")
     print(f"{'speed-up':18}{summary['step_speedup']:11.2f}x{summary['generate_speedup']:17.2f}x")
     return summary
+
+
+def _torch_generate_ms(run: Path, config: cfg.RunConfig, bundle: Bundle, repeats: int, threads: int) -> dict:
+    """The whole generate in torch eager, as a user of the original code runs it: both priors (our sampling
+    loop, with its key/value cache, so the baseline is the stronger one), the torch VQ-VAE decoder, and the
+    same numpy inversion and WAV write as the server."""
+    import soundfile as sf
+
+    from server import dsp
+
+    torch.set_num_threads(threads)
+    priors = {layer: train.load_prior(run, config, layer)[0] for layer in ("top", "bottom")}
+    vqvae = train.load_vqvae(run, config)
+    eager = Inpainter(TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]), bundle.manifest.mask_token)
+    cond = Conditioning(pitch=60, family=4)
+    stages: dict[str, list[float]] = {"sample": [], "decode": [], "invert_wav": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats + 1):  # the first is a warm-up
+            t0 = time.perf_counter()
+            top, bottom = eager.generate(cond, np.random.default_rng(i))
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                spec = vqvae.decode_codes(torch.from_numpy(top[None]), torch.from_numpy(bottom[None]))[0].numpy()
+            t2 = time.perf_counter()
+            sf.write(f"{tmp}/x.wav", dsp.invert(spec, bundle.manifest.spectrogram), 16_000, subtype="FLOAT")
+            t3 = time.perf_counter()
+            if i:
+                for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                    stages[key].append(value * 1000)
+    out = {f"{k}_ms": round(statistics.median(v), 1) for k, v in stages.items()}
+    out["total_ms"] = round(sum(out.values()), 1)
+    return out
+
+
+def run_server_bench(preset: str = "small", threads: int = 2, repeats: int = 50) -> dict:
+    """`inpaint-osc bench` over loopback on an untrained bundle of `preset`, then the same full generate in
+    torch eager on the same weights: the issue's figures in one JSON object."""
+    from server.bench import run_bench as run_osc_bench
+
+    config = cfg.preset(preset)
+    with tempfile.TemporaryDirectory() as tmp:
+        run, bundle_dir = Path(tmp) / "run", Path(tmp) / "bundle"
+        write_random_run(run, config)
+        export_bundle(run, bundle_dir)
+        result = {"preset": preset, **run_osc_bench(bundle_dir, repeats=repeats, threads=threads)}
+        bundle = Bundle(bundle_dir, "cpu", threads=threads)
+        result["torch_eager_generate"] = _torch_generate_ms(run, config, bundle, max(3, repeats // 10), threads)
+    result["generate_speedup_vs_torch"] = round(
+        result["torch_eager_generate"]["total_ms"] / result["generate"]["p50_ms"], 2
+    )
+    return result
