@@ -201,13 +201,14 @@ class Worker(threading.Thread):
                 to_render += job.requesters
         if changed:
             t0 = time.perf_counter()
-            self._save()
+            self._save()  # before any acknowledgement
             timings["save"] = time.perf_counter() - t0
-            self.replies.send_codemaps()
         for r, note in cached:
             self._done(r, note.wav, note.audio)
         if to_render:
             self._render(to_render, timings)
+        if changed:
+            self.replies.send_codemaps()  # after the audio: what the performer waits for goes out first
         self._set_status("ready")
 
     def apply(self, job: Job) -> Note | str:
