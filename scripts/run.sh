@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job, after set-up on a fresh machine: render a note with the default bundle.
+# The main job, after set-up on a fresh machine: the OSC server on the default bundle (127.0.0.1:9000, replies
+# to port 9001). Try it from another terminal: `.venv/bin/inpaint-osc send /generate`.
 # Until a trained default bundle ships, a demo bundle is trained here in about a minute: a few notes rendered
 # from Debian's TimGM6mb soundfont, the `tiny` preset, every stage, export. It proves the pipeline, not the
-# sound. Extra arguments go to `inpaint-osc render` (e.g. --pitch 48 --instrument string).
+# sound. Extra arguments go to `inpaint-osc serve` (e.g. --play --session ~/inpaint.session).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"
@@ -15,5 +16,4 @@ if [ ! -f "$BUNDLE/manifest.json" ]; then
   inpaint-train pipeline "$ROOT/runs/demo" --data "$ROOT/data/demo" --out "$BUNDLE" --preset tiny \
     --vqvae-steps 200 --prior-steps 200 --device cpu >&2
 fi
-mkdir -p "$ROOT/out"
-exec inpaint-osc render --bundle "$BUNDLE" --out "$ROOT/out/note.wav" "$@"
+exec inpaint-osc serve --bundle "$BUNDLE" --out "$ROOT/out" "$@"

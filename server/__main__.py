@@ -189,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--midi-in", metavar="NAME", help="MIDI input port (needs the midi extra)")
     s.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
     s.add_argument("--quiet", action="store_true", help="log warnings only, not one line per request")
+    sub.add_parser("addresses", help="the OSC address table, as markdown")
     bp = sub.add_parser(
         "bench", help="latency over loopback OSC (JSON)", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -219,7 +220,20 @@ def default_bundle() -> Path:
     return Path(os.environ.get("INPAINT_OSC_BUNDLE") or Path(__file__).parent / "default_bundle")
 
 
-COMMANDS = {"info": cmd_info, "render": cmd_render, "serve": cmd_serve, "send": cmd_send, "bench": cmd_bench}
+def cmd_addresses(args: argparse.Namespace) -> None:
+    from server.protocol import markdown_table
+
+    print(markdown_table())
+
+
+COMMANDS = {
+    "info": cmd_info,
+    "render": cmd_render,
+    "serve": cmd_serve,
+    "send": cmd_send,
+    "bench": cmd_bench,
+    "addresses": cmd_addresses,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, ValueError, OSError, MidiError, TimeoutError) as exc:
         print(f"inpaint-osc {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    if result is not None:
+        print(json.dumps(result, indent=2))
     return 0
 
 

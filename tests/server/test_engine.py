@@ -151,3 +151,17 @@ def test_sigkill_during_a_render_loses_no_acknowledged_edit(tiny_bundle, tmp_pat
     undone = np.array(c.wait_for("/codemap")[1][4:]).reshape(32, 4)
     assert undone[0, 0] != 3 or undone[1, 1] != 4  # the history came back too
     server.stop()
+
+
+def test_datagrams_from_outside_the_allow_list_are_dropped_unanswered(bundle, tmp_path):
+    from server.osc import InstrumentServer, encode
+    from server.output import OutputFolder
+
+    server = InstrumentServer(Engine(bundle), OutputFolder(tmp_path), port=0, allow=("10.0.0.0/8",))
+    try:
+        server.handle_datagram(encode("/pitch", 50), ("192.168.1.7", 5000))
+        assert not server.clients and server.engine.settings.pitch == 60
+        server.handle_datagram(encode("/pitch", 50), ("10.1.2.3", 5000))
+        assert ("10.1.2.3", 5000) in server.clients and server.engine.settings.pitch == 50
+    finally:
+        server.udp.server_close()

@@ -104,3 +104,11 @@ def test_markdown_table_lists_every_address_once_per_direction():
         assert f"| in | `{a.path}` |" in table
     for a in protocol.OUTBOUND:
         assert f"| out | `{a.path}` |" in table
+
+
+def test_the_documented_table_is_the_generated_one():
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / "osc.md").read_text()
+    documented = text.split("<!-- addresses:begin -->\n")[1].split("\n<!-- addresses:end -->")[0]
+    assert documented == protocol.markdown_table()
