@@ -70,6 +70,7 @@ class Engine:
         silence = np.zeros(self.manifest.spectrogram.n_samples, np.float32)
         self.silence_top, self.silence_bottom = render.encode_audio(bundle, silence)
         self.top, self.bottom = self.silence_top.copy(), self.silence_bottom.copy()
+        self.last_spectrogram: np.ndarray | None = None  # of the last render, for pictures
         self.version = 0
         self.draws = 0  # random operations since the seed was set: the next one draws from (seed, draws)
         self.undo_stack: list[tuple[np.ndarray, np.ndarray]] = []

@@ -170,11 +170,12 @@ class InstrumentServer:
     def send(self, client: Client, address: str, *args: Any) -> None:
         try:
             self.sock.sendto(encode(address, *args), (client.host, client.reply_port))
-        except OSError as exc:  # an unreachable client must not stop the others
+        except (OSError, ValueError, TypeError) as exc:  # one failed reply must not stop the others
             log.warning("send %s to %s:%d failed: %s", address, client.host, client.reply_port, exc)
 
     def broadcast(self, address: str, *args: Any) -> None:
-        for client in {(c.host, c.reply_port): c for c in self.clients.values()}.values():
+        clients = list(self.clients.values())  # one C call: safe while the receive thread adds clients
+        for client in {(c.host, c.reply_port): c for c in clients}.values():
             self.send(client, address, *args)
 
     def send_codemaps(self, client: Client | None = None) -> None:
@@ -199,8 +200,8 @@ class InstrumentServer:
             self.send(client, *args) if client else self.broadcast(*args)
 
     def error(self, client: Client, address: str, message: str) -> None:
-        log.info("error %s: %s", address, message)
-        self.send(client, "/error", address[:200], message[:2000])
+        log.info("error %s: %s", address[:200], message)
+        self.send(client, "/error", _clip(address, 200), _clip(message, 3000))
 
     # ---- receiving ----------------------------------------------------------------------------------------
 
@@ -446,8 +447,17 @@ class InstrumentServer:
             if self.worker.stopping.is_set():
                 return
             if self.session is not None:
-                self.engine.save(self.session)
+                try:
+                    self.engine.save(self.session)
+                except OSError as exc:
+                    log.error("session not saved: %s", exc)
+                    self.broadcast("/error", "", f"session not saved: {exc}")
             self.send_settings()
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most `limit` bytes of UTF-8, so an echoed address or path cannot push a reply past the datagram limit."""
+    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
 
 
 def _brief(params: list[Any]) -> str:

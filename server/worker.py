@@ -149,15 +149,22 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            idle_work = self.warming or bool(self.prefill)
-            jobs = self.queue.take(timeout=0 if idle_work else 0.1)
-            if jobs:
-                self.run_batch(jobs)
-                self.warming = True
-            elif self.warming:
-                self.warming = self.engine.warm()  # a few ms at a time: a new request waits at most that long
-            elif self.prefill:
-                self._prefill_one()
+            try:
+                self._run_once()
+            except Exception:  # the last line of defence: the worker outlives any bug
+                self.warming = False
+                log.error("worker:\n%s", traceback.format_exc())
+
+    def _run_once(self) -> None:
+        idle_work = self.warming or bool(self.prefill)
+        jobs = self.queue.take(timeout=0 if idle_work else 0.1)
+        if jobs:
+            self.run_batch(jobs)
+            self.warming = True
+        elif self.warming:
+            self.warming = self.engine.warm()  # a few ms at a time: a new request waits at most that long
+        elif self.prefill:
+            self._prefill_one()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -261,8 +268,9 @@ class Worker(threading.Thread):
             Path(self.engine.evicted.pop().wav).unlink(missing_ok=True)
 
     def _image(self, job: Job) -> None:
-        if getattr(self.engine, "last_spectrogram", None) is None:
+        if self.engine.last_spectrogram is None:
             self.last_audio = self.engine.render()
+        assert self.engine.last_spectrogram is not None
         path, width, height = self.out.write_png(self.engine.last_spectrogram, job.params["layer"], job.ids()[0])
         for r in job.requesters:
             self.replies.send(r.client, "/image/done", r.request_id, str(path), width, height)
@@ -326,8 +334,13 @@ class Worker(threading.Thread):
             self.replies.send(r.client, "/error", job.address, message)
 
     def _save(self) -> None:
-        if self.session is not None:
+        if self.session is None:
+            return
+        try:
             self.engine.save(self.session)
+        except OSError as exc:  # a full or read-only disk: keep playing, say so
+            log.error("session not saved: %s", exc)
+            self.replies.broadcast("/error", "", f"session not saved: {exc}")
 
     def _set_status(self, status: str) -> None:
         if status != self.status:

@@ -296,3 +296,31 @@ def test_reply_port_redirects_this_clients_replies(live):
     a.send("/reply_port", a.reply_port)
     assert a.wait_for("/pong")
     listener.close()
+
+
+def test_random_and_mutated_datagrams_never_stop_the_server(live, client):
+    """A CI-sized fuzz: 1 500 datagrams of noise, truncated and mutated messages, wrong types and counts."""
+    rng = np.random.default_rng(1)
+    paths = [a.path for a in protocol.INBOUND if a.path not in ("/generate", "/note", "/note/prefill", "/analyze")]
+    values = [0, -1, 2**31 - 1, -(2**31), 1e30, float("nan"), float("inf"), "top", "bottom", "x" * 300, 3.5]
+    for i in range(1500):
+        kind = i % 3
+        if kind == 0:
+            data = rng.bytes(int(rng.integers(1, 200)))
+        else:
+            b = OscMessageBuilder(str(rng.choice(paths)))
+            for _ in range(int(rng.integers(0, 7))):
+                v = values[int(rng.integers(len(values)))]
+                b.add_arg(v, "s" if isinstance(v, str) else ("i" if isinstance(v, int) else "f"))
+            data = b.build().dgram
+            if kind == 2:  # mutate: truncate or flip a byte
+                data = bytearray(data)
+                data[int(rng.integers(len(data)))] ^= 0xFF
+                data = bytes(data[: int(rng.integers(1, len(data) + 1))])
+        client.send_raw(data)
+        if i % 100 == 99:
+            client.drain(0.01)
+    assert live.proc.poll() is None
+    client.drain(0.2)
+    client.send("/ping")
+    assert client.wait_for("/pong", timeout=30)
