@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,8 +80,9 @@ class Engine:
         self.notes: OrderedDict[tuple, Note] = OrderedDict()
         self.note_cache_size = note_cache
         self.evicted: list[Note] = []  # evicted notes whose WAVs the server should delete
-        # Settings change on the receive thread while the worker edits and saves: one lock over writes and saves.
+        # Settings change on the receive thread while the worker edits: one lock over every change of state.
         self.lock = threading.RLock()
+        self.save_lock = threading.Lock()  # the worker and the settings saver both write the session
 
     def update_settings(self, **changes: object) -> Settings:
         with self.lock:
@@ -264,11 +266,18 @@ class Engine:
     # ---- session ------------------------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Everything a restart needs, written atomically (a temporary file, then a rename)."""
-        with self.lock:
-            self._save(path)
+        """Everything a restart needs, written atomically (a temporary file, then a rename). The state is
+        copied under `lock` (a fraction of a millisecond, so the receive thread never waits on the disk), and
+        writers take turns, so a later snapshot is never replaced by an earlier one."""
+        with self.save_lock:
+            with self.lock:
+                arrays = self._snapshot()
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
 
-    def _save(self, path: Path) -> None:
+    def _snapshot(self) -> dict[str, Any]:  # name → array, for np.savez
         meta = {
             "session_version": SESSION_VERSION,
             "bundle": self.manifest.raw.get("name", ""),
@@ -280,10 +289,7 @@ class Engine:
         for name, stack in (("undo", self.undo_stack), ("redo", self.redo_stack)):
             arrays[f"{name}_top"] = np.array([t for t, _ in stack], np.int16).reshape(-1, *codemaps.TOP_SHAPE)
             arrays[f"{name}_bottom"] = np.array([b for _, b in stack], np.int16).reshape(-1, *codemaps.BOTTOM_SHAPE)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
+        return arrays
 
     def load(self, path: Path) -> None:
         """Restore a saved session; raises EngineError (and changes nothing) if the file is not one."""

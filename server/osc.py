@@ -98,7 +98,7 @@ class _Dispatcher(Dispatcher):
 
 
 class InstrumentServer:
-    """The live instrument: an Engine served over OSC. `serve_forever` blocks; `start` runs it on a thread."""
+    """The live instrument: an Engine served over OSC until `serve_forever` is interrupted."""
 
     def __init__(
         self,
@@ -129,7 +129,6 @@ class InstrumentServer:
         self.udp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # ride out bursts
         self.port = self.udp.server_address[1]
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._threads: list[threading.Thread] = []
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -141,22 +140,9 @@ class InstrumentServer:
         finally:
             self.close()
 
-    def start(self) -> InstrumentServer:
-        self._start_helpers()
-        t = threading.Thread(target=self.udp.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
-        t.start()
-        self._threads.append(t)
-        return self
-
     def _start_helpers(self) -> None:
         self.worker.start()
-        saver = threading.Thread(target=self._settings_saver, name="settings-saver", daemon=True)
-        saver.start()
-        self._threads.append(saver)
-
-    def shutdown(self) -> None:
-        self.udp.shutdown()
-        self.close()
+        threading.Thread(target=self._settings_saver, name="settings-saver", daemon=True).start()
 
     def close(self) -> None:
         self.worker.stop()

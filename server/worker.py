@@ -122,10 +122,6 @@ class JobQueue:
                 hit.append(running)
             return hit
 
-    def busy(self) -> bool:
-        with self.cond:
-            return bool(self.pending) or self.running is not None
-
 
 class Worker(threading.Thread):
     def __init__(
@@ -212,6 +208,7 @@ class Worker(threading.Thread):
             timings["save"] = time.perf_counter() - t0
         for r, note in cached:
             self._done(r, note.wav, note.audio)
+            log.info("note %d: %.1f ms", r.request_id, (time.perf_counter() - r.received) * 1000)
         if to_render:
             self._render(to_render, timings)
         if changed:
