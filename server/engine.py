@@ -143,6 +143,12 @@ class Engine:
             self.redo_stack.clear()
             self._set(top, bottom)
 
+    def _commit_layer(self, layer: str, codes: np.ndarray) -> None:
+        if layer == "top":
+            self._commit(codes, self.bottom)
+        else:
+            self._commit(self.top, codes)
+
     def _set(self, top: np.ndarray, bottom: np.ndarray) -> None:
         self.top, self.bottom = top.astype(np.int64), bottom.astype(np.int64)
         self.version += 1
@@ -192,7 +198,7 @@ class Engine:
         """Uniformly random codes in the masked cells of `layer` (NOTONO's random brush: no prior involved)."""
         codes = self.top.copy() if layer == "top" else self.bottom.copy()
         codes[mask] = self._rng().integers(0, self.manifest.n_codes, int(mask.sum()))
-        self._commit(codes, self.bottom) if layer == "top" else self._commit(self.top, codes)
+        self._commit_layer(layer, codes)
 
     def set_cells(self, layer: str, cells: Iterable[tuple[int, int, int]]) -> None:
         codes = self.top.copy() if layer == "top" else self.bottom.copy()
@@ -201,7 +207,7 @@ class Engine:
             if not 0 <= code < self.manifest.n_codes:
                 raise EngineError(f"code {code} is outside 0..{self.manifest.n_codes - 1}")
             codes[f, t] = code
-        self._commit(codes, self.bottom) if layer == "top" else self._commit(self.top, codes)
+        self._commit_layer(layer, codes)
 
     def analyze(self, path: Path) -> None:
         try:

@@ -171,8 +171,7 @@ class InstrumentServer:
             version, maps = e.version, {"top": e.top, "bottom": e.bottom}
         for layer, codes in maps.items():
             rows, cols = codes.shape
-            args = ("/codemap", layer, version, rows, cols, *codes.reshape(-1).tolist())
-            self.send(client, *args) if client else self.broadcast(*args)
+            self._to(client, "/codemap", layer, version, rows, cols, *codes.reshape(-1).tolist())
 
     def send_settings(self, client: Client | None = None) -> None:
         s, families = self.engine.settings, self.engine.manifest.families
@@ -184,7 +183,14 @@ class InstrumentServer:
             ("/seed", s.seed),
             ("/note/mode", s.note_mode),
         ):
-            self.send(client, *args) if client else self.broadcast(*args)
+            self._to(client, *args)
+
+    def _to(self, client: Client | None, address: str, *args: Any) -> None:
+        """To one client, or to every client when None."""
+        if client is None:
+            self.broadcast(address, *args)
+        else:
+            self.send(client, address, *args)
 
     def error(self, client: Client, address: str, message: str) -> None:
         log.info("error %s: %s", address[:200], message)
@@ -293,13 +299,12 @@ class InstrumentServer:
         self.submit(c, r, "note", t, pitch=self.engine.check_pitch(r.values["pitch"]))
 
     def on_cancel(self, c: Client, r: Request, t: float) -> None:
-        hit = self.queue.cancel(r.request_id)
-        if r.request_id is not None and not hit:
+        removed, flagged = self.queue.cancel(r.request_id)
+        if r.request_id is not None and not removed and not flagged:
             raise EngineError(f"no waiting or running request {r.request_id}")
-        for job in hit:
-            if job is not self.queue.running:  # the running job answers itself when it stops
-                for q in job.requesters:
-                    self.send(q.client, "/render/cancelled", q.request_id, "cancelled by /cancel")
+        for job in removed:
+            for q in job.requesters:
+                self.send(q.client, "/render/cancelled", q.request_id, "cancelled by /cancel")
         self.worker.prefill.clear()
 
     # ---- answered at once -----------------------------------------------------------------------------------

@@ -66,13 +66,18 @@ class QueueFull(RuntimeError):
 
 
 class JobQueue:
-    """Pending jobs, bounded, with coalescing; `running` is the job the worker holds."""
+    """Pending jobs, bounded, with coalescing. The worker takes a batch (`take`), then starts its jobs one by
+    one (`next`): a job taken but not started, or running, stays visible to cancellation and superseding."""
 
     def __init__(self, limit: int = 256):
         self.limit = limit
         self.pending: list[Job] = []
+        self.taken: list[Job] = []  # taken by the worker, not started yet
         self.running: Job | None = None
         self.cond = threading.Condition()
+
+    def _in_flight(self) -> list[Job]:
+        return self.taken + ([self.running] if self.running is not None else [])
 
     def put(self, job: Job) -> list[Job]:
         """Queue `job`; returns the jobs it superseded (their requesters are answered `/render/cancelled`)."""
@@ -82,8 +87,9 @@ class JobQueue:
             if job.kind in REPLACES_ALL:
                 superseded = [j for j in self.pending if j.kind in SAMPLING]
                 self.pending = [j for j in self.pending if j.kind not in SAMPLING]
-                if self.running is not None and self.running.kind in SAMPLING:
-                    self.running.cancelled = f"superseded by {job.address}"
+                for j in self._in_flight():  # the worker answers these when it reaches them
+                    if j.kind in SAMPLING:
+                        j.cancelled = f"superseded by {job.address}"
             elif last is not None and self._merge(last, job):
                 return []
             if len(self.pending) >= self.limit:
@@ -104,23 +110,30 @@ class JobQueue:
             return True
         return False
 
-    def take(self, timeout: float) -> list[Job]:
+    def take(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for work; move everything pending into the worker's batch."""
         with self.cond:
             if not self.pending:
                 self.cond.wait(timeout)
-            jobs, self.pending = self.pending, []
-            return jobs
+            self.taken, self.pending = self.taken + self.pending, []
+            return bool(self.taken)
 
-    def cancel(self, request_id: int | None) -> list[Job]:
-        """Cancel waiting jobs with this id (all when None) and flag the running one; returns the removed."""
+    def next(self) -> Job | None:
+        """The batch's next job, now running; None when the batch is done."""
         with self.cond:
-            hit = [j for j in self.pending if request_id is None or request_id in j.ids()]
-            self.pending = [j for j in self.pending if j not in hit]
-            running = self.running
-            if running is not None and (request_id is None or request_id in running.ids()):
-                running.cancelled = "cancelled by /cancel"
-                hit.append(running)
-            return hit
+            self.running = self.taken.pop(0) if self.taken else None
+            return self.running
+
+    def cancel(self, request_id: int | None) -> tuple[list[Job], bool]:
+        """Cancel the jobs with this id (all when None): returns the waiting ones it removed (the caller answers
+        them), and whether it flagged a job in the worker's hands (the worker answers those)."""
+        with self.cond:
+            removed = [j for j in self.pending if request_id is None or request_id in j.ids()]
+            self.pending = [j for j in self.pending if j not in removed]
+            flagged = [j for j in self._in_flight() if request_id is None or request_id in j.ids()]
+            for j in flagged:
+                j.cancelled = "cancelled by /cancel"
+            return removed, bool(flagged)
 
 
 class Worker(threading.Thread):
@@ -155,9 +168,8 @@ class Worker(threading.Thread):
         idle_work = self.warming or bool(self.prefill)
         # Idle work goes in small slices, each after 10 ms without a request: a burst of requests is never
         # delayed by it, and a lone request waits at most one slice (about 2 ms).
-        jobs = self.queue.take(timeout=0.01 if idle_work else 0.1)
-        if jobs:
-            self.run_batch(jobs)
+        if self.queue.take(timeout=0.01 if idle_work else 0.1):
+            self.run_batch()
             self.warming = True
         elif self.warming:
             self.warming = self.engine.warm()
@@ -171,15 +183,16 @@ class Worker(threading.Thread):
 
     # ---- one batch ----------------------------------------------------------------------------------------
 
-    def run_batch(self, jobs: list[Job]) -> None:
+    def run_batch(self) -> None:
         self._set_status("busy")
         changed = False
         to_render: list[Requester] = []
         cached: list[tuple[Requester, Note]] = []
         timings: dict[str, float] = {}
-        for job in jobs:
-            with self.queue.cond:
-                self.queue.running = job
+        while (job := self.queue.next()) is not None:
+            if job.cancelled:
+                self._cancelled(job)
+                continue
             for r in job.requesters:
                 self.replies.send(r.client, "/render/started", r.request_id)
             t0 = time.perf_counter()
@@ -195,9 +208,6 @@ class Worker(threading.Thread):
                 log.error("%s failed:\n%s", job.address, traceback.format_exc())
                 self._error(job, f"internal error: {type(exc).__name__}: {exc}")
                 continue
-            finally:
-                with self.queue.cond:
-                    self.queue.running = None
             timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - t0
             changed |= result == "edit" or isinstance(result, Note)
             if isinstance(result, Note):

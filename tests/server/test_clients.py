@@ -2,6 +2,7 @@
 `inpaint-osc send` and `bench` commands."""
 
 import json
+import select
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,8 @@ def liblo():
 
 
 def oscdump(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(["oscdump", "-L", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Unbuffered bytes: select() below must see every line that is not read yet.
+    proc = subprocess.Popen(["oscdump", "-L", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     time.sleep(0.3)  # oscdump binds its port
     return proc
 
@@ -28,12 +30,21 @@ def oscdump(port: int) -> subprocess.Popen:
 def read_until(proc: subprocess.Popen, address: str, ending: str = "", timeout: float = 30) -> list[str]:
     """oscdump lines (timetag, address, types, values...) until one on `address` that ends with `ending`."""
     lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([proc.stdout], [], [], left)[0]:
+            break
+        line = proc.stdout.readline().decode()
+        if not line:  # oscdump exited
+            raise RuntimeError(f"oscdump stopped: {proc.stderr.read().decode()}")
         lines.append(line)
         if line.split()[1:2] == [address] and line.rstrip().endswith(ending):
             return lines
-    raise TimeoutError(f"oscdump saw no {address}: {lines}")
+    raise TimeoutError(f"oscdump saw no {address}: {lines[-20:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait(10)  # its port is free again only once it has exited
 
 
 def oscsend(port: int, address: str, types: str = "", *values) -> None:
@@ -58,7 +69,7 @@ def test_liblo_clients_drive_the_server_and_read_its_replies(live, liblo):
         error = read_until(dump, "/error")[-1]
         assert "/inpaint" in error and "outside the 32 x 4 grid" in error
     finally:
-        dump.kill()
+        stop(dump)
 
 
 def test_nothing_the_server_sends_uses_a_type_max_or_pd_cannot_read(live, liblo):
@@ -69,7 +80,7 @@ def test_nothing_the_server_sends_uses_a_type_max_or_pd_cannot_read(live, liblo)
         oscsend(live.port, "/render", "i", 5)
         lines = read_until(dump, "/render/done")
     finally:
-        dump.kill()
+        stop(dump)
     types = {line.split()[2] for line in lines if len(line.split()) > 2 and line.split()[1].startswith("/")}
     assert types and all(set(t) <= set("ifs") for t in types), types
 
