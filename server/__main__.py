@@ -10,6 +10,7 @@ inpaint-osc bench --bundle DIR                        latency over loopback OSC,
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import tempfile
@@ -181,7 +182,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=9000, help="UDP port to listen on")
     s.add_argument("--reply-port", type=int, default=9001, help="replies go to this port at the sender's address")
     s.add_argument("--allow", action="append", default=[], metavar="NET", help="client network besides loopback")
-    s.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "inpaint-osc", help="output folder")
+    out = Path(tempfile.gettempdir()) / f"inpaint-osc-{getpass.getuser()}"
+    s.add_argument("--out", type=Path, default=out, help="output folder (private to you)")
     s.add_argument("--keep", type=int, default=32, help="renders kept in the output folder")
     s.add_argument("--read-dir", action="append", type=Path, help="folder /analyze may read (default: home, cwd)")
     s.add_argument("--session", type=Path, help="save the performer's state here after every edit; restore it")

@@ -32,7 +32,8 @@ def free_port() -> int:
 def start_server(bundle: Path, out: Path, threads: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cmd = [sys.executable, "-m", "server", "serve", "--bundle", str(bundle), "--port", str(port)]
-    cmd += ["--out", str(out), "--threads", str(threads), "--quiet", *extra]
+    # With a session, as on stage: every edit is saved before it is acknowledged, and that save is timed too.
+    cmd += ["--out", str(out), "--session", str(out / "session.npz"), "--threads", str(threads), "--quiet", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return proc, port
 

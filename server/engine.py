@@ -72,6 +72,7 @@ class Engine:
         self.silence_top, self.silence_bottom = render.encode_audio(bundle, silence)
         self.top, self.bottom = self.silence_top.copy(), self.silence_bottom.copy()
         self.last_spectrogram: np.ndarray | None = None  # of the last render, for pictures
+        self.rendered_version = -1  # the version that spectrogram shows
         self.version = 0
         self.draws = 0  # random operations since the seed was set: the next one draws from (seed, draws)
         self.undo_stack: list[tuple[np.ndarray, np.ndarray]] = []
@@ -170,8 +171,9 @@ class Engine:
     # ---- operations ---------------------------------------------------------------------------------------
 
     def _rng(self) -> np.random.Generator:
-        self.draws += 1
-        return np.random.default_rng([self.settings.seed, self.draws])
+        with self.lock:  # a /seed arriving now must not be undone by this increment
+            self.draws += 1
+            return np.random.default_rng([self.settings.seed, self.draws])
 
     def generate(self, progress: Progress | None = None) -> None:
         self._commit(*self.inpainter.generate(self.settings.conditioning(), self._rng(), progress))
@@ -225,13 +227,14 @@ class Engine:
 
     def render(self) -> np.ndarray:
         """The current codemaps → (n_samples,) float32 audio; the spectrogram is kept for pictures."""
+        self.rendered_version = self.version
         self.last_spectrogram = render.decode(self.bundle, self.top, self.bottom)
         return render.dsp.invert(self.last_spectrogram, self.manifest.spectrogram)
 
     # ---- notes --------------------------------------------------------------------------------------------
 
-    def note_key(self, pitch: int) -> tuple:
-        s = self.settings
+    def note_key(self, pitch: int, s: Settings | None = None) -> tuple:
+        s = s or self.settings
         base = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.seed)
         if s.note_mode == "resample":  # keeps the top map: the sound depends on it
             return (*base, hashlib.blake2b(self.top.tobytes(), digest_size=8).hexdigest())
@@ -247,11 +250,12 @@ class Engine:
     def make_note(self, pitch: int, progress: Progress | None = None) -> Note:
         """Sample and render the note for `pitch` under the current settings, deterministically: the random
         stream comes from the note's key, so a cached note is exactly what sampling again would give."""
-        key = self.note_key(pitch)
+        s = self.settings  # read once: the key, the conditioning and the mode must agree
+        key = self.note_key(pitch, s)
         seed = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little")
         rng = np.random.default_rng(seed)
-        cond = self.settings.conditioning(pitch)
-        if self.settings.note_mode == "generate":
+        cond = s.conditioning(pitch)
+        if s.note_mode == "generate":
             top, bottom = self.inpainter.generate(cond, rng, progress)
         else:
             mask = np.ones(codemaps.BOTTOM_SHAPE, bool)

@@ -8,6 +8,7 @@ throwaway ports), set per client by `/reply_port`. Every failure answers `/error
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import os
 import socket
@@ -122,7 +123,7 @@ class InstrumentServer:
         self.queue = JobQueue(queue_limit)
         self.worker = Worker(engine, self.queue, out, self, session, self.player, play)
         self.session = session
-        self._next_id = 1 << 30  # ids the server assigns, far from the small ones clients pick
+        self._ids = itertools.count(1 << 30)  # ids the server assigns, far from the small ones clients pick
         self._settings_dirty = threading.Event()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.udp = _UDPServer((host, port), _Dispatcher(self.handle_datagram), family=family)
@@ -201,14 +202,19 @@ class InstrumentServer:
     def client(self, addr: tuple[str, int]) -> Client:
         key = (addr[0], addr[1])
         c = self.clients.get(key)
-        if c is None:
+        if c is not None:
+            self.clients.move_to_end(key)  # the forgotten are the least recently heard, not the oldest
+        else:
             c = self.clients[key] = Client(addr[0], self.default_reply_port)
             if len(self.clients) > 64:  # forget the oldest throwaway senders (oscsend, one-shot scripts)
                 self.clients.popitem(last=False)
         return c
 
     def handle_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        if not any(ipaddress.ip_address(addr[0]) in net for net in self.allow):
+        ip = ipaddress.ip_address(addr[0].split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # an IPv4 client of a dual-stack socket
+        if not any(ip in net for net in self.allow):
             log.warning("dropped a datagram from %s: not in the allow-list (--allow)", addr[0])
             return
         client = self.client(addr)
@@ -240,7 +246,7 @@ class InstrumentServer:
     def submit(self, client: Client, request: Request, kind: str, received: float, **params: Any) -> None:
         request_id = request.request_id
         if request_id is None:
-            request_id, self._next_id = self._next_id, self._next_id + 1
+            request_id = next(self._ids)  # atomic: MIDI input calls this from its own thread too
         job = Job(kind, request.address, [Requester(client, request_id, received)], params)
         for old in self.queue.put(job):
             for r in old.requesters:
@@ -294,8 +300,10 @@ class InstrumentServer:
         self.submit(c, r, "image", t, layer=r.values["layer"])
 
     def on_note(self, c: Client, r: Request, t: float) -> None:
-        if r.values["velocity"] == 0:
-            return  # note-off: the sound is a 4 s note; nothing to stop
+        if r.values["velocity"] == 0:  # note-off: the sound is a 4 s note; nothing to stop
+            if r.request_id is not None:
+                self.send(c, "/render/cancelled", r.request_id, "note-off: nothing to render")
+            return
         self.submit(c, r, "note", t, pitch=self.engine.check_pitch(r.values["pitch"]))
 
     def on_cancel(self, c: Client, r: Request, t: float) -> None:
@@ -305,7 +313,7 @@ class InstrumentServer:
         for job in removed:
             for q in job.requesters:
                 self.send(q.client, "/render/cancelled", q.request_id, "cancelled by /cancel")
-        self.worker.prefill.clear()
+        self.worker.prefill = []  # a new list: the worker may be popping from the old one
 
     # ---- answered at once -----------------------------------------------------------------------------------
 
@@ -411,10 +419,15 @@ class InstrumentServer:
         audio = self.worker.last_audio
         if audio is None:
             raise EngineError("nothing rendered yet")
-        try:
-            self.player.play(audio, self.engine.manifest.spectrogram.sample_rate, loop=bool(r.values.get("loop", 0)))
-        except PlaybackError as exc:
-            raise EngineError(str(exc)) from None
+        rate, loop = self.engine.manifest.spectrogram.sample_rate, bool(r.values.get("loop", 0))
+
+        def play() -> None:  # opening an audio device can take a while: never on the receive thread
+            try:
+                self.player.play(audio, rate, loop=loop)
+            except PlaybackError as exc:
+                self.error(c, "/play", str(exc))
+
+        threading.Thread(target=play, name="playback", daemon=True).start()
 
     def on_stop(self, c: Client, r: Request, t: float) -> None:
         self.player.stop()

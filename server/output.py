@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+import tempfile
 import zlib
 from collections import deque
 from pathlib import Path
@@ -24,8 +25,10 @@ class OutputFolder:
 
     def __init__(self, folder: Path, keep: int = 32):
         self.folder = folder.resolve()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "notes").mkdir(exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: renders are the performer's
+        if hasattr(os, "getuid") and self.folder.stat().st_uid != os.getuid():
+            raise OSError(f"{self.folder} belongs to another user; choose another --out")
+        (self.folder / "notes").mkdir(mode=0o700, exist_ok=True)
         self.keep = keep
         self.count = 0
         self.recent: dict[str, deque[Path]] = {"wav": deque(), "png": deque()}
@@ -49,10 +52,7 @@ class OutputFolder:
 
     def write_png(self, spectrogram: np.ndarray, layer: str, request_id: int) -> tuple[Path, int, int]:
         pixels = spectrogram_picture(spectrogram, layer)
-        path = self._next("png", request_id)
-        tmp = path.with_name("." + path.name + ".tmp")
-        tmp.write_bytes(encode_png(pixels))
-        os.replace(tmp, path)
+        path = atomic_write(self._next("png", request_id), encode_png(pixels))
         return path, pixels.shape[1], pixels.shape[0]
 
 
@@ -67,9 +67,20 @@ def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_bytes(wav_bytes(audio, sample_rate))
-    os.replace(tmp, path)
+    return atomic_write(path, wav_bytes(audio, sample_rate))
+
+
+def atomic_write(path: Path, data: bytes) -> Path:
+    """Write under a fresh temporary name in the same folder (created exclusively: never through a planted
+    link), then rename: a reader sees the old file or the whole new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

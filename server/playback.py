@@ -6,6 +6,7 @@ machines) the server still runs and `/play` answers `/error` saying why.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,11 @@ class PlaybackError(RuntimeError):
 
 
 class Player:
+    """One output for the worker (--play) and /play: a lock keeps their calls from interleaving."""
+
     def __init__(self) -> None:
         self._sd: Any = None
+        self._lock = threading.Lock()
 
     def _device(self) -> Any:
         if self._sd is None:
@@ -33,12 +37,14 @@ class Player:
         return self._sd
 
     def play(self, audio: np.ndarray, sample_rate: int, loop: bool = False) -> None:
-        sd = self._device()
-        try:
-            sd.play(audio, sample_rate, loop=loop)
-        except Exception as exc:
-            raise PlaybackError(f"playback failed ({exc})") from None
+        with self._lock:
+            sd = self._device()
+            try:
+                sd.play(audio, sample_rate, loop=loop)
+            except Exception as exc:
+                raise PlaybackError(f"playback failed ({exc})") from None
 
     def stop(self) -> None:
-        if self._sd is not None:
-            self._sd.stop()
+        with self._lock:
+            if self._sd is not None:
+                self._sd.stop()

@@ -84,6 +84,8 @@ class JobQueue:
         with self.cond:
             superseded: list[Job] = []
             last = self.pending[-1] if self.pending else None
+            if len(self.pending) >= self.limit:  # refused before it changes anything
+                raise QueueFull(f"{len(self.pending)} requests are waiting; try again when /status says ready")
             if job.kind in REPLACES_ALL:
                 superseded = [j for j in self.pending if j.kind in SAMPLING]
                 self.pending = [j for j in self.pending if j.kind not in SAMPLING]
@@ -92,8 +94,6 @@ class JobQueue:
                         j.cancelled = f"superseded by {job.address}"
             elif last is not None and self._merge(last, job):
                 return []
-            if len(self.pending) >= self.limit:
-                raise QueueFull(f"{len(self.pending)} requests are waiting; try again when /status says ready")
             self.pending.append(job)
             self.cond.notify()
             return superseded
@@ -185,6 +185,12 @@ class Worker(threading.Thread):
 
     def run_batch(self) -> None:
         self._set_status("busy")
+        try:
+            self._batch()
+        finally:
+            self._set_status("ready")
+
+    def _batch(self) -> None:
         changed = False
         to_render: list[Requester] = []
         cached: list[tuple[Requester, Note]] = []
@@ -222,10 +228,14 @@ class Worker(threading.Thread):
             self._done(r, note.wav, note.audio)
             log.info("note %d: %.1f ms", r.request_id, (time.perf_counter() - r.received) * 1000)
         if to_render:
-            self._render(to_render, timings)
+            try:
+                self._render(to_render, timings)
+            except Exception as exc:  # a full disk or a failing graph: every waiting request hears of it
+                log.error("render failed:\n%s", traceback.format_exc())
+                for r in to_render:
+                    self.replies.send(r.client, "/error", "/render", f"render failed: {type(exc).__name__}: {exc}")
         if changed:
             self.replies.send_codemaps()  # after the audio: what the performer waits for goes out first
-        self._set_status("ready")
 
     def apply(self, job: Job) -> Note | str:
         """Run one job: "edit" (state changed, render it), "render" (render only), "quiet" (nothing to render),
@@ -277,7 +287,7 @@ class Worker(threading.Thread):
             Path(self.engine.evicted.pop().wav).unlink(missing_ok=True)
 
     def _image(self, job: Job) -> None:
-        if self.engine.last_spectrogram is None:
+        if self.engine.last_spectrogram is None or self.engine.rendered_version != self.engine.version:
             self.last_audio = self.engine.render()
         assert self.engine.last_spectrogram is not None
         path, width, height = self.out.write_png(self.engine.last_spectrogram, job.params["layer"], job.ids()[0])
@@ -358,7 +368,10 @@ class Worker(threading.Thread):
 
     def _prefill_one(self) -> None:
         """Render one pitch into the note cache; any waiting request cancels it at once."""
-        pitch = self.prefill.pop(0)
+        try:
+            pitch = self.prefill.pop(0)
+        except IndexError:  # emptied by /cancel meanwhile
+            return
         if self.engine.cached_note(pitch) is not None:
             return
 

@@ -283,6 +283,8 @@ def test_a_cached_note_answers_with_the_same_file_at_once(live, client):
     client.send("/note", 64, 0)  # note-off: nothing to do, nothing to answer
     client.send("/ping")
     assert client.wait_for("/pong", "/render/done", "/error")[0] == "/pong"
+    client.send("/note", 64, 0, 99)  # ... unless it carries an id, which gets its one ending
+    assert client.wait_for("/render/cancelled", "/render/done", "/error")[1] == [99, "note-off: nothing to render"]
 
 
 def test_reply_port_redirects_this_clients_replies(live):
