@@ -1,0 +1,592 @@
+"""Writes the performer's patches from the OSC address table: maxpatch/inpaint-osc.maxpat (Max, vanilla
+objects), maxpatch/inpaint-osc.pd (its Pure Data twin) and the address table of maxpatch/README.md.
+
+Run `python maxpatch/generate.py` after changing `server/protocol.py`; a test fails while the files differ
+from what this script writes. Every address a patch sends is checked against the table as it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from server import protocol  # noqa: E402
+from server.bundle import FAMILIES  # noqa: E402
+
+SERVER_PORT, REPLY_PORT = 9000, 9001
+
+
+def check_send(address: str, n_args: int | None) -> str:
+    """The address must exist; with a known argument count, the count must be one the table accepts."""
+    a = protocol.BY_PATH[address]  # KeyError: the patch would send an address the server does not know
+    if n_args is not None:
+        fixed = len(a.args)
+        ok = n_args in range(fixed, fixed + len(a.optional) + 1 + int(a.request_id)) or (
+            bool(a.repeat) and n_args >= fixed + len(a.repeat)
+        )
+        if not ok:
+            raise ValueError(f"{address} sent with {n_args} arguments; the table says {a.spec()}")
+    return address
+
+
+# ---- Max ------------------------------------------------------------------------------------------------
+
+
+def _io(text: str) -> tuple[int, int, list[str]]:
+    """(inlets, outlets, outlet types) of a newobj box, from its text."""
+    name, *args = text.split()
+    n = len(args)
+    fixed: dict[str, tuple[int, int, list[str]]] = {
+        "udpsend": (1, 0, []),
+        "udpreceive": (1, 1, [""]),
+        "prepend": (1, 1, [""]),
+        "loadbang": (1, 1, ["bang"]),
+        "buffer~": (1, 2, ["float", "bang"]),
+        "groove~": (3, 2, ["signal", "signal"]),
+        "sig~": (1, 1, ["signal"]),
+        "notein": (1, 3, ["int", "int", "int"]),
+        "pgmin": (1, 2, ["int", "int"]),
+        "ctlin": (1, 3, ["int", "int", "int"]),
+        "!-": (2, 1, ["int"]),
+        "-": (2, 1, ["int"]),
+        "zl": (2, 2, ["", ""]),
+        "sel": (2, n + 1, ["bang"] * n + [""]),
+        "delay": (2, 1, ["bang"]),
+    }
+    if name in fixed:
+        return fixed[name]
+    if name == "route":
+        return 2, n + 1, [""] * (n + 1)
+    if name in ("pack", "pak"):
+        return n, 1, [""]
+    if name == "unpack":
+        return 1, n, ["int" if a.isdigit() else "" for a in args]
+    if name == "t":
+        return 1, n, ["bang" if a == "b" else "int" if a == "i" else "" for a in args]
+    raise KeyError(f"no inlet/outlet counts for {name!r}")
+
+
+UI = {  # maxclass → (inlets, outlets, outlet types)
+    "message": (2, 1, [""]),
+    "comment": (1, 0, []),
+    "button": (1, 1, ["bang"]),
+    "toggle": (1, 1, ["int"]),
+    "number": (1, 2, ["", "bang"]),
+    "flonum": (1, 2, ["", "bang"]),
+    "umenu": (1, 3, ["int", "", ""]),
+    "kslider": (2, 2, ["int", "int"]),
+    "led": (1, 1, ["int"]),
+    "matrixctrl": (1, 2, ["list", "list"]),
+    "fpic": (1, 1, ["jit_matrix"]),
+    "waveform~": (5, 6, ["float", "float", "float", "float", "list", ""]),
+    "ezdac~": (2, 0, []),
+    "dropfile": (1, 2, ["", ""]),
+}
+
+
+class MaxPatch:
+    def __init__(self) -> None:
+        self.boxes: list[dict] = []
+        self.lines: list[dict] = []
+
+    def box(self, maxclass: str, x: float, y: float, text: str = "", w: float = 0, h: float = 22, show=None, **attrs):
+        """A box; `show` = (x, y, w, h) puts it in the presentation view too. Returns its id."""
+        ins, outs, types = _io(text) if maxclass == "newobj" else UI[maxclass]
+        box = {
+            "id": f"obj-{len(self.boxes) + 1}",
+            "maxclass": maxclass,
+            "numinlets": ins,
+            "numoutlets": outs,
+            "outlettype": types,
+            "patching_rect": [x, y, w or max(40.0, 7.0 * len(text) + 12), h],
+        }
+        if maxclass in ("newobj", "message", "comment"):
+            box["text"] = text
+        if show is not None:
+            box["presentation"] = 1
+            box["presentation_rect"] = list(show)
+        if maxclass not in ("newobj", "message", "comment"):
+            box["parameter_enable"] = 0
+        box.update(attrs)
+        self.boxes.append({"box": box})
+        return box["id"]
+
+    def send(self, x: float, y: float, address: str, *args: str, show=None) -> str:
+        """A message box that sends `address args` to the server (checked against the table)."""
+        check_send(address, len(args))
+        return self.box("message", x, y, " ".join((address, *args)), show=show)
+
+    def connect(self, src: str, outlet: int, dst: str, inlet: int = 0) -> None:
+        self.lines.append({"patchline": {"source": [src, outlet], "destination": [dst, inlet]}})
+
+    def write(self, path: Path) -> None:
+        patcher = {
+            "fileversion": 1,
+            "appversion": {"major": 8, "minor": 6, "revision": 0, "architecture": "x64", "modernui": 1},
+            "classnamespace": "box",
+            "rect": [40.0, 60.0, 1180.0, 860.0],
+            "openinpresentation": 1,
+            "default_fontsize": 12.0,
+            "default_fontname": "Arial",
+            "gridsize": [15.0, 15.0],
+            "boxes": self.boxes,
+            "lines": self.lines,
+            "dependency_cache": [],
+            "autosave": 0,
+        }
+        path.write_text(json.dumps({"patcher": patcher}, indent=1) + "\n")
+
+
+def _second_item(p: MaxPatch, src: str, outlet: int, x: float, y: float) -> str:
+    """Boxes that take the second item of a list (the path of /render/done and /image/done)."""
+    rest = p.box("newobj", x, y, "zl slice 1")
+    first = p.box("newobj", x + 90, y, "zl slice 1")
+    p.connect(src, outlet, rest)
+    p.connect(rest, 1, first)
+    return first
+
+
+def max_patch() -> MaxPatch:
+    p = MaxPatch()
+    c = p.box
+    c(
+        "comment",
+        20,
+        10,
+        "inpaint-osc: paint instrument sounds. Start the server (inpaint-osc serve), then play.",
+        w=560,
+        show=(10, 5, 560, 22),
+    )
+    net = c("newobj", 20, 700, f"udpsend 127.0.0.1 {SERVER_PORT}")
+    rx = c("newobj", 600, 40, f"udpreceive {REPLY_PORT}")
+    routes = ["/pong", "/status", "/error", "/render/done", "/image/done", "/codemap", "/model/info"]
+    for r in routes:
+        if r not in {a.path for a in protocol.OUTBOUND}:
+            raise KeyError(r)
+    route = c("newobj", 600, 70, "route " + " ".join(routes), w=520)
+    p.connect(rx, 0, route)
+
+    # Connection: ping on load and every click; a light for /pong, the status and the last error.
+    ping = p.send(20, 40, "/ping", show=(10, 35, 50, 22))
+    load = c("newobj", 80, 40, "loadbang")
+    p.connect(load, 0, ping)
+    p.connect(ping, 0, net)
+    light = c("led", 600, 110, w=24, h=24, show=(70, 35, 24, 24))
+    one = c("message", 640, 110, "1")
+    p.connect(route, 0, one)
+    p.connect(one, 0, light)
+    for i, y in enumerate((140, 170)):  # /status, then /error
+        shown = c("message", 640, y, "", w=360, show=(110, 35 + 30 * i, 460, 22))
+        setter = c("newobj", 600, y, "prepend set")
+        p.connect(route, 1 + i, setter)
+        p.connect(setter, 0, shown)
+
+    # Conditioning: instrument, pitch (keyboard and number), temperature, top-p.
+    items = []
+    for f in FAMILIES:
+        items += [f, ","]
+    menu = c("umenu", 20, 80, w=120, show=(10, 70, 120, 22), items=items[:-1])
+    instr = c("newobj", 20, 110, "prepend " + check_send("/instrument", 1))
+    p.connect(menu, 1, instr)
+    p.connect(instr, 0, net)
+    keys = c("kslider", 160, 80, w=336, h=53, show=(140, 70, 336, 53), offset=24, range=61)
+    pitch_box = c("number", 160, 140, w=50, show=(486, 70, 50, 22))
+    pitch = c("newobj", 160, 170, "prepend " + check_send("/pitch", 1))
+    p.connect(keys, 0, pitch_box)
+    p.connect(pitch_box, 0, pitch)
+    p.connect(pitch, 0, net)
+    for i, address in enumerate(("/temperature", "/top_p")):
+        c("comment", 520, 80 + 30 * i, address[1:], show=(546, 70 + 30 * i, 80, 22))
+        knob = c("flonum", 600, 200 + 30 * i, w=60, show=(630, 70 + 30 * i, 60, 22), minimum=0.0)
+        send = c("newobj", 670, 200 + 30 * i, "prepend " + check_send(address, 1))
+        p.connect(knob, 0, send)
+        p.connect(send, 0, net)
+
+    # Sound-wide actions.
+    for i, (label, address) in enumerate(
+        (
+            ("generate", "/generate"),
+            ("keep top, resample bottom", "/resample/bottom"),
+            ("undo", "/undo"),
+            ("redo", "/redo"),
+        )
+    ):
+        b = p.send(20 + 130 * i, 210, address, show=(10 + 130 * i, 135, 120, 22))
+        p.connect(b, 0, net)
+        c("comment", 20 + 130 * i, 235, label, show=(10 + 130 * i, 158, 120, 22))
+
+    # The codemap editor: the last render's spectrogram with its grid (from /image), and over it a grid of
+    # cells to select, frequency upwards, time to the right. Tools apply to the selection or to a range.
+    pic = c("fpic", 20, 270, w=256, h=256, show=(10, 190, 256, 256), autofit=1)
+    read_png = c("newobj", 600, 290, "prepend read")
+    p.connect(_second_item(p, route, 4, 980, 260), 0, read_png)  # /image/done id path width height
+    p.connect(read_png, 0, pic)
+    ask_image = p.send(760, 320, "/image", "top")
+    p.connect(route, 3, ask_image)  # after every render, ask for its picture
+    p.connect(ask_image, 0, net)
+    buffer_replace = c("newobj", 760, 360, "prepend replace")
+    p.connect(_second_item(p, route, 3, 760, 340), 0, buffer_replace)  # /render/done id path frames rate s
+
+    for layer, rows, cols, x in (("top", 32, 4, 300), ("bottom", 64, 8, 560)):
+        grid = c(
+            "matrixctrl",
+            x,
+            270,
+            w=256,
+            h=256,
+            show=(x - 10, 190, 256, 256),
+            rows=rows,
+            columns=cols,
+            bgcolor=[0.0, 0.0, 0.0, 0.0],
+        )
+        cell = c("newobj", x, 540, "unpack 0 0 0")
+        p.connect(grid, 0, cell)
+        flip = c("newobj", x + 60, 570, f"!- {rows - 1}")  # matrixctrl row 0 is the top: the server's is the lowest
+        p.connect(cell, 1, flip)
+        pair = c("newobj", x, 600, "pack 0 0")
+        p.connect(flip, 0, pair, 1)
+        col = c("newobj", x, 570, "t i")
+        p.connect(cell, 0, col)
+        keep = c("newobj", x, 630, "zl group 4096")
+        p.connect(col, 0, pair)
+        p.connect(pair, 0, keep)
+        for j, (tool, address) in enumerate((("inpaint cells", "/inpaint/cells"),)):
+            apply = c("message", x, 660, "bang", show=(x - 10, 455 + 25 * j, 120, 22))
+            c("comment", x + 60, 660, f"{tool} ({layer})", show=(x + 40, 455, 160, 22))
+            p.connect(apply, 0, keep)
+            send = c("newobj", x, 690, f"prepend {check_send(address, None)} {layer}")
+            p.connect(keep, 0, send)
+            p.connect(send, 0, net)
+            clear = c("message", x + 160, 690, "clear")
+            p.connect(apply, 0, clear)
+            p.connect(clear, 0, grid)
+
+    # Ranges: time t0..t1 and frequency f0..f1 in the chosen layer, then inpaint, erase or randomize.
+    layer_menu = c("umenu", 20, 560, w=80, show=(10, 485, 80, 22), items=["top", ",", "bottom"])
+    ranges = c("newobj", 20, 620, "pak top 0 1 0 32")
+    p.connect(layer_menu, 1, ranges)
+    for i, name in enumerate(("t0", "t1", "f0", "f1")):
+        n = c("number", 110 + 50 * i, 560, w=45, show=(100 + 50 * i, 485, 45, 22), minimum=0)
+        c("comment", 110 + 50 * i, 540, name, show=(100 + 50 * i, 508, 45, 22))
+        p.connect(n, 0, ranges, 1 + i)
+    for i, address in enumerate(("/inpaint", "/erase", "/randomize")):
+        check_send(address, 5)
+        tool = c("message", 20 + 90 * i, 650, "bang", show=(310 + 90 * i, 485, 80, 22))
+        c("comment", 20 + 90 * i, 675, address[1:] + " range", show=(310 + 90 * i, 508, 90, 22))
+        gate = c("newobj", 300 + 90 * i, 620, f"prepend {address}")
+        again = c("newobj", 300 + 90 * i, 650, "t b")
+        p.connect(tool, 0, again)
+        p.connect(again, 0, ranges)
+        p.connect(ranges, 0, gate)
+        p.connect(gate, 0, net)
+
+    # Audio: each /render/done loads the WAV with `replace`; a waveform view, playback with loop on/off, and a
+    # dropped sound file is analyzed.
+    buf = c("newobj", 760, 390, "buffer~ inpaint-osc")
+    p.connect(buffer_replace, 0, buf)
+    c("waveform~", 20, 740, w=560, h=80, show=(10, 540, 560, 80), buffername="inpaint-osc")
+    play = c("newobj", 760, 450, "groove~ inpaint-osc")
+    start = c("message", 760, 420, "startloop", show=(580, 540, 70, 22))
+    loop_toggle = c("toggle", 840, 420, w=22, show=(660, 540, 22, 22))
+    loop_msg = c("message", 870, 420, "loop $1")
+    speed = c("newobj", 950, 420, "sig~ 1")
+    p.connect(start, 0, play)
+    p.connect(loop_toggle, 0, loop_msg)
+    p.connect(loop_msg, 0, play)
+    p.connect(speed, 0, play)
+    dac = c("ezdac~", 760, 490, w=45, h=45, show=(690, 540, 45, 45))
+    p.connect(play, 0, dac)
+    p.connect(play, 0, dac, 1)
+    c("comment", 580, 565, "play / loop", show=(580, 565, 100, 22))
+    drop = c("dropfile", 20, 830, w=200, h=40, show=(10, 630, 200, 40))
+    analyze = c("newobj", 240, 830, "prepend " + check_send("/analyze", 1))
+    p.connect(drop, 0, analyze)
+    p.connect(analyze, 0, net)
+    c("comment", 20, 875, "drop a sound file here to analyze it", show=(10, 672, 240, 22))
+
+    # MIDI: notes, programs (Max counts 1-128, the server 0-127), controllers as /cc controller value.
+    notein = c("newobj", 1000, 500, "notein")
+    note = c("newobj", 1000, 530, "pack 0 0")
+    p.connect(notein, 0, note)
+    p.connect(notein, 1, note, 1)
+    note_send = c("newobj", 1000, 560, "prepend " + check_send("/note", 2))
+    p.connect(note, 0, note_send)
+    p.connect(note_send, 0, net)
+    pgmin = c("newobj", 1000, 600, "pgmin")
+    minus = c("newobj", 1000, 630, "- 1")
+    program = c("newobj", 1000, 660, "prepend " + check_send("/program", 1))
+    p.connect(pgmin, 0, minus)
+    p.connect(minus, 0, program)
+    p.connect(program, 0, net)
+    ctlin = c("newobj", 1000, 700, "ctlin")
+    cc = c("newobj", 1000, 730, "pack 0 0")
+    p.connect(ctlin, 1, cc)  # controller number, then the value (outlets fire right to left)
+    p.connect(ctlin, 0, cc, 1)
+    cc_send = c("newobj", 1000, 760, "prepend " + check_send("/cc", 2))
+    p.connect(cc, 0, cc_send)
+    p.connect(cc_send, 0, net)
+    c(
+        "comment",
+        20,
+        900,
+        "Keyboard: pitch. Grids: click cells, then 'inpaint cells'. Ranges: layer, t0 t1 (time columns), f0 f1 "
+        "(frequency rows from the lowest), half-open. MIDI notes, programs and CC 1 / 74 / 70 play it too.",
+        w=700,
+        h=40,
+        show=(10, 700, 700, 40),
+    )
+    return p
+
+
+# ---- Pure Data ------------------------------------------------------------------------------------------
+
+
+class PdPatch:
+    """Objects in creation order (their index is what `#X connect` names)."""
+
+    def __init__(self) -> None:
+        self.lines = ["#N canvas 40 60 1100 760 12;"]
+        self.count = 0
+
+    def _add(self, line: str) -> int:
+        self.lines.append(line)
+        self.count += 1
+        return self.count - 1
+
+    def obj(self, x: int, y: int, text: str) -> int:
+        return self._add(f"#X obj {x} {y} {text};")
+
+    def msg(self, x: int, y: int, text: str) -> int:
+        return self._add(f"#X msg {x} {y} {text.replace('$', chr(92) + '$')};")
+
+    def text(self, x: int, y: int, words: str) -> int:
+        return self._add(f"#X text {x} {y} {words.replace(',', ' ').replace(';', ' ')};")
+
+    def atom(self, x: int, y: int, width: int = 5, lo: float = 0, hi: float = 0) -> int:
+        return self._add(f"#X floatatom {x} {y} {width} {lo} {hi} 0 - - - 0;")
+
+    def send(self, x: int, y: int, address: str, n_args: int | None) -> int:
+        """[oscformat] for `address` feeding the shared sender (checked against the table)."""
+        check_send(address, n_args)
+        fmt = self.obj(x, y, "oscformat " + " ".join(address.strip("/").split("/")))
+        self.connect(fmt, 0, self.obj(x, y + 25, "s inpaint-osc-send"))
+        return fmt
+
+    def array(self, x: int, y: int, name: str, size: int, lo: float, hi: float, w: int = 400, h: int = 100) -> int:
+        self.lines.append("#N canvas 0 50 450 250 (subpatch) 0;")
+        self.lines.append(f"#X array {name} {size} float 0;")
+        self.lines.append(f"#X coords 0 {hi} {size} {lo} {w} {h} 1 0 0;")
+        return self._add(f"#X restore {x} {y} graph;")
+
+    def connect(self, a: int, outlet: int, b: int, inlet: int = 0) -> None:
+        self.lines.append(f"#X connect {a} {outlet} {b} {inlet};")
+
+    def write(self, path: Path) -> None:
+        path.write_text("\n".join(self.lines) + "\n")
+
+
+def pd_patch() -> PdPatch:
+    p = PdPatch()
+    p.text(20, 10, "inpaint-osc - paint instrument sounds. Start the server (inpaint-osc serve) and play.")
+    # Network: one sender for every message, replies parsed and routed by address.
+    net = p.obj(20, 700, "netsend -u -b")
+    load = p.obj(20, 40, "loadbang")
+    boot = p.obj(20, 65, "t b b b")
+    p.connect(load, 0, boot)
+    connect = p.msg(20, 640, f"connect 127.0.0.1 {SERVER_PORT}")
+    p.connect(boot, 2, connect)
+    p.connect(connect, 0, net)
+    retarget = p.obj(200, 585, "r inpaint-osc-connect")
+    as_list = p.obj(200, 610, "list")  # "127.0.0.1 9000" arrives with the host as its selector
+    reconnect = p.msg(200, 640, "disconnect \\, connect $1 $2")
+    p.connect(retarget, 0, as_list)
+    p.connect(as_list, 0, reconnect)
+    p.connect(reconnect, 0, net)
+    outgoing = p.obj(420, 610, "r inpaint-osc-send")
+    prepend = p.obj(420, 640, "list prepend send")
+    trim = p.obj(420, 670, "list trim")
+    p.connect(outgoing, 0, prepend)
+    p.connect(prepend, 0, trim)
+    p.connect(trim, 0, net)
+
+    rx = p.obj(620, 70, "netreceive -u -b")
+    listen = p.msg(620, 40, f"listen {REPLY_PORT}")
+    p.connect(boot, 1, listen)
+    p.connect(listen, 0, rx)
+    relisten_r = p.obj(760, 10, "r inpaint-osc-listen")
+    relisten = p.msg(760, 40, "listen $1")
+    p.connect(relisten_r, 0, relisten)
+    p.connect(relisten, 0, rx)
+    parse = p.obj(620, 100, "oscparse")
+    trim_in = p.obj(620, 125, "list trim")
+    route = p.obj(620, 150, "route pong status error render codemap")
+    p.connect(rx, 0, parse)
+    p.connect(parse, 0, trim_in)
+    p.connect(trim_in, 0, route)
+    log = p.obj(900, 675, "list trim")  # the console line: status, errors, each loaded render
+    p.connect(log, 0, p.obj(900, 700, "print inpaint-osc"))
+
+    # Connection light, status and errors.
+    ping = p.msg(20, 100, "bang")
+    p.text(70, 100, "ping")
+    ping_r = p.obj(120, 100, "r inpaint-osc-ping")
+    ping_fmt = p.send(20, 130, "/ping", 0)
+    p.connect(ping, 0, ping_fmt)
+    p.connect(ping_r, 0, ping_fmt)
+    p.connect(boot, 0, ping_fmt)
+    light = p.obj(620, 190, "tgl 15 0 empty empty connected 17 7 0 10 -262144 -1 -1 0 1")
+    one = p.msg(620, 170, "1")
+    p.connect(route, 0, one)
+    p.connect(one, 0, light)
+    for i, name in enumerate(("status", "error")):
+        shown = p.msg(700, 220 + 30 * i, "")
+        setter = p.obj(700, 195 + 30 * i, "list prepend set")
+        p.connect(route, 1 + i, setter)
+        p.connect(setter, 0, shown)
+        tag = p.obj(880, 195 + 30 * i, f"list prepend {name}")
+        p.connect(route, 1 + i, tag)
+        p.connect(tag, 0, log)
+
+    # Conditioning: instrument (11 families), pitch, temperature, top-p.
+    p.text(20, 170, "instrument: " + " ".join(FAMILIES))
+    radio = p.obj(20, 195, f"hradio 15 1 0 {len(FAMILIES)} empty empty empty 0 -8 0 10 -262144 -1 -1 4")
+    p.connect(radio, 0, p.send(20, 220, "/instrument", 1))
+    p.text(20, 260, "pitch")
+    slider = p.obj(70, 260, "hsl 200 15 24 84 0 0 empty empty empty -2 -8 0 10 -262144 -1 -1 0 1")
+    pitch = p.atom(280, 260, 4, 24, 84)
+    whole = p.obj(280, 285, "i")
+    p.connect(slider, 0, pitch)
+    p.connect(pitch, 0, whole)
+    p.connect(whole, 0, p.send(280, 310, "/pitch", 1))
+    for i, name in enumerate(("temperature", "top_p")):
+        p.text(360 + 120 * i, 240, name)
+        knob = p.atom(360 + 120 * i, 260, 5, 0, 10 if name == "temperature" else 1)
+        p.connect(knob, 0, p.send(360 + 120 * i, 285, "/" + name, 1))
+
+    # Sound-wide actions, each also reachable by a receive name (for other patches and headless tests).
+    for i, (label, address) in enumerate(
+        (("generate", "/generate"), ("resample-bottom", "/resample/bottom"), ("undo", "/undo"), ("redo", "/redo"))
+    ):
+        button = p.msg(20 + 130 * i, 360, label)
+        named = p.obj(20 + 130 * i, 385, f"r inpaint-osc-{label}")
+        bang = p.obj(20 + 130 * i, 410, "t b")
+        p.connect(button, 0, bang)
+        p.connect(named, 0, bang)
+        p.connect(bang, 0, p.send(20 + 130 * i, 435, address, 0))
+
+    # Range tools: layer, time t0..t1 and frequency f0..f1 (half-open), then inpaint, erase or randomize.
+    p.text(20, 480, "layer  t0  t1  f0  f1  (time columns / frequency rows from the lowest)")
+    layer = p.obj(20, 560, "symbol")
+    for i, name in enumerate(("top", "bottom")):
+        p.connect(p.msg(20, 505 + 25 * i, f"symbol {name}"), 0, layer, 1)
+    p.connect(boot, 0, p.msg(100, 560, "symbol top"))
+    p.connect(p.count - 1, 0, layer, 1)
+    ranges = p.obj(20, 590, "pack s 0 1 0 32")
+    p.connect(layer, 0, ranges)
+    for i in range(4):
+        p.connect(p.atom(120 + 50 * i, 505, 3), 0, ranges, 1 + i)
+    tool_fmt = p.obj(200, 620, "oscformat inpaint")
+    p.connect(tool_fmt, 0, p.obj(200, 645, "s inpaint-osc-send"))
+    p.connect(ranges, 0, tool_fmt)
+    for i, address in enumerate(("/inpaint", "/erase", "/randomize")):
+        check_send(address, 5)
+        tool = p.msg(340 + 90 * i, 505, address.strip("/"))
+        order = p.obj(340 + 90 * i, 530, "t b b")  # right first: choose the address, then send the ranges
+        choose = p.msg(340 + 90 * i, 560, "set " + address.strip("/"))
+        p.connect(tool, 0, order)
+        p.connect(order, 1, choose)
+        p.connect(choose, 0, tool_fmt)
+        p.connect(order, 0, layer)
+
+    # Codemaps as arrays (codes by row from the lowest), refreshed from every /codemap.
+    for i, (name, size) in enumerate((("top", 128), ("bottom", 512))):
+        p.array(620, 300 + 140 * i, f"inpaint-osc-{name}", size, 0, 512, 400, 100)
+    layer_route = p.obj(620, 560, "route top bottom")
+    p.connect(route, 4, layer_route)
+    for i, name in enumerate(("top", "bottom")):
+        codes = p.obj(620 + 160 * i, 585, "list split 3")
+        p.connect(layer_route, i, codes)
+        p.connect(codes, 1, p.obj(620 + 160 * i, 610, f"array set inpaint-osc-{name}"))
+
+    # Audio: /render/done loads the WAV with soundfiler, tabplay~ plays it (loop on/off).
+    done_route = p.obj(620, 650, "route done")
+    p.connect(route, 3, done_route)
+    fields = p.obj(620, 675, "unpack f s f f f")
+    p.connect(done_route, 0, fields)
+    read = p.msg(620, 700, "read -resize $1 inpaint-osc")
+    p.connect(fields, 1, read)
+    path = p.obj(760, 700, "list prepend file")
+    p.connect(fields, 1, path)
+    p.connect(path, 0, log)
+    soundfiler = p.obj(620, 725, "soundfiler")
+    p.connect(read, 0, soundfiler)
+    loaded = p.obj(900, 725, "list prepend loaded")
+    p.connect(soundfiler, 0, loaded)
+    p.connect(loaded, 0, log)
+    p.array(20, 740, "inpaint-osc", 64000, -1, 1, 500, 100)
+    play = p.msg(560, 780, "bang")
+    p.text(600, 780, "play")
+    player = p.obj(560, 810, "tabplay~ inpaint-osc")
+    p.connect(play, 0, player)
+    dac = p.obj(560, 840, "dac~")
+    p.connect(player, 0, dac)
+    p.connect(player, 0, dac, 1)
+    loop = p.obj(700, 780, "tgl 15 0 empty empty loop 17 7 0 10 -262144 -1 -1 0 1")
+    spigot = p.obj(700, 840, "spigot")
+    p.connect(loop, 0, spigot, 1)
+    p.connect(player, 1, spigot)
+    p.connect(spigot, 0, player)
+
+    # MIDI: notes, programs (pgmin counts 1-128, the server 0-127), controllers as /cc controller value.
+    notein = p.obj(900, 40, "notein")
+    note = p.obj(900, 65, "pack f f")
+    p.connect(notein, 0, note)
+    p.connect(notein, 1, note, 1)
+    p.connect(note, 0, p.send(900, 90, "/note", 2))
+    pgmin = p.obj(900, 140, "pgmin")
+    minus = p.obj(900, 165, "- 1")
+    p.connect(pgmin, 0, minus)
+    p.connect(minus, 0, p.send(900, 190, "/program", 1))
+    ctlin = p.obj(1000, 40, "ctlin")
+    swap = p.obj(1000, 65, "swap")  # controller first: [ctlin] gives value, controller, channel
+    pair = p.obj(1000, 90, "pack f f")
+    p.connect(ctlin, 0, swap)
+    p.connect(ctlin, 1, swap, 1)
+    p.connect(swap, 1, pair, 1)
+    p.connect(swap, 0, pair)
+    p.connect(pair, 0, p.send(1000, 115, "/cc", 2))
+    return p
+
+
+# ---- README ---------------------------------------------------------------------------------------------
+
+TABLE_BEGIN, TABLE_END = "<!-- addresses:begin -->", "<!-- addresses:end -->"
+
+
+def readme(text: str) -> str:
+    """maxpatch/README.md with its address table regenerated."""
+    head, rest = text.split(TABLE_BEGIN)
+    _, tail = rest.split(TABLE_END)
+    return f"{head}{TABLE_BEGIN}\n{protocol.markdown_table()}\n{TABLE_END}{tail}"
+
+
+def outputs() -> dict[Path, str]:
+    """Every generated file and its content."""
+    files: dict[Path, str] = {}
+    for name, patch in (("inpaint-osc.maxpat", max_patch()), ("inpaint-osc.pd", pd_patch())):
+        tmp = HERE / f".{name}.tmp"
+        patch.write(tmp)
+        files[HERE / name] = tmp.read_text()
+        tmp.unlink()
+    files[HERE / "README.md"] = readme((HERE / "README.md").read_text())
+    return files
+
+
+if __name__ == "__main__":
+    for path, content in outputs().items():
+        path.write_text(content)
+        print(path)
