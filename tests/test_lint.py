@@ -12,7 +12,10 @@ from tests.conftest import ROOT
 def test_ruff(args):
     pytest.importorskip("ruff")
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", *args, "server", "export", "tests", "maxpatch"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "ruff", *args, "server", "export", "tests", "maxpatch"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
