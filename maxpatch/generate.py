@@ -273,16 +273,17 @@ def max_patch() -> MaxPatch:
         n = c("number", 110 + 50 * i, 560, w=45, show=(100 + 50 * i, 485, 45, 22), minimum=0)
         c("comment", 110 + 50 * i, 540, name, show=(100 + 50 * i, 508, 45, 22))
         p.connect(n, 0, ranges, 1 + i)
+    p.connect(load, 0, ranges)  # [pak] outputs on every change, and on this first bang
     for i, address in enumerate(("/inpaint", "/erase", "/randomize")):
         check_send(address, 5)
         tool = c("message", 20 + 90 * i, 650, "bang", show=(310 + 90 * i, 485, 80, 22))
         c("comment", 20 + 90 * i, 675, address[1:] + " range", show=(310 + 90 * i, 508, 90, 22))
-        gate = c("newobj", 300 + 90 * i, 620, f"prepend {address}")
-        again = c("newobj", 300 + 90 * i, 650, "t b")
-        p.connect(tool, 0, again)
-        p.connect(again, 0, ranges)
-        p.connect(ranges, 0, gate)
-        p.connect(gate, 0, net)
+        held = c("newobj", 300 + 90 * i, 620, "zl reg")  # right inlet: kept silently; a bang sends it
+        p.connect(ranges, 0, held, 1)
+        p.connect(tool, 0, held)
+        send = c("newobj", 300 + 90 * i, 650, f"prepend {address}")
+        p.connect(held, 0, send)
+        p.connect(send, 0, net)
 
     # Audio: each /render/done loads the WAV with `replace`; a waveform view, playback with loop on/off, and a
     # dropped sound file is analyzed.

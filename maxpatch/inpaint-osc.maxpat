@@ -1625,18 +1625,19 @@
     "box": {
      "id": "obj-72",
      "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 1,
+     "numinlets": 2,
+     "numoutlets": 2,
      "outlettype": [
+      "",
       ""
      ],
      "patching_rect": [
       300,
       620,
-      124.0,
+      54.0,
       22
      ],
-     "text": "prepend /inpaint"
+     "text": "zl reg"
     }
    },
    {
@@ -1646,15 +1647,15 @@
      "numinlets": 1,
      "numoutlets": 1,
      "outlettype": [
-      "bang"
+      ""
      ],
      "patching_rect": [
       300,
       650,
-      40.0,
+      124.0,
       22
      ],
-     "text": "t b"
+     "text": "prepend /inpaint"
     }
    },
    {
@@ -1709,18 +1710,19 @@
     "box": {
      "id": "obj-76",
      "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 1,
+     "numinlets": 2,
+     "numoutlets": 2,
      "outlettype": [
+      "",
       ""
      ],
      "patching_rect": [
       390,
       620,
-      110.0,
+      54.0,
       22
      ],
-     "text": "prepend /erase"
+     "text": "zl reg"
     }
    },
    {
@@ -1730,15 +1732,15 @@
      "numinlets": 1,
      "numoutlets": 1,
      "outlettype": [
-      "bang"
+      ""
      ],
      "patching_rect": [
       390,
       650,
-      40.0,
+      110.0,
       22
      ],
-     "text": "t b"
+     "text": "prepend /erase"
     }
    },
    {
@@ -1793,18 +1795,19 @@
     "box": {
      "id": "obj-80",
      "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 1,
+     "numinlets": 2,
+     "numoutlets": 2,
      "outlettype": [
+      "",
       ""
      ],
      "patching_rect": [
       480,
       620,
-      138.0,
+      54.0,
       22
      ],
-     "text": "prepend /randomize"
+     "text": "zl reg"
     }
    },
    {
@@ -1814,15 +1817,15 @@
      "numinlets": 1,
      "numoutlets": 1,
      "outlettype": [
-      "bang"
+      ""
      ],
      "patching_rect": [
       480,
       650,
-      40.0,
+      138.0,
       22
      ],
-     "text": "t b"
+     "text": "prepend /randomize"
     }
    },
    {
@@ -2984,34 +2987,34 @@
    {
     "patchline": {
      "source": [
+      "obj-6",
+      0
+     ],
+     "destination": [
+      "obj-61",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-61",
+      0
+     ],
+     "destination": [
+      "obj-72",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-70",
       0
      ],
      "destination": [
-      "obj-73",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-73",
-      0
-     ],
-     "destination": [
-      "obj-61",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-61",
-      0
-     ],
-     "destination": [
       "obj-72",
       0
      ]
@@ -3021,11 +3024,35 @@
     "patchline": {
      "source": [
       "obj-72",
+      0
+     ],
+     "destination": [
+      "obj-73",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-73",
       0
      ],
      "destination": [
       "obj-2",
       0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-61",
+      0
+     ],
+     "destination": [
+      "obj-76",
+      1
      ]
     }
    },
@@ -3036,30 +3063,6 @@
       0
      ],
      "destination": [
-      "obj-77",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-77",
-      0
-     ],
-     "destination": [
-      "obj-61",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-61",
-      0
-     ],
-     "destination": [
       "obj-76",
       0
      ]
@@ -3069,6 +3072,18 @@
     "patchline": {
      "source": [
       "obj-76",
+      0
+     ],
+     "destination": [
+      "obj-77",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-77",
       0
      ],
      "destination": [
@@ -3080,34 +3095,22 @@
    {
     "patchline": {
      "source": [
+      "obj-61",
+      0
+     ],
+     "destination": [
+      "obj-80",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-78",
       0
      ],
      "destination": [
-      "obj-81",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-81",
-      0
-     ],
-     "destination": [
-      "obj-61",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-61",
-      0
-     ],
-     "destination": [
       "obj-80",
       0
      ]
@@ -3117,6 +3120,18 @@
     "patchline": {
      "source": [
       "obj-80",
+      0
+     ],
+     "destination": [
+      "obj-81",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-81",
       0
      ],
      "destination": [
