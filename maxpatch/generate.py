@@ -219,26 +219,31 @@ def max_patch() -> MaxPatch:
         p.connect(b, 0, net)
         c("comment", 20 + 130 * i, 235, label, show=(10 + 130 * i, 158, 120, 22))
 
-    # The codemap editor: the last render's spectrogram with its grid (from /image), and over it a grid of
-    # cells to select, frequency upwards, time to the right. Tools apply to the selection or to a range.
-    pic = c("fpic", 20, 270, w=256, h=256, show=(10, 190, 256, 256), autofit=1)
-    read_png = c("newobj", 600, 290, "prepend read")
-    p.connect(_second_item(p, route, 4, 980, 260), 0, read_png)  # /image/done id path width height
-    p.connect(read_png, 0, pic)
-    ask_image = p.send(760, 320, "/image", "top")
-    p.connect(route, 3, ask_image)  # after every render, ask for its picture
-    p.connect(ask_image, 0, net)
+    # The codemap editor, per layer: the last render's spectrogram with that layer's grid (/image layer id,
+    # asked after every render; the id tells the two pictures apart) under a transparent grid of cells to
+    # select, frequency upwards, time to the right.
     buffer_replace = c("newobj", 760, 360, "prepend replace")
     p.connect(_second_item(p, route, 3, 760, 340), 0, buffer_replace)  # /render/done id path frames rate s
-
-    for layer, rows, cols, x in (("top", 32, 4, 300), ("bottom", 64, 8, 560)):
+    by_id = c("newobj", 980, 230, "route 1 2")
+    p.connect(route, 4, by_id)  # /image/done id path width height
+    for k, (layer, rows, cols) in enumerate((("top", 32, 4), ("bottom", 64, 8))):
+        x, shown_x = 300 + 260 * k, 10 + 266 * k
+        pic = c("fpic", x, 270, w=256, h=256, show=(shown_x, 190, 256, 256), autofit=1)
+        path = c("newobj", 980 + 100 * k, 260, "zl slice 1")
+        p.connect(by_id, k, path)
+        read_png = c("newobj", 980 + 100 * k, 290, "prepend read")
+        p.connect(path, 0, read_png)
+        p.connect(read_png, 0, pic)
+        ask = p.send(760 + 100 * k, 320, "/image", layer, str(k + 1))
+        p.connect(route, 3, ask)
+        p.connect(ask, 0, net)
         grid = c(
             "matrixctrl",
             x,
             270,
             w=256,
             h=256,
-            show=(x - 10, 190, 256, 256),
+            show=(shown_x, 190, 256, 256),
             rows=rows,
             columns=cols,
             bgcolor=[0.0, 0.0, 0.0, 0.0],
@@ -251,19 +256,18 @@ def max_patch() -> MaxPatch:
         p.connect(flip, 0, pair, 1)
         col = c("newobj", x, 570, "t i")
         p.connect(cell, 0, col)
-        keep = c("newobj", x, 630, "zl group 4096")
         p.connect(col, 0, pair)
+        keep = c("newobj", x, 630, "zl group 4096")
         p.connect(pair, 0, keep)
-        for j, (tool, address) in enumerate((("inpaint cells", "/inpaint/cells"),)):
-            apply = c("message", x, 660, "bang", show=(x - 10, 455 + 25 * j, 120, 22))
-            c("comment", x + 60, 660, f"{tool} ({layer})", show=(x + 40, 455, 160, 22))
-            p.connect(apply, 0, keep)
-            send = c("newobj", x, 690, f"prepend {check_send(address, None)} {layer}")
-            p.connect(keep, 0, send)
-            p.connect(send, 0, net)
-            clear = c("message", x + 160, 690, "clear")
-            p.connect(apply, 0, clear)
-            p.connect(clear, 0, grid)
+        apply = c("message", x, 660, "bang", show=(shown_x, 455, 40, 22))
+        c("comment", x + 60, 660, f"inpaint selected {layer} cells", show=(shown_x + 45, 455, 200, 22))
+        p.connect(apply, 0, keep)
+        send = c("newobj", x, 690, f"prepend {check_send('/inpaint/cells', None)} {layer}")
+        p.connect(keep, 0, send)
+        p.connect(send, 0, net)
+        clear = c("message", x + 160, 690, "clear")
+        p.connect(apply, 0, clear)
+        p.connect(clear, 0, grid)
 
     # Ranges: time t0..t1 and frequency f0..f1 in the chosen layer, then inpaint, erase or randomize.
     layer_menu = c("umenu", 20, 560, w=80, show=(10, 485, 80, 22), items=["top", ",", "bottom"])

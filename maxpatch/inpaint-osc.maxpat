@@ -748,6 +748,82 @@
    {
     "box": {
      "id": "obj-32",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      360,
+      117.0,
+      22
+     ],
+     "text": "prepend replace"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-33",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      760,
+      340,
+      82.0,
+      22
+     ],
+     "text": "zl slice 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-34",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      850,
+      340,
+      82.0,
+      22
+     ],
+     "text": "zl slice 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-35",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 3,
+     "outlettype": [
+      "",
+      "",
+      ""
+     ],
+     "patching_rect": [
+      980,
+      230,
+      75.0,
+      22
+     ],
+     "text": "route 1 2"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-36",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -755,7 +831,7 @@
       "jit_matrix"
      ],
      "patching_rect": [
-      20,
+      300,
       270,
       256,
       256
@@ -773,25 +849,7 @@
    },
    {
     "box": {
-     "id": "obj-33",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 1,
-     "outlettype": [
-      ""
-     ],
-     "patching_rect": [
-      600,
-      290,
-      96.0,
-      22
-     ],
-     "text": "prepend read"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-34",
+     "id": "obj-37",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -810,26 +868,25 @@
    },
    {
     "box": {
-     "id": "obj-35",
+     "id": "obj-38",
      "maxclass": "newobj",
-     "numinlets": 2,
-     "numoutlets": 2,
+     "numinlets": 1,
+     "numoutlets": 1,
      "outlettype": [
-      "",
       ""
      ],
      "patching_rect": [
-      1070,
-      260,
-      82.0,
+      980,
+      290,
+      96.0,
       22
      ],
-     "text": "zl slice 1"
+     "text": "prepend read"
     }
    },
    {
     "box": {
-     "id": "obj-36",
+     "id": "obj-39",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -839,66 +896,10 @@
      "patching_rect": [
       760,
       320,
-      82.0,
+      96.0,
       22
      ],
-     "text": "/image top"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-37",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 1,
-     "outlettype": [
-      ""
-     ],
-     "patching_rect": [
-      760,
-      360,
-      117.0,
-      22
-     ],
-     "text": "prepend replace"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-38",
-     "maxclass": "newobj",
-     "numinlets": 2,
-     "numoutlets": 2,
-     "outlettype": [
-      "",
-      ""
-     ],
-     "patching_rect": [
-      760,
-      340,
-      82.0,
-      22
-     ],
-     "text": "zl slice 1"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-39",
-     "maxclass": "newobj",
-     "numinlets": 2,
-     "numoutlets": 2,
-     "outlettype": [
-      "",
-      ""
-     ],
-     "patching_rect": [
-      850,
-      340,
-      82.0,
-      22
-     ],
-     "text": "zl slice 1"
+     "text": "/image top 1"
     }
    },
    {
@@ -919,7 +920,7 @@
      ],
      "presentation": 1,
      "presentation_rect": [
-      290,
+      10,
       190,
       256,
       256
@@ -1046,9 +1047,9 @@
      "text": "bang",
      "presentation": 1,
      "presentation_rect": [
-      290,
+      10,
       455,
-      120,
+      40,
       22
      ]
     }
@@ -1063,15 +1064,15 @@
      "patching_rect": [
       360,
       660,
-      145.0,
+      194.0,
       22
      ],
-     "text": "inpaint cells (top)",
+     "text": "inpaint selected top cells",
      "presentation": 1,
      "presentation_rect": [
-      340,
+      55,
       455,
-      160,
+      200,
       22
      ]
     }
@@ -1115,6 +1116,87 @@
    {
     "box": {
      "id": "obj-50",
+     "maxclass": "fpic",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      "jit_matrix"
+     ],
+     "patching_rect": [
+      560,
+      270,
+      256,
+      256
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      276,
+      190,
+      256,
+      256
+     ],
+     "parameter_enable": 0,
+     "autofit": 1
+    }
+   },
+   {
+    "box": {
+     "id": "obj-51",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      1080,
+      260,
+      82.0,
+      22
+     ],
+     "text": "zl slice 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-52",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1080,
+      290,
+      96.0,
+      22
+     ],
+     "text": "prepend read"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-53",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      860,
+      320,
+      117.0,
+      22
+     ],
+     "text": "/image bottom 2"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-54",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1130,7 +1212,7 @@
      ],
      "presentation": 1,
      "presentation_rect": [
-      550,
+      276,
       190,
       256,
       256
@@ -1148,7 +1230,7 @@
    },
    {
     "box": {
-     "id": "obj-51",
+     "id": "obj-55",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1168,7 +1250,7 @@
    },
    {
     "box": {
-     "id": "obj-52",
+     "id": "obj-56",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1186,7 +1268,7 @@
    },
    {
     "box": {
-     "id": "obj-53",
+     "id": "obj-57",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1204,7 +1286,7 @@
    },
    {
     "box": {
-     "id": "obj-54",
+     "id": "obj-58",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1222,7 +1304,7 @@
    },
    {
     "box": {
-     "id": "obj-55",
+     "id": "obj-59",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1241,7 +1323,7 @@
    },
    {
     "box": {
-     "id": "obj-56",
+     "id": "obj-60",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1257,16 +1339,16 @@
      "text": "bang",
      "presentation": 1,
      "presentation_rect": [
-      550,
+      276,
       455,
-      120,
+      40,
       22
      ]
     }
    },
    {
     "box": {
-     "id": "obj-57",
+     "id": "obj-61",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1274,22 +1356,22 @@
      "patching_rect": [
       620,
       660,
-      166.0,
+      215.0,
       22
      ],
-     "text": "inpaint cells (bottom)",
+     "text": "inpaint selected bottom cells",
      "presentation": 1,
      "presentation_rect": [
-      600,
+      321,
       455,
-      160,
+      200,
       22
      ]
     }
    },
    {
     "box": {
-     "id": "obj-58",
+     "id": "obj-62",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1307,7 +1389,7 @@
    },
    {
     "box": {
-     "id": "obj-59",
+     "id": "obj-63",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1325,7 +1407,7 @@
    },
    {
     "box": {
-     "id": "obj-60",
+     "id": "obj-64",
      "maxclass": "umenu",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1357,7 +1439,7 @@
    },
    {
     "box": {
-     "id": "obj-61",
+     "id": "obj-65",
      "maxclass": "newobj",
      "numinlets": 5,
      "numoutlets": 1,
@@ -1375,7 +1457,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-66",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1402,7 +1484,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-67",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1425,7 +1507,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-68",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1452,7 +1534,7 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-69",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1475,7 +1557,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-70",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1502,7 +1584,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-71",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1525,7 +1607,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-72",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1552,7 +1634,7 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-73",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1575,7 +1657,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-74",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1600,7 +1682,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-75",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1623,7 +1705,7 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-76",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1642,7 +1724,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-77",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1660,7 +1742,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-78",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1685,7 +1767,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-79",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1708,7 +1790,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-80",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1727,7 +1809,7 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-81",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1745,7 +1827,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-82",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1770,7 +1852,7 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-83",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1793,7 +1875,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-84",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1812,7 +1894,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-85",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1830,7 +1912,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-86",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1849,7 +1931,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-87",
      "maxclass": "waveform~",
      "numinlets": 5,
      "numoutlets": 6,
@@ -1880,7 +1962,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-88",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 2,
@@ -1899,7 +1981,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-89",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1924,7 +2006,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-90",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1949,7 +2031,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-91",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1967,7 +2049,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-92",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1985,7 +2067,7 @@
    },
    {
     "box": {
-     "id": "obj-89",
+     "id": "obj-93",
      "maxclass": "ezdac~",
      "numinlets": 2,
      "numoutlets": 0,
@@ -2008,7 +2090,7 @@
    },
    {
     "box": {
-     "id": "obj-90",
+     "id": "obj-94",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2031,7 +2113,7 @@
    },
    {
     "box": {
-     "id": "obj-91",
+     "id": "obj-95",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2057,7 +2139,7 @@
    },
    {
     "box": {
-     "id": "obj-92",
+     "id": "obj-96",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2075,7 +2157,7 @@
    },
    {
     "box": {
-     "id": "obj-93",
+     "id": "obj-97",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2098,7 +2180,7 @@
    },
    {
     "box": {
-     "id": "obj-94",
+     "id": "obj-98",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2118,7 +2200,7 @@
    },
    {
     "box": {
-     "id": "obj-95",
+     "id": "obj-99",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2136,7 +2218,7 @@
    },
    {
     "box": {
-     "id": "obj-96",
+     "id": "obj-100",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2154,7 +2236,7 @@
    },
    {
     "box": {
-     "id": "obj-97",
+     "id": "obj-101",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2173,7 +2255,7 @@
    },
    {
     "box": {
-     "id": "obj-98",
+     "id": "obj-102",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2191,7 +2273,7 @@
    },
    {
     "box": {
-     "id": "obj-99",
+     "id": "obj-103",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2209,7 +2291,7 @@
    },
    {
     "box": {
-     "id": "obj-100",
+     "id": "obj-104",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2229,7 +2311,7 @@
    },
    {
     "box": {
-     "id": "obj-101",
+     "id": "obj-105",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2247,7 +2329,7 @@
    },
    {
     "box": {
-     "id": "obj-102",
+     "id": "obj-106",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2265,7 +2347,7 @@
    },
    {
     "box": {
-     "id": "obj-103",
+     "id": "obj-107",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2556,10 +2638,10 @@
     "patchline": {
      "source": [
       "obj-4",
-      4
+      3
      ],
      "destination": [
-      "obj-34",
+      "obj-33",
       0
      ]
     }
@@ -2567,11 +2649,11 @@
    {
     "patchline": {
      "source": [
-      "obj-34",
+      "obj-33",
       1
      ],
      "destination": [
-      "obj-35",
+      "obj-34",
       0
      ]
     }
@@ -2579,19 +2661,7 @@
    {
     "patchline": {
      "source": [
-      "obj-35",
-      0
-     ],
-     "destination": [
-      "obj-33",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-33",
+      "obj-34",
       0
      ],
      "destination": [
@@ -2604,10 +2674,10 @@
     "patchline": {
      "source": [
       "obj-4",
-      3
+      4
      ],
      "destination": [
-      "obj-36",
+      "obj-35",
       0
      ]
     }
@@ -2615,43 +2685,7 @@
    {
     "patchline": {
      "source": [
-      "obj-36",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-4",
-      3
-     ],
-     "destination": [
-      "obj-38",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-38",
-      1
-     ],
-     "destination": [
-      "obj-39",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-39",
+      "obj-35",
       0
      ],
      "destination": [
@@ -2663,6 +2697,54 @@
    {
     "patchline": {
      "source": [
+      "obj-37",
+      0
+     ],
+     "destination": [
+      "obj-38",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-38",
+      0
+     ],
+     "destination": [
+      "obj-36",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      3
+     ],
+     "destination": [
+      "obj-39",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-39",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-40",
       0
      ],
@@ -2795,56 +2877,44 @@
    {
     "patchline": {
      "source": [
+      "obj-35",
+      1
+     ],
+     "destination": [
+      "obj-51",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-51",
+      0
+     ],
+     "destination": [
+      "obj-52",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-52",
+      0
+     ],
+     "destination": [
       "obj-50",
       0
-     ],
-     "destination": [
-      "obj-51",
-      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-51",
-      1
-     ],
-     "destination": [
-      "obj-52",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-52",
-      0
-     ],
-     "destination": [
-      "obj-53",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-51",
-      0
-     ],
-     "destination": [
-      "obj-54",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-54",
-      0
+      "obj-4",
+      3
      ],
      "destination": [
       "obj-53",
@@ -2856,42 +2926,6 @@
     "patchline": {
      "source": [
       "obj-53",
-      0
-     ],
-     "destination": [
-      "obj-55",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-56",
-      0
-     ],
-     "destination": [
-      "obj-55",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-55",
-      0
-     ],
-     "destination": [
-      "obj-58",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-58",
       0
      ],
      "destination": [
@@ -2903,11 +2937,11 @@
    {
     "patchline": {
      "source": [
-      "obj-56",
+      "obj-54",
       0
      ],
      "destination": [
-      "obj-59",
+      "obj-55",
       0
      ]
     }
@@ -2915,11 +2949,59 @@
    {
     "patchline": {
      "source": [
-      "obj-59",
+      "obj-55",
+      1
+     ],
+     "destination": [
+      "obj-56",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-56",
       0
      ],
      "destination": [
-      "obj-50",
+      "obj-57",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-55",
+      0
+     ],
+     "destination": [
+      "obj-58",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-58",
+      0
+     ],
+     "destination": [
+      "obj-57",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-57",
+      0
+     ],
+     "destination": [
+      "obj-59",
       0
      ]
     }
@@ -2928,10 +3010,22 @@
     "patchline": {
      "source": [
       "obj-60",
-      1
+      0
      ],
      "destination": [
-      "obj-61",
+      "obj-59",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-59",
+      0
+     ],
+     "destination": [
+      "obj-62",
       0
      ]
     }
@@ -2943,8 +3037,32 @@
       0
      ],
      "destination": [
-      "obj-61",
-      1
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-60",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-63",
+      0
+     ],
+     "destination": [
+      "obj-54",
+      0
      ]
     }
    },
@@ -2952,11 +3070,11 @@
     "patchline": {
      "source": [
       "obj-64",
-      0
+      1
      ],
      "destination": [
-      "obj-61",
-      2
+      "obj-65",
+      0
      ]
     }
    },
@@ -2967,8 +3085,8 @@
       0
      ],
      "destination": [
-      "obj-61",
-      3
+      "obj-65",
+      1
      ]
     }
    },
@@ -2979,7 +3097,31 @@
       0
      ],
      "destination": [
-      "obj-61",
+      "obj-65",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-70",
+      0
+     ],
+     "destination": [
+      "obj-65",
+      3
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-72",
+      0
+     ],
+     "destination": [
+      "obj-65",
       4
      ]
     }
@@ -2991,7 +3133,7 @@
       0
      ],
      "destination": [
-      "obj-61",
+      "obj-65",
       0
      ]
     }
@@ -2999,55 +3141,7 @@
    {
     "patchline": {
      "source": [
-      "obj-61",
-      0
-     ],
-     "destination": [
-      "obj-72",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-70",
-      0
-     ],
-     "destination": [
-      "obj-72",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-72",
-      0
-     ],
-     "destination": [
-      "obj-73",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-73",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-61",
+      "obj-65",
       0
      ],
      "destination": [
@@ -3095,7 +3189,7 @@
    {
     "patchline": {
      "source": [
-      "obj-61",
+      "obj-65",
       0
      ],
      "destination": [
@@ -3143,11 +3237,35 @@
    {
     "patchline": {
      "source": [
-      "obj-37",
+      "obj-65",
       0
      ],
      "destination": [
+      "obj-84",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-82",
+      0
+     ],
+     "destination": [
+      "obj-84",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-84",
+      0
+     ],
+     "destination": [
+      "obj-85",
       0
      ]
     }
@@ -3159,7 +3277,7 @@
       0
      ],
      "destination": [
-      "obj-84",
+      "obj-2",
       0
      ]
     }
@@ -3167,11 +3285,23 @@
    {
     "patchline": {
      "source": [
+      "obj-32",
+      0
+     ],
+     "destination": [
       "obj-86",
       0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-89",
+      0
      ],
      "destination": [
-      "obj-87",
+      "obj-88",
       0
      ]
     }
@@ -3179,11 +3309,35 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
+      "obj-90",
       0
      ],
      "destination": [
-      "obj-84",
+      "obj-91",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-91",
+      0
+     ],
+     "destination": [
+      "obj-88",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-92",
+      0
+     ],
+     "destination": [
+      "obj-88",
       0
      ]
     }
@@ -3195,7 +3349,7 @@
       0
      ],
      "destination": [
-      "obj-84",
+      "obj-93",
       0
      ]
     }
@@ -3203,71 +3357,11 @@
    {
     "patchline": {
      "source": [
-      "obj-84",
+      "obj-88",
       0
      ],
      "destination": [
-      "obj-89",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-84",
-      0
-     ],
-     "destination": [
-      "obj-89",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-91",
-      0
-     ],
-     "destination": [
-      "obj-92",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-92",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-94",
-      0
-     ],
-     "destination": [
-      "obj-95",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-94",
-      1
-     ],
-     "destination": [
-      "obj-95",
+      "obj-93",
       1
      ]
     }
@@ -3299,18 +3393,6 @@
    {
     "patchline": {
      "source": [
-      "obj-97",
-      0
-     ],
-     "destination": [
-      "obj-98",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-98",
       0
      ],
@@ -3323,7 +3405,31 @@
    {
     "patchline": {
      "source": [
+      "obj-98",
+      1
+     ],
+     "destination": [
       "obj-99",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-99",
+      0
+     ],
+     "destination": [
+      "obj-100",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-100",
       0
      ],
      "destination": [
@@ -3335,30 +3441,6 @@
    {
     "patchline": {
      "source": [
-      "obj-100",
-      1
-     ],
-     "destination": [
-      "obj-101",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-100",
-      0
-     ],
-     "destination": [
-      "obj-101",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-101",
       0
      ],
@@ -3372,6 +3454,66 @@
     "patchline": {
      "source": [
       "obj-102",
+      0
+     ],
+     "destination": [
+      "obj-103",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-103",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-104",
+      1
+     ],
+     "destination": [
+      "obj-105",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-104",
+      0
+     ],
+     "destination": [
+      "obj-105",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-105",
+      0
+     ],
+     "destination": [
+      "obj-106",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-106",
       0
      ],
      "destination": [

@@ -73,8 +73,9 @@ def test_every_address_the_max_patch_sends_or_routes_is_in_the_table():
             assert words[1] in protocol.BY_PATH, words
             sent.add(words[1])
         elif box["maxclass"] == "newobj" and words[:1] == ["route"]:
-            assert set(words[1:]) <= OUT_PATHS, words
-            routed |= set(words[1:])
+            addresses = {w for w in words[1:] if w.startswith("/")}  # other routes split by request id
+            assert addresses <= OUT_PATHS, words
+            routed |= addresses
     assert {"/ping", "/generate", "/pitch", "/instrument", "/inpaint", "/inpaint/cells", "/note", "/cc"} <= sent
     assert {"/render/done", "/codemap", "/error", "/pong"} <= routed
 
