@@ -112,7 +112,6 @@ class InstrumentServer:
         read_dirs: tuple[Path, ...] = (),
         session: Path | None = None,
         play: bool = False,
-        queue_limit: int = 256,
     ):
         self.engine, self.out, self.default_reply_port = engine, out, reply_port
         self.allow = LOOPBACK + tuple(ipaddress.ip_network(a, strict=False) for a in allow)
@@ -120,7 +119,7 @@ class InstrumentServer:
         self.clients: OrderedDict[tuple[str, int], Client] = OrderedDict()
         self.cc_map = dict(DEFAULT_CC_MAP)
         self.player = Player()
-        self.queue = JobQueue(queue_limit)
+        self.queue = JobQueue()
         self.worker = Worker(engine, self.queue, out, self, session, self.player, play)
         self.session = session
         self._ids = itertools.count(1 << 30)  # ids the server assigns, far from the small ones clients pick
@@ -250,7 +249,9 @@ class InstrumentServer:
         job = Job(kind, request.address, [Requester(client, request_id, received)], params)
         for old in self.queue.put(job):
             for r in old.requesters:
-                self.send(r.client, "/render/cancelled", r.request_id, f"superseded by {request.address}")
+                self.send(
+                    r.client, "/render/cancelled", r.request_id, old.cancelled or f"superseded by {request.address}"
+                )
 
     def _mask(self, request: Request) -> np.ndarray:
         v = request.values

@@ -69,8 +69,10 @@ class JobQueue:
     """Pending jobs, bounded, with coalescing. The worker takes a batch (`take`), then starts its jobs one by
     one (`next`): a job taken but not started, or running, stays visible to cancellation and superseding."""
 
-    def __init__(self, limit: int = 256):
-        self.limit = limit
+    def __init__(self, limit: int = 4096, sampling_limit: int = 64):
+        # Edits without sampling take microseconds: many may wait. Sampling ones take milliseconds: past
+        # `sampling_limit` the oldest gives way, so the latest edit is reached within a second or so.
+        self.limit, self.sampling_limit = limit, sampling_limit
         self.pending: list[Job] = []
         self.taken: list[Job] = []  # taken by the worker, not started yet
         self.running: Job | None = None
@@ -80,20 +82,29 @@ class JobQueue:
         return self.taken + ([self.running] if self.running is not None else [])
 
     def put(self, job: Job) -> list[Job]:
-        """Queue `job`; returns the jobs it superseded (their requesters are answered `/render/cancelled`)."""
+        """Queue `job`; returns the jobs it superseded (their requesters are answered `/render/cancelled`).
+
+        Latest wins under pressure: when the queue is full, the oldest waiting sampling job gives way.
+        """
         with self.cond:
             superseded: list[Job] = []
-            last = self.pending[-1] if self.pending else None
-            if len(self.pending) >= self.limit:  # refused before it changes anything
-                raise QueueFull(f"{len(self.pending)} requests are waiting; try again when /status says ready")
             if job.kind in REPLACES_ALL:
                 superseded = [j for j in self.pending if j.kind in SAMPLING]
                 self.pending = [j for j in self.pending if j.kind not in SAMPLING]
+            elif self.pending and self._merge(self.pending[-1], job):
+                return []
+            if len(self.pending) >= self.limit:
+                raise QueueFull(f"{len(self.pending)} requests are waiting; try again when /status says ready")
+            sampling = [j for j in self.pending if j.kind in SAMPLING]
+            if job.kind in SAMPLING and len(sampling) >= self.sampling_limit:
+                victim = sampling[0]
+                self.pending.remove(victim)
+                victim.cancelled = "superseded: too many requests waiting"
+                superseded.append(victim)
+            if job.kind in REPLACES_ALL:
                 for j in self._in_flight():  # the worker answers these when it reaches them
                     if j.kind in SAMPLING:
                         j.cancelled = f"superseded by {job.address}"
-            elif last is not None and self._merge(last, job):
-                return []
             self.pending.append(job)
             self.cond.notify()
             return superseded

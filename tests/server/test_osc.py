@@ -326,3 +326,43 @@ def test_random_and_mutated_datagrams_never_stop_the_server(live, client):
     client.drain(0.2)
     client.send("/ping")
     assert client.wait_for("/pong", timeout=30)
+
+
+def test_a_flood_of_edits_ends_in_the_last_edit_and_answers_every_request(live):
+    """CI-sized flood (1 000 edits/s for 2 s, cells set and inpainted alternately): the queue stays bounded by
+    superseding old sampling work, each request gets exactly one ending, the last edit is the final state."""
+    import threading
+    import time
+
+    c = live.client()
+    endings, stop = [], threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            reply = c.receive(0.1)
+            if reply and reply[0] in ("/render/done", "/render/cancelled", "/error"):
+                endings.append((reply[0], reply[1][0]))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    rng = np.random.default_rng(2)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < 2.0:
+        t, f = int(rng.integers(8)), int(rng.integers(64))
+        if n % 2:
+            c.send("/codemap/set", "bottom", t, f, int(rng.integers(8)), 10_000 + n)
+        else:
+            c.send("/inpaint", "bottom", t, t + 1, f, f + 1, 10_000 + n)
+        n += 1
+        time.sleep(max(0.0, n / 1000 - (time.perf_counter() - start)))
+    c.send("/codemap/set", "bottom", 7, 63, 5, 99_999)
+    deadline = time.monotonic() + 60
+    while ("/render/done", 99_999) not in endings and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    reader.join()
+    ids = [request_id for _, request_id in endings]
+    assert len(ids) == len(set(ids)) == n + 1  # one ending each, none lost
+    assert not [e for e in endings if e[0] == "/error"]
+    c.send("/codemap/get", "bottom")
+    assert np.array(c.wait_for("/codemap")[1][4:]).reshape(64, 8)[63, 7] == 5
