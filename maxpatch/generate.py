@@ -390,6 +390,12 @@ class PdPatch:
     def connect(self, a: int, outlet: int, b: int, inlet: int = 0) -> None:
         self.lines.append(f"#X connect {a} {outlet} {b} {inlet};")
 
+    def chain(self, *objects: int) -> int:
+        """Each object's left outlet into the next one's left inlet; returns the last."""
+        for a, b in zip(objects, objects[1:], strict=False):
+            self.connect(a, 0, b)
+        return objects[-1]
+
     def write(self, path: Path) -> None:
         path.write_text("\n".join(self.lines) + "\n")
 
@@ -405,33 +411,27 @@ def pd_patch() -> PdPatch:
     connect = p.msg(20, 640, f"connect 127.0.0.1 {SERVER_PORT}")
     p.connect(boot, 2, connect)
     p.connect(connect, 0, net)
-    retarget = p.obj(200, 585, "r inpaint-osc-connect")
-    as_list = p.obj(200, 610, "list")  # "127.0.0.1 9000" arrives with the host as its selector
-    reconnect = p.msg(200, 640, "disconnect \\, connect $1 $2")
-    p.connect(retarget, 0, as_list)
-    p.connect(as_list, 0, reconnect)
-    p.connect(reconnect, 0, net)
-    outgoing = p.obj(420, 610, "r inpaint-osc-send")
-    prepend = p.obj(420, 640, "list prepend send")
-    trim = p.obj(420, 670, "list trim")
-    p.connect(outgoing, 0, prepend)
-    p.connect(prepend, 0, trim)
-    p.connect(trim, 0, net)
+    p.chain(
+        p.obj(200, 585, "r inpaint-osc-connect"),
+        p.obj(200, 610, "list"),  # "127.0.0.1 9000" arrives with the host as its selector
+        p.msg(200, 640, "disconnect \\, connect $1 $2"),
+        net,
+    )
+    p.chain(
+        p.obj(420, 610, "r inpaint-osc-send"), p.obj(420, 640, "list prepend send"), p.obj(420, 670, "list trim"), net
+    )
 
     rx = p.obj(620, 70, "netreceive -u -b")
     listen = p.msg(620, 40, f"listen {REPLY_PORT}")
     p.connect(boot, 1, listen)
     p.connect(listen, 0, rx)
-    relisten_r = p.obj(760, 10, "r inpaint-osc-listen")
-    relisten = p.msg(760, 40, "listen $1")
-    p.connect(relisten_r, 0, relisten)
-    p.connect(relisten, 0, rx)
-    parse = p.obj(620, 100, "oscparse")
-    trim_in = p.obj(620, 125, "list trim")
-    route = p.obj(620, 150, "route pong status error render codemap")
-    p.connect(rx, 0, parse)
-    p.connect(parse, 0, trim_in)
-    p.connect(trim_in, 0, route)
+    p.chain(p.obj(760, 10, "r inpaint-osc-listen"), p.msg(760, 40, "listen $1"), rx)
+    route = p.chain(
+        rx,
+        p.obj(620, 100, "oscparse"),
+        p.obj(620, 125, "list trim"),
+        p.obj(620, 150, "route pong status error render codemap"),
+    )
     log = p.obj(900, 675, "list trim")  # the console line: status, errors, each loaded render
     p.connect(log, 0, p.obj(900, 700, "print inpaint-osc"))
 
@@ -488,8 +488,9 @@ def pd_patch() -> PdPatch:
     layer = p.obj(20, 560, "symbol")
     for i, name in enumerate(("top", "bottom")):
         p.connect(p.msg(20, 505 + 25 * i, f"symbol {name}"), 0, layer, 1)
-    p.connect(boot, 0, p.msg(100, 560, "symbol top"))
-    p.connect(p.count - 1, 0, layer, 1)
+    default_layer = p.msg(100, 560, "symbol top")
+    p.connect(boot, 0, default_layer)
+    p.connect(default_layer, 0, layer, 1)
     ranges = p.obj(20, 590, "pack s 0 1 0 32")
     p.connect(layer, 0, ranges)
     for i in range(4):

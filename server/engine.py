@@ -202,12 +202,17 @@ class Engine:
         codes[mask] = self._rng().integers(0, self.manifest.n_codes, int(mask.sum()))
         self._commit_layer(layer, codes)
 
-    def set_cells(self, layer: str, cells: Iterable[tuple[int, int, int]]) -> None:
-        codes = self.top.copy() if layer == "top" else self.bottom.copy()
+    def check_codes(self, layer: str, cells: Iterable[tuple[int, int, int]]) -> None:
+        """(t, f, code) triples: every cell inside the layer's grid, every code in the codebook."""
         for t, f, code in cells:
             self._check_cell(layer, t, f)
             if not 0 <= code < self.manifest.n_codes:
                 raise EngineError(f"code {code} is outside 0..{self.manifest.n_codes - 1}")
+
+    def set_cells(self, layer: str, cells: list[tuple[int, int, int]]) -> None:
+        self.check_codes(layer, cells)
+        codes = self.top.copy() if layer == "top" else self.bottom.copy()
+        for t, f, code in cells:
             codes[f, t] = code
         self._commit_layer(layer, codes)
 

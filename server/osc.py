@@ -165,11 +165,12 @@ class InstrumentServer:
         for client in {(c.host, c.reply_port): c for c in clients}.values():
             self.send(client, address, *args)
 
-    def send_codemaps(self, client: Client | None = None) -> None:
+    def send_codemaps(self, client: Client | None = None, layers: tuple[str, ...] = codemaps.LAYERS) -> None:
         e = self.engine
         with e.lock:
             version, maps = e.version, {"top": e.top, "bottom": e.bottom}
-        for layer, codes in maps.items():
+        for layer in layers:
+            codes = maps[layer]
             rows, cols = codes.shape
             self._to(client, "/codemap", layer, version, rows, cols, *codes.reshape(-1).tolist())
 
@@ -281,10 +282,7 @@ class InstrumentServer:
 
     def on_codemap_set(self, c: Client, r: Request, t: float) -> None:
         layer = r.values["layer"]
-        self.engine.cells_mask(layer, r.groups)  # checks every cell now, so a bad one is refused at once
-        for _, _, code in r.groups:
-            if not 0 <= code < self.engine.manifest.n_codes:
-                raise EngineError(f"code {code} is outside 0..{self.engine.manifest.n_codes - 1}")
+        self.engine.check_codes(layer, r.groups)  # now, so a bad triple is refused at once
         self.submit(c, r, "set", t, layer=layer, cells=list(r.groups))
 
     def on_undo(self, c: Client, r: Request, t: float) -> None:
@@ -355,12 +353,8 @@ class InstrumentServer:
         self.send(c, "/status", self.worker.status)
 
     def on_codemap_get(self, c: Client, r: Request, t: float) -> None:
-        layer = r.values["layer"]
-        self.engine.layer_shape(layer)
-        e = self.engine
-        with e.lock:
-            codes, version = (e.top if layer == "top" else e.bottom), e.version
-        self.send(c, "/codemap", layer, version, *codes.shape, *codes.reshape(-1).tolist())
+        self.engine.layer_shape(r.values["layer"])  # refuses an unknown layer
+        self.send_codemaps(c, (r.values["layer"],))
 
     def set_settings(self, **changes: Any) -> None:
         self.engine.update_settings(**changes)

@@ -119,31 +119,28 @@ class PriorSampler:
         self._prefix = (memory, np.concatenate([[self.start], seq[: positions[-1]]]), past)
         return seq
 
+    def _cached(self, inputs: np.ndarray, memory: dict[str, np.ndarray], limit: int) -> tuple[int, list[np.ndarray]]:
+        """How many leading `inputs` (at most `limit`) the cache already holds under `memory`, and that cache."""
+        if self._prefix is None or self._prefix[0] is not memory:
+            return 0, self.empty_cache()
+        cached = self._prefix[1][:limit]
+        differ = np.flatnonzero(cached != inputs[: cached.size])
+        reuse = cached.size if differ.size == 0 else int(differ[0])
+        return reuse, [p[:, :, :reuse] for p in self._prefix[2]]
+
     def _feed(
         self, inputs: np.ndarray, cond: Conditioning, memory: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Logits after `inputs` (start symbol + known tokens) and the cache, reusing the cached prefix that
         matches under the same memory; at least the last input is fed, as its logits are needed."""
-        past, reuse = self.empty_cache(), 0
-        if self._prefix is not None and self._prefix[0] is memory:
-            cached, cached_past = self._prefix[1], self._prefix[2]
-            n = min(cached.size, inputs.size - 1)
-            differ = np.flatnonzero(cached[:n] != inputs[:n])
-            reuse = n if differ.size == 0 else int(differ[0])
-            if reuse:
-                past = [p[:, :, :reuse] for p in cached_past]
+        reuse, past = self._cached(inputs, memory, inputs.size - 1)
         return self.step(inputs[reuse:], cond, past, memory)
 
     def warm(self, seq: np.ndarray, cond: Conditioning, memory: dict[str, np.ndarray], chunk: int = 64) -> bool:
         """Idle-time work: extend the cached prefix over `seq` by up to `chunk` tokens, so that a later edit
         anywhere in it starts from the cache. Returns True while more remains."""
         inputs = np.concatenate([[self.start], seq[:-1]]).astype(np.int64)
-        reuse, past = 0, self.empty_cache()
-        if self._prefix is not None and self._prefix[0] is memory:
-            cached = self._prefix[1][: inputs.size]
-            differ = np.flatnonzero(cached != inputs[: cached.size])
-            reuse = cached.size if differ.size == 0 else int(differ[0])
-            past = [p[:, :, :reuse] for p in self._prefix[2]]
+        reuse, past = self._cached(inputs, memory, inputs.size)
         if reuse >= inputs.size:
             return False
         end = min(reuse + chunk, inputs.size)
