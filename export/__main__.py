@@ -6,6 +6,7 @@
   inpaint-train prior RUN --layer top|bottom              train one Transformer prior
   inpaint-train export RUN --out BUNDLE                   write the ONNX bundle, checked against torch
   inpaint-train pipeline RUN --data DATA --out BUNDLE     all training stages, then export
+  inpaint-train evaluate BUNDLE --data DATA                measure a bundle: markdown report in docs/
   inpaint-train bench [--server]                          onnxruntime vs torch eager; --server: over OSC
 
 Every training stage resumes from its checkpoint. For several GPUs or nodes, start a stage with torchrun:
@@ -16,7 +17,9 @@ Every training stage resumes from its checkpoint. For several GPUs or nodes, sta
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -119,6 +122,12 @@ def cmd_pipeline(args) -> dict:
     return out
 
 
+def cmd_evaluate(args) -> dict:
+    from export.evaluate import evaluate
+
+    return evaluate(args.bundle, args.data, args.out, args.notes, args.samples, args.seed, args.test_note)
+
+
 def cmd_bench(args) -> dict:
     from export.bench import run_bench, run_server_bench
 
@@ -185,6 +194,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.add_argument("--device", **device)
 
+    p = sub.add_parser("evaluate", help="measure a bundle; writes a markdown report with figures and audio")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="the dataset it was trained on (its validation split)")
+    p.add_argument("--out", type=Path, default=Path("docs/evaluation.md"), help="report (media in a folder beside)")
+    p.add_argument("--notes", type=int, default=400, help="validation notes reconstructed (default %(default)s)")
+    p.add_argument("--samples", type=int, default=2, help="generations per family and pitch (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-note", help="validation note of the inpainting experiments (default: a piano near C4)")
+
     p = sub.add_parser("bench", help="prior decoding step: onnxruntime vs torch eager, and full sampling time")
     p.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both runtimes (default %(default)s)")
@@ -200,8 +218,25 @@ COMMANDS = {
     "prior": cmd_prior,
     "export": cmd_export,
     "pipeline": cmd_pipeline,
+    "evaluate": cmd_evaluate,
     "bench": cmd_bench,
 }
+
+
+def _log_command(args, argv: list[str] | None) -> None:
+    """Append this command line to the run folder's log: the bundle's manifest copies it as provenance."""
+    from export.train import COMMAND_LOG, is_main_process
+
+    run = getattr(args, "run", None)
+    if run is None or not is_main_process() or not (run.is_dir() or args.command in ("vqvae", "pipeline")):
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    line = {
+        "command": shlex.join(["inpaint-train", *(sys.argv[1:] if argv is None else argv)]),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with open(run / COMMAND_LOG, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         args.preset_given = args.preset is not None
         args.preset = args.preset or "small"
     try:
+        _log_command(args, argv)
         result = COMMANDS[args.command](args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"inpaint-train {args.command}: error: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ models stay as they are. Names and shapes of every graph are fixed by `server.bu
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 
 from export import train
 from export.prior import Prior
+from export.soundfont_dataset import DATASET_FILE
 from export.vqvae import VQVAE2
 from server import bundle, codemaps
 
@@ -189,6 +191,15 @@ def check_parity(name: str, module: nn.Module, path: Path, inputs: dict[str, tor
     return worst
 
 
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_command_log(run: Path) -> list[dict]:
+    path = run / train.COMMAND_LOG
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
 def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
     """Export every graph of `run` into `out`, check parity, write the manifest; returns the manifest."""
     config, data = train.load_run(run)
@@ -250,6 +261,8 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
         },
         "provenance": {
             "data": str(data),
+            "dataset": _read_json(data / DATASET_FILE),
+            "commands": _read_command_log(run),
             "steps": {"vqvae": vq_ckpt["step"], **{f"{k}_prior": v["step"] for k, v in prior_ckpts.items()}},
             "metrics": {
                 "vqvae": vq_ckpt.get("metrics", {}),

@@ -9,6 +9,7 @@ finished instruments are not rendered again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -37,6 +38,7 @@ QUALITIES = (
     "reverb",
     "tempo-synced",
 )
+DATASET_FILE = "dataset.json"  # how the set was rendered: soundfonts (with hashes), pitches, velocities
 SILENCE_PEAK = 1e-4  # a preset that does not sound at this pitch gives (near) zeros: skipped
 
 
@@ -202,4 +204,35 @@ def render_dataset(
     _write_json(out / "examples.json", examples)
     _write_json(out / "instruments.json", [asdict(i) for i in instruments])
     planned = len(tasks) * len(pitches) * len(velocities)
-    return {"instruments": len(instruments), "notes": len(entries), "silent_skipped": planned - len(entries)}
+    summary = {"instruments": len(instruments), "notes": len(entries), "silent_skipped": planned - len(entries)}
+    # What the data is made of, for the provenance of every bundle trained on it.
+    _write_json(
+        out / DATASET_FILE,
+        {
+            "renderer": f"FluidSynth {_fluidsynth_version()} via pyfluidsynth, gain 0.5, reverb and chorus off",
+            "soundfonts": [_file_record(Path(p)) for p in soundfonts],
+            "pitches": list(pitches),
+            "velocities": list(velocities),
+            "programs": sorted(programs) if programs is not None else "all melodic GM programs (server.midi)",
+            **summary,
+        },
+    )
+    return summary
+
+
+def _file_record(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": path.name, "path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _fluidsynth_version() -> str:
+    import ctypes
+
+    import fluidsynth
+
+    version = [ctypes.c_int() for _ in range(3)]
+    fluidsynth.fluid_version(*(ctypes.byref(v) for v in version))
+    return ".".join(str(v.value) for v in version)

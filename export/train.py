@@ -33,6 +33,7 @@ from server import codemaps
 from server.dsp import Normalizer
 
 RUN_FILE = "run.json"
+COMMAND_LOG = "commands.jsonl"  # every inpaint-train command run on this folder, in order
 
 
 # ---------------------------------------------------------------- run folder and checkpoints
