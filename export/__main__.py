@@ -7,7 +7,7 @@
   inpaint-train export RUN --out BUNDLE                   write the ONNX bundle, checked against torch
   inpaint-train pipeline RUN --data DATA --out BUNDLE     all training stages, then export
   inpaint-train evaluate BUNDLE --data DATA                measure a bundle: markdown report in docs/
-  inpaint-train bench [--server]                          onnxruntime vs torch eager; --server: over OSC
+  inpaint-train bench [--server [--markdown docs/benchmarks.md]]   onnxruntime vs torch eager; --server: over OSC
 
 Every training stage resumes from its checkpoint. For several GPUs or nodes, start a stage with torchrun:
   torchrun --nproc_per_node 4 -m export vqvae RUN ...    (one node)
@@ -129,10 +129,13 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_bench(args) -> dict:
-    from export.bench import run_bench, run_server_bench
+    from export.bench import run_bench
 
     if args.server:
-        return run_server_bench(args.preset, args.threads, args.repeats or 50)
+        from export.server_bench import run_server_bench
+        from server.__main__ import default_bundle
+
+        return run_server_bench(args.bundle or default_bundle(), args.threads, args.repeats or 50, args.markdown)
     return run_bench(args.preset, args.threads, args.repeats or 7)
 
 
@@ -207,7 +210,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both runtimes (default %(default)s)")
     p.add_argument("--repeats", type=int, help="full samplings timed (default 7; 50 edits with --server)")
-    p.add_argument("--server", action="store_true", help="the OSC server's latencies, and torch eager end to end")
+    p.add_argument("--server", action="store_true", help="every operation over OSC, against torch eager and the floor")
+    p.add_argument("--bundle", type=Path, help="with --server: the bundle (default: the shipped one)")
+    p.add_argument("--markdown", type=Path, help="with --server: also write the report, e.g. docs/benchmarks.md")
     return ap
 
 

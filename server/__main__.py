@@ -4,7 +4,8 @@ inpaint-osc serve [--bundle DIR] [--port 9000] ...    the OSC server: paint soun
 inpaint-osc send /generate                            send one message to a server, print the replies
 inpaint-osc info --bundle DIR                         what a bundle holds, and the provider that runs it
 inpaint-osc render --bundle DIR --out note.wav ...    generate one note to a WAV file, no server
-inpaint-osc bench --bundle DIR                        latency over loopback OSC, as JSON
+inpaint-osc bench [--bundle DIR]                      latency of every operation over loopback OSC, as JSON
+inpaint-osc stress [--scale ci|full]                  reliability: fuzz, flood, crash recovery, bad files
 """
 
 from __future__ import annotations
@@ -149,7 +150,25 @@ def cmd_send(args: argparse.Namespace) -> dict:
 def cmd_bench(args: argparse.Namespace) -> dict:
     from server.bench import run_bench
 
-    return run_bench(args.bundle, repeats=args.repeats, threads=args.threads)
+    return run_bench(args.bundle, repeats=args.repeats, threads=args.threads, provider=args.provider)
+
+
+def cmd_stress(args: argparse.Namespace) -> dict:
+    from server.stress import CHECKS, run_suite
+
+    only = tuple(args.only.split(",")) if args.only else CHECKS
+    unknown = set(only) - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}: choose from {', '.join(CHECKS)}")
+    result = run_suite(args.bundle, args.scale, only, args.seed)
+    if args.markdown:
+        from server.stress import reliability_markdown
+
+        args.markdown.write_text(reliability_markdown(result))
+    if not result["passed"]:
+        print(json.dumps(result, indent=2))
+        raise ValueError(f"reliability checks failed: {json.dumps(result['failures'])}")
+    return result
 
 
 def _value(text: str) -> int | float | str:
@@ -198,6 +217,16 @@ def parser() -> argparse.ArgumentParser:
     bp.add_argument("--bundle", type=Path, default=default_bundle(), help="model bundle folder")
     bp.add_argument("--repeats", type=int, default=50, help="requests per edit figure")
     bp.add_argument("--threads", type=int, default=2, help="the server's onnxruntime threads")
+    bp.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "coreml"], help="the server's provider")
+    st = sub.add_parser(
+        "stress", help="the reliability suite: fuzz, flood, crash recovery, bad files (JSON)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    st.add_argument("--bundle", type=Path, default=default_bundle(), help="model bundle folder")
+    st.add_argument("--scale", default="full", choices=["ci", "full"], help="ci: seconds; full: the issue's sizes")
+    st.add_argument("--only", help="comma list of checks: fuzz,flood,crash,files (default: all)")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--markdown", type=Path, help="also write the report, e.g. docs/reliability.md")
     c = sub.add_parser("send", help="send one OSC message and print the replies")
     c.add_argument("address")
     c.add_argument("args", nargs="*", help="numbers are sent as int or float, the rest as strings")
@@ -234,6 +263,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "send": cmd_send,
     "bench": cmd_bench,
+    "stress": cmd_stress,
     "addresses": cmd_addresses,
 }
 

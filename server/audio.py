@@ -44,7 +44,7 @@ def load_audio(path: str | Path, p: SpectrogramParams = SpectrogramParams()) -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise AudioError(f"{path}: no such file")
+        raise AudioError(f"{path}: {'a folder, not a sound file' if path.is_dir() else 'no such file'}")
     try:
         info = sf.info(str(path))
         # Read only what survives the crop (plus a little for the resampler) from long files.

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from server.client import OscClient
+from server.protocol import TIMING_STAGES
 
 PAUSE = 0.05  # s between edits, as between a performer's clicks; the idle worker uses it to warm its caches
 
@@ -99,41 +100,90 @@ def pings_during_render(client: OscClient, address: str, *args: Any, interval: f
     return rtts
 
 
-def run_bench(bundle: Path, repeats: int = 50, threads: int = 2, seed: int = 0) -> dict[str, Any]:
+def write_test_note(path: Path, sample_rate: int = 16_000, seconds: float = 4.0) -> Path:
+    """A 4 s harmonic tone with a decay (what /analyze reads in the benchmark): PCM 16-bit WAV."""
+    import soundfile as sf
+
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    tone = sum(np.sin(2 * np.pi * 261.63 * k * t) / k for k in range(1, 8)) * np.exp(-t) * 0.3
+    sf.write(str(path), tone.astype(np.float32), sample_rate, subtype="PCM_16")
+    return path
+
+
+def timed(client: OscClient, address: str, *args: Any, pause: float = PAUSE) -> tuple[float, dict[str, float]]:
+    """(round trip ms, server stages ms + 'osc': the rest of the round trip) of one render request; needs
+    `/timing 1` sent by this client."""
+    rtt = round_trip(client, address, *args, pause=pause)
+    _, values = client.wait_for("/render/timing", timeout=10)
+    stages = dict(zip(TIMING_STAGES, values[1:], strict=True))
+    stages["osc"] = max(0.0, rtt - stages["server"])
+    return rtt, stages
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's high-water resident memory (Linux's VmHWM), None where /proc is absent."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def operations(rng: np.random.Generator, note: Path) -> dict[str, Any]:
+    """name → a function giving (address, args) of one repetition: the issue's list, in order."""
+    return {
+        "inpaint_top_cell": lambda: ("/inpaint", "top", *_cell(rng, 4, 32)),
+        "inpaint_bottom_cell": lambda: ("/inpaint", "bottom", *_cell(rng, 8, 64)),
+        "inpaint_time_range": lambda: ("/inpaint", "top", 0, 2, 0, 32),  # the first two seconds
+        "inpaint_frequency_band": lambda: ("/inpaint", "top", 0, 4, 0, 8),  # the lowest quarter
+        "resample_bottom": lambda: ("/resample/bottom",),
+        "generate": lambda: ("/generate",),
+        "analyze_4s_file": lambda: ("/analyze", str(note)),
+        "note_cached": lambda: ("/note", 60, 100),
+    }
+
+
+HEAVY = ("inpaint_time_range", "inpaint_frequency_band", "resample_bottom", "generate")  # fewer repetitions
+
+
+def _cell(rng: np.random.Generator, times: int, freqs: int) -> tuple[int, int, int, int]:
+    t, f = int(rng.integers(times)), int(rng.integers(freqs))
+    return t, t + 1, f, f + 1
+
+
+def run_bench(
+    bundle: Path, repeats: int = 50, threads: int = 2, seed: int = 0, provider: str = "cpu"
+) -> dict[str, Any]:
+    """Every figure of `inpaint-osc bench`: p50/p95/p99 round trips, median stages, peak RSS, cold start."""
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
+        note = write_test_note(Path(tmp) / "note.wav")
         t0 = time.perf_counter()
-        proc, port = start_server(bundle, Path(tmp), threads)
+        proc, port = start_server(bundle, Path(tmp), threads, ("--read-dir", tmp, "--provider", provider))
         try:
             client = wait_for_pong(proc, port)
             cold = (time.perf_counter() - t0) * 1000
-            round_trip(client, "/generate")  # warm-up: first calls allocate
+            client.send("/timing", 1)
+            timed(client, "/generate")  # warm-up: first calls allocate
+            timed(client, "/note", 60, 100)  # fills the note cache for this pitch and instrument
             result: dict[str, Any] = {
                 "bundle": str(bundle),
+                "provider": provider,
                 "threads": threads,
                 "pause_between_edits_s": PAUSE,
                 "cold_start_ms": round(cold, 1),
+                "ping": stats([round_trip(client, "/ping", until=("/pong",)) for _ in range(200)]),
             }
-            result["ping"] = stats([round_trip(client, "/ping", until=("/pong",)) for _ in range(200)])
-            result["inpaint_top_cell"] = stats(
-                [
-                    round_trip(client, "/inpaint", "top", int(t), int(t) + 1, int(f), int(f) + 1, pause=PAUSE)
-                    for t, f in zip(rng.integers(0, 4, repeats), rng.integers(0, 32, repeats), strict=True)
-                ]
-            )
-            result["inpaint_bottom_cell"] = stats(
-                [
-                    round_trip(client, "/inpaint", "bottom", int(t), int(t) + 1, int(f), int(f) + 1, pause=PAUSE)
-                    for t, f in zip(rng.integers(0, 8, repeats), rng.integers(0, 64, repeats), strict=True)
-                ]
-            )
-            n = max(3, repeats // 5)
-            result["generate"] = stats([round_trip(client, "/generate") for _ in range(n)])
+            for name, request in operations(rng, note).items():
+                runs = [timed(client, *request()) for _ in range(max(10, repeats // 2) if name in HEAVY else repeats)]
+                result[name] = {
+                    **stats([rtt for rtt, _ in runs]),
+                    "stages_ms": {k: round(float(np.median([s[k] for _, s in runs])), 2) for k in runs[0][1]},
+                }
             result["ping_during_generate"] = stats(
                 sum((pings_during_render(client, "/generate") for _ in range(3)), [])
             )
-            round_trip(client, "/note", 60, 100)  # fills the cache for this pitch and instrument
-            result["note_cached"] = stats([round_trip(client, "/note", 60, 100, pause=PAUSE) for _ in range(repeats)])
+            result["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
             client.close()
         finally:
             proc.terminate()

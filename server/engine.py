@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -230,11 +231,17 @@ class Engine:
         memory = bottom.encode(codemaps.to_sequence(self.top, "top"), cond)
         return bottom.warm(codemaps.to_sequence(self.bottom, "bottom"), cond, memory)
 
-    def render(self) -> np.ndarray:
-        """The current codemaps → (n_samples,) float32 audio; the spectrogram is kept for pictures."""
+    def render(self, timings: dict[str, float] | None = None) -> np.ndarray:
+        """The current codemaps → (n_samples,) float32 audio; the spectrogram is kept for pictures.
+        `timings` (s) receives the decoder's and the inversion's time."""
         self.rendered_version = self.version
+        t0 = time.perf_counter()
         self.last_spectrogram = render.decode(self.bundle, self.top, self.bottom)
-        return render.dsp.invert(self.last_spectrogram, self.manifest.spectrogram)
+        t1 = time.perf_counter()
+        audio = render.dsp.invert(self.last_spectrogram, self.manifest.spectrogram)
+        if timings is not None:
+            timings.update(decoder=t1 - t0, inversion=time.perf_counter() - t1)
+        return audio
 
     # ---- notes --------------------------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ class Client:
     host: str
     reply_port: int
     mode: str = "file"  # how rendered audio reaches it: file path, sample chunks, or both
+    timing: bool = False  # follow each /render/done with /render/timing
 
 
 # ---- outgoing messages: int32, float32 and strings only ------------------------------------------------------
@@ -410,6 +411,9 @@ class InstrumentServer:
             raise EngineError(f"unknown render mode {r.values['mode']!r}: one of {', '.join(RENDER_MODES)}")
         c.mode = r.values["mode"]
 
+    def on_timing(self, c: Client, r: Request, t: float) -> None:
+        c.timing = bool(r.values["on"])
+
     def on_play(self, c: Client, r: Request, t: float) -> None:
         audio = self.worker.last_audio
         if audio is None:
@@ -435,7 +439,7 @@ class InstrumentServer:
         if not any(resolved.is_relative_to(d) for d in self.read_dirs):
             raise EngineError(f"{path}: outside the folders the server may read (--read-dir)")
         if not resolved.is_file():
-            raise EngineError(f"{path}: no such file")
+            raise EngineError(f"{path}: {'a folder, not a sound file' if resolved.is_dir() else 'no such file'}")
         return resolved
 
     def _settings_saver(self) -> None:

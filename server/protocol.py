@@ -55,6 +55,10 @@ class Address:
         return " ".join(parts)
 
 
+# The stages of /render/timing, in order (ms): what the benchmark breaks a round trip into.
+TIMING_STAGES = ("queue", "edit", "save", "decoder", "inversion", "wav", "server")
+
+
 @dataclass
 class Request:
     """A parsed inbound message: named values, repeated groups, and the request id if one was given."""
@@ -109,6 +113,7 @@ INBOUND = (
     Address("/cc", (Arg("controller", "i", *MIDI), Arg("value", "i", *MIDI)), "a mapped controller sets a parameter"),
     Address("/cc/map", (Arg("controller", "i", *MIDI), Arg("parameter", "s")), "map a controller to a parameter"),
     Address("/render/mode", (Arg("mode", "s"),), "how audio reaches this client: file | chunks | both"),
+    Address("/timing", (Arg("on", "i", 0, 1),), "1: follow each /render/done with its /render/timing"),
     Address("/image", (LAYER,), "PNG of the last render's spectrogram with the layer's grid", request_id=True),
     Address("/play", optional=(Arg("loop", "i", 0, 1),), doc="play the last render on the server's output"),
     Address("/stop", doc="stop playback"),
@@ -149,6 +154,12 @@ OUTBOUND = (
         "float32 mono WAV; seconds from the request's arrival",
     ),
     Address("/render/cancelled", (Arg("id", "i"), Arg("reason", "s"))),
+    Address(
+        "/render/timing",
+        (Arg("id", "i"), *(Arg(name, "f") for name in TIMING_STAGES)),
+        "ms per stage after /timing 1: waiting, the edit (priors; encoder for /analyze), session save, VQ-VAE "
+        "decoder, Mel-IF inversion, WAV write, arrival to /render/done",
+    ),
     Address("/render/chunk", (Arg("id", "i"), Arg("offset", "i"), Arg("frames", "i")), repeat=(Arg("sample", "f"),)),
     Address("/render/end", (Arg("id", "i"), Arg("frames", "i"))),
     Address("/image/done", (Arg("id", "i"), Arg("png_path", "s"), Arg("width", "i"), Arg("height", "i"))),

@@ -22,6 +22,7 @@ import numpy as np
 from server.engine import Engine, EngineError, Note
 from server.output import OutputFolder, chunks
 from server.playback import PlaybackError, Player
+from server.protocol import TIMING_STAGES
 
 log = logging.getLogger("inpaint-osc")
 
@@ -205,7 +206,7 @@ class Worker(threading.Thread):
         changed = False
         to_render: list[Requester] = []
         cached: list[tuple[Requester, Note]] = []
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {"start": time.perf_counter()}
         while (job := self.queue.next()) is not None:
             if job.cancelled:
                 self._cancelled(job)
@@ -225,7 +226,7 @@ class Worker(threading.Thread):
                 log.error("%s failed:\n%s", job.address, traceback.format_exc())
                 self._error(job, f"internal error: {type(exc).__name__}: {exc}")
                 continue
-            timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - t0
+            timings["edit"] = timings.get("edit", 0.0) + time.perf_counter() - t0
             changed |= result == "edit" or isinstance(result, Note)
             if isinstance(result, Note):
                 cached += [(r, result) for r in job.requesters]
@@ -236,7 +237,7 @@ class Worker(threading.Thread):
             self._save()  # before any acknowledgement
             timings["save"] = time.perf_counter() - t0
         for r, note in cached:
-            self._done(r, note.wav, note.audio)
+            self._done(r, note.wav, note.audio, timings)
             log.info("note %d: %.1f ms", r.request_id, (time.perf_counter() - r.received) * 1000)
         if to_render:
             try:
@@ -306,22 +307,20 @@ class Worker(threading.Thread):
             self.replies.send(r.client, "/image/done", r.request_id, str(path), width, height)
 
     def _render(self, requesters: list[Requester], timings: dict[str, float]) -> None:
+        audio = self.engine.render(timings)
         t0 = time.perf_counter()
-        audio = self.engine.render()
-        t1 = time.perf_counter()
         path = self.out.write_wav(audio, self.engine.manifest.spectrogram.sample_rate, requesters[-1].request_id)
-        t2 = time.perf_counter()
+        timings["wav"] = time.perf_counter() - t0
         self.last_audio = audio
         for r in requesters:
-            self._done(r, str(path), audio)
+            self._done(r, str(path), audio, timings)
         if self.play_each:
             self._play(audio)
-        timings.update(decode_invert=t1 - t0, wav=t2 - t1)
-        stages = " ".join(f"{k} {v * 1000:.1f}" for k, v in timings.items())
+        stages = " ".join(f"{k} {v * 1000:.1f}" for k, v in timings.items() if k != "start")
         total = (time.perf_counter() - requesters[0].received) * 1000
         log.info("render %s: %.1f ms (%s ms)", ",".join(str(r.request_id) for r in requesters), total, stages)
 
-    def _done(self, r: Requester, wav: str, audio: np.ndarray) -> None:
+    def _done(self, r: Requester, wav: str, audio: np.ndarray, timings: dict[str, float]) -> None:
         sr = self.engine.manifest.spectrogram.sample_rate
         if getattr(r.client, "mode", "file") in ("chunks", "both"):
             for i, (offset, piece) in enumerate(chunks(audio)):
@@ -331,6 +330,10 @@ class Worker(threading.Thread):
             self.replies.send(r.client, "/render/end", r.request_id, audio.size)
         seconds = time.perf_counter() - r.received
         self.replies.send(r.client, "/render/done", r.request_id, wav, audio.size, sr, float(seconds))
+        if getattr(r.client, "timing", False):
+            stages = {**timings, "queue": max(0.0, timings["start"] - r.received), "server": seconds}
+            ms = [1000 * float(stages.get(name, 0.0)) for name in TIMING_STAGES]
+            self.replies.send(r.client, "/render/timing", r.request_id, *ms)
 
     def _play(self, audio: np.ndarray) -> None:
         if self.player is None:

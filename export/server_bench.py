@@ -1,0 +1,326 @@
+"""`inpaint-train bench --server`: the live instrument's figures, side by side with what a user of the original
+code would run, and with the hardware's floor.
+
+- The OSC figures come from `server.bench.run_bench`: a server process on the bundle, this process as the client
+  over loopback (p50/p95/p99 per operation, the server's own stage times, peak RSS, cold start).
+- torch eager: the same operations in this process on the same weights, read back from the bundle's ONNX graphs
+  (and checked against onnxruntime), priors through the same key/value-cached sampling loop (so the baseline
+  is the stronger one), the torch VQ-VAE, the same numpy inversion and WAV write.
+- The compute floor: each operation's FLOPs (counted by torch while it runs the models) over this machine's
+  measured float32 matrix-multiply throughput at the same thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from export import config as cfg
+from export import train
+from export.bench import TorchPriorSampler
+from export.prior import Prior
+from export.spectrogram_torch import MelIF
+from export.vqvae import VQVAE2
+from server import codemaps, dsp
+from server.bundle import Bundle
+from server.sampling import Conditioning, Inpainter, PriorSampler
+
+COND = Conditioning(pitch=60, family=4)  # keyboard, middle C: what the OSC bench's server starts with
+PARITY = 1e-3  # the export's tolerance: the torch weights must reproduce onnxruntime's outputs
+
+
+TRAINING_ONLY = (".cluster_size", ".embed_avg")
+
+
+def _module_path(scope: str) -> str:
+    """ONNX node scope "/decoder.0/ff/ff.0/MatMul" → module path "decoder.0.ff.0" (a Sequential's children are
+    scoped "ff.0" under "ff")."""
+    parts = scope.strip("/").split("/")[:-1]
+    kept = [p for i, p in enumerate(parts) if not (i + 1 < len(parts) and parts[i + 1].startswith(p + "."))]
+    return ".".join(kept)
+
+
+def torch_models_from_bundle(bundle_dir: Path) -> tuple[cfg.RunConfig, VQVAE2, dict[str, Prior]]:
+    """The torch models of a bundle, weights read back from its ONNX graphs (the export keeps parameter names):
+    the baseline runs exactly the weights the server runs, with no run folder needed."""
+    import onnx
+    from onnx import numpy_helper
+
+    from server.bundle import GRAPHS, read_manifest
+    from server.dsp import Normalizer
+
+    manifest = read_manifest(bundle_dir)
+    config = cfg.from_dict(cfg.RunConfig, manifest.raw["config"])
+    models: dict[str, torch.nn.Module] = {
+        "vqvae": VQVAE2(config.vqvae, config.spectrogram, Normalizer.from_dict(manifest.raw["normalizer"])),
+        **{f"{layer}_prior": train.build_prior(config, layer) for layer in ("top", "bottom")},
+    }
+    found: dict[str, dict[str, torch.Tensor]] = {name: {} for name in models}
+    for graph in GRAPHS:
+        owner = "vqvae" if graph.startswith("vqvae") else graph.rsplit("_", 1)[0]
+        prefix = "vqvae." if owner == "vqvae" else "prior."
+        proto = onnx.load(str(bundle_dir / manifest.graphs[graph]))
+        arrays = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+        for name, array in arrays.items():
+            if name.startswith(prefix):
+                found[owner][name[len(prefix) :]] = torch.from_numpy(array.copy())
+        # A bias-free Linear is exported as MatMul with its weight transposed into an anonymous initializer;
+        # the node's scope name ("/decoder.0/ff/ff.0/MatMul") says which module it was.
+        for node in proto.graph.node:
+            anonymous = [x for x in node.input if x in arrays and not x.startswith(prefix)]
+            if node.op_type == "MatMul" and len(anonymous) == 1:
+                found[owner][_module_path(node.name) + ".weight"] = torch.from_numpy(arrays[anonymous[0]].T.copy())
+    for name, model in models.items():
+        expected = model.state_dict()
+        # The codebooks' EMA statistics only serve training: no graph holds them.
+        missing = sorted(k for k in set(expected) - set(found[name]) if not k.endswith(TRAINING_ONLY))
+        if missing:
+            raise ValueError(f"{bundle_dir}: {name} weights not found in its graphs: {', '.join(missing[:5])}")
+        model.load_state_dict({k: found[name].get(k, v).to(v.dtype) for k, v in expected.items()})
+        model.eval()
+    return config, models["vqvae"], {layer: models[f"{layer}_prior"] for layer in ("top", "bottom")}  # type: ignore[return-value]
+
+
+def check_parity(bundle: Bundle, vqvae: VQVAE2, priors: dict[str, Prior]) -> float:
+    """Largest difference between torch and onnxruntime on one decode and one prior step per layer."""
+    rng = np.random.default_rng(0)
+    top = rng.integers(0, bundle.manifest.n_codes, codemaps.TOP_SHAPE)
+    bottom = rng.integers(0, bundle.manifest.n_codes, codemaps.BOTTOM_SHAPE)
+    ours = bundle.run("vqvae_decoder", codes_top=top[None], codes_bottom=bottom[None])[0]
+    with torch.inference_mode():
+        theirs = vqvae.decode_codes(torch.from_numpy(top[None]), torch.from_numpy(bottom[None])).numpy()
+    worst = float(np.abs(ours - theirs).max())
+    src = codemaps.to_sequence(top, "top")
+    tokens = np.concatenate([[bundle.manifest.start_token], src[:9]])
+    for layer, prior in priors.items():
+        sampler, eager = PriorSampler(bundle, layer), TorchPriorSampler(prior)
+        a, _ = sampler.step(tokens, COND, sampler.empty_cache(), sampler.encode(src, COND))
+        b, _ = eager.step(tokens, COND, eager.empty_cache(), eager.encode(src, COND))
+        worst = max(worst, float(np.abs(a - b).max()))
+    if worst > PARITY:
+        raise ValueError(f"torch weights read from the bundle differ from onnxruntime by {worst:.3g}")
+    return worst
+
+
+class EagerOps:
+    """The benchmark's operations in torch eager, each split into stages like the server's /render/timing."""
+
+    def __init__(self, vqvae: VQVAE2, priors: dict[str, Prior], mask_token: int, spec: dsp.SpectrogramParams):
+        self.vqvae, self.spec = vqvae, spec
+        self.melif = MelIF(spec)
+        self.inpainter = Inpainter(TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]), mask_token)
+        self.top, self.bottom = self.inpainter.generate(COND, np.random.default_rng(0))
+
+    def edit(self, name: str, rng: np.random.Generator, note: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model part of one operation: new (top, bottom) codes."""
+        inp, top, bottom = self.inpainter, self.top, self.bottom
+        if name == "generate":
+            return inp.generate(COND, rng)
+        if name == "resample_bottom":
+            return top, inp.resample_bottom(top, bottom, COND, rng)
+        if name == "analyze_4s_file":
+            with torch.inference_mode():
+                *_, codes_t, codes_b, _ = self.vqvae.encode(self.melif(torch.from_numpy(note[None])))
+            return codes_t[0].numpy(), codes_b[0].numpy()
+        layer, mask = _mask(name, rng)
+        return inp.inpaint(top, bottom, layer, mask, COND, rng)
+
+    def decode(self, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.vqvae.decode_codes(torch.from_numpy(top[None]), torch.from_numpy(bottom[None]))[0].numpy()
+
+    def run(self, name: str, rng: np.random.Generator, note: np.ndarray, wav: Path) -> dict[str, float]:
+        """Stage times (ms) of one operation, end to end."""
+        t0 = time.perf_counter()
+        top, bottom = self.edit(name, rng, note)
+        t1 = time.perf_counter()
+        spec = self.decode(top, bottom)
+        t2 = time.perf_counter()
+        audio = dsp.invert(spec, self.spec)
+        t3 = time.perf_counter()
+        sf.write(str(wav), audio, self.spec.sample_rate, subtype="FLOAT")
+        t4 = time.perf_counter()
+        ms = [1000 * d for d in (t1 - t0, t2 - t1, t3 - t2, t4 - t3)]
+        return {"edit": ms[0], "decoder": ms[1], "inversion": ms[2], "wav": ms[3], "total": sum(ms)}
+
+    def flops(self, name: str, note: np.ndarray) -> int:
+        """FLOPs of the models in one operation (priors or encoder, and the decoder), counted as they run."""
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.decode(*self.edit(name, np.random.default_rng(0), note))
+        return int(counter.get_total_flops())
+
+
+def _mask(name: str, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    layer = "bottom" if name == "inpaint_bottom_cell" else "top"
+    mask = np.zeros(codemaps.layer_shape(layer), bool)
+    if name == "inpaint_time_range":
+        mask[:, :2] = True
+    elif name == "inpaint_frequency_band":
+        mask[:8] = True
+    else:  # one cell
+        mask[int(rng.integers(mask.shape[0])), int(rng.integers(mask.shape[1]))] = True
+    return layer, mask
+
+
+def matmul_gflops(threads: int, n: int = 1024, repeats: int = 20) -> float:
+    """This machine's float32 matrix-multiply throughput (best of `repeats` n x n products), GFLOP/s."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def run_server_bench(bundle_dir: Path, threads: int = 2, repeats: int = 50, markdown: Path | None = None) -> dict:
+    from server.bench import HEAVY, operations, write_test_note
+    from server.bench import run_bench as run_osc_bench
+
+    result: dict[str, Any] = {"osc": run_osc_bench(bundle_dir, repeats=repeats, threads=threads)}
+    if _cuda_available():
+        result["osc_cuda"] = run_osc_bench(bundle_dir, repeats=repeats, threads=threads, provider="cuda")
+    torch.set_num_threads(threads)
+    bundle = Bundle(bundle_dir, "cpu", threads=threads)
+    config, vqvae, priors = torch_models_from_bundle(bundle_dir)
+    result["torch_parity_max_abs_diff"] = check_parity(bundle, vqvae, priors)
+    eager = EagerOps(vqvae, priors, bundle.manifest.mask_token, config.spectrogram)
+    gflops = matmul_gflops(threads)
+    result["matmul_gflops"] = round(gflops, 1)
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        note_path = write_test_note(Path(tmp) / "note.wav")
+        note = dsp.fit_length(sf.read(str(note_path), dtype="float32")[0], config.spectrogram)
+        names = [n for n in operations(rng, note_path) if n != "note_cached"]  # the cache is the server's own
+        eager.run("generate", rng, note, Path(tmp) / "x.wav")  # warm-up
+        for name in names:
+            n = max(3, repeats // 10) if name in HEAVY else max(5, repeats // 5)
+            runs = [eager.run(name, rng, note, Path(tmp) / "x.wav") for _ in range(n)]
+            ours = result["osc"][name]["p50_ms"]
+            torch_ms = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+            flops = eager.flops(name, note)
+            floor_ms = flops / (gflops * 1e9) * 1000
+            result[name] = {
+                "torch_eager_ms": torch_ms,
+                "speedup_vs_torch": round(torch_ms["total"] / ours, 2),
+                "gflop": round(flops / 1e9, 3),
+                "floor_ms": round(floor_ms, 2),
+                "ours_over_floor": round(ours / floor_ms, 1),
+            }
+    result["machine"] = machine(threads)
+    result["command"] = f"inpaint-train bench --server --bundle {bundle_dir} --threads {threads} --repeats {repeats}"
+    if markdown is not None:
+        markdown.write_text(benchmarks_markdown(result))
+    return result
+
+
+def _cuda_available() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+
+
+def machine(threads: int) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_gb = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    except OSError:
+        mem_gb = float("nan")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads_used": threads,
+        "memory_gb": round(mem_gb, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def benchmarks_markdown(r: dict[str, Any]) -> str:
+    m, osc = r["machine"], r["osc"]
+    names = [k for k in osc if isinstance(osc[k], dict) and "stages_ms" in osc[k]]
+    stages = list(osc[names[0]]["stages_ms"])
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{r['command']}` (written by that command; do not edit by hand).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads_used']} threads used by the server and by torch), "
+        f"{m['memory_gb']} GB, {m['os']}; Python {m['python']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}.",
+        "",
+        f"Bundle `{osc['bundle']}`. The server runs in its own process with a `--session` file (each edit saved "
+        f"before it is acknowledged); this process is the OSC client over loopback, {osc['pause_between_edits_s']} s "
+        "between requests (not timed). A render counts when its `/render/done` arrives with the WAV on disk.",
+        "",
+        "## Round trips over OSC, and where the time goes",
+        "",
+        "Stages are the server's own (`/timing 1` → `/render/timing`), medians in ms: queue (arrival to start), "
+        "edit (the priors; file read and encoder for analyze; the cache lookup for a cached note), session save, "
+        "VQ-VAE decoder, Mel-IF inversion, WAV write; osc is the rest of the round trip (sockets, parsing, the "
+        "client).",
+        "",
+        "| operation | n | p50 | p95 | p99 | " + " | ".join(s for s in stages if s != "server") + " |",
+        "|---|---|---|---|---|" + "---|" * (len(stages) - 1),
+    ]
+    for name in names:
+        o = osc[name]
+        cells = " | ".join(f"{o['stages_ms'][s]:.2f}" for s in stages if s != "server")
+        lines.append(f"| {name} | {o['n']} | {o['p50_ms']:.1f} | {o['p95_ms']:.1f} | {o['p99_ms']:.1f} | {cells} |")
+    for name in ("ping", "ping_during_generate"):
+        o = osc[name]
+        lines.append(f"| {name} | {o['n']} | {o['p50_ms']:.2f} | {o['p95_ms']:.2f} | {o['p99_ms']:.2f} |")
+    lines += [
+        "",
+        f"Cold start (command to first `/pong`): {osc['cold_start_ms']:.0f} ms. Server peak RSS: "
+        f"{osc['server_peak_rss_mb']:.0f} MB.",
+        "",
+        "## Against torch eager and against the hardware",
+        "",
+        f"torch eager runs the same operations in one process on the same weights (read back from the bundle, "
+        f"max difference to onnxruntime {r['torch_parity_max_abs_diff']:.2g}), with no OSC. The floor is the "
+        f"operation's FLOPs (counted by torch as it runs the priors or encoder and the decoder) at this machine's "
+        f"measured float32 matrix-multiply throughput, {r['matmul_gflops']} GFLOP/s on {m['threads_used']} threads: "
+        "the time the arithmetic alone would take.",
+        "",
+        "| operation | ours p50 (ms) | torch eager (ms) | torch edit / decoder / inversion / wav | speed-up | GFLOP "
+        "| floor (ms) | ours / floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        if name not in r:
+            continue
+        t = r[name]["torch_eager_ms"]
+        lines.append(
+            f"| {name} | {osc[name]['p50_ms']:.1f} | {t['total']:.1f} | {t['edit']:.1f} / {t['decoder']:.1f} / "
+            f"{t['inversion']:.1f} / {t['wav']:.1f} | {r[name]['speedup_vs_torch']:.1f}x | {r[name]['gflop']:.3f} | "
+            f"{r[name]['floor_ms']:.2f} | {r[name]['ours_over_floor']:.0f}x |"
+        )
+    if "osc_cuda" in r:
+        c = r["osc_cuda"]
+        lines += ["", "## CUDA provider", "", "| operation | p50 | p95 | p99 |", "|---|---|---|---|"]
+        lines += [f"| {n} | {c[n]['p50_ms']:.1f} | {c[n]['p95_ms']:.1f} | {c[n]['p99_ms']:.1f} |" for n in names]
+    else:
+        lines += ["", "No CUDA provider on this machine: no GPU table."]
+    return "\n".join(lines) + "\n"
