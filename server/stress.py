@@ -78,16 +78,24 @@ class Server:
             self.proc.wait(10)
 
 
-def codemaps_of(client: OscClient) -> dict[str, list[int]]:
-    """Both codemaps as code lists. Pushes (from the render thread) and replies (from the receive thread) may
-    interleave, so each reply is matched by its layer."""
-    out = {}
-    for layer in ("top", "bottom"):
-        client.send("/codemap/get", layer)
-        while (values := client.wait_for("/codemap", timeout=10)[1])[0] != layer:
-            pass
-        out[layer] = values[4:]  # after layer, version, rows, cols
-    return out
+def codemaps_of(client: OscClient, quiet: float = 0.05) -> dict[str, list[int]]:
+    """Both codemaps as code lists, the newest version of each. Every client also receives the pushes that
+    follow each render, interleaved with replies (they come from two threads): so every /codemap that arrives
+    until `quiet` s pass without one is read, and the highest version of each layer wins."""
+    client.send("/codemap/get", "top")
+    client.send("/codemap/get", "bottom")
+    newest: dict[str, tuple[int, list[int]]] = {}
+    deadline = time.monotonic() + 30
+    while True:
+        reply = client.receive(quiet if len(newest) == 2 else max(deadline - time.monotonic(), 0.001))
+        if reply is None:
+            if len(newest) < 2:
+                raise TimeoutError("no /codemap reply")
+            return {layer: codes for layer, (_, codes) in newest.items()}
+        if reply[0] == "/codemap":
+            layer, version = reply[1][0], reply[1][1]
+            if layer not in newest or version >= newest[layer][0]:
+                newest[layer] = (version, reply[1][4:])  # codes after layer, version, rows, cols
 
 
 # ---------------------------------------------------------------- fuzz
@@ -241,9 +249,12 @@ def fuzz(server: Server, count: int, seed: int = 0, window: int = 200) -> tuple[
 # ---------------------------------------------------------------- flood
 
 
-def flood(server: Server, rate: int, seconds: float, seed: int = 0) -> tuple[dict, list[str]]:
+def flood(
+    server: Server, rate: int, seconds: float, seed: int = 0, ping_limit_ms: float | None = PING_P99_LIMIT_MS
+) -> tuple[dict, list[str]]:
     """Bottom-cell /codemap/set and /inpaint alternately at `rate` per second; /ping every 50 ms from another
-    client; RSS sampled. Every request must end exactly once and the last edit must be the final state."""
+    client; RSS sampled. Every request must end exactly once and the last edit must be the final state; the
+    ping's p99 is held to `ping_limit_ms` (None: reported only, as in CI, where timing is not asserted)."""
     rng = np.random.default_rng(seed)
     c, pinger = server.client(), server.client()
     endings: list[tuple[str, int]] = []
@@ -294,8 +305,8 @@ def flood(server: Server, rate: int, seconds: float, seed: int = 0) -> tuple[dic
     if final != 5:
         failures.append(f"final state: cell (7, 63) holds {final}, the last edit set 5")
     ping = stats(pings)
-    if ping["p99_ms"] >= PING_P99_LIMIT_MS:
-        failures.append(f"/ping p99 {ping['p99_ms']} ms during the flood (limit {PING_P99_LIMIT_MS})")
+    if ping_limit_ms is not None and ping["p99_ms"] >= ping_limit_ms:
+        failures.append(f"/ping p99 {ping['p99_ms']} ms during the flood (limit {ping_limit_ms})")
     half = len(rss) // 2
     if max(rss[half:]) > 1.25 * max(rss[: half + 1]) + 50:
         failures.append(f"memory kept growing: {max(rss[: half + 1]):.0f} MB then {max(rss[half:]):.0f} MB")

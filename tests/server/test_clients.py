@@ -140,5 +140,13 @@ def test_bench_prints_measured_round_trips(tiny_bundle):
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
-    for key in ("ping", "inpaint_top_cell", "inpaint_bottom_cell", "generate", "ping_during_generate", "note_cached"):
-        assert 0 < figures[key]["p50_ms"] <= figures[key]["p99_ms"], key
+    operations = ["inpaint_top_cell", "inpaint_bottom_cell", "inpaint_time_range", "inpaint_frequency_band",
+                  "resample_bottom", "generate", "analyze_4s_file", "note_cached"]  # fmt: skip
+    for key in ["ping", "ping_during_generate", *operations]:
+        assert 0 < figures[key]["p50_ms"] <= figures[key]["p95_ms"] <= figures[key]["p99_ms"], key
+    for key in operations:  # the server's own stages, and the rest of the round trip
+        stages = figures[key]["stages_ms"]
+        assert set(stages) == {"queue", "edit", "save", "decoder", "inversion", "wav", "server", "osc"}, key
+        assert stages["server"] <= figures[key]["p99_ms"] and stages["edit"] > 0, key
+    assert figures["generate"]["stages_ms"]["decoder"] > 0 and figures["note_cached"]["stages_ms"]["decoder"] == 0
+    assert figures["cold_start_ms"] > 0 and figures["server_peak_rss_mb"] > 0

@@ -1,5 +1,5 @@
-"""The engine on a tiny bundle: what each operation changes and keeps, history, notes, caches and sessions;
-then the server killed with SIGKILL and restarted from its session."""
+"""The engine on a tiny bundle: what each operation changes and keeps, history, notes, caches and sessions
+(SIGKILL recovery of the whole server is in test_stress.py)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,6 @@ import pytest
 from server import codemaps
 from server.bundle import Bundle
 from server.engine import Engine, EngineError
-from tests.conftest import start_server
 
 
 @pytest.fixture(scope="module")
@@ -121,40 +120,6 @@ def test_a_session_round_trips_and_a_corrupt_one_is_refused(engine, bundle, tmp_
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(EngineError, match="not a readable session"):
         Engine(bundle).load(path)
-
-
-def test_sigkill_during_a_render_loses_no_acknowledged_edit(tiny_bundle, tmp_path):
-    server = start_server(tiny_bundle[1], tmp_path)
-    try:
-        c = server.client()
-        c.send("/pitch", 52)
-        c.send("/instrument", "string")
-        while c.wait_for("/instrument", timeout=10)[1] != [8, "string"]:  # echoed once saved
-            pass
-        c.send("/generate", 1)
-        c.wait_for("/render/done", timeout=60)
-        c.send("/codemap/set", "top", 0, 0, 3, 1, 1, 4, 2)
-        c.wait_for("/render/done", timeout=60)
-        c.send("/codemap/get", "top")
-        top = c.wait_for("/codemap")[1]
-        c.send("/generate", 3)  # killed while this one samples: it was never acknowledged
-        c.wait_for("/render/started")
-    finally:
-        server.stop(kill=True)
-    server = start_server(tiny_bundle[1], tmp_path)
-    try:
-        c = server.client()
-        c.send("/state")
-        assert c.wait_for("/pitch")[1] == [52]
-        assert c.wait_for("/instrument")[1] == [8, "string"]
-        assert c.wait_for("/codemap")[1] == top
-        c.send("/undo", 4)
-        c.wait_for("/render/done", timeout=60)
-        c.send("/codemap/get", "top")
-        undone = np.array(c.wait_for("/codemap")[1][4:]).reshape(32, 4)
-        assert undone[0, 0] != 3 or undone[1, 1] != 4  # the history came back too
-    finally:
-        server.stop()
 
 
 def test_datagrams_from_outside_the_allow_list_are_dropped_unanswered(bundle, tmp_path):
