@@ -175,7 +175,7 @@ def run_bench(
                 "ping": stats([round_trip(client, "/ping", until=("/pong",)) for _ in range(200)]),
             }
             for name, request in operations(rng, note).items():
-                runs = [timed(client, *request()) for _ in range(max(10, repeats // 2) if name in HEAVY else repeats)]
+                runs = [timed(client, *request()) for _ in range(max(3, repeats // 2) if name in HEAVY else repeats)]
                 result[name] = {
                     **stats([rtt for rtt, _ in runs]),
                     "stages_ms": {k: round(float(np.median([s[k] for _, s in runs])), 2) for k in runs[0][1]},
