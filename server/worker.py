@@ -163,6 +163,7 @@ class Worker(threading.Thread):
         self.engine, self.queue, self.out, self.replies = engine, queue, out, replies
         self.session, self.player, self.play_each = session, player, play_each
         self.last_audio: np.ndarray | None = None
+        self.batch_started = 0.0  # perf_counter when the current batch began: requests waited until then
         self.prefill: list[int] = []  # pitches still to render into the note cache when idle
         self.stopping = threading.Event()
         self.status = "ready"
@@ -206,7 +207,8 @@ class Worker(threading.Thread):
         changed = False
         to_render: list[Requester] = []
         cached: list[tuple[Requester, Note]] = []
-        timings: dict[str, float] = {"start": time.perf_counter()}
+        timings: dict[str, float] = {}  # stage → seconds, for /render/timing and the log
+        self.batch_started = time.perf_counter()
         while (job := self.queue.next()) is not None:
             if job.cancelled:
                 self._cancelled(job)
@@ -316,7 +318,7 @@ class Worker(threading.Thread):
             self._done(r, str(path), audio, timings)
         if self.play_each:
             self._play(audio)
-        stages = " ".join(f"{k} {v * 1000:.1f}" for k, v in timings.items() if k != "start")
+        stages = " ".join(f"{k} {v * 1000:.1f}" for k, v in timings.items())
         total = (time.perf_counter() - requesters[0].received) * 1000
         log.info("render %s: %.1f ms (%s ms)", ",".join(str(r.request_id) for r in requesters), total, stages)
 
@@ -331,7 +333,7 @@ class Worker(threading.Thread):
         seconds = time.perf_counter() - r.received
         self.replies.send(r.client, "/render/done", r.request_id, wav, audio.size, sr, float(seconds))
         if getattr(r.client, "timing", False):
-            stages = {**timings, "queue": max(0.0, timings["start"] - r.received), "server": seconds}
+            stages = {**timings, "queue": max(0.0, self.batch_started - r.received), "server": seconds}
             ms = [1000 * float(stages.get(name, 0.0)) for name in TIMING_STAGES]
             self.replies.send(r.client, "/render/timing", r.request_id, *ms)
 

@@ -125,7 +125,8 @@ class LiveServer:
         self.proc.wait(10)
 
 
-def start_server(bundle: Path, folder: Path, *extra: str) -> LiveServer:
+def start_server(bundle: Path | None, folder: Path, *extra: str) -> LiveServer:
+    """A server on `bundle` (None: the packaged default, as `serve` with no --bundle)."""
     from server.bench import free_port, wait_for_pong
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,8 @@ def start_server(bundle: Path, folder: Path, *extra: str) -> LiveServer:
     read_dir = folder / "sounds"
     read_dir.mkdir(exist_ok=True)
     live = LiveServer(None, port, reply_port, folder / "out", read_dir, folder / "session.npz", folder / "server.log")  # type: ignore[arg-type]
-    args = ["serve", "--bundle", str(bundle), "--port", str(port), "--reply-port", str(reply_port)]
+    args = ["serve", *(["--bundle", str(bundle)] if bundle is not None else []), "--port", str(port)]
+    args += ["--reply-port", str(reply_port)]
     args += ["--out", str(live.out), "--read-dir", str(read_dir), "--session", str(live.session), "--threads", "2"]
     code = (
         "import runpy, sys; sys.modules['torch'] = None; sys.modules['librosa'] = None; "
