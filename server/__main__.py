@@ -2,8 +2,8 @@
 
 inpaint-osc serve [--bundle DIR] [--port 9000] ...    the OSC server: paint sounds from Max, Pd, a DAW, code
 inpaint-osc send /generate                            send one message to a server, print the replies
-inpaint-osc info --bundle DIR                         what a bundle holds, and the provider that runs it
-inpaint-osc render --bundle DIR --out note.wav ...    generate one note to a WAV file, no server
+inpaint-osc info [--bundle DIR]                       what a bundle holds, and the provider that runs it
+inpaint-osc render --out note.wav ...                  generate one note to a WAV file, no server
 inpaint-osc bench [--bundle DIR]                      latency of every operation over loopback OSC, as JSON
 inpaint-osc stress [--scale ci|full]                  reliability: fuzz, flood, crash recovery, bad files
 """
@@ -186,7 +186,9 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--bundle", type=Path, required=True, help="model bundle folder")
+    common.add_argument(
+        "--bundle", type=Path, default=default_bundle(), help="model bundle folder (default: the shipped one)"
+    )
     common.add_argument(
         "--provider",
         default="cpu",
