@@ -81,7 +81,9 @@ class Server:
 def codemaps_of(client: OscClient, quiet: float = 0.05) -> dict[str, list[int]]:
     """Both codemaps as code lists, the newest version of each. Every client also receives the pushes that
     follow each render, interleaved with replies (they come from two threads): so every /codemap that arrives
-    until `quiet` s pass without one is read, and the highest version of each layer wins."""
+    until `quiet` s pass without one is read, and the highest version of each layer wins. Older replies are
+    drained first: a full socket buffer would drop the answer."""
+    client.drain(0.0)
     client.send("/codemap/get", "top")
     client.send("/codemap/get", "bottom")
     newest: dict[str, tuple[int, list[int]]] = {}
@@ -296,7 +298,10 @@ def flood(
     drain_s = time.perf_counter() - t_end
     stop.set()
     reader.join()
-    final = np.array(codemaps_of(pinger)["bottom"]).reshape(64, 8)[63, 7]
+    # Read back on a fresh socket: the pinger's may have overflowed with the pushes of the drain.
+    reader_client = server.client()
+    final = np.array(codemaps_of(reader_client)["bottom"]).reshape(64, 8)[63, 7]
+    reader_client.close()
     ids = [request_id for _, request_id in endings]
     kinds = Counter(kind for kind, _ in endings)
     failures = []
