@@ -18,5 +18,5 @@ inpaint-train dataset --soundfont "$SF2/FluidR3_GM.sf2" --soundfont "$SF2/TimGM6
 inpaint-train vqvae "$RUN" --data "$DATA" --preset small --vqvae-steps 3000 --device "$DEVICE"
 inpaint-train codes "$RUN" --device "$DEVICE"
 inpaint-train prior "$RUN" --layer top --steps 4000 --device "$DEVICE"
-inpaint-train prior "$RUN" --layer bottom --steps 2500 --device "$DEVICE"
+inpaint-train prior "$RUN" --layer bottom --steps 2000 --device "$DEVICE"
 inpaint-train export "$RUN" --out "$OUT" --name default
