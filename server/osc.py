@@ -49,6 +49,27 @@ class Client:
     timing: bool = False  # follow each /render/done with /render/timing
 
 
+def bundle_problem(data: bytes, depth: int = 0) -> str:
+    """What is wrong with an OSC bundle's framing, or "" (also for plain messages). python-osc loops forever
+    on an element of size 0 and misreads negative sizes (found by the fuzzer): such datagrams never reach it."""
+    if not data.startswith(b"#bundle\0"):
+        return ""
+    if depth > 8:
+        return "bundles nested more than 8 deep"
+    pos = 16  # after "#bundle\0" and the 8-byte time tag
+    while pos < len(data):
+        if pos + 4 > len(data):
+            return f"truncated element size at byte {pos}"
+        size = struct.unpack(">i", data[pos : pos + 4])[0]
+        if size <= 0 or size % 4 or pos + 4 + size > len(data):
+            return f"element size {size} at byte {pos} (a positive multiple of 4 within the datagram)"
+        inner = bundle_problem(data[pos + 4 : pos + 4 + size], depth + 1)
+        if inner:
+            return inner
+        pos += 4 + size
+    return ""
+
+
 # ---- outgoing messages: int32, float32 and strings only ------------------------------------------------------
 
 
@@ -219,6 +240,10 @@ class InstrumentServer:
             log.warning("dropped a datagram from %s: not in the allow-list (--allow)", addr[0])
             return
         client = self.client(addr)
+        problem = bundle_problem(data)
+        if problem:
+            self.error(client, "", f"malformed OSC bundle ({len(data)} bytes): {problem}")
+            return
         try:
             messages = osc_packet.OscPacket(data).messages  # bundles are flattened; their time tags are ignored
         except osc_packet.ParseError as exc:
