@@ -87,7 +87,7 @@ def cmd_vqvae(args) -> dict:
     from export import train
 
     _start_run(args)
-    return train.train_vqvae(args.run, args.device)
+    return train.train_vqvae(args.run, args.device, args.minutes)
 
 
 def cmd_codes(args) -> dict:
@@ -100,7 +100,7 @@ def cmd_prior(args) -> dict:
     from export import train
 
     _extend(args.run, [f"train.prior_steps={args.steps}"] if args.steps else [])
-    return train.train_prior(args.run, args.layer, args.device)
+    return train.train_prior(args.run, args.layer, args.device, args.minutes)
 
 
 def cmd_export(args) -> dict:
@@ -111,13 +111,32 @@ def cmd_export(args) -> dict:
 
 
 def cmd_pipeline(args) -> dict:
+    import time
+
     from export import train
     from export.onnx_export import export_bundle
 
     _start_run(args)
-    out = {"vqvae": train.train_vqvae(args.run, args.device), "codes": train.extract_codes(args.run, args.device)}
-    for layer in ("top", "bottom"):
-        out[f"{layer}_prior"] = train.train_prior(args.run, layer, args.device)
+    started = time.monotonic()
+    shares = dict(zip(("vqvae", "bottom", "top"), args.split, strict=True))
+
+    def minutes(stage: str) -> float | None:
+        """The stage's share of what is left of the budget (codes and export take their own time)."""
+        if args.minutes is None:
+            return None
+        left = args.minutes - (time.monotonic() - started) / 60
+        remaining = sum(v for k, v in shares.items() if k in stages)
+        return max(left * shares[stage] / remaining, 0.0)
+
+    stages = ["vqvae", "bottom", "top"]
+    out = {"vqvae": train.train_vqvae(args.run, args.device, minutes("vqvae"))}
+    stages.remove("vqvae")
+    out["codes"] = train.extract_codes(args.run, args.device)
+    # The bottom prior first: its monitor needs only real top maps, and the top prior's monitor then generates
+    # whole notes with it.
+    for layer in ("bottom", "top"):
+        out[f"{layer}_prior"] = train.train_prior(args.run, layer, args.device, minutes(layer))
+        stages.remove(layer)
     out["parity"] = export_bundle(args.run, args.out, args.name)["parity"]["max_abs_diff"]
     return out
 
@@ -174,9 +193,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--programs", type=_ints, default=None, help="only these GM programs (0-based, comma list)")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
 
+    minutes = {"type": float, "help": "stop at this wall-clock budget (or the step count, whichever comes first)"}
     p = sub.add_parser("vqvae", help="train the VQ-VAE-2")
     _add_run_options(p)
     p.add_argument("--device", **device)
+    p.add_argument("--minutes", **minutes)
 
     for name, helptext in (("codes", "extract codemaps of both splits"), ("prior", "train a prior")):
         p = sub.add_parser(name, help=helptext)
@@ -185,6 +206,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "prior":
             p.add_argument("--layer", required=True, choices=["top", "bottom"])
             p.add_argument("--steps", type=int, help="total steps (raise it to train an existing prior longer)")
+            p.add_argument("--minutes", **minutes)
 
     p = sub.add_parser("export", help="export a run to an ONNX bundle")
     p.add_argument("run", type=Path)
@@ -196,6 +218,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="bundle folder")
     p.add_argument("--name")
     p.add_argument("--device", **device)
+    p.add_argument("--minutes", type=float, help="one wall-clock budget for the whole pipeline, split by --split")
+    p.add_argument(
+        "--split",
+        type=lambda t: [float(x) for x in t.split(",")],
+        default=[0.4, 0.35, 0.25],
+        help="shares of the training time: VQ-VAE, bottom prior, top prior (default 0.4,0.35,0.25)",
+    )
 
     p = sub.add_parser("evaluate", help="measure a bundle; writes a markdown report with figures and audio")
     p.add_argument("bundle", type=Path)

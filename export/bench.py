@@ -21,7 +21,7 @@ from export import train
 from export.onnx_export import export_bundle
 from export.prior import Prior
 from export.vqvae import VQVAE2
-from server.bundle import Bundle
+from server.bundle import Bundle, PriorShape, cache_names
 from server.sampling import Conditioning, Inpainter, PriorSampler
 
 
@@ -30,24 +30,23 @@ class TorchPriorSampler(PriorSampler):
 
     def __init__(self, prior: Prior):
         self.prior, self.start = prior, prior.start_token
-        self._memory = self._prefix = None  # the caches of PriorSampler; `encode` here always recomputes
+        self.shape = PriorShape(len(prior.decoder), prior.cfg.n_heads, prior.head_dim, prior.cfg.cond_dropout > 0)
+        self._memory_names = cache_names("memory", len(prior.decoder))
+        self._memory = self._prefix = None  # the caches of PriorSampler
 
-    def _labels(self, cond: Conditioning):
-        return torch.tensor([cond.pitch]), torch.tensor([cond.family])
+    def empty_cache(self, memory):
+        return self.prior.empty_cache(next(iter(memory.values())).shape[0])
 
-    def encode(self, src, cond):
+    def _run_encoder(self, src, labels):
         with torch.inference_mode():
-            return self.prior.encode(torch.from_numpy(src[None].astype(np.int64)), *self._labels(cond))
+            pitch, family = (torch.from_numpy(labels[k]) for k in ("pitch", "family"))
+            return dict(zip(self._memory_names, self.prior.encode(torch.from_numpy(src), pitch, family), strict=True))
 
-    def empty_cache(self):
-        return self.prior.empty_cache(1)
-
-    def step(self, tokens, cond, past, memory):
+    def _run_step(self, tokens, labels, past, memory):
         with torch.inference_mode():
-            logits, present = self.prior.step(
-                torch.from_numpy(tokens[None].astype(np.int64)), *self._labels(cond), past, memory
-            )
-        return logits[0, -1].numpy(), present
+            pitch, family = (torch.from_numpy(labels[k]) for k in ("pitch", "family"))
+            logits, present = self.prior.step(torch.from_numpy(tokens), pitch, family, past, list(memory.values()))
+        return logits[:, -1].numpy(), present
 
 
 def write_random_run(run: Path, config: cfg.RunConfig, seed: int = 0) -> None:
@@ -84,7 +83,7 @@ def _time_sampler(inpainter: Inpainter, src: np.ndarray, cache_length: int, repe
     sampler, token = inpainter.bottom, np.array([5])
     memory = sampler.encode(src, cond)
     prefix = np.resize(src, cache_length)  # any valid codes: the cost does not depend on their values
-    _, past = sampler.step(prefix, cond, sampler.empty_cache(), memory)
+    _, past = sampler.step(prefix, cond, sampler.empty_cache(memory), memory)
     for _ in range(20):  # warm-up
         sampler.step(token, cond, past, memory)
     step_ms = _median_ms(lambda: sampler.step(token, cond, past, memory), 300)

@@ -39,6 +39,12 @@ class PriorConfig:
     d_ff: int = 2048
     dropout: float = 0.1
     d_condition: int = 16  # pitch and family embeddings, each this wide, concatenated to every token
+    # Not in the paper. Harmonic conditioning: every token also receives, projected, the slice of the requested
+    # pitch's harmonic template (export.harmonics) under its frequency row: where the partials fall in its band.
+    harmonic: bool = False
+    # Classifier-free guidance: in training, an example's pitch and family are both replaced by a learned null
+    # label with this probability, so the same model also predicts unconditionally. 0: no null label.
+    cond_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,17 @@ class TrainConfig:
     prior_steps: int = 100_000
     vqvae_batch_size: int = 64
     prior_batch_size: int = 32
-    lr: float = 3e-4
-    num_workers: int = 4
+    lr: float = 3e-4  # the VQ-VAE's
+    prior_lr: float = 3e-4
+    warmup_steps: int = 200  # linear warm-up of the learning rate
+    cooldown: float = 0.2  # linear decay to 0 over this last fraction of the budget (steps or minutes)
+    amp: bool = True  # bf16 autocast on CUDA (CPU always trains in float32)
+    num_workers: int = 4  # code extraction's audio readers
     log_every: int = 50
     checkpoint_every: int = 1000
     image_every: int = 1000
+    monitor_every: int = 2000  # prior stages: pitch sensitivity and generation pitch accuracy (0: only at the end)
+    monitor_notes: int = 44  # notes the monitor generates or inpaints (spread over families and pitches)
     stats_examples: int = 2000  # notes read to fit the normaliser
     seed: int = 0
 
@@ -100,13 +112,19 @@ def from_dict(cls, data: dict):
     return cls(**kwargs)
 
 
+# What the ablations kept for the presets this project trains (docs/ablations.md); `paper` stays the paper's.
+PITCH_AIDS = {"harmonic": True, "cond_dropout": 0.2}
+
+
 def _paper() -> RunConfig:
     return RunConfig(preset="paper")
 
 
 def _small() -> RunConfig:
     # Trains on a CPU in hours, samples 640 tokens in well under a second.
-    prior = PriorConfig(d_model=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=3, d_ff=384, d_condition=16)
+    prior = PriorConfig(
+        d_model=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=3, d_ff=384, d_condition=16, **PITCH_AIDS
+    )
     return RunConfig(
         preset="small",
         vqvae=VQVAEConfig(hidden=64, res_channels=32, n_res_blocks=2, embed_dim=64, n_codes=512),
@@ -119,7 +137,7 @@ def _small() -> RunConfig:
 
 def _tiny() -> RunConfig:
     # For tests: every stage runs in seconds on one CPU core.
-    prior = PriorConfig(d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, d_condition=4)
+    prior = PriorConfig(d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, d_condition=4, **PITCH_AIDS)
     return RunConfig(
         preset="tiny",
         vqvae=VQVAEConfig(hidden=8, res_channels=4, n_res_blocks=1, embed_dim=8, n_codes=64),
@@ -134,6 +152,7 @@ def _tiny() -> RunConfig:
             log_every=1,
             checkpoint_every=2,
             image_every=2,
+            monitor_notes=4,
             stats_examples=8,
         ),
     )

@@ -4,18 +4,24 @@
   causal decoder models p(c_i | c_<i, m ⊙ c) (unmasked future cells are visible through the encoder);
 - bottom prior: the encoder reads the whole top sequence; the decoder is causal over the bottom sequence in
   2 x 2 patch order (server.codemaps), so bottom positions 4i..4i+3 sit under top position i.
-Pitch and family embeddings are concatenated to every token and to the start symbol. The decoder runs one
+Pitch and family embeddings are concatenated to every token and to the start symbol; with `harmonic`, each
+token also gets the requested pitch's harmonic template under its frequency row; with `cond_dropout`, a null
+label stands for "no pitch, no family" (classifier-free guidance). The decoder runs one
 code path for training and for sampling: `step` takes N >= 1 new tokens plus a key/value cache, which is
 exactly what the exported step graph does.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from export.config import PriorConfig
+from export.harmonics import band_template, harmonic_template
+from server import codemaps
+from server.dsp import SpectrogramParams
 
 
 class Attention(nn.Module):
@@ -108,32 +114,44 @@ class DecoderLayer(nn.Module):
 
 
 class Prior(nn.Module):
-    """Shapes: src (B, S) with vocabulary n_codes + 1 (the last is the mask token); target (B, T) codes;
-    pitch (B,) MIDI numbers; family (B,) ids."""
+    """Shapes: src (B, S) top-order tokens with vocabulary n_codes + 1 (the last is the mask token); target
+    (B, T) codes in `layer`'s order; pitch (B,) MIDI numbers; family (B,) ids. A pitch and family of -1 (both)
+    ask for the unconditional prediction when the model was trained with `cond_dropout`."""
 
     def __init__(
         self,
         cfg: PriorConfig,
         n_codes: int,
-        src_len: int,
-        tgt_len: int,
+        layer: str = "top",
         pitch_min: int = 24,
         pitch_max: int = 84,
         n_families: int = 11,
+        spectrogram: SpectrogramParams = SpectrogramParams(),
     ):
         super().__init__()
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
+        src_len, tgt_len = (int(np.prod(codemaps.layer_shape(x))) for x in ("top", layer))
         self.cfg, self.n_codes, self.src_len, self.tgt_len = cfg, n_codes, src_len, tgt_len
-        self.pitch_min, self.n_pitches = pitch_min, pitch_max - pitch_min + 1
+        self.pitch_min, self.n_pitches, self.n_families = pitch_min, pitch_max - pitch_min + 1, n_families
         d_token = cfg.d_model - 2 * cfg.d_condition
         self.mask_token = self.start_token = n_codes  # src: mask token; target input: start symbol
         self.src_embed = nn.Embedding(n_codes + 1, d_token)
         self.tgt_embed = nn.Embedding(n_codes + 1, d_token)
-        self.pitch_embed = nn.Embedding(self.n_pitches, cfg.d_condition)
-        self.family_embed = nn.Embedding(n_families, cfg.d_condition)
+        null = int(cfg.cond_dropout > 0)  # the null label is the last row of each table
+        self.pitch_embed = nn.Embedding(self.n_pitches + null, cfg.d_condition)
+        self.family_embed = nn.Embedding(n_families + null, cfg.d_condition)
         self.src_pos = nn.Parameter(torch.randn(src_len, cfg.d_model) * 0.02)
         self.tgt_pos = nn.Parameter(torch.randn(tgt_len, cfg.d_model) * 0.02)
+        if cfg.harmonic:
+            template = harmonic_template(spectrogram, pitch_min, pitch_max)  # (P, n_mels)
+            template = np.concatenate([template, np.zeros_like(template[:1])])  # the null pitch: no harmonics
+            for side, grid in (("src", "top"), ("tgt", layer)):
+                rows, cols = codemaps.layer_shape(grid)
+                bands = torch.from_numpy(band_template(template, rows))  # (P + 1, rows, n_mels / rows)
+                self.register_buffer(f"{side}_bands", bands, persistent=False)  # rebuilt from the config
+                self.register_buffer(f"{side}_rows", torch.from_numpy(codemaps.order(grid) // cols), persistent=False)
+                setattr(self, f"{side}_harmonic", nn.Linear(bands.shape[-1], cfg.d_model))
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.enc_ln = nn.LayerNorm(cfg.d_model)
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
@@ -145,19 +163,33 @@ class Prior(nn.Module):
     def head_dim(self) -> int:
         return self.cfg.d_model // self.cfg.n_heads
 
-    def _embed(self, table: nn.Embedding, tokens, pitch, family, pos) -> torch.Tensor:
-        """Token ‖ pitch ‖ family, plus position. (B, N) → (B, N, d)."""
+    def label_index(self, pitch: torch.Tensor, family: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MIDI pitch and family id (B,) → embedding rows; -1 is the null label when there is one."""
         p = (pitch - self.pitch_min).clamp(0, self.n_pitches - 1)
-        cond = torch.cat([self.pitch_embed(p), self.family_embed(family)], -1)  # (B, 2 d_cond)
-        tok = table(tokens)
-        return self.drop(torch.cat([tok, cond[:, None].expand(-1, tok.shape[1], -1)], -1) + pos)
+        f = family.clamp(0, self.n_families - 1)
+        if self.cfg.cond_dropout > 0:
+            p = torch.where(pitch < 0, torch.full_like(p, self.n_pitches), p)
+            f = torch.where(family < 0, torch.full_like(f, self.n_families), f)
+        return p, f
+
+    def _embed(self, side: str, tokens, pitch, family, positions) -> torch.Tensor:
+        """Token ‖ pitch ‖ family, plus position (and the harmonic template of each token's row).
+        (B, N) tokens at sequence `positions` (N,) → (B, N, d)."""
+        p, f = self.label_index(pitch, family)
+        cond = torch.cat([self.pitch_embed(p), self.family_embed(f)], -1)  # (B, 2 d_cond)
+        tok = getattr(self, f"{side}_embed")(tokens)
+        x = torch.cat([tok, cond[:, None].expand(-1, tok.shape[1], -1)], -1) + getattr(self, f"{side}_pos")[positions]
+        if self.cfg.harmonic:
+            rows = getattr(self, f"{side}_rows")[positions]  # (N,)
+            x = x + getattr(self, f"{side}_harmonic")(getattr(self, f"{side}_bands")[p][:, rows])  # (B, N, bins) → d
+        return self.drop(x)
 
     # Caches are flat lists [key_0, value_0, key_1, value_1, ...], one (B, H, T, Dh) tensor each: separate
     # graph inputs and outputs per layer, so a step never splits or stacks (copies) the whole cache.
 
     def encode(self, src: torch.Tensor, pitch: torch.Tensor, family: torch.Tensor) -> list[torch.Tensor]:
         """(B, S) → the cross-attention keys and values of every decoder layer (the memory), 2L x (B, H, S, Dh)."""
-        x = self._embed(self.src_embed, src, pitch, family, self.src_pos[: src.shape[1]])
+        x = self._embed("src", src, pitch, family, torch.arange(src.shape[1], device=src.device))
         for layer in self.encoder:
             x = layer(x)
         memory = self.enc_ln(x)
@@ -174,7 +206,7 @@ class Prior(nn.Module):
         """
         n, past_len = tokens.shape[1], past[0].shape[2]
         positions = torch.arange(n, device=tokens.device) + past_len
-        x = self._embed(self.tgt_embed, tokens, pitch, family, self.tgt_pos[positions])
+        x = self._embed("tgt", tokens, pitch, family, positions)
         # Training (no cache) takes SDPA's fused causal path; cached steps and the exported graph use the
         # explicit (N, P+N) mask. Tests check both give the same logits.
         causal = not torch.onnx.is_in_onnx_export() and past_len == 0 and n > 1

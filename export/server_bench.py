@@ -104,8 +104,9 @@ def check_parity(bundle: Bundle, vqvae: VQVAE2, priors: dict[str, Prior]) -> flo
     tokens = np.concatenate([[bundle.manifest.start_token], src[:9]])
     for layer, prior in priors.items():
         sampler, eager = PriorSampler(bundle, layer), TorchPriorSampler(prior)
-        a, _ = sampler.step(tokens, COND, sampler.empty_cache(), sampler.encode(src, COND))
-        b, _ = eager.step(tokens, COND, eager.empty_cache(), eager.encode(src, COND))
+        mine, theirs = sampler.encode(src, COND), eager.encode(src, COND)
+        a, _ = sampler.step(tokens, COND, sampler.empty_cache(mine), mine)
+        b, _ = eager.step(tokens, COND, eager.empty_cache(theirs), theirs)
         worst = max(worst, float(np.abs(a - b).max()))
     if worst > PARITY:
         raise ValueError(f"torch weights read from the bundle differ from onnxruntime by {worst:.3g}")

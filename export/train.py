@@ -4,33 +4,43 @@ A run folder holds everything: `run.json` (resolved config and data path), `stat
 `vqvae.pt`, `codes/{train,valid}.npz`, `top_prior.pt`, `bottom_prior.pt`, and TensorBoard logs in `tb/`.
 On one process it runs on CPU or one GPU; under `torchrun` each process trains a DDP replica (NCCL on GPUs,
 gloo on CPU), rank 0 logs and writes checkpoints.
+
+Data lives where the model trains: the priors' codes as one tensor per field on the training device, the
+VQ-VAE's audio read once into one int16 tensor (on the GPU when there is one) with the Mel-IF computed on the
+device per batch; batches are index lookups, with no per-example Python on the hot path. On CUDA the forward
+passes run under bf16 autocast (the codebooks and the spectrogram stay float32). Every stage stops at its step
+count or its `minutes` budget, whichever comes first, with a final checkpoint and validation metrics.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader
 
 from export.config import RunConfig, from_dict
-from export.nsynth import NoteAudio, load_splits
+from export.nsynth import Note, NoteAudio, load_splits
 from export.prior import Prior, mask_source
 from export.spectrogram_torch import MelIF
 from export.vqvae import VQVAE2
 from server import codemaps
-from server.dsp import Normalizer
+from server.dsp import Normalizer, fit_length
 
 RUN_FILE = "run.json"
 COMMAND_LOG = "commands.jsonl"  # every inpaint-train command run on this folder, in order
@@ -106,30 +116,17 @@ def distributed(device: str = "auto"):
             dist.destroy_process_group()
 
 
-def _loader(dataset, batch_size: int, ctx: Dist, workers: int, seed: int):
-    """Shuffled batches; under DDP each rank reads its own shard."""
-    sampler = DistributedSampler(dataset, ctx.world, ctx.rank, shuffle=True, seed=seed) if ctx.world > 1 else None
+def shuffled_batches(tensors: tuple[torch.Tensor, ...], batch_size: int, ctx: Dist, seed: int) -> Iterator[tuple]:
+    """Endless batches of rows of `tensors` (all on the training device), reshuffled every epoch; under DDP
+    each rank takes its own slice of the permutation. A set smaller than a batch comes whole."""
+    n = tensors[0].shape[0]
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        drop_last=len(dataset) >= batch_size * ctx.world,
-        generator=gen,
-        persistent_workers=workers > 0,
-    )
-
-
-def _forever(loader):
-    """Endless batches; reshuffles each epoch (and tells a DistributedSampler which epoch it is)."""
-    epoch = 0
     while True:
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+        perm = torch.randperm(n, generator=gen)[ctx.rank :: ctx.world].to(tensors[0].device)
+        size = min(batch_size, perm.numel())
+        for i in range(0, perm.numel() - size + 1, size):
+            idx = perm[i : i + size]
+            yield tuple(t[idx] for t in tensors)
 
 
 def _writer(run: Path, ctx: Dist):
@@ -162,30 +159,58 @@ class StepResult:
     images: Callable[[], dict[str, torch.Tensor]] = dict
 
 
+def learning_rate(base: float, step: int, progress: float, warmup: int, cooldown: float) -> float:
+    """Warm-up, constant, then a linear cool-down to 0 over the last `cooldown` of the budget (progress in
+    [0, 1], by steps or by time, whichever ends first): any budget ends annealed, and a resumed run with a
+    larger budget simply climbs back to the constant rate."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    cool = min(1.0, (1.0 - progress) / cooldown) if cooldown > 0 else 1.0
+    return base * warm * max(cool, 0.0)
+
+
+def _optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    # The fused kernel updates every parameter in one launch on CUDA; on CPU the for-each path is as fast.
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA (when enabled); a no-op context on CPU, where bf16 matmuls are slower."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
 def optimise(
     ctx: Dist,
     run: Path,
     name: str,
     model: nn.Module,
     total_steps: int,
-    make_loader: Callable[[int], Any],
-    train_step: Callable[[nn.Module, Any], StepResult],
+    batch_size: int,
+    batches: Callable[[int], Iterator],
+    train_step: Callable[[nn.Module, tuple], StepResult],
     evaluate: Callable[[], dict],
     config: RunConfig,
+    lr: float,
+    minutes: float | None = None,
+    monitor: Callable[[], dict] | None = None,
     **state,
 ) -> dict:
-    """The loop every stage shares: resume from `<run>/<name>.pt`, optimise with Adam, log to TensorBoard,
-    checkpoint every `checkpoint_every` steps and at the end (with the validation metrics and `state`)."""
+    """The loop every stage shares: resume from `<run>/<name>.pt`, optimise with Adam until `total_steps` or
+    `minutes` (whichever ends first), log to TensorBoard, checkpoint every `checkpoint_every` steps and at the
+    end (with the validation metrics, the throughput and `state`). `monitor()` runs on the main process every
+    `monitor_every` steps and at the end; its figures go to TensorBoard and into the checkpoint's metrics."""
     tc = config.train
     ckpt_path = run / f"{name}.pt"
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    opt = _optimizer(model, lr, ctx.device)
     step, ckpt = 0, load_checkpoint(ckpt_path)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        if "optimizer" in ckpt:  # model-only checkpoints (shipped runs) resume with a fresh optimizer
+            opt.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
     wrapped = DDP(model) if ctx.world > 1 else model
     writer, bar = _writer(run, ctx), _progress(total_steps, step, ctx, name)
+    budget_s = math.inf if minutes is None else 60.0 * minutes
+    started, first_step, training_s = time.monotonic(), step, 0.0
 
     def save(metrics: dict) -> None:
         if ctx.main:
@@ -199,9 +224,21 @@ def optimise(
                 **state,
             )
 
-    batches = _forever(make_loader(tc.seed + step))  # a resumed run does not replay the same batches
-    while step < total_steps:
-        result = train_step(wrapped, next(batches))
+    def run_monitor() -> dict:
+        figures = monitor() if monitor is not None and ctx.main else {}
+        if writer:
+            for key, value in figures.items():
+                writer.add_scalar(f"{name}/monitor/{key}", value, step)
+        return figures
+
+    batch_iter = batches(tc.seed + step)  # a resumed run does not replay the same batches
+    while step < total_steps and time.monotonic() - started < budget_s:
+        tick = time.monotonic()
+        progress = max(step / max(total_steps, 1), (tick - started) / budget_s)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(lr, step, progress, tc.warmup_steps, tc.cooldown)
+        with autocast(ctx.device, tc.amp):
+            result = train_step(wrapped, next(batch_iter))
         opt.zero_grad(set_to_none=True)
         result.loss.backward()
         opt.step()
@@ -209,35 +246,78 @@ def optimise(
         bar.update(1)
         if writer and step % tc.log_every == 0:
             scalars = result.scalars()
-            for key, value in scalars.items():
+            for key, value in {**scalars, "lr": opt.param_groups[0]["lr"]}.items():
                 writer.add_scalar(f"{name}/{key}", value, step)
             bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k in ("loss", "accuracy")})
         if writer and step % tc.image_every == 0:
             for key, image in result.images().items():
                 writer.add_image(f"{name}/{key}", image, step)
+        if ctx.device.type == "cuda" and step % tc.log_every == 0:
+            torch.cuda.synchronize()  # host time below then counts the GPU's work, not just its queue
+        training_s += time.monotonic() - tick
         if step % tc.checkpoint_every == 0:
             save({})
+        if tc.monitor_every and step % tc.monitor_every == 0:
+            run_monitor()
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
     bar.close()
-    metrics = evaluate() if ctx.main else {}
+    trained = step - first_step
+    throughput = {
+        "steps_run": trained,
+        "train_seconds": round(training_s, 2),
+        "examples_per_s": round(trained * batch_size * ctx.world / training_s, 1) if training_s > 0 else 0.0,
+    }
+    metrics = {**(evaluate() if ctx.main else {}), **run_monitor(), **throughput}
     if writer:
         for key, value in metrics.items():
             writer.add_scalar(f"{name}/{key}", value, step)
         writer.close()
     save(metrics)
-    return {**metrics, "world_size": ctx.world}
+    if ctx.main:
+        print(
+            f"{name}: {trained} steps of {batch_size * ctx.world} in {training_s:.1f} s of training: "
+            f"{throughput['examples_per_s']:.0f} examples/s on {ctx.device.type}"
+            + (f" x {ctx.world}" if ctx.world > 1 else ""),
+            file=sys.stderr,
+        )
+    return {**metrics, "step": step, "world_size": ctx.world}
 
 
 # ---------------------------------------------------------------- VQ-VAE
 
 
+def _read_int16(note: Note, spec) -> np.ndarray:
+    audio, rate = sf.read(str(note.path), dtype="int16", always_2d=True)
+    if rate != spec.sample_rate:
+        raise ValueError(f"{note.path}: {rate} Hz, expected {spec.sample_rate} Hz (NSynth is 16 kHz)")
+    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(1).astype(np.int16)
+    return fit_length(mono, spec)
+
+
+def load_audio(notes: list[Note], config: RunConfig, device: torch.device) -> torch.Tensor:
+    """Every note's audio, read once: (N, n_samples) int16 on `device` (NSynth and our renders are 16-bit
+    PCM, so nothing is lost; 34 k notes take 4.4 GB)."""
+    spec = config.spectrogram
+    audio = np.empty((len(notes), spec.n_samples), np.int16)
+    with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:  # libsndfile reads without the GIL
+        for i, row in enumerate(pool.map(lambda n: _read_int16(n, spec), notes, chunksize=64)):
+            audio[i] = row
+    return torch.from_numpy(audio).to(device)
+
+
+def to_float(audio: torch.Tensor) -> torch.Tensor:
+    """int16 samples → float32 in [-1, 1), as soundfile reads them."""
+    return audio.float() / 32768.0
+
+
 @torch.no_grad()
-def fit_normalizer(notes, config: RunConfig, device: torch.device) -> Normalizer:
-    """Per-channel min / max over the first `stats_examples` training notes."""
-    melif = MelIF(config.spectrogram).to(device)
-    loader = DataLoader(NoteAudio(notes[: config.train.stats_examples], config.spectrogram), batch_size=16)
+def fit_normalizer(audio: torch.Tensor, config: RunConfig) -> Normalizer:
+    """Per-channel min / max over the first `stats_examples` training notes ((N, n_samples) int16)."""
+    melif = MelIF(config.spectrogram).to(audio.device)
     lo, hi = torch.full((2,), np.inf), torch.full((2,), -np.inf)
-    for audio, _, _ in loader:
-        spec = melif(audio.to(device)).cpu()
+    for batch in audio[: config.train.stats_examples].split(16):
+        spec = melif(to_float(batch)).cpu()
         lo = torch.minimum(lo, spec.amin(dim=(0, 2, 3)))
         hi = torch.maximum(hi, spec.amax(dim=(0, 2, 3)))
     return Normalizer.fit(lo.numpy(), hi.numpy())
@@ -265,24 +345,27 @@ def evaluate_vqvae(model: VQVAE2, notes, config: RunConfig, device, max_notes: i
     }
 
 
-def train_vqvae(run: Path, device: str = "auto") -> dict:
+def train_vqvae(run: Path, device: str = "auto", minutes: float | None = None) -> dict:
     with distributed(device) as ctx:
         config, data = load_run(run)
         splits = load_splits(data, config.data)
         torch.manual_seed(config.train.seed)
+        t0 = time.monotonic()
+        audio = load_audio(splits["train"], config, ctx.device)  # (N, n_samples) int16
+        if ctx.main:
+            print(f"vqvae: {len(audio)} notes read in {time.monotonic() - t0:.1f} s onto {ctx.device}", file=sys.stderr)
         ckpt = load_checkpoint(run / "vqvae.pt")
         if ckpt is None:
-            normalizer = fit_normalizer(splits["train"], config, ctx.device)
+            normalizer = fit_normalizer(audio, config)
             if ctx.main:
                 (run / "stats.json").write_text(json.dumps(normalizer.to_dict(), indent=2))
         else:
             normalizer = Normalizer.from_dict(ckpt["normalizer"])
         model = VQVAE2(config.vqvae, config.spectrogram, normalizer).to(ctx.device)
         melif = MelIF(config.spectrogram).to(ctx.device)
-        notes = NoteAudio(splits["train"], config.spectrogram)
 
         def train_step(wrapped, batch) -> StepResult:
-            spec = melif(batch[0].to(ctx.device))  # (B, 2, 1024, 128)
+            spec = melif(to_float(batch[0]))  # (B, 2, 1024, 128), float32 even under autocast
             out = wrapped(spec)
             keys = ("loss", "mse", "commitment", "perplexity_top", "perplexity_bottom")
             return StepResult(
@@ -294,16 +377,20 @@ def train_vqvae(run: Path, device: str = "auto") -> dict:
                 },
             )
 
+        batch_size = config.train.vqvae_batch_size
         return optimise(
             ctx,
             run,
             "vqvae",
             model,
             config.train.vqvae_steps,
-            lambda seed: _loader(notes, config.train.vqvae_batch_size, ctx, config.train.num_workers, seed),
+            batch_size,
+            lambda seed: shuffled_batches((audio,), batch_size, ctx, seed),
             train_step,
             lambda: evaluate_vqvae(model, splits["valid"], config, ctx.device),
             config,
+            config.train.lr,
+            minutes,
             normalizer=normalizer.to_dict(),
         )
 
@@ -357,91 +444,119 @@ def extract_codes(run: Path, device: str = "auto", batch_size: int = 32) -> dict
 
 
 def build_prior(config: RunConfig, layer: str) -> Prior:
-    cfg = config.top_prior if layer == "top" else config.bottom_prior
-    tgt = codemaps.TOP_SHAPE if layer == "top" else codemaps.BOTTOM_SHAPE
-    top_len = codemaps.TOP_SHAPE[0] * codemaps.TOP_SHAPE[1]
     return Prior(
-        cfg,
+        config.top_prior if layer == "top" else config.bottom_prior,
         config.vqvae.n_codes,
-        top_len,
-        tgt[0] * tgt[1],
+        layer,
         config.data.pitch_min,
         config.data.pitch_max,
         len(config.data.families),
+        config.spectrogram,
     )
 
 
-def code_dataset(run: Path, split_name: str) -> TensorDataset:
-    """(top sequence (128,), bottom sequence (512,), pitch, family) in the priors' token orders."""
+CodeSet = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # top (N, 128), bottom (N, 512), pitch, family
+
+
+def code_dataset(run: Path, split_name: str, device: torch.device | str = "cpu") -> CodeSet:
+    """(top sequences (N, 128), bottom sequences (N, 512), pitch (N,), family (N,)) in the priors' token
+    orders, int64 on `device`."""
     path = run / "codes" / f"{split_name}.npz"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: run `inpaint-train codes` first")
     z = np.load(path)
     top = codemaps.to_sequence(z["top"].astype(np.int64), "top")
     bottom = codemaps.to_sequence(z["bottom"].astype(np.int64), "bottom")
-    return TensorDataset(
-        torch.from_numpy(top),
-        torch.from_numpy(bottom),
-        torch.from_numpy(z["pitch"].astype(np.int64)),
-        torch.from_numpy(z["family"].astype(np.int64)),
-    )
+    fields = (top, bottom, z["pitch"].astype(np.int64), z["family"].astype(np.int64))
+    return tuple(torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in fields)  # type: ignore[return-value]
 
 
-def prior_batch(layer: str, top, bottom, mask_token: int):
+def prior_batch(layer: str, top, bottom, mask_token: int, generator: torch.Generator | None = None):
     """(src, target) for one batch: the top prior sees a randomly masked copy of its target."""
     if layer == "top":
-        src, _ = mask_source(top, mask_token)
+        src, _ = mask_source(top, mask_token, generator)
         return src, top
     return top, bottom
 
 
+def drop_labels(pitch: torch.Tensor, family: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classifier-free guidance training: each example's labels become the null label (-1) with probability p."""
+    if p <= 0:
+        return pitch, family
+    drop = torch.rand(pitch.shape, device=pitch.device) < p
+    return pitch.masked_fill(drop, -1), family.masked_fill(drop, -1)
+
+
 @torch.no_grad()
-def evaluate_prior(model: Prior, layer: str, dataset, device, batch_size: int = 32) -> dict:
-    model.eval()
+def prior_loss(model: Prior, layer: str, codes: CodeSet, batch_size: int = 256, pitch_shift: int = 0, seed: int = 0):
+    """Teacher-forced (summed cross-entropy, correct tokens, tokens) over `codes`, the same top-prior masks at
+    every call (drawn on the CPU from one seeded generator, whatever the device). `pitch_shift` conditions
+    every note on another pitch (clamped to the range): how much the prior listens to the pitch."""
     loss, correct, n = 0.0, 0, 0
-    gen = torch.Generator().manual_seed(0)
-    for top, bottom, pitch, family in DataLoader(dataset, batch_size=batch_size):
-        top, bottom, pitch, family = (t.to(device) for t in (top, bottom, pitch, family))
-        if layer == "top":  # the same masks at every evaluation: one seeded generator
-            src, target = mask_source(top, model.mask_token, gen)[0], top
+    gen = torch.Generator().manual_seed(seed)
+    for top, bottom, pitch, family in zip(*(t.split(batch_size) for t in codes), strict=True):
+        if layer == "top":
+            src = mask_source(top.cpu(), model.mask_token, gen)[0].to(top.device)
+            target = top
         else:
             src, target = top, bottom
-        logits = model(src, target, pitch, family)
+        if pitch_shift:
+            pitch = (pitch + pitch_shift).clamp(model.pitch_min, model.pitch_min + model.n_pitches - 1)
+        logits = model(src, target, pitch, family).float()
         loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="sum").item()
         correct += (logits.argmax(-1) == target).sum().item()
         n += target.numel()
-    model.train()
+    return loss, correct, n
+
+
+@torch.no_grad()
+def evaluate_prior(model: Prior, layer: str, codes: CodeSet, batch_size: int = 256) -> dict:
+    """Validation loss and accuracy (per token) on a code set already on the model's device."""
+    was_training = model.training
+    model.eval()
+    loss, correct, n = prior_loss(model, layer, codes, batch_size)
+    model.train(was_training)
     return {"valid_loss": loss / max(n, 1), "valid_accuracy": correct / max(n, 1)}
 
 
-def train_prior(run: Path, layer: str, device: str = "auto") -> dict:
+def train_prior(run: Path, layer: str, device: str = "auto", minutes: float | None = None) -> dict:
     if layer not in codemaps.LAYERS:
         raise ValueError(f"layer must be 'top' or 'bottom', not {layer!r}")
     with distributed(device) as ctx:
         config, _ = load_run(run)
-        train_set, valid_set = code_dataset(run, "train"), code_dataset(run, "valid")
+        train_set, valid_set = code_dataset(run, "train", ctx.device), code_dataset(run, "valid", ctx.device)
         torch.manual_seed(config.train.seed)
         model = build_prior(config, layer).to(ctx.device)
+        cfg = model.cfg
 
         def train_step(wrapped, batch) -> StepResult:
-            top, bottom, pitch, family = (t.to(ctx.device) for t in batch)
+            top, bottom, pitch, family = batch
             src, target = prior_batch(layer, top, bottom, model.mask_token)
-            logits = wrapped(src, target, pitch, family)  # (B, T, n_codes)
+            pitch, family = drop_labels(pitch, family, cfg.cond_dropout)
+            logits = wrapped(src, target, pitch, family).float()  # (B, T, n_codes)
             loss = F.cross_entropy(logits.transpose(1, 2), target)
             return StepResult(
                 loss, lambda: {"loss": loss.item(), "accuracy": (logits.argmax(-1) == target).float().mean().item()}
             )
 
+        from export.monitor import PitchMonitor
+
+        monitor = PitchMonitor(run, config, layer, model, valid_set, ctx.device)
+        batch_size = config.train.prior_batch_size
         return optimise(
             ctx,
             run,
             f"{layer}_prior",
             model,
             config.train.prior_steps,
-            lambda seed: _loader(train_set, config.train.prior_batch_size, ctx, 0, seed),
+            batch_size,
+            lambda seed: shuffled_batches(train_set, batch_size, ctx, seed),
             train_step,
-            lambda: evaluate_prior(model, layer, valid_set, ctx.device),
+            lambda: evaluate_prior(model, layer, valid_set),
             config,
+            config.train.prior_lr,
+            minutes,
+            monitor,
         )
 
 

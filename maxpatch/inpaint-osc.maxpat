@@ -556,6 +556,74 @@
    {
     "box": {
      "id": "obj-24",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      520,
+      140,
+      68.0,
+      22
+     ],
+     "text": "guidance",
+     "presentation": 1,
+     "presentation_rect": [
+      546,
+      130,
+      80,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-25",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      "bang"
+     ],
+     "patching_rect": [
+      600,
+      260,
+      60,
+      22
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      630,
+      130,
+      60,
+      22
+     ],
+     "parameter_enable": 0,
+     "minimum": 0.0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-26",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      670,
+      260,
+      131.0,
+      22
+     ],
+     "text": "prepend /guidance"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-27",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -580,7 +648,7 @@
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-28",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -603,7 +671,7 @@
    },
    {
     "box": {
-     "id": "obj-26",
+     "id": "obj-29",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -628,7 +696,7 @@
    },
    {
     "box": {
-     "id": "obj-27",
+     "id": "obj-30",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -651,7 +719,7 @@
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-31",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -676,7 +744,7 @@
    },
    {
     "box": {
-     "id": "obj-29",
+     "id": "obj-32",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -699,7 +767,7 @@
    },
    {
     "box": {
-     "id": "obj-30",
+     "id": "obj-33",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -724,7 +792,7 @@
    },
    {
     "box": {
-     "id": "obj-31",
+     "id": "obj-34",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -747,7 +815,7 @@
    },
    {
     "box": {
-     "id": "obj-32",
+     "id": "obj-35",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -765,7 +833,7 @@
    },
    {
     "box": {
-     "id": "obj-33",
+     "id": "obj-36",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -784,7 +852,7 @@
    },
    {
     "box": {
-     "id": "obj-34",
+     "id": "obj-37",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -803,7 +871,7 @@
    },
    {
     "box": {
-     "id": "obj-35",
+     "id": "obj-38",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 3,
@@ -823,7 +891,7 @@
    },
    {
     "box": {
-     "id": "obj-36",
+     "id": "obj-39",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -849,7 +917,7 @@
    },
    {
     "box": {
-     "id": "obj-37",
+     "id": "obj-40",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -868,7 +936,7 @@
    },
    {
     "box": {
-     "id": "obj-38",
+     "id": "obj-41",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -886,7 +954,7 @@
    },
    {
     "box": {
-     "id": "obj-39",
+     "id": "obj-42",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -904,7 +972,7 @@
    },
    {
     "box": {
-     "id": "obj-40",
+     "id": "obj-43",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -938,7 +1006,7 @@
    },
    {
     "box": {
-     "id": "obj-41",
+     "id": "obj-44",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -958,7 +1026,7 @@
    },
    {
     "box": {
-     "id": "obj-42",
+     "id": "obj-45",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -976,7 +1044,7 @@
    },
    {
     "box": {
-     "id": "obj-43",
+     "id": "obj-46",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -994,7 +1062,7 @@
    },
    {
     "box": {
-     "id": "obj-44",
+     "id": "obj-47",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1012,7 +1080,7 @@
    },
    {
     "box": {
-     "id": "obj-45",
+     "id": "obj-48",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1031,7 +1099,7 @@
    },
    {
     "box": {
-     "id": "obj-46",
+     "id": "obj-49",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1056,7 +1124,7 @@
    },
    {
     "box": {
-     "id": "obj-47",
+     "id": "obj-50",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1079,7 +1147,7 @@
    },
    {
     "box": {
-     "id": "obj-48",
+     "id": "obj-51",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1097,7 +1165,7 @@
    },
    {
     "box": {
-     "id": "obj-49",
+     "id": "obj-52",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1115,7 +1183,7 @@
    },
    {
     "box": {
-     "id": "obj-50",
+     "id": "obj-53",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1141,7 +1209,7 @@
    },
    {
     "box": {
-     "id": "obj-51",
+     "id": "obj-54",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1160,7 +1228,7 @@
    },
    {
     "box": {
-     "id": "obj-52",
+     "id": "obj-55",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1178,7 +1246,7 @@
    },
    {
     "box": {
-     "id": "obj-53",
+     "id": "obj-56",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1196,7 +1264,7 @@
    },
    {
     "box": {
-     "id": "obj-54",
+     "id": "obj-57",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1230,7 +1298,7 @@
    },
    {
     "box": {
-     "id": "obj-55",
+     "id": "obj-58",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1250,7 +1318,7 @@
    },
    {
     "box": {
-     "id": "obj-56",
+     "id": "obj-59",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1268,7 +1336,7 @@
    },
    {
     "box": {
-     "id": "obj-57",
+     "id": "obj-60",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1286,7 +1354,7 @@
    },
    {
     "box": {
-     "id": "obj-58",
+     "id": "obj-61",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1304,7 +1372,7 @@
    },
    {
     "box": {
-     "id": "obj-59",
+     "id": "obj-62",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1323,7 +1391,7 @@
    },
    {
     "box": {
-     "id": "obj-60",
+     "id": "obj-63",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1348,7 +1416,7 @@
    },
    {
     "box": {
-     "id": "obj-61",
+     "id": "obj-64",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1371,7 +1439,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-65",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1389,7 +1457,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-66",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1407,7 +1475,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-67",
      "maxclass": "umenu",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1439,7 +1507,7 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-68",
      "maxclass": "newobj",
      "numinlets": 5,
      "numoutlets": 1,
@@ -1457,7 +1525,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-69",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1484,7 +1552,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-70",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1507,7 +1575,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-71",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1534,7 +1602,7 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-72",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1557,7 +1625,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-73",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1584,7 +1652,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-74",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1607,7 +1675,7 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-75",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1634,7 +1702,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-76",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1657,7 +1725,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-77",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1682,7 +1750,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-78",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1705,7 +1773,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-79",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1724,7 +1792,7 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-80",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1742,7 +1810,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-81",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1767,7 +1835,7 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-82",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1790,7 +1858,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-83",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1809,7 +1877,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-84",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1827,7 +1895,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-85",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1852,7 +1920,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-86",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1875,7 +1943,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-87",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1894,7 +1962,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-88",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1912,7 +1980,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-89",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1931,7 +1999,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-90",
      "maxclass": "waveform~",
      "numinlets": 5,
      "numoutlets": 6,
@@ -1962,7 +2030,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-91",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 2,
@@ -1981,7 +2049,7 @@
    },
    {
     "box": {
-     "id": "obj-89",
+     "id": "obj-92",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2006,7 +2074,7 @@
    },
    {
     "box": {
-     "id": "obj-90",
+     "id": "obj-93",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2031,7 +2099,7 @@
    },
    {
     "box": {
-     "id": "obj-91",
+     "id": "obj-94",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2049,7 +2117,7 @@
    },
    {
     "box": {
-     "id": "obj-92",
+     "id": "obj-95",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2067,7 +2135,7 @@
    },
    {
     "box": {
-     "id": "obj-93",
+     "id": "obj-96",
      "maxclass": "ezdac~",
      "numinlets": 2,
      "numoutlets": 0,
@@ -2090,7 +2158,7 @@
    },
    {
     "box": {
-     "id": "obj-94",
+     "id": "obj-97",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2113,7 +2181,7 @@
    },
    {
     "box": {
-     "id": "obj-95",
+     "id": "obj-98",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2139,7 +2207,7 @@
    },
    {
     "box": {
-     "id": "obj-96",
+     "id": "obj-99",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2157,7 +2225,7 @@
    },
    {
     "box": {
-     "id": "obj-97",
+     "id": "obj-100",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2180,7 +2248,7 @@
    },
    {
     "box": {
-     "id": "obj-98",
+     "id": "obj-101",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2200,7 +2268,7 @@
    },
    {
     "box": {
-     "id": "obj-99",
+     "id": "obj-102",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2218,7 +2286,7 @@
    },
    {
     "box": {
-     "id": "obj-100",
+     "id": "obj-103",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2236,7 +2304,7 @@
    },
    {
     "box": {
-     "id": "obj-101",
+     "id": "obj-104",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2255,7 +2323,7 @@
    },
    {
     "box": {
-     "id": "obj-102",
+     "id": "obj-105",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2273,7 +2341,7 @@
    },
    {
     "box": {
-     "id": "obj-103",
+     "id": "obj-106",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2291,7 +2359,7 @@
    },
    {
     "box": {
-     "id": "obj-104",
+     "id": "obj-107",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2311,7 +2379,7 @@
    },
    {
     "box": {
-     "id": "obj-105",
+     "id": "obj-108",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2329,7 +2397,7 @@
    },
    {
     "box": {
-     "id": "obj-106",
+     "id": "obj-109",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2347,7 +2415,7 @@
    },
    {
     "box": {
-     "id": "obj-107",
+     "id": "obj-110",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2589,11 +2657,11 @@
    {
     "patchline": {
      "source": [
-      "obj-24",
+      "obj-25",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-26",
       0
      ]
     }
@@ -2613,7 +2681,7 @@
    {
     "patchline": {
      "source": [
-      "obj-28",
+      "obj-27",
       0
      ],
      "destination": [
@@ -2625,7 +2693,31 @@
    {
     "patchline": {
      "source": [
-      "obj-30",
+      "obj-29",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-31",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-33",
       0
      ],
      "destination": [
@@ -2641,7 +2733,7 @@
       3
      ],
      "destination": [
-      "obj-33",
+      "obj-36",
       0
      ]
     }
@@ -2649,11 +2741,11 @@
    {
     "patchline": {
      "source": [
-      "obj-33",
+      "obj-36",
       1
      ],
      "destination": [
-      "obj-34",
+      "obj-37",
       0
      ]
     }
@@ -2661,11 +2753,11 @@
    {
     "patchline": {
      "source": [
-      "obj-34",
+      "obj-37",
       0
      ],
      "destination": [
-      "obj-32",
+      "obj-35",
       0
      ]
     }
@@ -2677,30 +2769,6 @@
       4
      ],
      "destination": [
-      "obj-35",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-35",
-      0
-     ],
-     "destination": [
-      "obj-37",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-37",
-      0
-     ],
-     "destination": [
       "obj-38",
       0
      ]
@@ -2713,31 +2781,7 @@
       0
      ],
      "destination": [
-      "obj-36",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-4",
-      3
-     ],
-     "destination": [
-      "obj-39",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-39",
-      0
-     ],
-     "destination": [
-      "obj-2",
+      "obj-40",
       0
      ]
     }
@@ -2758,154 +2802,10 @@
     "patchline": {
      "source": [
       "obj-41",
-      1
-     ],
-     "destination": [
-      "obj-42",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-42",
       0
      ],
      "destination": [
-      "obj-43",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-41",
-      0
-     ],
-     "destination": [
-      "obj-44",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-44",
-      0
-     ],
-     "destination": [
-      "obj-43",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-43",
-      0
-     ],
-     "destination": [
-      "obj-45",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-46",
-      0
-     ],
-     "destination": [
-      "obj-45",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-45",
-      0
-     ],
-     "destination": [
-      "obj-48",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-48",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-46",
-      0
-     ],
-     "destination": [
-      "obj-49",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-49",
-      0
-     ],
-     "destination": [
-      "obj-40",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-35",
-      1
-     ],
-     "destination": [
-      "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-51",
-      0
-     ],
-     "destination": [
-      "obj-52",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-52",
-      0
-     ],
-     "destination": [
-      "obj-50",
+      "obj-39",
       0
      ]
     }
@@ -2917,7 +2817,7 @@
       3
      ],
      "destination": [
-      "obj-53",
+      "obj-42",
       0
      ]
     }
@@ -2925,11 +2825,155 @@
    {
     "patchline": {
      "source": [
-      "obj-53",
+      "obj-42",
       0
      ],
      "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-43",
+      0
+     ],
+     "destination": [
+      "obj-44",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-44",
+      1
+     ],
+     "destination": [
+      "obj-45",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-45",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-44",
+      0
+     ],
+     "destination": [
+      "obj-47",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-47",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-46",
+      0
+     ],
+     "destination": [
+      "obj-48",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-49",
+      0
+     ],
+     "destination": [
+      "obj-48",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-48",
+      0
+     ],
+     "destination": [
+      "obj-51",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-51",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-49",
+      0
+     ],
+     "destination": [
+      "obj-52",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-52",
+      0
+     ],
+     "destination": [
+      "obj-43",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-38",
+      1
+     ],
+     "destination": [
+      "obj-54",
       0
      ]
     }
@@ -2950,7 +2994,19 @@
     "patchline": {
      "source": [
       "obj-55",
-      1
+      0
+     ],
+     "destination": [
+      "obj-53",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      3
      ],
      "destination": [
       "obj-56",
@@ -2962,78 +3018,6 @@
     "patchline": {
      "source": [
       "obj-56",
-      0
-     ],
-     "destination": [
-      "obj-57",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-55",
-      0
-     ],
-     "destination": [
-      "obj-58",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-58",
-      0
-     ],
-     "destination": [
-      "obj-57",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-57",
-      0
-     ],
-     "destination": [
-      "obj-59",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-60",
-      0
-     ],
-     "destination": [
-      "obj-59",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-59",
-      0
-     ],
-     "destination": [
-      "obj-62",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-62",
       0
      ],
      "destination": [
@@ -3045,11 +3029,71 @@
    {
     "patchline": {
      "source": [
+      "obj-57",
+      0
+     ],
+     "destination": [
+      "obj-58",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-58",
+      1
+     ],
+     "destination": [
+      "obj-59",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-59",
+      0
+     ],
+     "destination": [
+      "obj-60",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-58",
+      0
+     ],
+     "destination": [
+      "obj-61",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-61",
+      0
+     ],
+     "destination": [
+      "obj-60",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-60",
       0
      ],
      "destination": [
-      "obj-63",
+      "obj-62",
       0
      ]
     }
@@ -3061,7 +3105,7 @@
       0
      ],
      "destination": [
-      "obj-54",
+      "obj-62",
       0
      ]
     }
@@ -3069,11 +3113,35 @@
    {
     "patchline": {
      "source": [
-      "obj-64",
-      1
+      "obj-62",
+      0
      ],
      "destination": [
       "obj-65",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-65",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-63",
+      0
+     ],
+     "destination": [
+      "obj-66",
       0
      ]
     }
@@ -3085,7 +3153,31 @@
       0
      ],
      "destination": [
-      "obj-65",
+      "obj-57",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-67",
+      1
+     ],
+     "destination": [
+      "obj-68",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-69",
+      0
+     ],
+     "destination": [
+      "obj-68",
       1
      ]
     }
@@ -3093,11 +3185,11 @@
    {
     "patchline": {
      "source": [
-      "obj-68",
+      "obj-71",
       0
      ],
      "destination": [
-      "obj-65",
+      "obj-68",
       2
      ]
     }
@@ -3105,11 +3197,11 @@
    {
     "patchline": {
      "source": [
-      "obj-70",
+      "obj-73",
       0
      ],
      "destination": [
-      "obj-65",
+      "obj-68",
       3
      ]
     }
@@ -3117,11 +3209,11 @@
    {
     "patchline": {
      "source": [
-      "obj-72",
+      "obj-75",
       0
      ],
      "destination": [
-      "obj-65",
+      "obj-68",
       4
      ]
     }
@@ -3133,7 +3225,7 @@
       0
      ],
      "destination": [
-      "obj-65",
+      "obj-68",
       0
      ]
     }
@@ -3141,36 +3233,12 @@
    {
     "patchline": {
      "source": [
-      "obj-65",
+      "obj-68",
       0
      ],
      "destination": [
-      "obj-76",
+      "obj-79",
       1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-74",
-      0
-     ],
-     "destination": [
-      "obj-76",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-76",
-      0
-     ],
-     "destination": [
-      "obj-77",
-      0
      ]
     }
    },
@@ -3181,6 +3249,30 @@
       0
      ],
      "destination": [
+      "obj-79",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-79",
+      0
+     ],
+     "destination": [
+      "obj-80",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-80",
+      0
+     ],
+     "destination": [
       "obj-2",
       0
      ]
@@ -3189,11 +3281,11 @@
    {
     "patchline": {
      "source": [
-      "obj-65",
+      "obj-68",
       0
      ],
      "destination": [
-      "obj-80",
+      "obj-83",
       1
      ]
     }
@@ -3201,11 +3293,11 @@
    {
     "patchline": {
      "source": [
-      "obj-78",
+      "obj-81",
       0
      ],
      "destination": [
-      "obj-80",
+      "obj-83",
       0
      ]
     }
@@ -3213,11 +3305,11 @@
    {
     "patchline": {
      "source": [
-      "obj-80",
+      "obj-83",
       0
      ],
      "destination": [
-      "obj-81",
+      "obj-84",
       0
      ]
     }
@@ -3225,7 +3317,7 @@
    {
     "patchline": {
      "source": [
-      "obj-81",
+      "obj-84",
       0
      ],
      "destination": [
@@ -3237,11 +3329,11 @@
    {
     "patchline": {
      "source": [
-      "obj-65",
+      "obj-68",
       0
      ],
      "destination": [
-      "obj-84",
+      "obj-87",
       1
      ]
     }
@@ -3249,11 +3341,11 @@
    {
     "patchline": {
      "source": [
-      "obj-82",
+      "obj-85",
       0
      ],
      "destination": [
-      "obj-84",
+      "obj-87",
       0
      ]
     }
@@ -3261,11 +3353,11 @@
    {
     "patchline": {
      "source": [
-      "obj-84",
+      "obj-87",
       0
      ],
      "destination": [
-      "obj-85",
+      "obj-88",
       0
      ]
     }
@@ -3273,7 +3365,7 @@
    {
     "patchline": {
      "source": [
-      "obj-85",
+      "obj-88",
       0
      ],
      "destination": [
@@ -3285,47 +3377,11 @@
    {
     "patchline": {
      "source": [
-      "obj-32",
+      "obj-35",
       0
      ],
      "destination": [
-      "obj-86",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-89",
-      0
-     ],
-     "destination": [
-      "obj-88",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-90",
-      0
-     ],
-     "destination": [
-      "obj-91",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-91",
-      0
-     ],
-     "destination": [
-      "obj-88",
       0
      ]
     }
@@ -3337,7 +3393,7 @@
       0
      ],
      "destination": [
-      "obj-88",
+      "obj-91",
       0
      ]
     }
@@ -3345,11 +3401,11 @@
    {
     "patchline": {
      "source": [
-      "obj-88",
+      "obj-93",
       0
      ],
      "destination": [
-      "obj-93",
+      "obj-94",
       0
      ]
     }
@@ -3357,12 +3413,12 @@
    {
     "patchline": {
      "source": [
-      "obj-88",
+      "obj-94",
       0
      ],
      "destination": [
-      "obj-93",
-      1
+      "obj-91",
+      0
      ]
     }
    },
@@ -3373,6 +3429,18 @@
       0
      ],
      "destination": [
+      "obj-91",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-91",
+      0
+     ],
+     "destination": [
       "obj-96",
       0
      ]
@@ -3381,12 +3449,12 @@
    {
     "patchline": {
      "source": [
-      "obj-96",
+      "obj-91",
       0
      ],
      "destination": [
-      "obj-2",
-      0
+      "obj-96",
+      1
      ]
     }
    },
@@ -3405,31 +3473,7 @@
    {
     "patchline": {
      "source": [
-      "obj-98",
-      1
-     ],
-     "destination": [
       "obj-99",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-99",
-      0
-     ],
-     "destination": [
-      "obj-100",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-100",
       0
      ],
      "destination": [
@@ -3453,6 +3497,18 @@
    {
     "patchline": {
      "source": [
+      "obj-101",
+      1
+     ],
+     "destination": [
+      "obj-102",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-102",
       0
      ],
@@ -3478,23 +3534,11 @@
     "patchline": {
      "source": [
       "obj-104",
-      1
-     ],
-     "destination": [
-      "obj-105",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-104",
       0
      ],
      "destination": [
       "obj-105",
-      1
+      0
      ]
     }
    },
@@ -3514,6 +3558,54 @@
     "patchline": {
      "source": [
       "obj-106",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-107",
+      1
+     ],
+     "destination": [
+      "obj-108",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-107",
+      0
+     ],
+     "destination": [
+      "obj-108",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-108",
+      0
+     ],
+     "destination": [
+      "obj-109",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-109",
       0
      ],
      "destination": [

@@ -73,6 +73,7 @@ class PriorShape:
     n_layers: int
     n_heads: int
     head_dim: int
+    unconditional: bool = False  # pitch = family = -1 gives the unconditional prediction (guidance possible)
 
 
 @dataclass
@@ -109,7 +110,10 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
         spec = SpectrogramParams(**_require(data, "spectrogram", where))
         normalizer = Normalizer.from_dict(_require(data, "normalizer", where))
         priors = {
-            layer: PriorShape(**{k: int(v[k]) for k in ("n_layers", "n_heads", "head_dim")})
+            layer: PriorShape(
+                **{k: int(v[k]) for k in ("n_layers", "n_heads", "head_dim")},
+                unconditional=bool(v.get("unconditional", False)),
+            )
             for layer, v in _require(data, "priors", where).items()
         }
         graphs = {name: str(entry["file"]) for name, entry in _require(data, "graphs", where).items()}

@@ -24,7 +24,7 @@ import numpy as np
 from server import codemaps, render
 from server.audio import AudioError, load_audio
 from server.bundle import Bundle
-from server.sampling import Conditioning, Inpainter
+from server.sampling import DEFAULT_GUIDANCE, Conditioning, Inpainter
 
 SESSION_VERSION = 1
 NOTE_MODES = ("generate", "resample")
@@ -43,11 +43,13 @@ class Settings:
     family: int = 4  # keyboard
     temperature: float = 1.0
     top_p: float = 0.8  # the paper's examples: temperature 1, nucleus 0.8
+    guidance: float = DEFAULT_GUIDANCE
     seed: int = 0
     note_mode: str = "generate"
 
     def conditioning(self, pitch: int | None = None) -> Conditioning:
-        return Conditioning(self.pitch if pitch is None else pitch, self.family, self.temperature, self.top_p)
+        pitch = self.pitch if pitch is None else pitch
+        return Conditioning(pitch, self.family, self.temperature, self.top_p, self.guidance)
 
 
 @dataclass
@@ -247,7 +249,7 @@ class Engine:
 
     def note_key(self, pitch: int, s: Settings | None = None) -> tuple:
         s = s or self.settings
-        base = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.seed)
+        base = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.guidance, s.seed)
         if s.note_mode == "resample":  # keeps the top map: the sound depends on it
             return (*base, hashlib.blake2b(self.top.tobytes(), digest_size=8).hexdigest())
         return base

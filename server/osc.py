@@ -203,6 +203,7 @@ class InstrumentServer:
             ("/instrument", s.family, families[s.family]),
             ("/temperature", float(s.temperature)),
             ("/top_p", float(s.top_p)),
+            ("/guidance", float(s.guidance)),
             ("/seed", s.seed),
             ("/note/mode", s.note_mode),
         ):
@@ -397,6 +398,9 @@ class InstrumentServer:
 
     def on_top_p(self, c: Client, r: Request, t: float) -> None:
         self.set_settings(top_p=r.values["top_p"])
+
+    def on_guidance(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(guidance=r.values["guidance"])
 
     def on_seed(self, c: Client, r: Request, t: float) -> None:
         self.set_settings(seed=r.values["seed"])

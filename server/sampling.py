@@ -17,6 +17,8 @@ from server import codemaps
 from server.bundle import Bundle, cache_names
 
 WIDE_STEP = 32  # decoder inputs from which a step call goes to the all-threads session (see Bundle)
+NULL_LABEL = -1  # pitch and family of the unconditional prediction (priors trained with label dropout)
+DEFAULT_GUIDANCE = 2.0  # classifier-free guidance weight; 1 is the plain conditional model
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,9 @@ class Conditioning:
     family: int  # index into the bundle's families
     temperature: float = 1.0
     top_p: float = 0.8  # the paper's audio examples: temperature 1, nucleus 0.8
+    # Classifier-free guidance: logits u + guidance (c - u) from the conditional (c) and unconditional (u)
+    # predictions, both in one batched call. Above 1 the sound follows the pitch and family more strictly.
+    guidance: float = DEFAULT_GUIDANCE
 
 
 def sample_logits(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
@@ -46,7 +51,11 @@ def sample_logits(logits: np.ndarray, temperature: float, top_p: float, rng: np.
 
 
 class PriorSampler:
-    """The encoder and step graphs of one prior ('top' or 'bottom')."""
+    """The encoder and step graphs of one prior ('top' or 'bottom').
+
+    Under guidance every graph runs on a batch of two, row 0 conditional and row 1 unconditional, caches
+    included; `step` returns the combined logits.
+    """
 
     def __init__(self, bundle: Bundle, layer: str):
         self.shape = bundle.manifest.priors[layer]
@@ -61,32 +70,54 @@ class PriorSampler:
         self._memory: tuple[tuple, dict[str, np.ndarray]] | None = None
         self._prefix: tuple[dict[str, np.ndarray], np.ndarray, list[np.ndarray]] | None = None
 
+    def guided(self, cond: Conditioning) -> bool:
+        return self.shape.unconditional and cond.guidance != 1
+
     def encode(self, src: np.ndarray, cond: Conditioning) -> dict[str, np.ndarray]:
-        """(S,) source tokens → the memory: {memory.l.key / .value: (1, H, S, Dh)}, reused while unchanged."""
-        key = (src.astype(np.int64).tobytes(), cond.pitch, cond.family)
+        """(S,) source tokens → the memory: {memory.l.key / .value: (B, H, S, Dh)}, reused while unchanged
+        (B = 2 under guidance, else 1)."""
+        key = (src.astype(np.int64).tobytes(), cond.pitch, cond.family, self.guided(cond))
         if self._memory is not None and self._memory[0] == key:
             return self._memory[1]
-        outputs = self._encoder.run(None, {"src": src[None].astype(np.int64), **self._labels(cond)})
-        memory = dict(zip(self._memory_names, outputs, strict=True))
+        labels = self._labels(cond)
+        memory = self._run_encoder(np.repeat(src[None].astype(np.int64), labels["pitch"].size, axis=0), labels)
         self._memory, self._prefix = (key, memory), None
         return memory
 
     def _labels(self, cond: Conditioning) -> dict[str, np.ndarray]:
-        return {"pitch": np.array([cond.pitch], np.int64), "family": np.array([cond.family], np.int64)}
+        """(B,) pitch and family: the conditional row, then the unconditional one under guidance."""
+        rows = [(cond.pitch, cond.family)] + [(NULL_LABEL, NULL_LABEL)] * self.guided(cond)
+        pitch, family = np.array(rows, np.int64).T
+        return {"pitch": pitch, "family": family}
 
-    def empty_cache(self) -> list[np.ndarray]:
-        s = self.shape
-        return [np.zeros((1, s.n_heads, 0, s.head_dim), np.float32)] * (2 * s.n_layers)
+    def empty_cache(self, memory: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """A cache of no inputs, for `memory`'s batch."""
+        s, batch = self.shape, next(iter(memory.values())).shape[0]
+        return [np.zeros((batch, s.n_heads, 0, s.head_dim), np.float32)] * (2 * s.n_layers)
 
     def step(
         self, tokens: np.ndarray, cond: Conditioning, past: list[np.ndarray], memory: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(N,) decoder inputs → logits of the last one (V,), new cache (2L arrays (1, H, P+N, Dh))."""
-        feed = {"tokens": tokens[None].astype(np.int64), **self._labels(cond), **memory}
+        """(N,) decoder inputs → logits of the last one (V,), new cache (2L arrays (B, H, P+N, Dh))."""
+        labels = self._labels(cond)
+        batch = np.repeat(tokens[None].astype(np.int64), labels["pitch"].size, axis=0)  # (B, N)
+        last, present = self._run_step(batch, labels, past, memory)  # (B, V)
+        if last.shape[0] == 2:
+            return last[1] + cond.guidance * (last[0] - last[1]), present
+        return last[0], present
+
+    # The two graph calls; the torch baseline (export.bench) overrides these and nothing else.
+
+    def _run_encoder(self, src: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._memory_names, self._encoder.run(None, {"src": src, **labels}), strict=True))
+
+    def _run_step(self, tokens, labels, past, memory) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(B, N) tokens → the last input's logits (B, V) and the new cache."""
+        feed = {"tokens": tokens, **labels, **memory}
         feed.update(zip(self._past_names, past, strict=True))
-        session = self._step if tokens.size >= WIDE_STEP else self._single_step
+        session = self._step if tokens.shape[1] >= WIDE_STEP else self._single_step
         logits, *present = session.run(None, feed)
-        return logits[0, -1], present
+        return logits[:, -1], present
 
     def sample(
         self,
@@ -122,7 +153,7 @@ class PriorSampler:
     def _cached(self, inputs: np.ndarray, memory: dict[str, np.ndarray], limit: int) -> tuple[int, list[np.ndarray]]:
         """How many leading `inputs` (at most `limit`) the cache already holds under `memory`, and that cache."""
         if self._prefix is None or self._prefix[0] is not memory:
-            return 0, self.empty_cache()
+            return 0, self.empty_cache(memory)
         cached = self._prefix[1][:limit]
         differ = np.flatnonzero(cached != inputs[: cached.size])
         reuse = cached.size if differ.size == 0 else int(differ[0])

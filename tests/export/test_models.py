@@ -160,7 +160,7 @@ def test_mask_source_covers_light_and_heavy_masks():
 def test_prior_rejects_indivisible_heads():
     cfg = dataclasses.replace(TINY.top_prior, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="not divisible"):
-        Prior(cfg, 64, 128, 128)
+        Prior(cfg, 64, "top")
 
 
 def test_configs_round_trip_and_override():

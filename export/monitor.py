@@ -1,0 +1,159 @@
+"""Pitch, measured while a prior trains: what the performer will hear, not only the loss.
+
+Every `monitor_every` steps (and at the end) a prior stage logs:
+- pitch sensitivity: teacher-forced loss (nats per token) with the pitch shifted by 1, 7, 12 and -12
+  semitones, minus the loss at the true pitch, on a fixed set of validation notes (the top prior from an empty
+  map, as when generating; the bottom prior under the real top map). Near 0: the prior ignores the pitch.
+- pitch accuracy of real renders: the bottom stage resamples the whole bottom map of validation notes under
+  their real top map (the paper's third experiment) and counts the notes whose f0 survives; the top stage
+  generates new notes from nothing on a grid of families and pitches (off the evaluation grid, so nothing is
+  tuned to the report's own notes) with the run's bottom prior, when there is one.
+Sampling here is batched torch with a key/value cache; decoding and inversion are the bundle's own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.config import RunConfig
+from export.metrics import pitch_kept
+from export.prior import Prior
+from server import codemaps, dsp
+from server.sampling import DEFAULT_GUIDANCE
+
+SHIFTS = (1, 7, 12, -12)
+DEV_PITCHES = (27, 34, 41, 48, 55, 62, 69, 76)  # between the evaluation grid's 24, 31, ..., 80
+
+
+def nucleus(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, V) logits → (B,) draws with temperature and top-p, the rule of `server.sampling.sample_logits`:
+    keep every token at least as likely as the last one needed to reach top_p."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    ordered = probs.sort(-1, descending=True).values
+    before = ordered.cumsum(-1) - ordered  # mass strictly above each sorted token
+    needed = (before < top_p).sum(-1, keepdim=True).clamp(min=1)  # tokens needed to reach top_p
+    floor = ordered.gather(-1, needed - 1)
+    return torch.multinomial(torch.where(probs >= floor, probs, 0.0), 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def sample_all(
+    prior: Prior,
+    src: torch.Tensor,
+    pitch: torch.Tensor,
+    family: torch.Tensor,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    top_p: float = 0.8,
+    guidance: float = DEFAULT_GUIDANCE,
+) -> torch.Tensor:
+    """Every target token of a batch, left to right: src (B, S), labels (B,) → (B, T).
+
+    With guidance != 1 (and a prior that has a null label) each step runs the conditional and the
+    unconditional rows in one batch and samples from u + guidance (c - u), as the server does.
+    """
+    b = src.shape[0]
+    guided = guidance != 1 and prior.cfg.cond_dropout > 0
+    if guided:
+        null = torch.full_like(pitch, -1)
+        src, pitch, family = torch.cat([src, src]), torch.cat([pitch, null]), torch.cat([family, null])
+    memory = prior.encode(src, pitch, family)
+    past = prior.empty_cache(src.shape[0], src.device)
+    tokens = torch.full((src.shape[0], 1), prior.start_token, dtype=torch.long, device=src.device)
+    out = torch.empty(b, prior.tgt_len, dtype=torch.long, device=src.device)
+    for j in range(prior.tgt_len):
+        logits, past = prior.step(tokens, pitch, family, past, memory)
+        z = logits[:, -1].float()
+        if guided:
+            z = z[b:] + guidance * (z[:b] - z[b:])
+        out[:, j] = nucleus(z, temperature, top_p, generator)
+        tokens = out[:, j : j + 1].repeat(2 if guided else 1, 1)
+    return out
+
+
+class PitchMonitor:
+    """Called by the training loop of one prior; returns the figures to log (empty parts are skipped)."""
+
+    def __init__(self, run: Path, config: RunConfig, layer: str, model: Prior, valid, device: torch.device):
+        self.run, self.config, self.layer, self.model, self.device = run, config, layer, model, device
+        n = min(config.train.monitor_notes, valid[0].shape[0])
+        pick = torch.from_numpy(np.random.default_rng(0).permutation(valid[0].shape[0])[:n]).to(device)
+        self.notes = tuple(t[pick] for t in valid)  # top, bottom, pitch, family of n validation notes
+        self._vqvae, self._reference_ok = None, None
+
+    def __call__(self) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return {**self.sensitivity(), **self.renders()}
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def sensitivity(self) -> dict[str, float]:
+        top, bottom, pitch, family = self.notes
+        m = self.model
+        src = torch.full_like(top, m.mask_token) if self.layer == "top" else top
+        target = top if self.layer == "top" else bottom
+
+        def loss(p: torch.Tensor) -> float:
+            logits = m(src, target, p, family).float()
+            return torch.nn.functional.cross_entropy(logits.transpose(1, 2), target).item()
+
+        true = loss(pitch)
+        top_pitch = m.pitch_min + m.n_pitches - 1
+        figures = {f"sensitivity_{s:+d}": loss((pitch + s).clamp(m.pitch_min, top_pitch)) - true for s in SHIFTS}
+        figures["sensitivity"] = float(np.mean(list(figures.values())))
+        return figures
+
+    def _decoder(self):
+        if self._vqvae is None:
+            from export.train import load_vqvae
+
+            self._vqvae = load_vqvae(self.run, self.config).to(self.device)
+        return self._vqvae
+
+    def _kept(self, top_seq: torch.Tensor, bottom_seq: torch.Tensor, pitch: torch.Tensor) -> np.ndarray:
+        """Decode and invert (B, 128), (B, 512) sequences; whether each note's f0 reads at its pitch."""
+        top = torch.from_numpy(codemaps.from_sequence(top_seq.cpu().numpy(), "top")).to(self.device)
+        bottom = torch.from_numpy(codemaps.from_sequence(bottom_seq.cpu().numpy(), "bottom")).to(self.device)
+        kept = []
+        with torch.no_grad():
+            for t, b, p in zip(top.split(16), bottom.split(16), pitch.split(16), strict=True):
+                specs = self._decoder().decode_codes(t, b).cpu().numpy()
+                kept += [pitch_kept(dsp.invert(s, self.config.spectrogram), int(q)) for s, q in zip(specs, p, strict=True)]
+        return np.array(kept)
+
+    def renders(self) -> dict[str, float]:
+        if not (self.run / "vqvae.pt").is_file():
+            return {}
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        if self.layer == "bottom":
+            top, bottom, pitch, family = self.notes
+            if self._reference_ok is None:  # notes whose reconstruction reads at pitch: the ones to judge
+                self._reference_ok = self._kept(top, bottom, pitch)
+            if not self._reference_ok.any():
+                return {}
+            resampled = sample_all(self.model, top, pitch, family, gen)
+            kept = self._kept(top, resampled, pitch)[self._reference_ok]
+            return {"resample_bottom_pitch_kept": float(kept.mean())}
+        other = self.run / "bottom_prior.pt"
+        if not other.is_file():
+            return {}
+        from export.train import load_prior
+
+        bottom_prior = load_prior(self.run, self.config, "bottom")[0].to(self.device)
+        n = self.notes[0].shape[0]
+        grid = [(f, p) for p in DEV_PITCHES for f in range(len(self.config.data.families))]
+        chosen = [grid[i] for i in np.random.default_rng(1).permutation(len(grid))[:n]]
+        family = torch.tensor([f for f, _ in chosen], device=self.device)
+        pitch = torch.tensor([p for _, p in chosen], device=self.device)
+        empty = torch.full((n, self.model.src_len), self.model.mask_token, device=self.device)
+        top = sample_all(self.model, empty, pitch, family, gen)
+        bottom = sample_all(bottom_prior, top, pitch, family, gen)
+        return {"generation_pitch_accuracy": float(self._kept(top, bottom, pitch).mean())}
