@@ -144,7 +144,24 @@ def cmd_pipeline(args) -> dict:
 def cmd_evaluate(args) -> dict:
     from export.evaluate import evaluate
 
-    return evaluate(args.bundle, args.data, args.out, args.notes, args.samples, args.seed, args.test_note)
+    return evaluate(args.bundle, args.data, args.out, args.notes, args.samples, args.seed, args.test_note, args.unseen)
+
+
+def cmd_ablate(args) -> dict:
+    from export.ablation import ablate
+
+    return ablate(
+        args.run,
+        args.out,
+        args.variants.split(","),
+        (args.bottom_steps, args.top_steps),
+        (args.bottom_minutes, args.top_minutes),
+        args.init,
+        args.notes,
+        device=args.device,
+        markdown=args.markdown,
+        overrides=args.set,
+    )
 
 
 def cmd_bench(args) -> dict:
@@ -234,6 +251,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=2, help="generations per family and pitch (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-note", help="validation note of the inpainting experiments (default: a piano near C4)")
+    p.add_argument("--unseen", type=Path, help="a dataset from a soundfont never trained on: reconstruction and inpainting")
+
+    p = sub.add_parser("ablate", help="prior designs on the same codes and budget, measured by pitch")
+    p.add_argument("run", type=Path, help="the base run: its VQ-VAE and codes are shared")
+    p.add_argument("--out", type=Path, required=True, help="folder of the variants' runs and ablation.json")
+    p.add_argument("--variants", default="today,harmonic,cfg,harmonic+cfg", help="(default %(default)s)")
+    p.add_argument("--bottom-steps", type=int, default=1000)
+    p.add_argument("--top-steps", type=int, default=1000)
+    p.add_argument("--bottom-minutes", type=float)
+    p.add_argument("--top-minutes", type=float)
+    p.add_argument("--init", action="store_true", help="fine-tune from the base run's priors instead of scratch")
+    p.add_argument("--notes", type=int, default=60, help="validation notes for inpainting (default %(default)s)")
+    p.add_argument("--markdown", type=Path, help="also write the table, e.g. docs/ablations.md")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="e.g. train.prior_lr=1e-4")
+    p.add_argument("--device", **device)
 
     p = sub.add_parser("bench", help="prior decoding step: onnxruntime vs torch eager, and full sampling time")
     p.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
@@ -253,6 +285,7 @@ COMMANDS = {
     "export": cmd_export,
     "pipeline": cmd_pipeline,
     "evaluate": cmd_evaluate,
+    "ablate": cmd_ablate,
     "bench": cmd_bench,
 }
 
@@ -262,7 +295,9 @@ def _log_command(args, argv: list[str] | None) -> None:
     from export.train import COMMAND_LOG, is_main_process
 
     run = getattr(args, "run", None)
-    if run is None or not is_main_process() or not (run.is_dir() or args.command in ("vqvae", "pipeline")):
+    if run is None or args.command == "ablate" or not is_main_process():
+        return
+    if not (run.is_dir() or args.command in ("vqvae", "pipeline")):
         return
     run.mkdir(parents=True, exist_ok=True)
     line = {

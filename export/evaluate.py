@@ -3,15 +3,18 @@
 Everything runs through the exported bundle on onnxruntime (the graphs a performer's server runs), on the
 held-out validation split of the dataset the bundle was trained on (the paper's seeded 80/20 split):
 reconstruction (log-spectral distance, multi-resolution STFT distance, pitch kept), generation pitch accuracy
-over the paper's grid of 11 families x 9 pitches, codebook usage, the paper's three inpainting experiments
-(audio, spectrograms, codemaps) and sampling speed. The report and its media go under one folder.
+over the paper's grid of 11 families x 9 pitches, inpainting pitch kept (the paper's three experiments over
+every validation note whose original reads at pitch, per family), codebook usage, the three experiments on
+one note (audio, spectrograms, codemaps) and sampling speed; optionally the same reconstruction and
+inpainting measures on notes of a soundfont the model never saw (`--unseen DATA`). Sampling uses the server's
+default settings. The report and its media go under one folder.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,9 @@ from server.output import encode_png, spectrogram_picture
 from server.sampling import Conditioning, Inpainter
 
 GRID_PITCHES = (24, 31, 38, 45, 52, 59, 66, 73, 80)  # the paper's generation grid
-TARGETS = {"pitch_accuracy": 0.90, "recon_pitch_kept": 0.98, "codes_used": 0.50}
+TARGETS = {"pitch_accuracy": 0.90, "family_pitch_accuracy": 0.70, "inpaint_pitch_kept": 0.90,
+           "recon_pitch_kept": 0.98, "codes_used": 0.50}  # fmt: skip
+DEFAULTS = Conditioning(0, 0)  # the server's default sampling settings (temperature, top-p, guidance)
 STFT_RESOLUTIONS = (512, 1024, 2048)  # n_fft of the multi-resolution distance (hop n_fft / 4, Hann)
 
 
@@ -125,13 +130,15 @@ class Generation:
         return self.cents is not None and abs(self.cents) <= 50
 
 
-def generate_grid(bundle: Bundle, samples: int, seed: int, temperature: float, top_p: float) -> list[Generation]:
+def generate_grid(
+    bundle: Bundle, samples: int, seed: int, settings: Conditioning = DEFAULTS, pitches=GRID_PITCHES
+) -> list[Generation]:
     inpainter = Inpainter.from_bundle(bundle)
     rows = []
     for family in range(len(bundle.manifest.families)):
-        for pitch in GRID_PITCHES:
+        for pitch in pitches:
             for s in range(samples):
-                cond = Conditioning(pitch, family, temperature, top_p)
+                cond = replace(settings, pitch=pitch, family=family)
                 t0 = time.perf_counter()
                 top, bottom = inpainter.generate(cond, np.random.default_rng([seed, family, pitch, s]))
                 t1 = time.perf_counter()
@@ -148,6 +155,33 @@ INPAINTING = (
     ("frequency", "the lower quarter of the frequencies regenerated (top rows 0-7, and the bottom beneath)"),
     ("bottom", "the top map kept, the whole bottom map resampled"),
 )
+
+
+@dataclass
+class Inpainted:
+    family: int
+    kind: str  # one of INPAINTING's kinds
+    cents: float | None  # f0 after the edit against the note's pitch
+
+    @property
+    def kept(self) -> bool:
+        return self.cents is not None and abs(self.cents) <= 50
+
+
+def inpaint_notes(
+    bundle: Bundle, notes: list[Note], rows: list[Reconstruction], seed: int, settings: Conditioning = DEFAULTS
+) -> list[Inpainted]:
+    """The paper's three experiments on each note (its own codes, conditioned on its own pitch and family):
+    does its f0 survive the edit?"""
+    inpainter = Inpainter.from_bundle(bundle)
+    out = []
+    for i, (note, row) in enumerate(zip(notes, rows, strict=True)):
+        cond = replace(settings, pitch=note.pitch, family=note.family)
+        for j, (kind, _) in enumerate(INPAINTING):
+            layer, mask = inpainting_masks(kind)
+            top, bottom = inpainter.inpaint(row.top, row.bottom, layer, mask, cond, np.random.default_rng([seed, i, j]))
+            out.append(Inpainted(note.family, kind, _cents_off(render.render(bundle, top, bottom), note.pitch)))
+    return out
 
 
 def inpainting_masks(kind: str) -> tuple[str, np.ndarray]:
@@ -223,6 +257,7 @@ def evaluate(
     samples: int = 2,
     seed: int = 0,
     test_note: str | None = None,
+    unseen: Path | None = None,
 ) -> dict:
     """Write `out` (markdown) and its media in `<out stem>/`; returns the headline figures."""
     bundle = Bundle(bundle_dir)
@@ -230,29 +265,37 @@ def evaluate(
     families = m.families
     media = out.with_suffix("")
     media.mkdir(parents=True, exist_ok=True)
-    split = load_splits(data, DataConfig(pitch_min=m.pitch_range[0], pitch_max=m.pitch_range[1], families=families))
+    data_config = DataConfig(pitch_min=m.pitch_range[0], pitch_max=m.pitch_range[1], families=families)
+    split = load_splits(data, data_config)
     valid = split["valid"]
     picked = [valid[i] for i in sorted(np.random.default_rng(seed).permutation(len(valid))[:notes])]
 
     t0 = time.perf_counter()
     recon = reconstruct(bundle, picked)
     recon_s = time.perf_counter() - t0
-    gens = generate_grid(bundle, samples, seed, 1.0, 0.8)
+    gens = generate_grid(bundle, samples, seed)
+    pitched = [(n, r) for n, r in zip(picked, recon, strict=True) if r.input_kept]
+    t0 = time.perf_counter()
+    inpainted = inpaint_notes(bundle, [n for n, _ in pitched], [r for _, r in pitched], seed)
+    inpaint_s = time.perf_counter() - t0
 
-    pitched = [r for r in recon if r.input_kept]
-    recon_kept = float(np.mean([r.recon_kept for r in pitched])) if pitched else float("nan")
+    recon_kept = float(np.mean([r.recon_kept for _, r in pitched])) if pitched else float("nan")
     usage = {
         layer: codebook_usage(np.concatenate([getattr(r, layer).ravel() for r in recon]), m.n_codes)
         for layer in ("top", "bottom")
     }
     accuracy = float(np.mean([g.kept for g in gens]))
+    by_family = [float(np.mean([g.kept for g in gens if g.family == i])) for i in range(len(families))]
+    inpaint = {kind: _rate([x.kept for x in inpainted if x.kind == kind]) for kind, _ in INPAINTING}
 
     lines = [
         f"# Evaluation of the `{m.raw.get('name', bundle_dir.name)}` bundle",
         "",
         f"Produced by `inpaint-train evaluate {bundle_dir} --data {data} --notes {notes} --samples {samples} "
-        f"--seed {seed}` on the bundle's ONNX graphs (onnxruntime, CPU). Dataset: `{data}`, the paper's seeded "
-        f"80/20 split: {len(split['train'])} training and {len(valid)} validation notes.",
+        f"--seed {seed}{f' --unseen {unseen}' if unseen else ''}` on the bundle's ONNX graphs (onnxruntime, CPU). "
+        f"Dataset: `{data}`, the paper's seeded 80/20 split: {len(split['train'])} training and {len(valid)} "
+        f"validation notes. Sampling at the server's defaults: temperature {DEFAULTS.temperature:g}, top-p "
+        f"{DEFAULTS.top_p:g}, guidance {DEFAULTS.guidance:g}{_guidance_note(bundle)}.",
         "",
         "## Headline",
         "",
@@ -260,6 +303,12 @@ def evaluate(
         "|---|---|",
         f"| generation pitch accuracy (11 families x 9 pitches x {samples}) | "
         f"{_verdict(accuracy, TARGETS['pitch_accuracy'])} |",
+        f"| lowest family generation pitch accuracy ({families[int(np.argmin(by_family))]}) | "
+        f"{_verdict(min(by_family), TARGETS['family_pitch_accuracy'])} |",
+        *(
+            f"| inpainting pitch kept: {kind} ({what}) | {_verdict(inpaint[kind], TARGETS['inpaint_pitch_kept'])} |"
+            for kind, what in INPAINTING
+        ),
         f"| reconstruction pitch kept (validation notes whose own pitch reads right) | "
         f"{_verdict(recon_kept, TARGETS['recon_pitch_kept'])} |",
         *(
@@ -269,8 +318,13 @@ def evaluate(
         ),
         "",
     ]
-    lines += _reconstruction_section(recon, pitched, families, recon_s)
+    lines += _reconstruction_section(recon, [r for _, r in pitched], families, recon_s)
     lines += _generation_section(gens, families, samples, media)
+    lines += _inpainting_kept_section(inpainted, families, len(pitched), inpaint_s)
+    figures = {}
+    if unseen is not None:
+        section, figures = _unseen_section(bundle, unseen, data_config, notes, seed)
+        lines += section
     lines += _usage_section(usage, m.n_codes, len(recon))
     lines += _inpainting_section(bundle, choose_test_note(valid, families, test_note), media, seed)
     lines += _speed_section(gens, bundle)
@@ -279,10 +333,75 @@ def evaluate(
     return {
         "report": str(out),
         "generation_pitch_accuracy": accuracy,
+        "generation_pitch_accuracy_by_family": dict(zip(families, by_family, strict=True)),
+        "inpainting_pitch_kept": inpaint,
         "reconstruction_pitch_kept": recon_kept,
         "reconstruction_lsd_db": float(np.mean([r.lsd for r in recon])),
         "codes_used": {layer: usage[layer][1] for layer in usage},
+        **figures,
     }
+
+
+def _rate(flags: list[bool]) -> float:
+    return float(np.mean(flags)) if flags else float("nan")
+
+
+def _guidance_note(bundle: Bundle) -> str:
+    guided = [layer for layer, p in bundle.manifest.priors.items() if p.unconditional]
+    if len(guided) == len(bundle.manifest.priors):
+        return ""
+    return f" (this bundle's {' and '.join(set(bundle.manifest.priors) - set(guided))} prior has no null label: no guidance)"
+
+
+def _inpainting_kept_section(rows: list[Inpainted], families, n_notes: int, seconds: float) -> list[str]:
+    lines = [
+        "## Inpainting pitch kept",
+        "",
+        f"The paper's three experiments on each of the {n_notes} validation notes above whose original reads at "
+        "pitch, conditioned on the note's own pitch and family: the fraction whose f0 is still within 50 cents "
+        f"of its MIDI pitch after the edit. {seconds:.0f} s.",
+        "",
+        "| family | notes | " + " | ".join(kind for kind, _ in INPAINTING) + " |",
+        "|---|---|" + "---|" * len(INPAINTING),
+    ]
+    for i, name in [*enumerate(families), (None, "**all**")]:
+        mine = [x for x in rows if i is None or x.family == i]
+        if not mine:
+            continue
+        cells = []
+        for kind, _ in INPAINTING:
+            kept = [x.kept for x in mine if x.kind == kind]
+            cells.append(f"{sum(kept)}/{len(kept)} ({_pct(_rate(kept))})")
+        lines.append(f"| {name} | {len(mine) // len(INPAINTING)} | " + " | ".join(cells) + " |")
+    what = "; ".join(f"{kind}: {text}" for kind, text in INPAINTING)
+    return [*lines, "", what + ".", ""]
+
+
+def _unseen_section(bundle: Bundle, data: Path, data_config: DataConfig, notes: int, seed: int):
+    """Reconstruction and inpainting on notes of a dataset the model never trained on (all its notes count)."""
+    from export.nsynth import read_notes
+
+    every = read_notes(data, data_config)
+    picked = [every[i] for i in sorted(np.random.default_rng(seed).permutation(len(every))[: notes // 2])]
+    recon = reconstruct(bundle, picked)
+    pitched = [(n, r) for n, r in zip(picked, recon, strict=True) if r.input_kept]
+    inpainted = inpaint_notes(bundle, [n for n, _ in pitched], [r for _, r in pitched], seed)
+    kept = _rate([r.recon_kept for _, r in pitched])
+    inpaint = {kind: _rate([x.kept for x in inpainted if x.kind == kind]) for kind, _ in INPAINTING}
+    lines = [
+        "## Notes from a soundfont the model never heard",
+        "",
+        f"{len(picked)} notes drawn at random from `{data}` (rendered by `inpaint-train dataset` from another "
+        f"soundfont; nothing was trained or tuned on it), {len(pitched)} of which read at pitch.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| reconstruction LSD | {np.mean([r.lsd for r in recon]):.2f} dB |",
+        f"| reconstruction pitch kept | {_pct(kept)} |",
+        *(f"| inpainting pitch kept: {kind} | {_pct(inpaint[kind])} |" for kind, _ in INPAINTING),
+        "",
+    ]
+    return lines, {"unseen": {"reconstruction_pitch_kept": kept, "inpainting_pitch_kept": inpaint}}
 
 
 def _reconstruction_section(recon, pitched, families, seconds) -> list[str]:
@@ -323,7 +442,7 @@ def _generation_section(gens: list[Generation], families, samples: int, media: P
     lines = [
         "## Generation pitch accuracy",
         "",
-        f"{samples} notes per cell generated from nothing (temperature 1, top-p 0.8, seeded), decoded and "
+        f"{samples} notes per cell generated from nothing (the default settings, seeded), decoded and "
         "inverted; a note counts when its f0 is within 50 cents of the requested pitch.",
         "",
         f"![pitch accuracy per family (rows, {families[0]} at the top) and pitch (columns, 24 to 80): "
@@ -371,13 +490,13 @@ def _inpainting_section(bundle: Bundle, note: Note, media: Path, seed: int) -> l
     rate = m.spectrogram.sample_rate
     audio = _read(note, m.spectrogram)
     top, bottom = render.encode_audio(bundle, audio)
-    cond = Conditioning(note.pitch, note.family)
+    cond = replace(DEFAULTS, pitch=note.pitch, family=note.family)
     inpainter = Inpainter.from_bundle(bundle)
     lines = [
         "## Inpainting: the paper's three experiments",
         "",
         f"Test note `{note.note_str}` (validation split, {m.families[note.family]}, MIDI {note.pitch}), "
-        f"conditioned on its own pitch and family, temperature 1, top-p 0.8, seed {seed}. Spectrograms: log "
+        f"conditioned on its own pitch and family, the default settings, seed {seed}. Spectrograms: log "
         "power, frequency upwards, with the top map's grid; codemaps: one colour per code, regenerated cells "
         "framed in white. f0 is read as in the tables above.",
         "",

@@ -117,6 +117,7 @@ SEEDS = [
     ("/pitch", (60,)),
     ("/temperature", (1.0,)),
     ("/top_p", (0.8,)),
+    ("/guidance", (2.0,)),
     ("/seed", (3,)),
     ("/instrument", ("keyboard",)),
     ("/codemap/get", ("top",)),

@@ -23,6 +23,7 @@ HAPPY = {
     "/instrument": ([], ["flute"], "/instrument"),
     "/temperature": ([], [0.9], "/temperature"),
     "/top_p": ([], [0.7], "/top_p"),
+    "/guidance": ([], [3.0], "/guidance"),
     "/seed": ([], [3], "/seed"),
     "/generate": ([], [11], "/render/done"),
     "/analyze": ([], None, "/render/done"),  # a WAV written into the read folder
@@ -61,6 +62,7 @@ BAD = {
     "/instrument": (["banjo"], "unknown instrument 'banjo'"),
     "/temperature": ([-1], "temperature -1 is outside 0..10"),
     "/top_p": (["high"], "top_p must be a number"),
+    "/guidance": ([12.0], "guidance 12.0 is outside 0..10"),
     "/seed": ([-5], "seed -5 is outside"),
     "/generate": (["now"], "request id must be a number"),
     "/analyze": (["/etc/passwd"], "outside the folders the server may read"),
