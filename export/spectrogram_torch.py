@@ -31,6 +31,18 @@ class MelIF(torch.nn.Module):
         self.register_buffer("window", torch.hann_window(params.n_fft, periodic=False, dtype=dtype))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        # Full float32 whatever the caller's autocast or TF32 settings: the unwrapped phase reaches 1e5 rad, so
+        # a 10-bit mantissa (bf16 or TF32 products) would wreck the IF channel.
+        with torch.autocast(audio.device.type, enabled=False):
+            if audio.device.type == "cuda":
+                allow, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+                try:
+                    return self._forward(audio)
+                finally:
+                    torch.backends.cuda.matmul.allow_tf32 = allow
+            return self._forward(audio)
+
+    def _forward(self, audio: torch.Tensor) -> torch.Tensor:
         p = self.p
         x = audio.to(self.window.dtype)[..., : p.n_samples]
         x = torch.nn.functional.pad(x, (0, p.padded_samples - x.shape[-1]))  # (B, 65 024)

@@ -363,6 +363,7 @@ def train_vqvae(run: Path, device: str = "auto", minutes: float | None = None) -
             normalizer = Normalizer.from_dict(ckpt["normalizer"])
         model = VQVAE2(config.vqvae, config.spectrogram, normalizer).to(ctx.device)
         melif = MelIF(config.spectrogram).to(ctx.device)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
 
         def train_step(wrapped, batch) -> StepResult:
             spec = melif(to_float(batch[0]))  # (B, 2, 1024, 128), float32 even under autocast

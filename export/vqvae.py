@@ -47,7 +47,13 @@ class Quantizer(nn.Module):
         return F.embedding(codes, self.embed.t())
 
     def forward(self, z: torch.Tensor):
-        """(B, F, T, D) → quantised (straight-through), commitment loss, codes, perplexity."""
+        """(B, F, T, D) → quantised (straight-through), commitment loss, codes, perplexity.
+
+        Always float32, under autocast too: nearest codes and EMA statistics in bf16 would pick wrong codes."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._forward(z.float())
+
+    def _forward(self, z: torch.Tensor):
         codes = self.codes(z)
         q = self.lookup(codes)
         if self.training:

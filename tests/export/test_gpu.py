@@ -41,3 +41,15 @@ def test_every_stage_trains_on_cuda_and_exports(dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert all(v <= manifest["parity"]["tolerance"] for v in manifest["parity"]["max_abs_diff"].values())
+
+
+def test_prior_validation_on_cuda_matches_cpu(tiny_bundle):
+    """The masks come from a CPU generator whatever the device (a CUDA run once failed here)."""
+    from export import train
+
+    run = tiny_bundle[0]
+    config, _ = train.load_run(run)
+    model, _ = train.load_prior(run, config, "top")
+    on_cpu = train.evaluate_prior(model, "top", train.code_dataset(run, "valid"), batch_size=2)
+    on_gpu = train.evaluate_prior(model.cuda(), "top", train.code_dataset(run, "valid", "cuda"), batch_size=2)
+    assert on_gpu["valid_loss"] == pytest.approx(on_cpu["valid_loss"], rel=1e-3)

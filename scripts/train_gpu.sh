@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The whole default model on one GPU within one wall-clock budget: render the training set, train the VQ-VAE
+# and both priors (one `pipeline` that splits its budget across the stages), export the bundle and evaluate it.
+# Every stage ends cleanly at its share (final checkpoint, validation, pitch monitor, throughput), and every
+# stage resumes from its checkpoint when run again.
+#
+# On an offline GPU machine (see ../shared/offline-gpu): from the project root, carrying .gpu-kit,
+#   source .gpu-kit/preamble.sh && MINUTES=8.5 OUT=$OUT bash scripts/train_gpu.sh
+# Elsewhere, after scripts/setup.sh: DEVICE=cpu PRESET=tiny MINUTES=2 bash scripts/train_gpu.sh (a rehearsal).
+# A smoke test before a long run (a few notes, STEPS=30, EVALUATE=0) catches a device problem in a minute.
+# Folders: DATA (rendered notes), RUN (the run folder), OUT (bundle/, evaluation/, the packed results, log).
+set -uo pipefail
+T0=$(date +%s)
+MINUTES=${MINUTES:-8.5}   # the whole command, rendering and evaluation included
+DEVICE=${DEVICE:-cuda}
+PRESET=${PRESET:-small}
+DATA=${DATA:-/tmp/inpaint-data}
+RUN=${RUN:-/tmp/inpaint-run}
+OUT=${OUT:-/tmp/inpaint-out}
+SF=${SF:-.gpu-kit/sf}     # FluidR3Mono_GM.sf3 and TimGM6mb.sf2 (Debian's, carried in the kit)
+PY=${PY:-python3}
+EVAL_S=${EVAL_S:-90}      # seconds kept for the export, a short evaluation and packing at the end
+# A large GPU takes large batches; the learning rates follow (warm-up, then a cool-down at the budget's end).
+GPU_SETTINGS=(--set train.vqvae_batch_size=${VQ_BATCH:-128} --set train.lr=${VQ_LR:-5e-4}
+  --set train.prior_batch_size=${PRIOR_BATCH:-512} --set train.prior_lr=${PRIOR_LR:-1e-3}
+  --set train.vqvae_steps=${STEPS:-10000000} --set train.prior_steps=${STEPS:-10000000} --set train.num_workers=$(nproc)
+  --set train.checkpoint_every=1000 --set train.log_every=100 --set train.image_every=1000
+  --set train.monitor_every=${MONITOR_EVERY:-2000} --set train.monitor_notes=88)
+LOGS="$OUT/logs"
+mkdir -p "$LOGS"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+elapsed() { echo $(($(date +%s) - T0)); }
+say() { echo "[$(elapsed) s] $*"; }
+left_minutes() { $PY -c "print(max(0.2, $MINUTES - $(elapsed) / 60 - $1 / 60))"; }
+
+say "device $DEVICE, preset $PRESET, budget $MINUTES min, $(nproc) cores"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+
+say render
+# FSENV (set by the kit's preamble) points this one process at the carried FluidSynth libraries.
+env ${FSENV:-} $PY -m export dataset --soundfont "$SF/FluidR3Mono_GM.sf3" --soundfont "$SF/TimGM6mb.sf2" \
+  --out "$DATA" --pitches ${PITCHES:-24:84} --velocities ${VELOCITIES:-50,100,127} ${RENDER_EXTRA:-} \
+  > "$LOGS/render.log" 2>&1
+tail -c 300 "$LOGS/render.log"; echo
+[ -f "$DATA/examples.json" ] || { say "rendering failed"; exit 1; }
+
+say "pipeline for $(left_minutes "$EVAL_S") min"
+EXTRA=()
+[ -f "$RUN/run.json" ] || EXTRA=(--preset "$PRESET" "${GPU_SETTINGS[@]}")  # a resumed run keeps its config
+[ "$PRESET" = tiny ] && EXTRA=(--preset tiny)
+$PY -m export pipeline "$RUN" --data "$DATA" --out "$OUT/bundle" --name default --device "$DEVICE" \
+  --minutes "$(left_minutes "$EVAL_S")" "${EXTRA[@]}" > "$LOGS/pipeline.log" 2> "$LOGS/pipeline.err"
+status=$?
+grep -v "it/s\]\|s/it\]" "$LOGS/pipeline.err" | tail -40
+tail -c 2500 "$LOGS/pipeline.log"; echo
+say "pipeline exit $status"
+[ $status = 0 ] || exit $status
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+
+if [ -f "$OUT/bundle/manifest.json" ] && [ "${EVALUATE:-1}" = 1 ]; then
+  say evaluate
+  timeout $((EVAL_S > 20 ? EVAL_S - 10 : 10)) $PY -m export evaluate "$OUT/bundle" --data "$DATA" \
+    --out "$LOGS/evaluation/evaluation.md" --notes ${EVAL_NOTES:-20} --samples 1 > "$LOGS/evaluate.json" 2>&1
+  tail -c 1500 "$LOGS/evaluate.json"; echo
+fi
+
+say pack
+# Six files, each within the 16 MiB a file may come back in: the checkpoints whole (optimizer included: a
+# later session resumes them), the bundle, and the run's small files with TensorBoard logs, logs and report.
+cp "$RUN"/*.pt "$OUT"/ 2>/dev/null
+cp "$DATA/dataset.json" "$LOGS"/ 2>/dev/null
+tar -czf "$OUT/run.tar.gz" -C "$(dirname "$RUN")" --exclude=codes --exclude='*.pt' "$(basename "$RUN")" \
+  -C "$OUT" logs && rm -rf "$LOGS"
+[ -d "$OUT/bundle" ] && tar -cf "$OUT/bundle.tar" -C "$OUT" bundle && rm -rf "$OUT/bundle"
+ls -la "$OUT"
+say done

@@ -1,0 +1,94 @@
+"""Harmonic conditioning and classifier-free guidance: the template, the null label, and the guided sampler."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from export.config import preset
+from export.harmonics import band_template, harmonic_template
+from export.monitor import nucleus, sample_all
+from export.train import build_prior, drop_labels
+from server import dsp
+
+TINY = preset("tiny")
+
+
+def _band(hz: float, p: dsp.SpectrogramParams) -> int:
+    """The mel band whose centre is nearest `hz`."""
+    fb = dsp.mel_filterbank(p)
+    centres = fb @ (np.arange(p.n_bins) * p.sample_rate / p.n_fft) / np.maximum(fb.sum(1), 1e-12)
+    return int(np.argmin(np.abs(centres - hz)))
+
+
+def test_the_template_lights_the_harmonics_and_nothing_between():
+    p = dsp.SpectrogramParams()
+    template = harmonic_template(p, 24, 84)
+    assert template.shape == (61, 1024) and template.min() >= 0 and template.max() == 1
+    a4 = template[69 - 24]  # 440 Hz
+    for k in (1, 2, 3, 5):
+        assert a4[_band(440 * k, p)] > 0.8, k
+    for hz in (300, 660, 1100):  # below the fundamental and halfway between partials
+        assert a4[_band(hz, p)] < 0.2, hz
+    assert not np.allclose(template[60 - 24], template[61 - 24])  # a semitone moves the partials
+
+
+def test_band_template_slices_rows_from_the_lowest():
+    template = np.arange(2 * 8, dtype=np.float32).reshape(2, 8)
+    bands = band_template(template, 4)
+    assert bands.shape == (2, 4, 2) and bands[1, 0].tolist() == [8, 9] and bands[0, 3].tolist() == [6, 7]
+    with pytest.raises(ValueError, match="do not split"):
+        band_template(template, 3)
+
+
+def test_harmonic_input_follows_the_pitch_of_each_row():
+    """With every other weight zeroed, the prior's input is the harmonic projection: it differs between pitches
+    exactly where the templates differ."""
+    torch.manual_seed(0)
+    prior = build_prior(TINY, "bottom").eval()
+    assert prior.cfg.harmonic and prior.tgt_bands.shape == (62, 64, 16)  # 61 pitches + the null one
+    rows = prior.tgt_rows
+    assert rows[:4].tolist() == [0, 1, 0, 1] and rows[4:8].tolist() == [2, 3, 2, 3]  # 2 x 2 patches
+    with torch.no_grad():
+        a = prior.tgt_harmonic(prior.tgt_bands[60 - 24][rows])
+        b = prior.tgt_harmonic(prior.tgt_bands[72 - 24][rows])
+        null = prior.tgt_harmonic(prior.tgt_bands[-1][rows])
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(null, prior.tgt_harmonic.bias.expand_as(null))  # the null pitch: no harmonics
+
+
+def test_null_labels_are_their_own_rows_and_dropout_uses_them():
+    prior = build_prior(TINY, "top")
+    p, f = prior.label_index(torch.tensor([24, 84, -1]), torch.tensor([0, 10, -1]))
+    assert p.tolist() == [0, 60, 61] and f.tolist() == [0, 10, 11]
+    plain = build_prior(dataclasses.replace(TINY, top_prior=dataclasses.replace(TINY.top_prior, cond_dropout=0.0)), "top")
+    assert plain.pitch_embed.num_embeddings == 61  # no null label without label dropout
+    torch.manual_seed(0)
+    pitch, family = drop_labels(torch.full((4000,), 60), torch.full((4000,), 3), 0.2)
+    dropped = pitch == -1
+    assert (family[dropped] == -1).all() and (family[~dropped] == 3).all()  # both labels together
+    assert dropped.float().mean().item() == pytest.approx(0.2, abs=0.03)
+
+
+def test_nucleus_keeps_the_top_p_mass_like_the_server():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    draws = nucleus(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {0, 1}
+    assert (draws == 0).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.03)
+    assert nucleus(logits[:2], 0.0, 0.7, torch.Generator()).tolist() == [0, 0]
+
+
+def test_guided_sampling_runs_both_rows_and_differs_from_plain():
+    torch.manual_seed(0)
+    prior = build_prior(TINY, "top").eval()
+    src = torch.full((3, prior.src_len), prior.mask_token)
+    pitch, family = torch.tensor([40, 60, 80]), torch.tensor([0, 4, 9])
+
+    def draw(guidance):
+        return sample_all(prior, src, pitch, family, torch.Generator().manual_seed(1), guidance=guidance)
+
+    plain, guided = draw(1.0), draw(4.0)
+    assert plain.shape == (3, prior.tgt_len) and int(plain.max()) < prior.n_codes
+    torch.testing.assert_close(draw(1.0), plain)  # seeded
+    assert not torch.equal(plain, guided)

@@ -1,0 +1,64 @@
+"""The training loop's parts: device-resident batches, audio read once, the schedule, time budgets."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from export import train
+from export.config import preset
+from export.nsynth import load_splits
+from tests.conftest import run_cli
+
+
+def test_batches_cover_every_row_once_per_epoch_and_ranks_split_them():
+    rows = torch.arange(10)
+    one = train.Dist(0, 1, torch.device("cpu"))
+    batches = train.shuffled_batches((rows, rows * 2), 5, one, seed=0)
+    first, second = next(batches), next(batches)
+    assert sorted(torch.cat([first[0], second[0]]).tolist()) == list(range(10))
+    assert torch.equal(first[1], first[0] * 2)  # fields stay aligned
+    halves = [next(train.shuffled_batches((rows,), 5, train.Dist(r, 2, torch.device("cpu")), seed=0))[0] for r in (0, 1)]
+    assert sorted(torch.cat(halves).tolist()) == list(range(10))  # two ranks, disjoint halves of one epoch
+    assert next(train.shuffled_batches((rows[:3],), 5, one, seed=0))[0].numel() == 3  # fewer rows than a batch
+
+
+def test_learning_rate_warms_up_holds_and_cools_down_to_zero():
+    lr = lambda step, progress: train.learning_rate(1e-3, step, progress, warmup=100, cooldown=0.2)  # noqa: E731
+    assert lr(0, 0.0) == pytest.approx(1e-5) and lr(49, 0.1) == pytest.approx(5e-4)
+    assert lr(500, 0.5) == 1e-3
+    assert lr(900, 0.9) == pytest.approx(5e-4) and lr(1000, 1.0) == 0.0
+
+
+def test_audio_is_read_once_as_int16_equal_to_the_files(dataset):
+    config = preset("tiny")
+    notes = load_splits(dataset, config.data)["train"][:3]
+    audio = train.load_audio(notes, config, torch.device("cpu"))
+    assert audio.dtype == torch.int16 and audio.shape == (3, config.spectrogram.n_samples)
+    expected, _ = sf.read(str(notes[1].path), dtype="float32")
+    np.testing.assert_array_equal(train.to_float(audio[1]).numpy()[: expected.size], expected)
+
+
+def test_prior_validation_runs_on_cpu_with_the_same_masks_each_time(tiny_bundle):
+    run, _ = tiny_bundle
+    config, _ = train.load_run(run)
+    model, _ = train.load_prior(run, config, "top")
+    valid = train.code_dataset(run, "valid")
+    first = train.evaluate_prior(model, "top", valid, batch_size=2)
+    assert first == train.evaluate_prior(model, "top", valid, batch_size=2) and first["valid_loss"] > 0
+
+
+def test_a_stage_stops_at_its_minutes_with_checkpoint_metrics_and_throughput(tiny_bundle, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle[0], run)
+    (run / "top_prior.pt").unlink()
+    result = run_cli("export", "prior", str(run), "--layer", "top", "--steps", "1000000", "--minutes", "0.05")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout)
+    assert 0 < figures["step"] < 1_000_000 and figures["examples_per_s"] > 0
+    assert "examples/s on cpu" in result.stderr
+    ckpt = train.load_checkpoint(run / "top_prior.pt")
+    assert ckpt["step"] == figures["step"] and "valid_loss" in ckpt["metrics"] and "sensitivity" in ckpt["metrics"]
