@@ -147,6 +147,13 @@ def cmd_evaluate(args) -> dict:
     return evaluate(args.bundle, args.data, args.out, args.notes, args.samples, args.seed, args.test_note, args.unseen)
 
 
+def cmd_fork(args) -> dict:
+    from export import train
+
+    config = train.fork_run(args.base, args.run, args.set, args.warm_start)
+    return {"run": str(args.run), "top_prior": config.top_prior, "bottom_prior": config.bottom_prior}
+
+
 def cmd_ablate(args) -> dict:
     from export.ablation import ablate
 
@@ -251,7 +258,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=2, help="generations per family and pitch (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-note", help="validation note of the inpainting experiments (default: a piano near C4)")
-    p.add_argument("--unseen", type=Path, help="a dataset from a soundfont never trained on: reconstruction and inpainting")
+    p.add_argument(
+        "--unseen", type=Path, help="a dataset from a soundfont never trained on: reconstruction and inpainting"
+    )
+
+    p = sub.add_parser("fork", help="a new run on another run's VQ-VAE and codes, with its own prior design")
+    p.add_argument("base", type=Path, help="the run whose VQ-VAE, normaliser and codes are shared")
+    p.add_argument("run", type=Path, help="the new run folder")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="e.g. top_prior.harmonic=true"
+    )
+    p.add_argument("--warm-start", action="store_true", help="the priors start from the base run's (grafted)")
 
     p = sub.add_parser("ablate", help="prior designs on the same codes and budget, measured by pitch")
     p.add_argument("run", type=Path, help="the base run: its VQ-VAE and codes are shared")
@@ -286,6 +303,7 @@ COMMANDS = {
     "pipeline": cmd_pipeline,
     "evaluate": cmd_evaluate,
     "ablate": cmd_ablate,
+    "fork": cmd_fork,
     "bench": cmd_bench,
 }
 
@@ -297,7 +315,7 @@ def _log_command(args, argv: list[str] | None) -> None:
     run = getattr(args, "run", None)
     if run is None or args.command == "ablate" or not is_main_process():
         return
-    if not (run.is_dir() or args.command in ("vqvae", "pipeline")):
+    if not (run.is_dir() or args.command in ("vqvae", "pipeline", "fork")):
         return
     run.mkdir(parents=True, exist_ok=True)
     line = {

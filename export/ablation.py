@@ -17,10 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from export import train
-from export.config import RunConfig, override
 from export.evaluate import INPAINTING, generate_grid, inpaint_notes, reconstruct
 from export.monitor import DEV_PITCHES
 from export.nsynth import load_splits
@@ -34,50 +32,6 @@ VARIANTS = {  # name → changes to both priors' config
     "cfg": {"harmonic": False, "cond_dropout": 0.2},
     "harmonic+cfg": {"harmonic": True, "cond_dropout": 0.2},
 }
-
-
-def make_variant(base: Path, folder: Path, changes: dict, init: bool, overrides: list[str] = ()) -> RunConfig:
-    """A run folder sharing `base`'s VQ-VAE and codes, its priors' config changed (and `overrides`, e.g.
-    train.prior_batch_size=32); with `init`, the priors start from the base run's weights (new parameters:
-    zero projections and mean null labels)."""
-    config, data = train.load_run(base)
-    config = override(config, list(overrides))
-    config = replace(
-        config,
-        top_prior=replace(config.top_prior, **changes),
-        bottom_prior=replace(config.bottom_prior, **changes),
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    train.create_run(folder, config, data)
-    for name in ("vqvae.pt", "stats.json"):
-        shutil.copy(base / name, folder / name)
-    codes = folder / "codes"
-    if not codes.exists():
-        codes.symlink_to((base / "codes").resolve())
-    for layer in ("top", "bottom"):
-        (folder / f"{layer}_prior.pt").unlink(missing_ok=True)
-        if init:
-            model = train.build_prior(config, layer)
-            start = train.load_checkpoint(base / f"{layer}_prior.pt")["model"]
-            model.load_state_dict(_grafted(model.state_dict(), start))
-            train.save_checkpoint(folder / f"{layer}_prior.pt", model=model.state_dict(), step=0, config=config.to_dict())
-    return config
-
-
-def _grafted(target: dict, source: dict) -> dict:
-    """`source`'s weights where they fit `target`: an embedding one row longer gets the mean row as its null
-    label; a parameter the source lacks (the harmonic projections) starts at zero, so the model begins as
-    the source model."""
-    out = {}
-    for key, value in target.items():
-        old = source.get(key)
-        if old is not None and old.shape == value.shape:
-            out[key] = old
-        elif old is not None and old.shape[1:] == value.shape[1:] and old.shape[0] + 1 == value.shape[0]:
-            out[key] = torch.cat([old, old.mean(0, keepdim=True)])
-        else:
-            out[key] = torch.zeros_like(value)
-    return out
 
 
 def measure(bundle_dir: Path, notes, recon, guidance: float, seed: int = 0) -> dict:
@@ -118,7 +72,11 @@ def ablate(
     reference = None
     for name in variants:
         folder = out / name
-        config = make_variant(base, folder, VARIANTS[name], init, overrides)
+        changes = [
+            f"{prior}.{k}={json.dumps(v)}" for prior in ("top_prior", "bottom_prior") for k, v in VARIANTS[name].items()
+        ]
+        shutil.rmtree(folder, ignore_errors=True)  # a variant is always trained anew
+        config = train.fork_run(base, folder, [*overrides, *changes], init)
         figures: dict = {}
         for layer, layer_steps, layer_minutes in zip(("bottom", "top"), steps, minutes, strict=True):
             # The bottom prior first: the top prior's monitor then generates whole notes with it.
@@ -181,4 +139,3 @@ def ablation_markdown(summary: dict) -> str:
             "",
         ]
     )
-

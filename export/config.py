@@ -137,7 +137,9 @@ def _small() -> RunConfig:
 
 def _tiny() -> RunConfig:
     # For tests: every stage runs in seconds on one CPU core.
-    prior = PriorConfig(d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, d_condition=4, **PITCH_AIDS)
+    prior = PriorConfig(
+        d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, d_condition=4, **PITCH_AIDS
+    )
     return RunConfig(
         preset="tiny",
         vqvae=VQVAEConfig(hidden=8, res_channels=4, n_res_blocks=1, embed_dim=8, n_codes=64),

@@ -350,7 +350,8 @@ def _guidance_note(bundle: Bundle) -> str:
     guided = [layer for layer, p in bundle.manifest.priors.items() if p.unconditional]
     if len(guided) == len(bundle.manifest.priors):
         return ""
-    return f" (this bundle's {' and '.join(set(bundle.manifest.priors) - set(guided))} prior has no null label: no guidance)"
+    plain = " and ".join(sorted(set(bundle.manifest.priors) - set(guided)))
+    return f" (this bundle's {plain} prior has no null label: no guidance there)"
 
 
 def _inpainting_kept_section(rows: list[Inpainted], families, n_notes: int, seconds: float) -> list[str]:

@@ -126,7 +126,9 @@ class PitchMonitor:
         with torch.no_grad():
             for t, b, p in zip(top.split(16), bottom.split(16), pitch.split(16), strict=True):
                 specs = self._decoder().decode_codes(t, b).cpu().numpy()
-                kept += [pitch_kept(dsp.invert(s, self.config.spectrogram), int(q)) for s, q in zip(specs, p, strict=True)]
+                kept += [
+                    pitch_kept(dsp.invert(s, self.config.spectrogram), int(q)) for s, q in zip(specs, p, strict=True)
+                ]
         return np.array(kept)
 
     def renders(self) -> dict[str, float]:

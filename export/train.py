@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -559,6 +560,48 @@ def train_prior(run: Path, layer: str, device: str = "auto", minutes: float | No
             minutes,
             monitor,
         )
+
+
+def fork_run(base: Path, run: Path, overrides: list[str], warm_start: bool = False) -> RunConfig:
+    """A new run folder sharing `base`'s VQ-VAE, normaliser and codes, its config changed by `overrides`
+    (e.g. top_prior.harmonic=true, train.prior_batch_size=32): a prior design trained on the same codes.
+    With `warm_start` its priors start from `base`'s (`graft`); otherwise they start from scratch."""
+    from export.config import override
+
+    config, data = load_run(base)
+    config = override(config, overrides)
+    if (run / RUN_FILE).is_file():
+        raise ValueError(f"{run} exists already; fork into a new folder")
+    create_run(run, config, data)
+    for name in ("vqvae.pt", "stats.json"):
+        shutil.copy(base / name, run / name)
+    # The new run's history starts with the base run's: its manifest then names every command behind it.
+    log, base_log = run / COMMAND_LOG, base / COMMAND_LOG
+    own = log.read_text() if log.is_file() else ""
+    log.write_text((base_log.read_text() if base_log.is_file() else "") + own)
+    (run / "codes").symlink_to((base / "codes").resolve())
+    if warm_start:
+        for layer in codemaps.LAYERS:
+            model = build_prior(config, layer)
+            model.load_state_dict(graft(model.state_dict(), load_prior(base, load_run(base)[0], layer)[0].state_dict()))
+            save_checkpoint(run / f"{layer}_prior.pt", model=model.state_dict(), step=0, config=config.to_dict())
+    return config
+
+
+def graft(target: dict, source: dict) -> dict:
+    """`source`'s weights wherever they fit `target`'s design: an embedding one row longer gets the mean row
+    (a new null label), a parameter the source lacks (a harmonic projection) starts at zero, so the new model
+    first computes exactly what the source did."""
+    out = {}
+    for key, value in target.items():
+        old = source.get(key)
+        if old is not None and old.shape == value.shape:
+            out[key] = old
+        elif old is not None and old.shape[1:] == value.shape[1:] and old.shape[0] + 1 == value.shape[0]:
+            out[key] = torch.cat([old, old.mean(0, keepdim=True)])
+        else:
+            out[key] = torch.zeros_like(value)
+    return out
 
 
 def load_prior(run: Path, config: RunConfig, layer: str) -> tuple[Prior, dict]:

@@ -62,7 +62,9 @@ def test_null_labels_are_their_own_rows_and_dropout_uses_them():
     prior = build_prior(TINY, "top")
     p, f = prior.label_index(torch.tensor([24, 84, -1]), torch.tensor([0, 10, -1]))
     assert p.tolist() == [0, 60, 61] and f.tolist() == [0, 10, 11]
-    plain = build_prior(dataclasses.replace(TINY, top_prior=dataclasses.replace(TINY.top_prior, cond_dropout=0.0)), "top")
+    plain = build_prior(
+        dataclasses.replace(TINY, top_prior=dataclasses.replace(TINY.top_prior, cond_dropout=0.0)), "top"
+    )
     assert plain.pitch_embed.num_embeddings == 61  # no null label without label dropout
     torch.manual_seed(0)
     pitch, family = drop_labels(torch.full((4000,), 60), torch.full((4000,), 3), 0.2)

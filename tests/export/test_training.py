@@ -21,7 +21,9 @@ def test_batches_cover_every_row_once_per_epoch_and_ranks_split_them():
     first, second = next(batches), next(batches)
     assert sorted(torch.cat([first[0], second[0]]).tolist()) == list(range(10))
     assert torch.equal(first[1], first[0] * 2)  # fields stay aligned
-    halves = [next(train.shuffled_batches((rows,), 5, train.Dist(r, 2, torch.device("cpu")), seed=0))[0] for r in (0, 1)]
+    halves = [
+        next(train.shuffled_batches((rows,), 5, train.Dist(r, 2, torch.device("cpu")), seed=0))[0] for r in (0, 1)
+    ]
     assert sorted(torch.cat(halves).tolist()) == list(range(10))  # two ranks, disjoint halves of one epoch
     assert next(train.shuffled_batches((rows[:3],), 5, one, seed=0))[0].numel() == 3  # fewer rows than a batch
 
@@ -62,3 +64,33 @@ def test_a_stage_stops_at_its_minutes_with_checkpoint_metrics_and_throughput(tin
     assert "examples/s on cpu" in result.stderr
     ckpt = train.load_checkpoint(run / "top_prior.pt")
     assert ckpt["step"] == figures["step"] and "valid_loss" in ckpt["metrics"] and "sensitivity" in ckpt["metrics"]
+
+
+def test_a_graft_starts_a_new_design_where_the_old_one_was():
+    """Harmonic projections at zero and a null label added: the new prior first predicts what the old one did."""
+    import dataclasses
+
+    from export.config import preset
+
+    tiny = preset("tiny")
+    old_design = dataclasses.replace(tiny.top_prior, harmonic=False, cond_dropout=0.0)
+    old = train.build_prior(dataclasses.replace(tiny, top_prior=old_design), "top").eval()
+    new = train.build_prior(tiny, "top").eval()
+    new.load_state_dict(train.graft(new.state_dict(), old.state_dict()))
+    src = torch.randint(0, 65, (2, 128))
+    tgt, pitch, family = src.clamp(max=63), torch.tensor([30, 70]), torch.tensor([1, 9])
+    with torch.no_grad():
+        torch.testing.assert_close(new(src, tgt, pitch, family), old(src, tgt, pitch, family))
+
+
+def test_fork_shares_the_codes_and_keeps_the_history(tiny_bundle, tmp_path):
+    base = tiny_bundle[0]
+    run = tmp_path / "fork"
+    result = run_cli("export", "fork", str(base), str(run), "--set", "train.prior_lr=1e-4", "--warm-start")
+    assert result.returncode == 0, result.stderr[-2000:]
+    config, _ = train.load_run(run)
+    assert config.train.prior_lr == 1e-4 and (run / "codes" / "train.npz").is_file()
+    commands = [json.loads(line)["command"].split()[1] for line in (run / "commands.jsonl").read_text().splitlines()]
+    assert commands == ["pipeline", "fork"]
+    assert train.load_checkpoint(run / "top_prior.pt")["step"] == 0
+    assert run_cli("export", "fork", str(base), str(run)).returncode == 1  # never over an existing run
