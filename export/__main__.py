@@ -168,6 +168,8 @@ def cmd_ablate(args) -> dict:
         device=args.device,
         markdown=args.markdown,
         overrides=args.set,
+        train_variants=not args.measure_only,
+        harmonic=tuple(args.harmonic_weights),
     )
 
 
@@ -279,6 +281,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bottom-minutes", type=float)
     p.add_argument("--top-minutes", type=float)
     p.add_argument("--init", action="store_true", help="fine-tune from the base run's priors instead of scratch")
+    p.add_argument("--measure-only", action="store_true", help="re-export and re-measure the variants in --out")
+    p.add_argument(
+        "--harmonic-weights",
+        type=lambda t: [float(x) for x in t.split(",")],
+        default=[0.0, 1.0],
+        help="harmonic guidance weights measured (default 0,1)",
+    )
     p.add_argument("--notes", type=int, default=60, help="validation notes for inpainting (default %(default)s)")
     p.add_argument("--markdown", type=Path, help="also write the table, e.g. docs/ablations.md")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="e.g. train.prior_lr=1e-4")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,9 +23,10 @@ from export.monitor import DEV_PITCHES
 from export.nsynth import load_splits
 from export.onnx_export import export_bundle
 from server.bundle import Bundle
-from server.sampling import DEFAULT_GUIDANCE, Conditioning
+from server.sampling import DEFAULT_HARMONIC, Conditioning
 
-VARIANTS = {  # name → changes to both priors' config
+GUIDANCE = 2.0  # the classifier-free guidance weight tried against 1 (off)
+VARIANTS = {  # name → changes to both priors' config (--measure-only also takes any run folder under --out)
     "today": {"harmonic": False, "cond_dropout": 0.0},
     "harmonic": {"harmonic": True, "cond_dropout": 0.0},
     "cfg": {"harmonic": False, "cond_dropout": 0.2},
@@ -34,20 +34,23 @@ VARIANTS = {  # name → changes to both priors' config
 }
 
 
-def measure(bundle_dir: Path, notes, recon, guidance: float, seed: int = 0) -> dict:
+def measure(bundle_dir: Path, notes, recon, settings: Conditioning, seed: int = 0) -> dict:
     bundle = Bundle(bundle_dir)
-    settings = Conditioning(0, 0, guidance=guidance)
-    t0 = time.perf_counter()
     gens = generate_grid(bundle, 1, seed, settings, DEV_PITCHES)
-    per_note = (time.perf_counter() - t0) / len(gens)
     inpainted = inpaint_notes(bundle, notes, recon, seed, settings)
+    families = sorted({g.family for g in gens})
     return {
         "generation": float(np.mean([g.kept for g in gens])),
-        "worst_family": float(min(np.mean([g.kept for g in gens if g.family == f]) for f in {g.family for g in gens})),
+        "worst_family": float(min(np.mean([g.kept for g in gens if g.family == f]) for f in families)),
         **{kind: float(np.mean([x.kept for x in inpainted if x.kind == kind])) for kind, _ in INPAINTING},
         "priors_ms": 1000 * float(np.median([g.priors_s for g in gens])),
-        "note_ms": 1000 * per_note,
     }
+
+
+def settings_for(design: dict, harmonic: tuple[float, ...] = (0.0, DEFAULT_HARMONIC)) -> list[tuple[float, float]]:
+    """(guidance, harmonic) pairs worth measuring: the model alone, then each sampling aid it allows."""
+    guidance = [1.0, GUIDANCE] if design["cond_dropout"] > 0 else [1.0]
+    return [(g, h) for h in harmonic for g in guidance]
 
 
 def ablate(
@@ -58,31 +61,25 @@ def ablate(
     minutes: tuple[float | None, float | None] = (None, None),
     init: bool = False,
     notes: int = 60,
-    guidance: float = DEFAULT_GUIDANCE,
     device: str = "auto",
     markdown: Path | None = None,
     overrides: list[str] = (),
+    train_variants: bool = True,
+    harmonic: tuple[float, ...] = (0.0, DEFAULT_HARMONIC),
 ) -> dict:
-    """Train and measure each variant; `steps` and `minutes` are (bottom, top) budgets."""
+    """Train (unless `train_variants` is False: the folders exist) and measure each variant; `steps` and
+    `minutes` are (bottom, top) budgets."""
     base_config, data = train.load_run(base)
-    split = load_splits(data, base_config.data)
-    valid = split["valid"]
+    valid = load_splits(data, base_config.data)["valid"]
     picked = [valid[i] for i in sorted(np.random.default_rng(1).permutation(len(valid))[: 3 * notes])]
     results: dict[str, dict] = {}
     reference = None
     for name in variants:
         folder = out / name
-        changes = [
-            f"{prior}.{k}={json.dumps(v)}" for prior in ("top_prior", "bottom_prior") for k, v in VARIANTS[name].items()
-        ]
-        shutil.rmtree(folder, ignore_errors=True)  # a variant is always trained anew
-        config = train.fork_run(base, folder, [*overrides, *changes], init)
-        figures: dict = {}
-        for layer, layer_steps, layer_minutes in zip(("bottom", "top"), steps, minutes, strict=True):
-            # The bottom prior first: the top prior's monitor then generates whole notes with it.
-            config = replace(config, train=replace(config.train, prior_steps=layer_steps))
-            train.create_run(folder, config, data)
-            figures[layer] = train.train_prior(folder, layer, device, layer_minutes)
+        if train_variants:
+            results[name] = {"train": _train_variant(base, folder, name, steps, minutes, init, overrides, device)}
+        else:  # the figures each stage stored with its final checkpoint
+            results[name] = {"train": {layer: _checkpoint_figures(folder, layer) for layer in ("bottom", "top")}}
         bundle_dir = folder / "bundle"
         export_bundle(folder, bundle_dir, name)
         if reference is None:  # same VQ-VAE for every variant: the notes and their codes once
@@ -90,11 +87,9 @@ def ablate(
             recon = reconstruct(bundle, picked)
             keep = [i for i, r in enumerate(recon) if r.input_kept and r.recon_kept][:notes]
             reference = ([picked[i] for i in keep], [recon[i] for i in keep])
-        weights = [1.0, guidance] if VARIANTS[name]["cond_dropout"] > 0 else [1.0]
-        results[name] = {
-            "config": {k: getattr(config.top_prior, k) for k in VARIANTS[name]},
-            "train": {layer: _train_figures(f) for layer, f in figures.items()},
-            "sampling": {f"guidance {w:g}": measure(bundle_dir, *reference, w) for w in weights},
+        results[name]["sampling"] = {
+            f"{g:g}/{h:g}": measure(bundle_dir, *reference, Conditioning(0, 0, guidance=g, harmonic=h))
+            for g, h in settings_for(_design(folder), harmonic)
         }
         print(json.dumps({name: results[name]}, indent=1), flush=True)
     summary = {"base": str(base), "steps": steps, "minutes": minutes, "init": init, "notes": len(reference[0]),
@@ -103,6 +98,31 @@ def ablate(
     if markdown is not None:
         markdown.write_text(ablation_markdown(summary))
     return summary
+
+
+def _train_variant(base, folder, name, steps, minutes, init, overrides, device) -> dict:
+    design = VARIANTS[name].items()
+    changes = [f"{prior}.{k}={json.dumps(v)}" for prior in ("top_prior", "bottom_prior") for k, v in design]
+    shutil.rmtree(folder, ignore_errors=True)  # a variant is always trained anew
+    config = train.fork_run(base, folder, [*overrides, *changes], init)
+    _, data = train.load_run(base)
+    figures = {}
+    for layer, layer_steps, layer_minutes in zip(("bottom", "top"), steps, minutes, strict=True):
+        # The bottom prior first: the top prior's monitor then generates whole notes with it.
+        config = replace(config, train=replace(config.train, prior_steps=layer_steps))
+        train.create_run(folder, config, data)
+        figures[layer] = _train_figures(train.train_prior(folder, layer, device, layer_minutes))
+    return figures
+
+
+def _design(folder: Path) -> dict:
+    prior = train.load_run(folder)[0].top_prior
+    return {"harmonic": prior.harmonic, "cond_dropout": prior.cond_dropout}
+
+
+def _checkpoint_figures(folder: Path, layer: str) -> dict:
+    ckpt = train.load_checkpoint(folder / f"{layer}_prior.pt")
+    return _train_figures({**ckpt["metrics"], "step": ckpt["step"]})
 
 
 def _train_figures(metrics: dict) -> dict:
@@ -114,15 +134,16 @@ def _train_figures(metrics: dict) -> dict:
 def ablation_markdown(summary: dict) -> str:
     how = "fine-tuned from the base run's priors" if summary["init"] else "trained from scratch"
     lines = [
-        "| design | guidance | generation pitch accuracy (worst family) | keep top, resample bottom | first 2 s | "
-        "lowest quarter | pitch sensitivity top / bottom (nats) | valid loss top / bottom | priors for a new note |",
+        "| design | guidance / harmonic guidance | generation pitch accuracy (worst family) | keep top, resample "
+        "bottom | first 2 s | lowest quarter | pitch sensitivity top / bottom (nats) | valid loss top / bottom | "
+        "priors for a new note |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in summary["results"].items():
         t, b = r["train"]["top"], r["train"]["bottom"]
-        for weight, s in r["sampling"].items():
+        for weights, s in r["sampling"].items():
             lines.append(
-                f"| {name} | {weight.split()[1]} | {100 * s['generation']:.0f} % ({100 * s['worst_family']:.0f} %) | "
+                f"| {name} | {weights} | {100 * s['generation']:.0f} % ({100 * s['worst_family']:.0f} %) | "
                 f"{100 * s['bottom']:.0f} % | {100 * s['time']:.0f} % | {100 * s['frequency']:.0f} % | "
                 f"{t.get('sensitivity', float('nan')):.3f} / {b.get('sensitivity', float('nan')):.3f} | "
                 f"{t['valid_loss']:.3f} / {b['valid_loss']:.3f} | {s['priors_ms']:.0f} ms |"
@@ -133,6 +154,7 @@ def ablation_markdown(summary: dict) -> str:
             f"Both priors {how} on the same codes for the same budget (bottom {steps[0]}, top {steps[1]} steps"
             + (f", at most {summary['minutes']} minutes" if any(summary["minutes"]) else "")
             + f"). Generation: every family x pitches {', '.join(map(str, DEV_PITCHES))}, one note each. "
+            "Guidance 1 is the conditional model alone; harmonic guidance 0 leaves the logits untouched. "
             f"Inpainting: {summary['notes']} validation notes whose original and reconstruction read at pitch.",
             "",
             *lines,

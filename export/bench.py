@@ -46,7 +46,9 @@ class TorchPriorSampler(PriorSampler):
         with torch.inference_mode():
             pitch, family = (torch.from_numpy(labels[k]) for k in ("pitch", "family"))
             logits, present = self.prior.step(torch.from_numpy(tokens), pitch, family, past, list(memory.values()))
-        return logits[:, -1].numpy(), present
+            last = torch.tensor([past[0].shape[2] + tokens.shape[1] - 1])
+            harmonic = self.prior.harmonic_bias(pitch, last)
+        return logits[:, -1].numpy(), harmonic[:, -1].numpy(), present
 
 
 def write_random_run(run: Path, config: cfg.RunConfig, seed: int = 0) -> None:

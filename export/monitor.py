@@ -22,7 +22,7 @@ from export.config import RunConfig
 from export.metrics import pitch_kept
 from export.prior import Prior
 from server import codemaps, dsp
-from server.sampling import DEFAULT_GUIDANCE
+from server.sampling import DEFAULT_GUIDANCE, DEFAULT_HARMONIC
 
 SHIFTS = (1, 7, 12, -12)
 DEV_PITCHES = (27, 34, 41, 48, 55, 62, 69, 76)  # between the evaluation grid's 24, 31, ..., 80
@@ -51,13 +51,16 @@ def sample_all(
     temperature: float = 1.0,
     top_p: float = 0.8,
     guidance: float = DEFAULT_GUIDANCE,
+    harmonic: float = DEFAULT_HARMONIC,
 ) -> torch.Tensor:
     """Every target token of a batch, left to right: src (B, S), labels (B,) → (B, T).
 
     With guidance != 1 (and a prior that has a null label) each step runs the conditional and the
-    unconditional rows in one batch and samples from u + guidance (c - u), as the server does.
+    unconditional rows in one batch and samples from u + guidance (c - u), as the server does; then
+    + harmonic x the prior's harmonic guidance (zero until its code profiles are set).
     """
     b = src.shape[0]
+    requested = pitch
     guided = guidance != 1 and prior.cfg.cond_dropout > 0
     if guided:
         null = torch.full_like(pitch, -1)
@@ -71,6 +74,8 @@ def sample_all(
         z = logits[:, -1].float()
         if guided:
             z = z[b:] + guidance * (z[:b] - z[b:])
+        if harmonic:
+            z = z + harmonic * prior.harmonic_bias(requested, torch.tensor([j], device=src.device))[:, 0]
         out[:, j] = nucleus(z, temperature, top_p, generator)
         tokens = out[:, j : j + 1].repeat(2 if guided else 1, 1)
     return out
@@ -112,10 +117,12 @@ class PitchMonitor:
         return figures
 
     def _decoder(self):
+        """The run's VQ-VAE; the first call also measures the code profiles of the harmonic guidance."""
         if self._vqvae is None:
-            from export.train import load_vqvae
+            from export.train import load_vqvae, set_code_profiles
 
             self._vqvae = load_vqvae(self.run, self.config).to(self.device)
+            set_code_profiles(self.run, self._vqvae, [self.model])
         return self._vqvae
 
     def _kept(self, top_seq: torch.Tensor, bottom_seq: torch.Tensor, pitch: torch.Tensor) -> np.ndarray:
@@ -147,9 +154,10 @@ class PitchMonitor:
         other = self.run / "bottom_prior.pt"
         if not other.is_file():
             return {}
-        from export.train import load_prior
+        from export.train import load_prior, set_code_profiles
 
         bottom_prior = load_prior(self.run, self.config, "bottom")[0].to(self.device)
+        set_code_profiles(self.run, self._decoder(), [bottom_prior])
         n = self.notes[0].shape[0]
         grid = [(f, p) for p in DEV_PITCHES for f in range(len(self.config.data.families))]
         chosen = [grid[i] for i in np.random.default_rng(1).permutation(len(grid))[:n]]

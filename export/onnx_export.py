@@ -59,7 +59,8 @@ class PriorEncoderGraph(nn.Module):
 
 
 class PriorStepGraph(nn.Module):
-    """Inputs tokens, pitch, family, then the 2L past tensors, then the 2L memory tensors."""
+    """Inputs tokens, pitch, family, then the 2L past tensors, then the 2L memory tensors; outputs the logits,
+    the harmonic guidance of the same positions, then the 2L present tensors."""
 
     def __init__(self, prior: Prior):
         super().__init__()
@@ -67,8 +68,10 @@ class PriorStepGraph(nn.Module):
 
     def forward(self, tokens, pitch, family, *caches):
         n = 2 * len(self.prior.decoder)
-        logits, present = self.prior.step(tokens, pitch, family, list(caches[:n]), list(caches[n:]))
-        return (logits, *present)
+        past = list(caches[:n])
+        logits, present = self.prior.step(tokens, pitch, family, past, list(caches[n:]))
+        positions = torch.arange(tokens.shape[1]) + past[0].shape[2]
+        return (logits, self.prior.harmonic_bias(pitch, positions), *present)
 
 
 def n_layers(name: str, priors: dict[str, Prior]) -> int:
@@ -208,6 +211,7 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
     for layer in codemaps.LAYERS:
         priors[layer], prior_ckpts[layer] = train.load_prior(run, config, layer)
     vq_ckpt = train.load_checkpoint(run / "vqvae.pt")
+    train.set_code_profiles(run, vqvae, list(priors.values()))  # baked into the step graphs
     out.mkdir(parents=True, exist_ok=True)
     # The manifest is written last: a folder being (re-)exported, or whose export failed, is never a bundle.
     (out / bundle.MANIFEST).unlink(missing_ok=True)
@@ -251,7 +255,7 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
                 "src_len": p.src_len,
                 "tgt_len": p.tgt_len,
                 "unconditional": p.cfg.cond_dropout > 0,
-                "harmonic": p.cfg.harmonic,
+                "harmonic_conditioning": p.cfg.harmonic,
             }
             for layer, p in priors.items()
         },

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.config import PriorConfig
-from export.harmonics import band_template, harmonic_template
+from export.harmonics import band_template, harmonic_template, unit_bands
 from server import codemaps
 from server.dsp import SpectrogramParams
 
@@ -132,7 +132,7 @@ class Prior(nn.Module):
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
         src_len, tgt_len = (int(np.prod(codemaps.layer_shape(x))) for x in ("top", layer))
-        self.cfg, self.n_codes, self.src_len, self.tgt_len = cfg, n_codes, src_len, tgt_len
+        self.cfg, self.layer, self.n_codes, self.src_len, self.tgt_len = cfg, layer, n_codes, src_len, tgt_len
         self.pitch_min, self.n_pitches, self.n_families = pitch_min, pitch_max - pitch_min + 1, n_families
         d_token = cfg.d_model - 2 * cfg.d_condition
         self.mask_token = self.start_token = n_codes  # src: mask token; target input: start symbol
@@ -143,15 +143,22 @@ class Prior(nn.Module):
         self.family_embed = nn.Embedding(n_families + null, cfg.d_condition)
         self.src_pos = nn.Parameter(torch.randn(src_len, cfg.d_model) * 0.02)
         self.tgt_pos = nn.Parameter(torch.randn(tgt_len, cfg.d_model) * 0.02)
-        if cfg.harmonic:
-            template = harmonic_template(spectrogram, pitch_min, pitch_max)  # (P, n_mels)
-            template = np.concatenate([template, np.zeros_like(template[:1])])  # the null pitch: no harmonics
-            for side, grid in (("src", "top"), ("tgt", layer)):
-                rows, cols = codemaps.layer_shape(grid)
+        template = harmonic_template(spectrogram, pitch_min, pitch_max)  # (P, n_mels)
+        template = np.concatenate([template, np.zeros_like(template[:1])])  # the null pitch: no harmonics
+        # Buffers rebuilt from the config (not saved): each sequence position's frequency row, and the template
+        # under every row, raw (harmonic conditioning) and unit-normalised (harmonic guidance).
+        for side, grid in (("src", "top"), ("tgt", layer)):
+            rows, cols = codemaps.layer_shape(grid)
+            self.register_buffer(f"{side}_rows", torch.from_numpy(codemaps.order(grid) // cols), persistent=False)
+            if cfg.harmonic:
                 bands = torch.from_numpy(band_template(template, rows))  # (P + 1, rows, n_mels / rows)
-                self.register_buffer(f"{side}_bands", bands, persistent=False)  # rebuilt from the config
-                self.register_buffer(f"{side}_rows", torch.from_numpy(codemaps.order(grid) // cols), persistent=False)
+                self.register_buffer(f"{side}_bands", bands, persistent=False)
                 setattr(self, f"{side}_harmonic", nn.Linear(bands.shape[-1], cfg.d_model))
+        unit = torch.from_numpy(unit_bands(template, codemaps.layer_shape(layer)[0]))  # (P + 1, rows, bins)
+        self.register_buffer("tgt_unit_bands", unit, persistent=False)
+        # What each code puts in its band (export.harmonics.code_profiles): measured on the run's VQ-VAE by the
+        # export and the training monitor, zero until then (no harmonic guidance).
+        self.register_buffer("code_profiles", torch.zeros(n_codes, unit.shape[-1]), persistent=False)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.enc_ln = nn.LayerNorm(cfg.d_model)
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
@@ -219,6 +226,16 @@ class Prior(nn.Module):
             x, kv = layer(x, past[2 * i : 2 * i + 2], memory[2 * i : 2 * i + 2], bias, causal)
             present.extend(kv)
         return self.head(self.dec_ln(x)), present
+
+    def harmonic_bias(self, pitch: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Harmonic guidance: (B,) pitch, (N,) target positions → (B, N, n_codes), how well each code's partials
+        sit where the pitch puts them in the position's band (0 for the null pitch). Added to the logits only
+        when sampling (scaled by the performer's weight), never in training: the model learns the data, and
+        the sampler leans it towards the harmonics of the pitch asked for."""
+        p = (pitch - self.pitch_min).clamp(0, self.n_pitches - 1)
+        p = torch.where(pitch < 0, torch.full_like(p, self.n_pitches), p)  # the template's last row is empty
+        bands = self.tgt_unit_bands[p][:, self.tgt_rows[positions]]  # (B, N, bins)
+        return bands @ self.code_profiles.t()
 
     def forward(self, src, target, pitch, family) -> torch.Tensor:
         """Teacher-forced logits (B, T, n_codes) for target (B, T)."""

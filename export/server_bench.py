@@ -80,6 +80,12 @@ def torch_models_from_bundle(bundle_dir: Path) -> tuple[cfg.RunConfig, VQVAE2, d
             anonymous = [x for x in node.input if x in arrays and not x.startswith(prefix)]
             if node.op_type == "MatMul" and len(anonymous) == 1:
                 found[owner][_module_path(node.name) + ".weight"] = torch.from_numpy(arrays[anonymous[0]].T.copy())
+            # The harmonic guidance's code profiles are a buffer measured at export, folded into a constant
+            # (bins, n_codes): the one constant of that shape in a step graph.
+            if graph.endswith("_step") and node.op_type == "Constant":
+                value = numpy_helper.to_array(node.attribute[0].t)
+                if value.shape == tuple(models[owner].code_profiles.shape[::-1]):
+                    models[owner].code_profiles.copy_(torch.from_numpy(value.T.copy()))
     for name, model in models.items():
         expected = model.state_dict()
         # The codebooks' EMA statistics only serve training: no graph holds them.

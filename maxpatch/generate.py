@@ -185,7 +185,7 @@ def max_patch() -> MaxPatch:
         p.connect(route, 1 + i, setter)
         p.connect(setter, 0, shown)
 
-    # Conditioning: instrument, pitch (keyboard and number), temperature, top-p, guidance.
+    # Conditioning: instrument, pitch (keyboard and number), temperature, top-p, guidance, harmonic guidance.
     items = []
     for f in FAMILIES:
         items += [f, ","]
@@ -199,7 +199,7 @@ def max_patch() -> MaxPatch:
     p.connect(keys, 0, pitch_box)
     p.connect(pitch_box, 0, pitch)
     p.connect(pitch, 0, net)
-    for i, address in enumerate(("/temperature", "/top_p", "/guidance")):
+    for i, address in enumerate(("/temperature", "/top_p", "/guidance", "/harmonic")):
         c("comment", 520, 80 + 30 * i, address[1:], show=(546, 70 + 30 * i, 80, 22))
         knob = c("flonum", 600, 200 + 30 * i, w=60, show=(630, 70 + 30 * i, 60, 22), minimum=0.0)
         send = c("newobj", 670, 200 + 30 * i, "prepend " + check_send(address, 1))
@@ -456,7 +456,7 @@ def pd_patch() -> PdPatch:
         p.connect(route, 1 + i, tag)
         p.connect(tag, 0, log)
 
-    # Conditioning: instrument (11 families), pitch, temperature, top-p, guidance.
+    # Conditioning: instrument (11 families), pitch, temperature, top-p, guidance, harmonic guidance.
     p.text(20, 170, "instrument: " + " ".join(FAMILIES))
     radio = p.obj(20, 195, f"hradio 15 1 0 {len(FAMILIES)} empty empty empty 0 -8 0 10 -262144 -1 -1 4")
     p.connect(radio, 0, p.send(20, 220, "/instrument", 1))
@@ -467,10 +467,11 @@ def pd_patch() -> PdPatch:
     p.connect(slider, 0, pitch)
     p.connect(pitch, 0, whole)
     p.connect(whole, 0, p.send(280, 310, "/pitch", 1))
-    for i, name in enumerate(("temperature", "top_p", "guidance")):
-        p.text(360 + 120 * i, 240, name)
-        knob = p.atom(360 + 120 * i, 260, 5, 0, 1 if name == "top_p" else 10)
-        p.connect(knob, 0, p.send(360 + 120 * i, 285, "/" + name, 1))
+    for i, name in enumerate(("temperature", "top_p", "guidance", "harmonic")):
+        x = 330 + 100 * i
+        p.text(x, 240, name)
+        knob = p.atom(x, 260, 5, 0, 1 if name == "top_p" else 10)
+        p.connect(knob, 0, p.send(x, 285 + 25 * (i % 2), "/" + name, 1))  # staggered: the sends are wide
 
     # Sound-wide actions, each also reachable by a receive name (for other patches and headless tests).
     for i, (label, address) in enumerate(

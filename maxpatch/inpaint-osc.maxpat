@@ -624,6 +624,74 @@
    {
     "box": {
      "id": "obj-27",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      520,
+      170,
+      68.0,
+      22
+     ],
+     "text": "harmonic",
+     "presentation": 1,
+     "presentation_rect": [
+      546,
+      160,
+      80,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-28",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      "bang"
+     ],
+     "patching_rect": [
+      600,
+      290,
+      60,
+      22
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      630,
+      160,
+      60,
+      22
+     ],
+     "parameter_enable": 0,
+     "minimum": 0.0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-29",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      670,
+      290,
+      131.0,
+      22
+     ],
+     "text": "prepend /harmonic"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-30",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -648,7 +716,7 @@
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-31",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -671,7 +739,7 @@
    },
    {
     "box": {
-     "id": "obj-29",
+     "id": "obj-32",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -696,7 +764,7 @@
    },
    {
     "box": {
-     "id": "obj-30",
+     "id": "obj-33",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -719,7 +787,7 @@
    },
    {
     "box": {
-     "id": "obj-31",
+     "id": "obj-34",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -744,7 +812,7 @@
    },
    {
     "box": {
-     "id": "obj-32",
+     "id": "obj-35",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -767,7 +835,7 @@
    },
    {
     "box": {
-     "id": "obj-33",
+     "id": "obj-36",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -792,7 +860,7 @@
    },
    {
     "box": {
-     "id": "obj-34",
+     "id": "obj-37",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -815,7 +883,7 @@
    },
    {
     "box": {
-     "id": "obj-35",
+     "id": "obj-38",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -833,7 +901,7 @@
    },
    {
     "box": {
-     "id": "obj-36",
+     "id": "obj-39",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -852,7 +920,7 @@
    },
    {
     "box": {
-     "id": "obj-37",
+     "id": "obj-40",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -871,7 +939,7 @@
    },
    {
     "box": {
-     "id": "obj-38",
+     "id": "obj-41",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 3,
@@ -891,7 +959,7 @@
    },
    {
     "box": {
-     "id": "obj-39",
+     "id": "obj-42",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -917,7 +985,7 @@
    },
    {
     "box": {
-     "id": "obj-40",
+     "id": "obj-43",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -936,7 +1004,7 @@
    },
    {
     "box": {
-     "id": "obj-41",
+     "id": "obj-44",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -954,7 +1022,7 @@
    },
    {
     "box": {
-     "id": "obj-42",
+     "id": "obj-45",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -972,7 +1040,7 @@
    },
    {
     "box": {
-     "id": "obj-43",
+     "id": "obj-46",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1006,7 +1074,7 @@
    },
    {
     "box": {
-     "id": "obj-44",
+     "id": "obj-47",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1026,7 +1094,7 @@
    },
    {
     "box": {
-     "id": "obj-45",
+     "id": "obj-48",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1044,7 +1112,7 @@
    },
    {
     "box": {
-     "id": "obj-46",
+     "id": "obj-49",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1062,7 +1130,7 @@
    },
    {
     "box": {
-     "id": "obj-47",
+     "id": "obj-50",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1080,7 +1148,7 @@
    },
    {
     "box": {
-     "id": "obj-48",
+     "id": "obj-51",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1099,7 +1167,7 @@
    },
    {
     "box": {
-     "id": "obj-49",
+     "id": "obj-52",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1124,7 +1192,7 @@
    },
    {
     "box": {
-     "id": "obj-50",
+     "id": "obj-53",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1147,7 +1215,7 @@
    },
    {
     "box": {
-     "id": "obj-51",
+     "id": "obj-54",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1165,7 +1233,7 @@
    },
    {
     "box": {
-     "id": "obj-52",
+     "id": "obj-55",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1183,7 +1251,7 @@
    },
    {
     "box": {
-     "id": "obj-53",
+     "id": "obj-56",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1209,7 +1277,7 @@
    },
    {
     "box": {
-     "id": "obj-54",
+     "id": "obj-57",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1228,7 +1296,7 @@
    },
    {
     "box": {
-     "id": "obj-55",
+     "id": "obj-58",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1246,7 +1314,7 @@
    },
    {
     "box": {
-     "id": "obj-56",
+     "id": "obj-59",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1264,7 +1332,7 @@
    },
    {
     "box": {
-     "id": "obj-57",
+     "id": "obj-60",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1298,7 +1366,7 @@
    },
    {
     "box": {
-     "id": "obj-58",
+     "id": "obj-61",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1318,7 +1386,7 @@
    },
    {
     "box": {
-     "id": "obj-59",
+     "id": "obj-62",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1336,7 +1404,7 @@
    },
    {
     "box": {
-     "id": "obj-60",
+     "id": "obj-63",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1354,7 +1422,7 @@
    },
    {
     "box": {
-     "id": "obj-61",
+     "id": "obj-64",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1372,7 +1440,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-65",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1391,7 +1459,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-66",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1416,7 +1484,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-67",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1439,7 +1507,7 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-68",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1457,7 +1525,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-69",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1475,7 +1543,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-70",
      "maxclass": "umenu",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1507,7 +1575,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-71",
      "maxclass": "newobj",
      "numinlets": 5,
      "numoutlets": 1,
@@ -1525,7 +1593,7 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-72",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1552,7 +1620,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-73",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1575,7 +1643,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-74",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1602,7 +1670,7 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-75",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1625,7 +1693,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-76",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1652,7 +1720,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-77",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1675,7 +1743,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-78",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1702,7 +1770,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-79",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1725,7 +1793,7 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-80",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1750,7 +1818,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-81",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1773,7 +1841,7 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-82",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1792,7 +1860,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-83",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1810,7 +1878,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-84",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1835,7 +1903,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-85",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1858,7 +1926,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-86",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1877,7 +1945,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-87",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1895,7 +1963,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-88",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1920,7 +1988,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-89",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1943,7 +2011,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-90",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1962,7 +2030,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-91",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1980,7 +2048,7 @@
    },
    {
     "box": {
-     "id": "obj-89",
+     "id": "obj-92",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1999,7 +2067,7 @@
    },
    {
     "box": {
-     "id": "obj-90",
+     "id": "obj-93",
      "maxclass": "waveform~",
      "numinlets": 5,
      "numoutlets": 6,
@@ -2030,7 +2098,7 @@
    },
    {
     "box": {
-     "id": "obj-91",
+     "id": "obj-94",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 2,
@@ -2049,7 +2117,7 @@
    },
    {
     "box": {
-     "id": "obj-92",
+     "id": "obj-95",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2074,7 +2142,7 @@
    },
    {
     "box": {
-     "id": "obj-93",
+     "id": "obj-96",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2099,7 +2167,7 @@
    },
    {
     "box": {
-     "id": "obj-94",
+     "id": "obj-97",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2117,7 +2185,7 @@
    },
    {
     "box": {
-     "id": "obj-95",
+     "id": "obj-98",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2135,7 +2203,7 @@
    },
    {
     "box": {
-     "id": "obj-96",
+     "id": "obj-99",
      "maxclass": "ezdac~",
      "numinlets": 2,
      "numoutlets": 0,
@@ -2158,7 +2226,7 @@
    },
    {
     "box": {
-     "id": "obj-97",
+     "id": "obj-100",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2181,7 +2249,7 @@
    },
    {
     "box": {
-     "id": "obj-98",
+     "id": "obj-101",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2207,7 +2275,7 @@
    },
    {
     "box": {
-     "id": "obj-99",
+     "id": "obj-102",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2225,7 +2293,7 @@
    },
    {
     "box": {
-     "id": "obj-100",
+     "id": "obj-103",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2248,7 +2316,7 @@
    },
    {
     "box": {
-     "id": "obj-101",
+     "id": "obj-104",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2268,7 +2336,7 @@
    },
    {
     "box": {
-     "id": "obj-102",
+     "id": "obj-105",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2286,7 +2354,7 @@
    },
    {
     "box": {
-     "id": "obj-103",
+     "id": "obj-106",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2304,7 +2372,7 @@
    },
    {
     "box": {
-     "id": "obj-104",
+     "id": "obj-107",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2323,7 +2391,7 @@
    },
    {
     "box": {
-     "id": "obj-105",
+     "id": "obj-108",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2341,7 +2409,7 @@
    },
    {
     "box": {
-     "id": "obj-106",
+     "id": "obj-109",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2359,7 +2427,7 @@
    },
    {
     "box": {
-     "id": "obj-107",
+     "id": "obj-110",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2379,7 +2447,7 @@
    },
    {
     "box": {
-     "id": "obj-108",
+     "id": "obj-111",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2397,7 +2465,7 @@
    },
    {
     "box": {
-     "id": "obj-109",
+     "id": "obj-112",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2415,7 +2483,7 @@
    },
    {
     "box": {
-     "id": "obj-110",
+     "id": "obj-113",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2681,11 +2749,11 @@
    {
     "patchline": {
      "source": [
-      "obj-27",
+      "obj-28",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-29",
       0
      ]
     }
@@ -2705,7 +2773,7 @@
    {
     "patchline": {
      "source": [
-      "obj-31",
+      "obj-30",
       0
      ],
      "destination": [
@@ -2717,7 +2785,31 @@
    {
     "patchline": {
      "source": [
-      "obj-33",
+      "obj-32",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-34",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-36",
       0
      ],
      "destination": [
@@ -2733,7 +2825,7 @@
       3
      ],
      "destination": [
-      "obj-36",
+      "obj-39",
       0
      ]
     }
@@ -2741,11 +2833,11 @@
    {
     "patchline": {
      "source": [
-      "obj-36",
+      "obj-39",
       1
      ],
      "destination": [
-      "obj-37",
+      "obj-40",
       0
      ]
     }
@@ -2753,11 +2845,11 @@
    {
     "patchline": {
      "source": [
-      "obj-37",
+      "obj-40",
       0
      ],
      "destination": [
-      "obj-35",
+      "obj-38",
       0
      ]
     }
@@ -2769,30 +2861,6 @@
       4
      ],
      "destination": [
-      "obj-38",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-38",
-      0
-     ],
-     "destination": [
-      "obj-40",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-40",
-      0
-     ],
-     "destination": [
       "obj-41",
       0
      ]
@@ -2805,31 +2873,7 @@
       0
      ],
      "destination": [
-      "obj-39",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-4",
-      3
-     ],
-     "destination": [
-      "obj-42",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-42",
-      0
-     ],
-     "destination": [
-      "obj-2",
+      "obj-43",
       0
      ]
     }
@@ -2850,154 +2894,10 @@
     "patchline": {
      "source": [
       "obj-44",
-      1
-     ],
-     "destination": [
-      "obj-45",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-45",
       0
      ],
      "destination": [
-      "obj-46",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-44",
-      0
-     ],
-     "destination": [
-      "obj-47",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-47",
-      0
-     ],
-     "destination": [
-      "obj-46",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-46",
-      0
-     ],
-     "destination": [
-      "obj-48",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-49",
-      0
-     ],
-     "destination": [
-      "obj-48",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-48",
-      0
-     ],
-     "destination": [
-      "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-51",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-49",
-      0
-     ],
-     "destination": [
-      "obj-52",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-52",
-      0
-     ],
-     "destination": [
-      "obj-43",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-38",
-      1
-     ],
-     "destination": [
-      "obj-54",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-54",
-      0
-     ],
-     "destination": [
-      "obj-55",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-55",
-      0
-     ],
-     "destination": [
-      "obj-53",
+      "obj-42",
       0
      ]
     }
@@ -3009,7 +2909,7 @@
       3
      ],
      "destination": [
-      "obj-56",
+      "obj-45",
       0
      ]
     }
@@ -3017,11 +2917,155 @@
    {
     "patchline": {
      "source": [
-      "obj-56",
+      "obj-45",
       0
      ],
      "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-46",
+      0
+     ],
+     "destination": [
+      "obj-47",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-47",
+      1
+     ],
+     "destination": [
+      "obj-48",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-48",
+      0
+     ],
+     "destination": [
+      "obj-49",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-47",
+      0
+     ],
+     "destination": [
+      "obj-50",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-50",
+      0
+     ],
+     "destination": [
+      "obj-49",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-49",
+      0
+     ],
+     "destination": [
+      "obj-51",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-52",
+      0
+     ],
+     "destination": [
+      "obj-51",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-51",
+      0
+     ],
+     "destination": [
+      "obj-54",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-54",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-52",
+      0
+     ],
+     "destination": [
+      "obj-55",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-55",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-41",
+      1
+     ],
+     "destination": [
+      "obj-57",
       0
      ]
     }
@@ -3042,7 +3086,19 @@
     "patchline": {
      "source": [
       "obj-58",
-      1
+      0
+     ],
+     "destination": [
+      "obj-56",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      3
      ],
      "destination": [
       "obj-59",
@@ -3054,78 +3110,6 @@
     "patchline": {
      "source": [
       "obj-59",
-      0
-     ],
-     "destination": [
-      "obj-60",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-58",
-      0
-     ],
-     "destination": [
-      "obj-61",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-61",
-      0
-     ],
-     "destination": [
-      "obj-60",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-60",
-      0
-     ],
-     "destination": [
-      "obj-62",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-63",
-      0
-     ],
-     "destination": [
-      "obj-62",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-62",
-      0
-     ],
-     "destination": [
-      "obj-65",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-65",
       0
      ],
      "destination": [
@@ -3137,11 +3121,71 @@
    {
     "patchline": {
      "source": [
+      "obj-60",
+      0
+     ],
+     "destination": [
+      "obj-61",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-61",
+      1
+     ],
+     "destination": [
+      "obj-62",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-62",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-61",
+      0
+     ],
+     "destination": [
+      "obj-64",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-64",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-63",
       0
      ],
      "destination": [
-      "obj-66",
+      "obj-65",
       0
      ]
     }
@@ -3153,7 +3197,7 @@
       0
      ],
      "destination": [
-      "obj-57",
+      "obj-65",
       0
      ]
     }
@@ -3161,11 +3205,35 @@
    {
     "patchline": {
      "source": [
-      "obj-67",
-      1
+      "obj-65",
+      0
      ],
      "destination": [
       "obj-68",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-68",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-66",
+      0
+     ],
+     "destination": [
+      "obj-69",
       0
      ]
     }
@@ -3177,7 +3245,31 @@
       0
      ],
      "destination": [
-      "obj-68",
+      "obj-60",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-70",
+      1
+     ],
+     "destination": [
+      "obj-71",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-72",
+      0
+     ],
+     "destination": [
+      "obj-71",
       1
      ]
     }
@@ -3185,11 +3277,11 @@
    {
     "patchline": {
      "source": [
-      "obj-71",
+      "obj-74",
       0
      ],
      "destination": [
-      "obj-68",
+      "obj-71",
       2
      ]
     }
@@ -3197,11 +3289,11 @@
    {
     "patchline": {
      "source": [
-      "obj-73",
+      "obj-76",
       0
      ],
      "destination": [
-      "obj-68",
+      "obj-71",
       3
      ]
     }
@@ -3209,11 +3301,11 @@
    {
     "patchline": {
      "source": [
-      "obj-75",
+      "obj-78",
       0
      ],
      "destination": [
-      "obj-68",
+      "obj-71",
       4
      ]
     }
@@ -3225,7 +3317,7 @@
       0
      ],
      "destination": [
-      "obj-68",
+      "obj-71",
       0
      ]
     }
@@ -3233,36 +3325,12 @@
    {
     "patchline": {
      "source": [
-      "obj-68",
+      "obj-71",
       0
      ],
      "destination": [
-      "obj-79",
+      "obj-82",
       1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-77",
-      0
-     ],
-     "destination": [
-      "obj-79",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-79",
-      0
-     ],
-     "destination": [
-      "obj-80",
-      0
      ]
     }
    },
@@ -3273,6 +3341,30 @@
       0
      ],
      "destination": [
+      "obj-82",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-82",
+      0
+     ],
+     "destination": [
+      "obj-83",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-83",
+      0
+     ],
+     "destination": [
       "obj-2",
       0
      ]
@@ -3281,11 +3373,11 @@
    {
     "patchline": {
      "source": [
-      "obj-68",
+      "obj-71",
       0
      ],
      "destination": [
-      "obj-83",
+      "obj-86",
       1
      ]
     }
@@ -3293,11 +3385,11 @@
    {
     "patchline": {
      "source": [
-      "obj-81",
+      "obj-84",
       0
      ],
      "destination": [
-      "obj-83",
+      "obj-86",
       0
      ]
     }
@@ -3305,11 +3397,11 @@
    {
     "patchline": {
      "source": [
-      "obj-83",
+      "obj-86",
       0
      ],
      "destination": [
-      "obj-84",
+      "obj-87",
       0
      ]
     }
@@ -3317,7 +3409,7 @@
    {
     "patchline": {
      "source": [
-      "obj-84",
+      "obj-87",
       0
      ],
      "destination": [
@@ -3329,11 +3421,11 @@
    {
     "patchline": {
      "source": [
-      "obj-68",
+      "obj-71",
       0
      ],
      "destination": [
-      "obj-87",
+      "obj-90",
       1
      ]
     }
@@ -3341,11 +3433,11 @@
    {
     "patchline": {
      "source": [
-      "obj-85",
+      "obj-88",
       0
      ],
      "destination": [
-      "obj-87",
+      "obj-90",
       0
      ]
     }
@@ -3353,11 +3445,11 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
+      "obj-90",
       0
      ],
      "destination": [
-      "obj-88",
+      "obj-91",
       0
      ]
     }
@@ -3365,7 +3457,7 @@
    {
     "patchline": {
      "source": [
-      "obj-88",
+      "obj-91",
       0
      ],
      "destination": [
@@ -3377,47 +3469,11 @@
    {
     "patchline": {
      "source": [
-      "obj-35",
+      "obj-38",
       0
      ],
      "destination": [
-      "obj-89",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-92",
-      0
-     ],
-     "destination": [
-      "obj-91",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-93",
-      0
-     ],
-     "destination": [
-      "obj-94",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-94",
-      0
-     ],
-     "destination": [
-      "obj-91",
       0
      ]
     }
@@ -3429,7 +3485,7 @@
       0
      ],
      "destination": [
-      "obj-91",
+      "obj-94",
       0
      ]
     }
@@ -3437,11 +3493,11 @@
    {
     "patchline": {
      "source": [
-      "obj-91",
+      "obj-96",
       0
      ],
      "destination": [
-      "obj-96",
+      "obj-97",
       0
      ]
     }
@@ -3449,12 +3505,12 @@
    {
     "patchline": {
      "source": [
-      "obj-91",
+      "obj-97",
       0
      ],
      "destination": [
-      "obj-96",
-      1
+      "obj-94",
+      0
      ]
     }
    },
@@ -3465,6 +3521,18 @@
       0
      ],
      "destination": [
+      "obj-94",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-94",
+      0
+     ],
+     "destination": [
       "obj-99",
       0
      ]
@@ -3473,12 +3541,12 @@
    {
     "patchline": {
      "source": [
-      "obj-99",
+      "obj-94",
       0
      ],
      "destination": [
-      "obj-2",
-      0
+      "obj-99",
+      1
      ]
     }
    },
@@ -3497,31 +3565,7 @@
    {
     "patchline": {
      "source": [
-      "obj-101",
-      1
-     ],
-     "destination": [
       "obj-102",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-102",
-      0
-     ],
-     "destination": [
-      "obj-103",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-103",
       0
      ],
      "destination": [
@@ -3545,6 +3589,18 @@
    {
     "patchline": {
      "source": [
+      "obj-104",
+      1
+     ],
+     "destination": [
+      "obj-105",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-105",
       0
      ],
@@ -3570,23 +3626,11 @@
     "patchline": {
      "source": [
       "obj-107",
-      1
-     ],
-     "destination": [
-      "obj-108",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-107",
       0
      ],
      "destination": [
       "obj-108",
-      1
+      0
      ]
     }
    },
@@ -3606,6 +3650,54 @@
     "patchline": {
      "source": [
       "obj-109",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-110",
+      1
+     ],
+     "destination": [
+      "obj-111",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-110",
+      0
+     ],
+     "destination": [
+      "obj-111",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-111",
+      0
+     ],
+     "destination": [
+      "obj-112",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-112",
       0
      ],
      "destination": [

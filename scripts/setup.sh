@@ -7,6 +7,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${INPAINT_OSC_VENV:-$ROOT/.venv}"
 DEBIAN_PACKAGES=(fluidsynth timgm6mb-soundfont fluid-soundfont-gm liblo-tools puredata-core libportaudio2)
+# shellcheck disable=SC2206  # callers that need more (scripts/train_default.sh: its soundfonts) list them here
+DEBIAN_PACKAGES+=(${EXTRA_DEBIAN_PACKAGES:-})
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -16,7 +16,7 @@ import numpy as np
 
 from server.dsp import Normalizer, SpectrogramParams
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: prior step graphs also output the harmonic guidance
 MANIFEST = "manifest.json"
 # NSynth's families, in NSynth's id order (instrument_family 0..10).
 FAMILIES = ("bass", "brass", "flute", "guitar", "keyboard", "mallet", "organ", "reed", "string", "synth_lead", "vocal")
@@ -25,7 +25,8 @@ PITCH_MIN, PITCH_MAX = 24, 84  # inclusive MIDI range of the conditioning
 # Every graph of a bundle. Input and output names (the export side writes exactly these, see `graph_io`):
 #   codes_* (B, F, T) int64; spectrogram (B, 2, 1024, 128) float32, raw (the graphs normalise inside);
 #   src (B, S) int64; pitch, family (B,) int64 (pitch as a MIDI number); tokens (B, N) int64;
-#   logits (B, N, n_codes); memory.{l}.key / .value (B, H, S, Dh): decoder layer l's cross-attention inputs;
+#   logits (B, N, n_codes); harmonic (B, N, n_codes): how well each code fits the pitch's harmonics there;
+#   memory.{l}.key / .value (B, H, S, Dh): decoder layer l's cross-attention inputs;
 #   past.{l}.* (B, H, P, Dh) → present.{l}.* (B, H, P+N, Dh): its self-attention cache.
 GRAPHS = (
     "vqvae_encoder",
@@ -58,7 +59,7 @@ def graph_io(graph: str, n_layers: int = 0) -> tuple[tuple[str, ...], tuple[str,
         return ("src", *labels), cache_names("memory", n_layers)
     if graph.endswith("_prior_step"):
         inputs = ("tokens", *labels, *cache_names("past", n_layers), *cache_names("memory", n_layers))
-        return inputs, ("logits", *cache_names("present", n_layers))
+        return inputs, ("logits", "harmonic", *cache_names("present", n_layers))
     raise ValueError(f"unknown graph {graph!r}")
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from server import codemaps, render
 from server.audio import AudioError, load_audio
 from server.bundle import Bundle
-from server.sampling import DEFAULT_GUIDANCE, Conditioning, Inpainter
+from server.sampling import DEFAULT_GUIDANCE, DEFAULT_HARMONIC, Conditioning, Inpainter
 
 SESSION_VERSION = 1
 NOTE_MODES = ("generate", "resample")
@@ -44,12 +44,13 @@ class Settings:
     temperature: float = 1.0
     top_p: float = 0.8  # the paper's examples: temperature 1, nucleus 0.8
     guidance: float = DEFAULT_GUIDANCE
+    harmonic: float = DEFAULT_HARMONIC
     seed: int = 0
     note_mode: str = "generate"
 
     def conditioning(self, pitch: int | None = None) -> Conditioning:
         pitch = self.pitch if pitch is None else pitch
-        return Conditioning(pitch, self.family, self.temperature, self.top_p, self.guidance)
+        return Conditioning(pitch, self.family, self.temperature, self.top_p, self.guidance, self.harmonic)
 
 
 @dataclass
@@ -249,7 +250,7 @@ class Engine:
 
     def note_key(self, pitch: int, s: Settings | None = None) -> tuple:
         s = s or self.settings
-        base = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.guidance, s.seed)
+        base = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.guidance, s.harmonic, s.seed)
         if s.note_mode == "resample":  # keeps the top map: the sound depends on it
             return (*base, hashlib.blake2b(self.top.tobytes(), digest_size=8).hexdigest())
         return base

@@ -47,18 +47,18 @@ GM_FAMILIES: dict[int, tuple[str, str]] = {
 # Controller → parameter. CC 1 is the modulation wheel on nearly every keyboard; CC 74 is the "brightness"
 # knob of the MIDI sound-controller set; CC 70 "sound variation". Remapped live with /cc/map.
 DEFAULT_CC_MAP = {1: "temperature", 74: "top_p", 70: "instrument"}
-CC_PARAMETERS = ("temperature", "top_p", "guidance", "instrument", "pitch")
+CC_PARAMETERS = ("temperature", "top_p", "guidance", "harmonic", "instrument", "pitch")
 
 
 def cc_value(parameter: str, value: int, families: int, pitch_range: tuple[int, int]) -> float | int:
-    """A 0-127 controller value → the parameter's value: temperature 0-2, top-p 0-1, guidance 0-5, an
+    """A 0-127 controller value → the parameter's value: temperature 0-2, top-p 0-1, guidance and harmonic 0-5, an
     instrument index, or a pitch across the model's range."""
     x = value / 127
     if parameter == "temperature":
         return round(2 * x, 4)
     if parameter == "top_p":
         return round(x, 4)
-    if parameter == "guidance":
+    if parameter in ("guidance", "harmonic"):
         return round(5 * x, 4)
     if parameter == "instrument":
         return min(int(x * families), families - 1)

@@ -204,6 +204,7 @@ class InstrumentServer:
             ("/temperature", float(s.temperature)),
             ("/top_p", float(s.top_p)),
             ("/guidance", float(s.guidance)),
+            ("/harmonic", float(s.harmonic)),
             ("/seed", s.seed),
             ("/note/mode", s.note_mode),
         ):
@@ -401,6 +402,9 @@ class InstrumentServer:
 
     def on_guidance(self, c: Client, r: Request, t: float) -> None:
         self.set_settings(guidance=r.values["guidance"])
+
+    def on_harmonic(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(harmonic=r.values["harmonic"])
 
     def on_seed(self, c: Client, r: Request, t: float) -> None:
         self.set_settings(seed=r.values["seed"])

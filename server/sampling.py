@@ -18,7 +18,8 @@ from server.bundle import Bundle, cache_names
 
 WIDE_STEP = 32  # decoder inputs from which a step call goes to the all-threads session (see Bundle)
 NULL_LABEL = -1  # pitch and family of the unconditional prediction (priors trained with label dropout)
-DEFAULT_GUIDANCE = 2.0  # classifier-free guidance weight; 1 is the plain conditional model
+DEFAULT_GUIDANCE = 1.0  # classifier-free guidance weight; 1 is the plain conditional model (docs/ablations.md)
+DEFAULT_HARMONIC = 1.0  # harmonic guidance weight; 0 is the model alone
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Conditioning:
     # Classifier-free guidance: logits u + guidance (c - u) from the conditional (c) and unconditional (u)
     # predictions, both in one batched call. Above 1 the sound follows the pitch and family more strictly.
     guidance: float = DEFAULT_GUIDANCE
+    # Harmonic guidance: + harmonic x (how well each code's partials sit on the pitch's harmonics in its band),
+    # an output of the step graph. 0 leaves the model alone; higher pulls every partial into tune.
+    harmonic: float = DEFAULT_HARMONIC
 
 
 def sample_logits(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
@@ -101,23 +105,22 @@ class PriorSampler:
         """(N,) decoder inputs → logits of the last one (V,), new cache (2L arrays (B, H, P+N, Dh))."""
         labels = self._labels(cond)
         batch = np.repeat(tokens[None].astype(np.int64), labels["pitch"].size, axis=0)  # (B, N)
-        last, present = self._run_step(batch, labels, past, memory)  # (B, V)
-        if last.shape[0] == 2:
-            return last[1] + cond.guidance * (last[0] - last[1]), present
-        return last[0], present
+        last, harmonic, present = self._run_step(batch, labels, past, memory)  # (B, V) each
+        logits = last[1] + cond.guidance * (last[0] - last[1]) if last.shape[0] == 2 else last[0]
+        return logits + cond.harmonic * harmonic[0], present
 
     # The two graph calls; the torch baseline (export.bench) overrides these and nothing else.
 
     def _run_encoder(self, src: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._memory_names, self._encoder.run(None, {"src": src, **labels}), strict=True))
 
-    def _run_step(self, tokens, labels, past, memory) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(B, N) tokens → the last input's logits (B, V) and the new cache."""
+    def _run_step(self, tokens, labels, past, memory) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """(B, N) tokens → the last input's logits and harmonic guidance (B, V each) and the new cache."""
         feed = {"tokens": tokens, **labels, **memory}
         feed.update(zip(self._past_names, past, strict=True))
         session = self._step if tokens.shape[1] >= WIDE_STEP else self._single_step
-        logits, *present = session.run(None, feed)
-        return logits[:, -1], present
+        logits, harmonic, *present = session.run(None, feed)
+        return logits[:, -1], harmonic[:, -1], present
 
     def sample(
         self,

@@ -118,6 +118,7 @@ SEEDS = [
     ("/temperature", (1.0,)),
     ("/top_p", (0.8,)),
     ("/guidance", (2.0,)),
+    ("/harmonic", (1.0,)),
     ("/seed", (3,)),
     ("/instrument", ("keyboard",)),
     ("/codemap/get", ("top",)),

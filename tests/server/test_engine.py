@@ -106,7 +106,7 @@ def test_a_note_is_deterministic_and_cached(engine):
 
 
 def test_a_session_round_trips_and_a_corrupt_one_is_refused(engine, bundle, tmp_path):
-    engine.update_settings(pitch=50, temperature=0.7, family=2, guidance=3.5)
+    engine.update_settings(pitch=50, temperature=0.7, family=2, guidance=3.5, harmonic=0.5)
     engine.set_cells("bottom", [(1, 1, 3)])
     path = tmp_path / "s.npz"
     engine.save(path)

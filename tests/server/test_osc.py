@@ -24,6 +24,7 @@ HAPPY = {
     "/temperature": ([], [0.9], "/temperature"),
     "/top_p": ([], [0.7], "/top_p"),
     "/guidance": ([], [3.0], "/guidance"),
+    "/harmonic": ([], [0.5], "/harmonic"),
     "/seed": ([], [3], "/seed"),
     "/generate": ([], [11], "/render/done"),
     "/analyze": ([], None, "/render/done"),  # a WAV written into the read folder
@@ -63,6 +64,7 @@ BAD = {
     "/temperature": ([-1], "temperature -1 is outside 0..10"),
     "/top_p": (["high"], "top_p must be a number"),
     "/guidance": ([12.0], "guidance 12.0 is outside 0..10"),
+    "/harmonic": ([-1.0], "harmonic -1.0 is outside 0..10"),
     "/seed": ([-5], "seed -5 is outside"),
     "/generate": (["now"], "request id must be a number"),
     "/analyze": (["/etc/passwd"], "outside the folders the server may read"),

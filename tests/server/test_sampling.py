@@ -95,6 +95,7 @@ def test_onnx_sampling_matches_torch_eager_token_for_token(tiny_bundle, engine):
     run = tiny_bundle[0]
     config, _ = train.load_run(run)
     priors = {layer: train.load_prior(run, config, layer)[0] for layer in codemaps.LAYERS}
+    train.set_code_profiles(run, train.load_vqvae(run, config), list(priors.values()))  # as the export does
     eager = Inpainter(
         TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]), engine[0].manifest.mask_token
     )
@@ -121,3 +122,25 @@ def test_a_mask_of_the_wrong_shape_or_layer_is_refused(engine):
         inpainter.inpaint(top, bottom, "bottom", np.ones((32, 4), bool), COND, np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown layer 'middle'"):
         inpainter.inpaint(top, bottom, "middle", np.ones((32, 4), bool), COND, np.random.default_rng(0))
+
+
+def test_guidance_combines_conditional_and_unconditional_rows_and_harmonic_guidance_adds(engine):
+    bundle, inpainter = engine
+    sampler = inpainter.top
+    assert bundle.manifest.priors["top"].unconditional  # the tiny preset trains with label dropout
+    src = np.full(128, bundle.manifest.mask_token)
+    # Predicting top position 6 (row 6, about 225-280 Hz): middle C's fundamental is there; row 0 (under 28 Hz)
+    # holds no harmonic of it, and its pull is zero.
+    start = np.concatenate([[bundle.manifest.start_token], np.zeros(6, np.int64)])
+
+    def logits(cond):
+        memory = sampler.encode(src, cond)
+        return sampler.step(start, cond, sampler.empty_cache(memory), memory)[0]
+
+    c = logits(Conditioning(60, 4, guidance=1, harmonic=0))
+    u = logits(Conditioning(-1, -1, guidance=1, harmonic=0))  # the null label asked for directly
+    np.testing.assert_allclose(logits(Conditioning(60, 4, guidance=3, harmonic=0)), u + 3 * (c - u), atol=1e-4)
+    pulled = logits(Conditioning(60, 4, guidance=1, harmonic=2000)) - c  # the tiny VQ-VAE's profiles are faint
+    assert np.abs(pulled).max() > 0.01
+    half = logits(Conditioning(60, 4, guidance=1, harmonic=1000)) - c
+    np.testing.assert_allclose(half, pulled / 2, atol=1e-3 * np.abs(pulled).max())
