@@ -135,9 +135,8 @@ def ablation_markdown(summary: dict) -> str:
     how = "fine-tuned from the base run's priors" if summary["init"] else "trained from scratch"
     lines = [
         "| design | guidance / harmonic guidance | generation pitch accuracy (worst family) | keep top, resample "
-        "bottom | first 2 s | lowest quarter | pitch sensitivity top / bottom (nats) | valid loss top / bottom | "
-        "priors for a new note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "bottom | first 2 s | lowest quarter | pitch sensitivity top / bottom (nats) | valid loss top / bottom |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in summary["results"].items():
         t, b = r["train"]["top"], r["train"]["bottom"]
@@ -146,7 +145,7 @@ def ablation_markdown(summary: dict) -> str:
                 f"| {name} | {weights} | {100 * s['generation']:.0f} % ({100 * s['worst_family']:.0f} %) | "
                 f"{100 * s['bottom']:.0f} % | {100 * s['time']:.0f} % | {100 * s['frequency']:.0f} % | "
                 f"{t.get('sensitivity', float('nan')):.3f} / {b.get('sensitivity', float('nan')):.3f} | "
-                f"{t['valid_loss']:.3f} / {b['valid_loss']:.3f} | {s['priors_ms']:.0f} ms |"
+                f"{t['valid_loss']:.3f} / {b['valid_loss']:.3f} |"
             )
     steps = summary["steps"]
     return "\n".join(
@@ -155,6 +154,7 @@ def ablation_markdown(summary: dict) -> str:
             + (f", at most {summary['minutes']} minutes" if any(summary["minutes"]) else "")
             + f"). Generation: every family x pitches {', '.join(map(str, DEV_PITCHES))}, one note each. "
             "Guidance 1 is the conditional model alone; harmonic guidance 0 leaves the logits untouched. "
+            "(Sampling times are in ablation.json; on a shared machine they are noise: see docs/benchmarks.md.) "
             f"Inpainting: {summary['notes']} validation notes whose original and reconstruction read at pitch.",
             "",
             *lines,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.config import PriorConfig
-from export.harmonics import band_template, harmonic_template, unit_bands
+from export.harmonics import band_template, guidance_bands, harmonic_template
 from server import codemaps
 from server.dsp import SpectrogramParams
 
@@ -145,8 +145,8 @@ class Prior(nn.Module):
         self.tgt_pos = nn.Parameter(torch.randn(tgt_len, cfg.d_model) * 0.02)
         template = harmonic_template(spectrogram, pitch_min, pitch_max)  # (P, n_mels)
         template = np.concatenate([template, np.zeros_like(template[:1])])  # the null pitch: no harmonics
-        # Buffers rebuilt from the config (not saved): each sequence position's frequency row, and the template
-        # under every row, raw (harmonic conditioning) and unit-normalised (harmonic guidance).
+        # Buffers rebuilt from the config (not saved): each sequence position's frequency row, the template under
+        # every row (harmonic conditioning) and the target a code is scored against (harmonic guidance).
         for side, grid in (("src", "top"), ("tgt", layer)):
             rows, cols = codemaps.layer_shape(grid)
             self.register_buffer(f"{side}_rows", torch.from_numpy(codemaps.order(grid) // cols), persistent=False)
@@ -154,11 +154,12 @@ class Prior(nn.Module):
                 bands = torch.from_numpy(band_template(template, rows))  # (P + 1, rows, n_mels / rows)
                 self.register_buffer(f"{side}_bands", bands, persistent=False)
                 setattr(self, f"{side}_harmonic", nn.Linear(bands.shape[-1], cfg.d_model))
-        unit = torch.from_numpy(unit_bands(template, codemaps.layer_shape(layer)[0]))  # (P + 1, rows, bins)
-        self.register_buffer("tgt_unit_bands", unit, persistent=False)
+        rows = codemaps.layer_shape(layer)[0]
+        guide = torch.from_numpy(guidance_bands(spectrogram, pitch_min, pitch_max, rows))  # (P + 1, rows, 3 bins)
+        self.register_buffer("tgt_guide", guide, persistent=False)
         # What each code puts in its band (export.harmonics.code_profiles): measured on the run's VQ-VAE by the
         # export and the training monitor, zero until then (no harmonic guidance).
-        self.register_buffer("code_profiles", torch.zeros(n_codes, unit.shape[-1]), persistent=False)
+        self.register_buffer("code_profiles", torch.zeros(n_codes, guide.shape[-1]), persistent=False)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.enc_ln = nn.LayerNorm(cfg.d_model)
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
@@ -234,8 +235,8 @@ class Prior(nn.Module):
         the sampler leans it towards the harmonics of the pitch asked for."""
         p = (pitch - self.pitch_min).clamp(0, self.n_pitches - 1)
         p = torch.where(pitch < 0, torch.full_like(p, self.n_pitches), p)  # the template's last row is empty
-        bands = self.tgt_unit_bands[p][:, self.tgt_rows[positions]]  # (B, N, bins)
-        return bands @ self.code_profiles.t()
+        guide = self.tgt_guide[p][:, self.tgt_rows[positions]]  # (B, N, 3 bins)
+        return guide @ self.code_profiles.t()
 
     def forward(self, src, target, pitch, family) -> torch.Tensor:
         """Teacher-forced logits (B, T, n_codes) for target (B, T)."""

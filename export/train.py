@@ -615,13 +615,16 @@ def set_code_profiles(run: Path, vqvae: VQVAE2, priors: list[Prior], notes: int 
     guidance."""
     from export.harmonics import code_profiles
 
-    z = np.load(run / "codes" / "train.npz")
+    path = run / "codes" / "train.npz"
+    if not path.is_file():  # an untrained run (benchmarks): no codes to measure, no harmonic guidance
+        return
+    z = np.load(path)
     pick = np.sort(np.random.default_rng(0).permutation(len(z["top"]))[:notes])
     device = next(vqvae.parameters()).device
 
     def decode(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
         maps = (torch.from_numpy(x.astype(np.int64)).to(device) for x in (top, bottom))
-        return vqvae.decode_codes(*maps)[:, 0].float().cpu().numpy()
+        return vqvae.decode_codes(*maps).float().cpu().numpy()
 
     profiles = code_profiles(decode, z["top"][pick], z["bottom"][pick], vqvae.cfg.n_codes)
     for prior in priors:
