@@ -86,7 +86,8 @@ INBOUND = (
     Address(
         "/guidance",
         (Arg("guidance", "f", 0.0, 10.0),),
-        "classifier-free guidance on pitch and instrument: 1 off, higher follows them more strictly",
+        "classifier-free guidance on pitch and instrument: 1 off, higher follows them more strictly "
+        "(models trained with label dropout; others ignore it)",
     ),
     Address(
         "/harmonic",
