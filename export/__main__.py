@@ -169,6 +169,7 @@ def cmd_ablate(args) -> dict:
         markdown=args.markdown,
         overrides=args.set,
         train_variants=not args.measure_only,
+        reexport=not args.keep_bundles,
         harmonic=tuple(args.harmonic_weights),
     )
 
@@ -282,6 +283,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-minutes", type=float)
     p.add_argument("--init", action="store_true", help="fine-tune from the base run's priors instead of scratch")
     p.add_argument("--measure-only", action="store_true", help="re-export and re-measure the variants in --out")
+    p.add_argument(
+        "--keep-bundles", action="store_true", help="with --measure-only: measure each variant's bundle/ unexported"
+    )
     p.add_argument(
         "--harmonic-weights",
         type=lambda t: [float(x) for x in t.split(",")],

@@ -66,9 +66,11 @@ def ablate(
     overrides: list[str] = (),
     train_variants: bool = True,
     harmonic: tuple[float, ...] = (0.0, DEFAULT_HARMONIC),
+    reexport: bool = True,
 ) -> dict:
     """Train (unless `train_variants` is False: the folders exist) and measure each variant; `steps` and
-    `minutes` are (bottom, top) budgets."""
+    `minutes` are (bottom, top) budgets. `reexport` False measures each folder's bundle/ as it is (a run
+    trained elsewhere, brought back without its codes)."""
     base_config, data = train.load_run(base)
     valid = load_splits(data, base_config.data)["valid"]
     picked = [valid[i] for i in sorted(np.random.default_rng(1).permutation(len(valid))[: 3 * notes])]
@@ -81,7 +83,8 @@ def ablate(
         else:  # the figures each stage stored with its final checkpoint
             results[name] = {"train": {layer: _checkpoint_figures(folder, layer) for layer in ("bottom", "top")}}
         bundle_dir = folder / "bundle"
-        export_bundle(folder, bundle_dir, name)
+        if reexport or not (bundle_dir / "manifest.json").is_file():
+            export_bundle(folder, bundle_dir, name)
         if reference is None:  # same VQ-VAE for every variant: the notes and their codes once
             bundle = Bundle(bundle_dir)
             recon = reconstruct(bundle, picked)

@@ -5,10 +5,11 @@
 # stage resumes from its checkpoint when run again.
 #
 # On an offline GPU machine (see ../shared/offline-gpu): from the project root, carrying .gpu-kit,
-#   source .gpu-kit/preamble.sh && MINUTES=8.5 OUT=$OUT bash scripts/train_gpu.sh
+#   source .gpu-kit/preamble.sh && export FSENV && MINUTES=8.5 OUT=$OUT bash scripts/train_gpu.sh
 # Elsewhere, after scripts/setup.sh: DEVICE=cpu PRESET=tiny MINUTES=2 bash scripts/train_gpu.sh (a rehearsal).
 # A smoke test before a long run (a few notes, STEPS=30, EVALUATE=0) catches a device problem in a minute.
 # Folders: DATA (rendered notes), RUN (the run folder), OUT (bundle/, evaluation/, the packed results, log).
+# PACK=0 leaves the bundle and the run where they are (a machine you keep) instead of packing them to come back.
 set -uo pipefail
 T0=$(date +%s)
 MINUTES=${MINUTES:-8.5}   # the whole command, rendering and evaluation included
@@ -37,7 +38,7 @@ say "device $DEVICE, preset $PRESET, budget $MINUTES min, $(nproc) cores"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
 say render
-# FSENV (set by the kit's preamble) points this one process at the carried FluidSynth libraries.
+# FSENV (set by the kit's preamble, exported) points this one process at the carried FluidSynth libraries.
 env ${FSENV:-} $PY -m export dataset --soundfont "$SF/FluidR3Mono_GM.sf3" --soundfont "$SF/TimGM6mb.sf2" \
   --out "$DATA" --pitches ${PITCHES:-24:84} --velocities ${VELOCITIES:-50,100,127} ${RENDER_EXTRA:-} \
   > "$LOGS/render.log" 2>&1
@@ -64,6 +65,7 @@ if [ -f "$OUT/bundle/manifest.json" ] && [ "${EVALUATE:-1}" = 1 ]; then
   tail -c 1500 "$LOGS/evaluate.json"; echo
 fi
 
+[ "${PACK:-1}" = 1 ] || { say "done (unpacked: $OUT/bundle, $RUN)"; exit 0; }
 say pack
 # Six files, each within the 16 MiB a file may come back in: the checkpoints whole (optimizer included: a
 # later session resumes them), the bundle, and the run's small files with TensorBoard logs, logs and report.

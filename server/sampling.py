@@ -114,7 +114,9 @@ class PriorSampler:
     def _run_encoder(self, src: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._memory_names, self._encoder.run(None, {"src": src, **labels}), strict=True))
 
-    def _run_step(self, tokens, labels, past, memory) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    def _run_step(
+        self, tokens: np.ndarray, labels: dict[str, np.ndarray], past: list[np.ndarray], memory: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """(B, N) tokens → the last input's logits and harmonic guidance (B, V each) and the new cache."""
         feed = {"tokens": tokens, **labels, **memory}
         feed.update(zip(self._past_names, past, strict=True))
