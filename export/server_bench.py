@@ -105,7 +105,10 @@ def check_parity(bundle: Bundle, vqvae: VQVAE2, priors: dict[str, Prior]) -> flo
     ours = bundle.run("vqvae_decoder", codes_top=top[None], codes_bottom=bottom[None])[0]
     with torch.inference_mode():
         theirs = vqvae.decode_codes(torch.from_numpy(top[None]), torch.from_numpy(bottom[None])).numpy()
-    worst = float(np.abs(ours - theirs).max())
+    # The IF is zeroed below the phase threshold: where the log-mel sits on it (float32's last bit), the two
+    # runtimes may gate differently. Those cells are a threshold decision, not a weight difference.
+    on_threshold = np.abs(theirs[:, 0] - vqvae.spec.phase_threshold) < 1e-4
+    worst = float(max(np.abs(ours[:, 0] - theirs[:, 0]).max(), np.abs(ours[:, 1] - theirs[:, 1])[~on_threshold].max()))
     src = codemaps.to_sequence(top, "top")
     tokens = np.concatenate([[bundle.manifest.start_token], src[:9]])
     for layer, prior in priors.items():
