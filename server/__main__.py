@@ -41,6 +41,8 @@ def cmd_info(args: argparse.Namespace) -> dict:
 def cmd_render(args: argparse.Namespace) -> dict:
     import soundfile as sf
 
+    from server import level
+    from server.audio import resample
     from server.bundle import Bundle
     from server.render import render
     from server.sampling import Conditioning, Inpainter
@@ -57,14 +59,17 @@ def cmd_render(args: argparse.Namespace) -> dict:
     cond = Conditioning(args.pitch, family, args.temperature, args.top_p)
     top, bottom = Inpainter.from_bundle(b).generate(cond, np.random.default_rng(args.seed))
     sampled = time.perf_counter()
-    audio = render(b, top, bottom)
+    audio, lvl = level.shape(render(b, top, bottom), m.spectrogram.sample_rate, args.level)
+    audio = resample(audio, m.spectrogram.sample_rate, args.rate or m.spectrogram.sample_rate)
     rendered = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(args.out), audio, m.spectrogram.sample_rate, subtype="FLOAT")
+    sf.write(str(args.out), audio, args.rate or m.spectrogram.sample_rate, subtype="FLOAT")
     return {
         "wav": str(args.out),
         "frames": int(audio.shape[0]),
-        "sample_rate": m.spectrogram.sample_rate,
+        "sample_rate": args.rate or m.spectrogram.sample_rate,
+        "level_db": round(lvl.level_db, 2),
+        "silent": lvl.silent,
         "provider": b.provider,
         "load_s": round(loaded - t0, 3),
         "sample_s": round(sampled - loaded, 3),
@@ -87,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     # The receive thread must get the interpreter back quickly while the worker runs Python between graph calls.
     sys.setswitchinterval(0.0005)
     engine = Engine(Bundle(args.bundle, args.provider, threads=args.threads))
+    _check_rate(args.rate)
     if args.session is not None and args.session.exists():
         try:
             engine.load(args.session)
@@ -95,6 +101,8 @@ def cmd_serve(args: argparse.Namespace) -> dict:
             aside = args.session.with_name(f"{args.session.name}.unreadable-{int(time.time())}")
             args.session.rename(aside)
             log.error("%s; kept it as %s and started a new session", exc, aside)
+    if not args.fill:
+        engine.update_settings(fill=False)
     server = InstrumentServer(
         engine,
         OutputFolder(args.out, keep=args.keep),
@@ -105,6 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         read_dirs=tuple(args.read_dir or [Path.home(), Path.cwd()]),
         session=args.session,
         play=args.play,
+        rate=args.rate,
     )
     log.info("model %s on %s", engine.bundle.path, engine.bundle.provider)
     if args.midi_in:
@@ -125,10 +134,10 @@ def cmd_send(args: argparse.Namespace) -> dict:
     from server.client import OscClient
 
     values = [_value(a) for a in args.args]
-    try:
+    try:  # the client announces its reply port first: a /pong says a server is there
         client = OscClient(args.host, args.port, timeout=3)
     except TimeoutError:
-        raise OSError(f"no reply from {args.host}:{args.port} (is `inpaint-osc serve` running?)") from None
+        raise OSError(f"no server at {args.host}:{args.port} (is `inpaint-osc serve` running?)") from None
     client.send(args.address, *values)
     starts_work = args.address in protocol.BY_PATH and protocol.BY_PATH[args.address].request_id
     final = {"/render/done", "/render/cancelled", "/error", "/image/done"} if starts_work else None
@@ -142,8 +151,8 @@ def cmd_send(args: argparse.Namespace) -> dict:
         replies.append([reply[0], *reply[1]])
         if final and reply[0] in final:
             break
-    if not replies:
-        raise OSError(f"no reply from {args.host}:{args.port} (is `inpaint-osc serve` running?)")
+    if not replies:  # the server answered /pong: it is there, and this message asks for nothing back
+        print(f"(sent {args.address}; no reply within {args.wait} s, none expected)", flush=True)
     return {"replies": len(replies)}
 
 
@@ -171,6 +180,22 @@ def cmd_stress(args: argparse.Namespace) -> dict:
     return result
 
 
+def _check_rate(rate: int | None) -> None:
+    from server.protocol import RATES
+
+    if rate is not None and not RATES[0] <= rate <= RATES[1]:
+        raise ValueError(f"--rate {rate} is outside {RATES[0]}..{RATES[1]} Hz")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default == [] or action.nargs == 0 or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _value(text: str) -> int | float | str:
     for kind in (int, float):
         try:
@@ -196,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
         help="onnxruntime execution provider (default: %(default)s)",
     )
     sub.add_parser("info", parents=[common], help="describe a bundle")
-    s = sub.add_parser("serve", help="the OSC server", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = sub.add_parser("serve", help="the OSC server", formatter_class=_Help)
     s.add_argument("--bundle", type=Path, default=default_bundle(), help="model bundle folder")
     s.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "coreml", "auto"], help="execution provider")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback opens a network")
@@ -206,9 +231,26 @@ def parser() -> argparse.ArgumentParser:
     out = Path(tempfile.gettempdir()) / f"inpaint-osc-{getpass.getuser()}"
     s.add_argument("--out", type=Path, default=out, help="output folder (private to you)")
     s.add_argument("--keep", type=int, default=32, help="renders kept in the output folder")
-    s.add_argument("--read-dir", action="append", type=Path, help="folder /analyze may read (default: home, cwd)")
+    s.add_argument(
+        "--read-dir",
+        action="append",
+        type=Path,
+        help="a folder /analyze may read; repeat for more (default: your home and the current folder)",
+    )
     s.add_argument("--session", type=Path, help="save the performer's state here after every edit; restore it")
     s.add_argument("--play", action="store_true", help="play every render on this machine's audio output")
+    s.add_argument(
+        "--rate",
+        type=int,
+        help="sample rate (Hz) of renders for clients that do not send /render/rate, and of --play "
+        "(default: the model's, 16000)",
+    )
+    s.add_argument(
+        "--no-fill",
+        dest="fill",
+        action="store_false",
+        help="do not fill the note cache across the keyboard when idle (/note/fill 0)",
+    )
     s.add_argument("--midi-in", metavar="NAME", help="MIDI input port (needs the midi extra)")
     s.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
     s.add_argument("--quiet", action="store_true", help="log warnings only, not one line per request")
@@ -243,6 +285,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
     p.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--level", type=float, default=-18.0, help="RMS of the held part, dBFS (default: %(default)s)")
+    p.add_argument("--rate", type=int, help="sample rate of the WAV (default: the model's)")
     return ap
 
 

@@ -1,6 +1,6 @@
 """Reading user audio into the model's format: any rate, any channel count, any length → 4 s mono at 16 kHz.
 
-numpy + soundfile only (no librosa, no scipy): the runtime installs light. `server.dsp` turns the result
+numpy, soundfile and soxr only (no librosa, no scipy): the runtime installs light. `server.dsp` turns the result
 into a spectrogram.
 """
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 from server.dsp import SpectrogramParams
 
@@ -19,22 +20,13 @@ class AudioError(ValueError):
 
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Band-limited resampling of (n,) audio by FFT (ideal low-pass when downsampling).
-
-    The signal is zero-padded to twice its length first so that the FFT's circular wrap cannot fold the
-    end of the note onto its attack.
-    """
+    """(n,) audio from `rate_in` to `rate_out` with libsoxr's high-quality ("HQ") band-limited filter; the length
+    is n * rate_out / rate_in, rounded (64 000 samples at 16 kHz → 192 000 at 48 kHz). About 1 ms for a 4 s note
+    on one core."""
+    audio = np.ascontiguousarray(audio, np.float32)
     if rate_in == rate_out or audio.size == 0:
-        return audio.astype(np.float32)
-    n_in = audio.shape[-1]
-    n_out = int(round(n_in * rate_out / rate_in))
-    spectrum = np.fft.rfft(audio, n=2 * n_in)
-    n_bins_out = n_out + 1  # rfft bins of a 2 * n_out signal
-    if n_bins_out <= spectrum.shape[-1]:
-        spectrum = spectrum[..., :n_bins_out]
-    else:
-        spectrum = np.pad(spectrum, (0, n_bins_out - spectrum.shape[-1]))
-    return (np.fft.irfft(spectrum, n=2 * n_out)[:n_out] * (n_out / n_in)).astype(np.float32)
+        return audio
+    return np.asarray(soxr.resample(audio, rate_in, rate_out, quality="HQ"), np.float32)
 
 
 def load_audio(path: str | Path, p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:

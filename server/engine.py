@@ -47,6 +47,12 @@ class Settings:
     harmonic: float = DEFAULT_HARMONIC
     seed: int = 0
     note_mode: str = "generate"
+    # How renders reach the performer (server.level); not part of a note's sound, so not of its cache key.
+    level: float = -18.0  # dBFS RMS over the held part
+    gain: float = 0.0  # dB
+    velocity_curve: float = 2.0
+    release: float = 0.15  # s, after a note-off
+    fill: bool = True  # fill the note cache across the pitch range when idle
 
     def conditioning(self, pitch: int | None = None) -> Conditioning:
         pitch = self.pitch if pitch is None else pitch
@@ -55,12 +61,11 @@ class Settings:
 
 @dataclass
 class Note:
-    """A cached note: codes and audio, and the WAV the server wrote for it (kept while the entry lives)."""
+    """A cached note: codes and the model's audio (before level, velocity and resampling)."""
 
     top: np.ndarray
     bottom: np.ndarray
     audio: np.ndarray
-    wav: str = ""
 
 
 class Engine:
@@ -84,7 +89,6 @@ class Engine:
         self.history_limit = history_limit
         self.notes: OrderedDict[tuple, Note] = OrderedDict()
         self.note_cache_size = note_cache
-        self.evicted: list[Note] = []  # evicted notes whose WAVs the server should delete
         # Settings change on the receive thread while the worker edits: one lock over every change of state.
         self.lock = threading.RLock()
         self.save_lock = threading.Lock()  # the worker and the settings saver both write the session
@@ -279,8 +283,17 @@ class Engine:
         note = Note(top, bottom, audio)
         self.notes[key] = note
         while len(self.notes) > self.note_cache_size:
-            self.evicted.append(self.notes.popitem(last=False)[1])
+            self.notes.popitem(last=False)
         return note
+
+    def fill_status(self) -> tuple[int, int, int | None]:
+        """(notes cached, notes in the pitch range, the next pitch to fill) for the current settings; the next
+        is the uncached pitch nearest the current one, so the part of the keyboard in use fills first."""
+        s = self.settings
+        lo, hi = self.manifest.pitch_range
+        missing = [p for p in range(lo, hi + 1) if self.note_key(p, s) not in self.notes]
+        total = hi - lo + 1
+        return total - len(missing), total, min(missing, key=lambda p: abs(p - s.pitch)) if missing else None
 
     def play_note(self, pitch: int, note: Note) -> None:
         """A note-on: the note's pitch becomes the conditioning and its codes the current state."""

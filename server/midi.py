@@ -7,6 +7,7 @@ level, and MIDI messages are converted by their attributes, so the conversion is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -46,13 +47,15 @@ GM_FAMILIES: dict[int, tuple[str, str]] = {
 
 # Controller → parameter. CC 1 is the modulation wheel on nearly every keyboard; CC 74 is the "brightness"
 # knob of the MIDI sound-controller set; CC 70 "sound variation". Remapped live with /cc/map.
-DEFAULT_CC_MAP = {1: "temperature", 74: "top_p", 70: "instrument"}
-CC_PARAMETERS = ("temperature", "top_p", "guidance", "harmonic", "instrument", "pitch")
+# 7 is MIDI's channel volume and 72 General MIDI 2's release time: a keyboard's volume slider just works.
+DEFAULT_CC_MAP = {1: "temperature", 74: "top_p", 70: "instrument", 7: "gain", 72: "release"}
+CC_PARAMETERS = ("temperature", "top_p", "guidance", "harmonic", "instrument", "pitch", "gain", "release")
 
 
 def cc_value(parameter: str, value: int, families: int, pitch_range: tuple[int, int]) -> float | int:
     """A 0-127 controller value → the parameter's value: temperature 0-2, top-p 0-1, guidance and harmonic 0-5, an
-    instrument index, or a pitch across the model's range."""
+    instrument index, a pitch across the model's range, gain in dB on MIDI's volume curve (127: 0 dB, 64: -12,
+    0: -60), release 0-2 s."""
     x = value / 127
     if parameter == "temperature":
         return round(2 * x, 4)
@@ -64,6 +67,10 @@ def cc_value(parameter: str, value: int, families: int, pitch_range: tuple[int, 
         return min(int(x * families), families - 1)
     if parameter == "pitch":
         return pitch_range[0] + round(x * (pitch_range[1] - pitch_range[0]))
+    if parameter == "gain":
+        return round(max(-60.0, 40 * math.log10(max(x, 1e-6))), 2)
+    if parameter == "release":
+        return round(2 * x, 4)
     raise ValueError(f"unknown parameter {parameter!r}: one of {', '.join(CC_PARAMETERS)}")
 
 

@@ -46,6 +46,7 @@ class Client:
     host: str
     reply_port: int
     mode: str = "file"  # how rendered audio reaches it: file path, sample chunks, or both
+    rate: int | None = None  # sample rate of its renders (/render/rate); None: the server's (--rate)
     timing: bool = False  # follow each /render/done with /render/timing
 
 
@@ -134,6 +135,7 @@ class InstrumentServer:
         read_dirs: tuple[Path, ...] = (),
         session: Path | None = None,
         play: bool = False,
+        rate: int | None = None,
     ):
         self.engine, self.out, self.default_reply_port = engine, out, reply_port
         self.allow = LOOPBACK + tuple(ipaddress.ip_network(a, strict=False) for a in allow)
@@ -142,7 +144,7 @@ class InstrumentServer:
         self.cc_map = dict(DEFAULT_CC_MAP)
         self.player = Player()
         self.queue = JobQueue()
-        self.worker = Worker(engine, self.queue, out, self, session, self.player, play)
+        self.worker = Worker(engine, self.queue, out, self, session, self.player, play, rate)
         self.session = session
         self._ids = itertools.count(1 << 30)  # ids the server assigns, far from the small ones clients pick
         self._settings_dirty = threading.Event()
@@ -172,7 +174,7 @@ class InstrumentServer:
         self.worker.join(timeout=5)
         self._settings_dirty.set()
         self.udp.server_close()
-        self.player.stop()
+        self.player.close()
 
     # ---- sending ------------------------------------------------------------------------------------------
 
@@ -207,6 +209,11 @@ class InstrumentServer:
             ("/harmonic", float(s.harmonic)),
             ("/seed", s.seed),
             ("/note/mode", s.note_mode),
+            ("/level", float(s.level)),
+            ("/gain", float(s.gain)),
+            ("/velocity/curve", float(s.velocity_curve)),
+            ("/release", float(s.release)),
+            ("/note/fill", int(s.fill)),
         ):
             self._to(client, *args)
 
@@ -327,11 +334,13 @@ class InstrumentServer:
         self.submit(c, r, "image", t, layer=r.values["layer"])
 
     def on_note(self, c: Client, r: Request, t: float) -> None:
-        if r.values["velocity"] == 0:  # note-off: the sound is a 4 s note; nothing to stop
+        if r.values["velocity"] == 0:  # note-off: nothing to render; the voices playing the pitch fade out
+            self.player.release(r.values["pitch"], self.engine.settings.release)
             if r.request_id is not None:
                 self.send(c, "/render/cancelled", r.request_id, "note-off: nothing to render")
             return
-        self.submit(c, r, "note", t, pitch=self.engine.check_pitch(r.values["pitch"]))
+        pitch = self.engine.check_pitch(r.values["pitch"])
+        self.submit(c, r, "note", t, pitch=pitch, velocity=r.values["velocity"])
 
     def on_cancel(self, c: Client, r: Request, t: float) -> None:
         removed, flagged = self.queue.cancel(r.request_id)
@@ -377,6 +386,8 @@ class InstrumentServer:
 
     def on_state(self, c: Client, r: Request, t: float) -> None:
         self.send_settings(c)
+        self.send(c, "/render/rate", c.rate or self.worker.rate)
+        self.send(c, "/note/cache", *self.engine.fill_status()[:2])
         self.send_codemaps(c)
         self.send(c, "/status", self.worker.status)
 
@@ -414,6 +425,21 @@ class InstrumentServer:
             raise EngineError(f"unknown note mode {r.values['mode']!r}: one of {', '.join(NOTE_MODES)}")
         self.set_settings(note_mode=r.values["mode"])
 
+    def on_level(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(level=r.values["dbfs"])
+
+    def on_gain(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(gain=r.values["db"])
+
+    def on_velocity_curve(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(velocity_curve=r.values["curve"])
+
+    def on_release(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(release=r.values["seconds"])
+
+    def on_note_fill(self, c: Client, r: Request, t: float) -> None:
+        self.set_settings(fill=bool(r.values["on"]))
+
     def on_note_prefill(self, c: Client, r: Request, t: float) -> None:
         low, high = (self.engine.check_pitch(r.values[k]) for k in ("low", "high"))
         if low > high:
@@ -444,14 +470,18 @@ class InstrumentServer:
             raise EngineError(f"unknown render mode {r.values['mode']!r}: one of {', '.join(RENDER_MODES)}")
         c.mode = r.values["mode"]
 
+    def on_render_rate(self, c: Client, r: Request, t: float) -> None:
+        c.rate = r.values["hz"]
+        self.send(c, "/render/rate", c.rate)
+
     def on_timing(self, c: Client, r: Request, t: float) -> None:
         c.timing = bool(r.values["on"])
 
     def on_play(self, c: Client, r: Request, t: float) -> None:
-        audio = self.worker.last_audio
-        if audio is None:
+        last = self.worker.last_audio
+        if last is None:
             raise EngineError("nothing rendered yet")
-        rate, loop = self.engine.manifest.spectrogram.sample_rate, bool(r.values.get("loop", 0))
+        (audio, rate), loop = last, bool(r.values.get("loop", 0))
 
         def play() -> None:  # opening an audio device can take a while: never on the receive thread
             try:

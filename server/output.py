@@ -28,7 +28,6 @@ class OutputFolder:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: renders are the performer's
         if hasattr(os, "getuid") and self.folder.stat().st_uid != os.getuid():
             raise OSError(f"{self.folder} belongs to another user; choose another --out")
-        (self.folder / "notes").mkdir(mode=0o700, exist_ok=True)
         self.keep = keep
         self.count = 0
         self.recent: dict[str, deque[Path]] = {"wav": deque(), "png": deque()}
@@ -44,11 +43,6 @@ class OutputFolder:
 
     def write_wav(self, audio: np.ndarray, sample_rate: int, request_id: int) -> Path:
         return write_wav(self._next("wav", request_id), audio, sample_rate)
-
-    def note_wav(self, audio: np.ndarray, sample_rate: int) -> Path:
-        """A cached note's WAV: lives as long as the cache entry (the caller deletes it on eviction)."""
-        self.count += 1
-        return write_wav(self.folder / "notes" / f"note-{os.getpid()}-{self.count:06d}.wav", audio, sample_rate)
 
     def write_png(self, spectrogram: np.ndarray, layer: str, request_id: int) -> tuple[Path, int, int]:
         pixels = spectrogram_picture(spectrogram, layer)

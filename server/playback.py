@@ -1,4 +1,5 @@
-"""Playback on the server's own audio output through sounddevice, when PortAudio and a device exist.
+"""Playback on the server's own audio output (--play, /play) through sounddevice, when PortAudio and a device
+exist: a small polyphonic mixer, so that notes overlap and a note-off fades its pitch out over /release.
 
 sounddevice is imported on first use: without libportaudio2 (or with no output device, as on headless
 machines) the server still runs and `/play` answers `/error` saying why.
@@ -7,20 +8,78 @@ machines) the server still runs and `/play` answers `/error` saying why.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+MAX_VOICES = 16  # past this the oldest voice is dropped
+CUT_S = 0.01  # a voice replaced or stopped fades over 10 ms instead of clicking
 
 
 class PlaybackError(RuntimeError):
     """No audio output: the message says what is missing."""
 
 
+@dataclass
+class Voice:
+    audio: np.ndarray  # (n,) float32
+    pitch: int | None  # a note's pitch; None for other renders (a new one replaces the last)
+    loop: bool = False
+    position: int = 0
+    gain: float = 1.0
+    fall: float = 0.0  # gain lost per sample once released
+
+
+class Mixer:
+    """Voices summed block by block; `mix` runs on the audio thread, the rest on the server's threads."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self.voices: list[Voice] = []
+        self.lock = threading.Lock()
+
+    def add(self, audio: np.ndarray, pitch: int | None = None, loop: bool = False) -> None:
+        with self.lock:
+            for v in self.voices:
+                if v.pitch == pitch:  # the same key struck again, or a new render: the old one gives way
+                    self._fade(v, CUT_S)
+            self.voices.append(Voice(np.asarray(audio, np.float32), pitch, loop))
+            del self.voices[:-MAX_VOICES]
+
+    def release(self, pitch: int | None, seconds: float) -> None:
+        """Fade out the voices of `pitch` (every voice when None) over `seconds`."""
+        with self.lock:
+            for v in self.voices:
+                if pitch is None or v.pitch == pitch:
+                    self._fade(v, seconds)
+
+    def _fade(self, v: Voice, seconds: float) -> None:
+        v.fall = max(v.fall, 1.0 / max(1.0, seconds * self.rate))
+
+    def mix(self, frames: int) -> np.ndarray:
+        """The next `frames` samples of every voice summed: (frames,) float32."""
+        out = np.zeros(frames, np.float32)
+        with self.lock:
+            for v in self.voices:
+                n = v.audio.size
+                idx = (v.position + np.arange(frames)) % n if v.loop else v.position + np.arange(frames)
+                idx = idx[idx < n]
+                env = np.clip(v.gain - v.fall * np.arange(1, idx.size + 1), 0.0, 1.0)
+                out[: idx.size] += v.audio[idx] * env
+                v.position += idx.size
+                v.gain = float(env[-1]) if idx.size else 0.0
+            self.voices = [v for v in self.voices if v.gain > 0 and (v.loop or v.position < v.audio.size)]
+        return out
+
+
 class Player:
-    """One output for the worker (--play) and /play: a lock keeps their calls from interleaving."""
+    """One output stream for the worker (--play) and /play, opened at the rate of what it plays."""
 
     def __init__(self) -> None:
         self._sd: Any = None
+        self._stream: Any = None
+        self.mixer: Mixer | None = None
         self._lock = threading.Lock()
 
     def _device(self) -> Any:
@@ -36,15 +95,45 @@ class Player:
             raise PlaybackError(f"no audio output device ({exc})") from None
         return self._sd
 
-    def play(self, audio: np.ndarray, sample_rate: int, loop: bool = False) -> None:
+    def play(self, audio: np.ndarray, sample_rate: int, loop: bool = False, pitch: int | None = None) -> None:
         with self._lock:
-            sd = self._device()
-            try:
-                sd.play(audio, sample_rate, loop=loop)
-            except Exception as exc:
-                raise PlaybackError(f"playback failed ({exc})") from None
+            if self.mixer is None or self.mixer.rate != sample_rate or self._stream is None:
+                self._open(sample_rate)
+            assert self.mixer is not None
+            self.mixer.add(audio, pitch, loop)
+
+    def _open(self, rate: int) -> None:
+        sd = self._device()
+        self._close()
+        mixer = Mixer(rate)
+
+        def callback(outdata: np.ndarray, frames: int, _time: Any, _status: Any) -> None:
+            outdata[:, 0] = mixer.mix(frames)
+
+        try:
+            self._stream = sd.OutputStream(samplerate=rate, channels=1, dtype="float32", callback=callback)
+            self._stream.start()
+        except Exception as exc:
+            self._stream = None
+            raise PlaybackError(f"playback failed ({exc})") from None
+        self.mixer = mixer
+
+    def release(self, pitch: int, seconds: float) -> None:
+        if self.mixer is not None:
+            self.mixer.release(pitch, seconds)
 
     def stop(self) -> None:
+        if self.mixer is not None:
+            self.mixer.release(None, CUT_S)
+
+    def _close(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            except Exception:  # a device that vanished: nothing left to close
+                pass
+            self._stream = None
+
+    def close(self) -> None:
         with self._lock:
-            if self._sd is not None:
-                self._sd.stop()
+            self._close()

@@ -31,6 +31,7 @@ class Arg:
     kind: str  # "i" int, "f" float, "s" string, "is" int or string
     low: float | None = None  # inclusive bounds checked here; bounds that depend on the model live in the engine
     high: float | None = None
+    fold: bool = False  # a name matched without regard to case ("String", "TOP"): lower-cased here
 
     def spec(self) -> str:
         return f"{self.kind.replace('is', 'i|s')}:{self.name}"
@@ -69,9 +70,10 @@ class Request:
     request_id: int | None = None
 
 
-LAYER = Arg("layer", "s")
+LAYER = Arg("layer", "s", fold=True)
 RANGE = (Arg("t0", "i"), Arg("t1", "i"), Arg("f0", "i"), Arg("f1", "i"))
 MIDI = (0, 127)
+RATES = (8000, 192000)  # sample rates a client may ask for (Hz); 16 000 is the model's own
 
 INBOUND = (
     Address("/ping", doc="answers /pong"),
@@ -80,7 +82,7 @@ INBOUND = (
     Address("/model/info", doc="answers /model/info"),
     Address("/state", doc="answers the conditioning addresses and both /codemap messages"),
     Address("/pitch", (Arg("pitch", "i"),), "MIDI pitch of the conditioning, within the model's range"),
-    Address("/instrument", (Arg("instrument", "is"),), "instrument family, by index or name"),
+    Address("/instrument", (Arg("instrument", "is", fold=True),), "instrument family, by index or name (any case)"),
     Address("/temperature", (Arg("temperature", "f", 0.0, 10.0),), "sampling temperature (0 = most likely)"),
     Address("/top_p", (Arg("top_p", "f", 0.0, 1.0),), "nucleus sampling mass"),
     Address(
@@ -95,6 +97,20 @@ INBOUND = (
         "harmonic guidance: 0 off, higher pulls every partial onto the harmonics of the pitch",
     ),
     Address("/seed", (Arg("seed", "i", 0, INT32[1]),), "restart the random sequence"),
+    Address(
+        "/level",
+        (Arg("dbfs", "f", -60.0, 0.0),),
+        "every render is normalised to this RMS over its held part (first 3 s), dBFS (default -18)",
+    ),
+    Address("/gain", (Arg("db", "f", -60.0, 24.0),), "gain on every render after normalisation, dB (default 0)"),
+    Address(
+        "/velocity/curve",
+        (Arg("curve", "f", 0.0, 4.0),),
+        "note level = (velocity / 127) ^ curve: 2 the General MIDI curve (default), 1 linear, 0 ignores velocity",
+    ),
+    Address(
+        "/release", (Arg("seconds", "f", 0.0, 4.0),), "fade-out after a note-off, for the patches' voices and --play"
+    ),
     Address("/generate", doc="a new sound: the whole top map, then the whole bottom map", request_id=True),
     Address("/analyze", (Arg("path", "s"),), "encode an audio file (under an allowed folder)", request_id=True),
     Address(
@@ -113,17 +129,30 @@ INBOUND = (
     Address(
         "/note",
         (Arg("pitch", "i", *MIDI), Arg("velocity", "i", *MIDI)),
-        "velocity > 0: set the pitch and render in the note mode; 0: note-off (ignored)",
+        "velocity > 0: set the pitch, render in the note mode at the velocity's level; 0: note-off (releases "
+        "--play's voice; the patches release their own)",
         request_id=True,
     ),
-    Address("/note/mode", (Arg("mode", "s"),), "what a note does: generate | resample (keep the top map)"),
+    Address("/note/mode", (Arg("mode", "s", fold=True),), "what a note does: generate | resample (keep the top map)"),
     Address(
-        "/note/prefill", (Arg("low", "i", *MIDI), Arg("high", "i", *MIDI)), "fill the note cache in the background"
+        "/note/prefill", (Arg("low", "i", *MIDI), Arg("high", "i", *MIDI)), "fill the cache for these pitches first"
+    ),
+    Address(
+        "/note/fill",
+        (Arg("on", "i", 0, 1),),
+        "1 (default): when idle, fill the note cache across the model's pitch range for the current settings",
     ),
     Address("/program", (Arg("program", "i", *MIDI),), "General MIDI program 0-127 → instrument family"),
     Address("/cc", (Arg("controller", "i", *MIDI), Arg("value", "i", *MIDI)), "a mapped controller sets a parameter"),
-    Address("/cc/map", (Arg("controller", "i", *MIDI), Arg("parameter", "s")), "map a controller to a parameter"),
-    Address("/render/mode", (Arg("mode", "s"),), "how audio reaches this client: file | chunks | both"),
+    Address(
+        "/cc/map", (Arg("controller", "i", *MIDI), Arg("parameter", "s", fold=True)), "map a controller to a parameter"
+    ),
+    Address("/render/mode", (Arg("mode", "s", fold=True),), "how audio reaches this client: file | chunks | both"),
+    Address(
+        "/render/rate",
+        (Arg("hz", "i", *RATES),),
+        "sample rate of this client's WAVs and chunks (the host's: 44100, 48000, 96000 ...; 16000 the model's)",
+    ),
     Address("/timing", (Arg("on", "i", 0, 1),), "1: follow each /render/done with its /render/timing"),
     Address("/image", (LAYER,), "PNG of the last render's spectrogram with the layer's grid", request_id=True),
     Address("/play", optional=(Arg("loop", "i", 0, 1),), doc="play the last render on the server's output"),
@@ -158,13 +187,37 @@ OUTBOUND = (
     Address("/guidance", (Arg("guidance", "f"),)),
     Address("/harmonic", (Arg("harmonic", "f"),)),
     Address("/seed", (Arg("seed", "i"),)),
+    Address("/level", (Arg("dbfs", "f"),)),
+    Address("/gain", (Arg("db", "f"),)),
+    Address("/velocity/curve", (Arg("curve", "f"),)),
+    Address("/release", (Arg("seconds", "f"),)),
     Address("/note/mode", (Arg("mode", "s"),)),
+    Address("/note/fill", (Arg("on", "i"),)),
+    Address(
+        "/note/cache",
+        (Arg("ready", "i"), Arg("total", "i")),
+        "notes of the current settings cached, of the pitch range: sent as the background fill goes; ready = total "
+        "when every note plays at once",
+    ),
+    Address("/render/rate", (Arg("hz", "i"),), "this client's sample rate, after /render/rate and /state"),
     Address("/render/started", (Arg("id", "i"),)),
     Address("/render/progress", (Arg("id", "i"), Arg("fraction", "f"))),
     Address(
         "/render/done",
-        (Arg("id", "i"), Arg("wav_path", "s"), Arg("frames", "i"), Arg("sample_rate", "i"), Arg("seconds", "f")),
-        "float32 mono WAV; seconds from the request's arrival",
+        (
+            Arg("id", "i"),
+            Arg("wav_path", "s"),
+            Arg("frames", "i"),
+            Arg("sample_rate", "i"),
+            Arg("seconds", "f"),
+            Arg("level_db", "f"),
+        ),
+        "float32 mono WAV at this client's rate; seconds from the request's arrival; RMS of its held part (dBFS)",
+    ),
+    Address(
+        "/render/silent",
+        (Arg("id", "i"), Arg("level_db", "f")),
+        "before /render/done: the render is silence (under -90 dBFS), so it was not normalised",
     ),
     Address("/render/cancelled", (Arg("id", "i"), Arg("reason", "s"))),
     Address(
@@ -219,7 +272,7 @@ def _convert(value: Any, arg: Arg, path: str) -> Any:
     if arg.kind == "s" or (arg.kind == "is" and isinstance(value, str)):
         if not isinstance(value, str):
             raise ProtocolError(f"{arg.name} must be a string, got {_describe(value)}")
-        return value
+        return value.strip().lower() if arg.fold else value
     return _number(value, arg, path)
 
 

@@ -1,9 +1,14 @@
 """The render worker: one thread that runs the engine's operations in arrival order, off the receive thread.
 
 Requests wait in a bounded queue where bursts coalesce: a new generate, note or analyze supersedes the
-sampling work still waiting (and cancels the one running), consecutive inpaints of one layer merge their
-masks, and a batch of edits is rendered once. Each batch is saved to the session before it is acknowledged
-(`/codemap`, `/render/done`). Every request id gets exactly one ending: done, cancelled or an error.
+sampling work still waiting (and cancels the one running), except that notes never supersede notes (a melody
+plays every note); consecutive inpaints of one layer merge their masks, and a batch of edits is rendered once.
+Each batch is saved to the session before it is acknowledged (`/codemap`, `/render/done`). Every request id
+gets exactly one ending: done, cancelled or an error. When idle, the worker fills the note cache across the
+model's pitch range for the current settings, so that notes play at once.
+
+Each client gets its render at its own sample rate (`/render/rate`), brought to the performer's level
+(`server.level`: normalised, velocity, `/gain`, limited).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from server import level
+from server.audio import resample
 from server.engine import Engine, EngineError, Note
 from server.output import OutputFolder, chunks
 from server.playback import PlaybackError, Player
@@ -90,8 +97,8 @@ class JobQueue:
         with self.cond:
             superseded: list[Job] = []
             if job.kind in REPLACES_ALL:
-                superseded = [j for j in self.pending if j.kind in SAMPLING]
-                self.pending = [j for j in self.pending if j.kind not in SAMPLING]
+                superseded = [j for j in self.pending if _supersedes(job, j)]
+                self.pending = [j for j in self.pending if not _supersedes(job, j)]
             elif self.pending and self._merge(self.pending[-1], job):
                 return []
             if len(self.pending) >= self.limit:
@@ -104,7 +111,7 @@ class JobQueue:
                 superseded.append(victim)
             if job.kind in REPLACES_ALL:
                 for j in self._in_flight():  # the worker answers these when it reaches them
-                    if j.kind in SAMPLING:
+                    if _supersedes(job, j):
                         j.cancelled = f"superseded by {job.address}"
             self.pending.append(job)
             self.cond.notify()
@@ -148,6 +155,11 @@ class JobQueue:
             return removed, bool(flagged)
 
 
+def _supersedes(new: Job, old: Job) -> bool:
+    """A generate, analyze or note makes waiting sampling work stale, but a note leaves other notes alone."""
+    return new.kind in REPLACES_ALL and old.kind in SAMPLING and not (new.kind == old.kind == "note")
+
+
 class Worker(threading.Thread):
     def __init__(
         self,
@@ -158,16 +170,20 @@ class Worker(threading.Thread):
         session: Path | None = None,
         player: Player | None = None,
         play_each: bool = False,
+        rate: int | None = None,
     ):
         super().__init__(name="render-worker", daemon=True)
         self.engine, self.queue, self.out, self.replies = engine, queue, out, replies
         self.session, self.player, self.play_each = session, player, play_each
-        self.last_audio: np.ndarray | None = None
+        self.model_rate = engine.manifest.spectrogram.sample_rate
+        self.rate = rate or self.model_rate  # for clients that never sent /render/rate, and for --play
+        self.last_audio: tuple[np.ndarray, int] | None = None  # the last render as delivered at self.rate
         self.batch_started = 0.0  # perf_counter when the current batch began: requests waited until then
         self.prefill: list[int] = []  # pitches still to render into the note cache when idle
         self.stopping = threading.Event()
         self.status = "ready"
         self.warming = False
+        self.cache_announced: tuple[int, int] | None = None  # the last /note/cache sent
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -178,16 +194,29 @@ class Worker(threading.Thread):
                 log.error("worker:\n%s", traceback.format_exc())
 
     def _run_once(self) -> None:
-        idle_work = self.warming or bool(self.prefill)
+        ready, total, to_fill = self.engine.fill_status()
+        if (ready, total) != self.cache_announced:
+            self.cache_announced = (ready, total)
+            self.replies.broadcast("/note/cache", ready, total)
+            if ready == total:
+                log.info("note cache ready: %d notes", total)
+        to_fill = to_fill if self.engine.settings.fill else None
+        idle_work = self.warming or bool(self.prefill) or to_fill is not None
         # Idle work goes in small slices, each after 10 ms without a request: a burst of requests is never
-        # delayed by it, and a lone request waits at most one slice (about 2 ms).
+        # delayed by it, and a lone request waits at most one slice (about 2 ms; a note being filled may be
+        # past its sampling, in its 30-50 ms of decoding).
         if self.queue.take(timeout=0.01 if idle_work else 0.1):
             self.run_batch()
             self.warming = True
         elif self.warming:
             self.warming = self.engine.warm()
         elif self.prefill:
-            self._prefill_one()
+            try:
+                self._prefill_one(self.prefill.pop(0))
+            except IndexError:  # emptied by /cancel meanwhile
+                pass
+        elif to_fill is not None:
+            self._prefill_one(to_fill)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -206,7 +235,7 @@ class Worker(threading.Thread):
     def _batch(self) -> None:
         changed = False
         to_render: list[Requester] = []
-        cached: list[tuple[Requester, Note]] = []
+        played: list[tuple[Requester, Note, dict[str, int]]] = []  # note-ons: delivered at their velocity
         timings: dict[str, float] = {}  # stage → seconds, for /render/timing and the log
         self.batch_started = time.perf_counter()
         while (job := self.queue.next()) is not None:
@@ -231,16 +260,18 @@ class Worker(threading.Thread):
             timings["edit"] = timings.get("edit", 0.0) + time.perf_counter() - t0
             changed |= result == "edit" or isinstance(result, Note)
             if isinstance(result, Note):
-                cached += [(r, result) for r in job.requesters]
+                played += [(r, result, job.params) for r in job.requesters]
             elif result in ("edit", "render"):
                 to_render += job.requesters
         if changed:
             t0 = time.perf_counter()
             self._save()  # before any acknowledgement
             timings["save"] = time.perf_counter() - t0
-        for r, note in cached:
-            self._done(r, note.wav, note.audio, timings)
+        for r, note, p in played:
+            self._deliver([r], note.audio, timings, p["velocity"], p["pitch"])
             log.info("note %d: %.1f ms", r.request_id, (time.perf_counter() - r.received) * 1000)
+        if played:
+            self.replies.send_settings()  # the pitch changed: after the audio, which the performer waits for
         if to_render:
             try:
                 self._render(to_render, timings)
@@ -287,22 +318,12 @@ class Worker(threading.Thread):
         note = self.engine.cached_note(pitch)
         if note is None:
             note = self.engine.make_note(pitch, progress)
-            note.wav = str(self.out.note_wav(note.audio, self.engine.manifest.spectrogram.sample_rate))
-            self._evict()
         self.engine.play_note(pitch, note)
-        self.last_audio = note.audio
-        if self.play_each:
-            self._play(note.audio)
-        self.replies.send_settings()
         return note
-
-    def _evict(self) -> None:
-        while self.engine.evicted:
-            Path(self.engine.evicted.pop().wav).unlink(missing_ok=True)
 
     def _image(self, job: Job) -> None:
         if self.engine.last_spectrogram is None or self.engine.rendered_version != self.engine.version:
-            self.last_audio = self.engine.render()
+            self.engine.render()
         assert self.engine.last_spectrogram is not None
         path, width, height = self.out.write_png(self.engine.last_spectrogram, job.params["layer"], job.ids()[0])
         for r in job.requesters:
@@ -310,20 +331,50 @@ class Worker(threading.Thread):
 
     def _render(self, requesters: list[Requester], timings: dict[str, float]) -> None:
         audio = self.engine.render(timings)
-        t0 = time.perf_counter()
-        path = self.out.write_wav(audio, self.engine.manifest.spectrogram.sample_rate, requesters[-1].request_id)
-        timings["wav"] = time.perf_counter() - t0
-        self.last_audio = audio
-        for r in requesters:
-            self._done(r, str(path), audio, timings)
-        if self.play_each:
-            self._play(audio)
+        self._deliver(requesters, audio, timings)
         stages = " ".join(f"{k} {v * 1000:.1f}" for k, v in timings.items())
         total = (time.perf_counter() - requesters[0].received) * 1000
         log.info("render %s: %.1f ms (%s ms)", ",".join(str(r.request_id) for r in requesters), total, stages)
 
-    def _done(self, r: Requester, wav: str, audio: np.ndarray, timings: dict[str, float]) -> None:
-        sr = self.engine.manifest.spectrogram.sample_rate
+    def _deliver(
+        self,
+        requesters: list[Requester],
+        audio: np.ndarray,
+        timings: dict[str, float],
+        velocity: int | None = None,
+        pitch: int | None = None,
+    ) -> None:
+        """The model's `audio` to each requester: brought to the performer's level (and the note's velocity),
+        resampled to the client's rate, written once per rate, then sent as a file and/or chunks."""
+        s = self.engine.settings
+        extra_db = s.gain + (level.velocity_db(velocity, s.velocity_curve) if velocity is not None else 0.0)
+        t0 = time.perf_counter()
+        shaped, lvl = level.shape(audio, self.model_rate, s.level, extra_db)
+        if lvl.silent:
+            log.warning("render %d is silent (%.1f dBFS over its held part)", requesters[0].request_id, lvl.level_db)
+        files: dict[int, tuple[np.ndarray, str]] = {}  # rate → (the audio at that rate, its WAV): one per rate
+        for r in requesters:
+            rate = self._rate(r)
+            if rate not in files:
+                out = resample(shaped, self.model_rate, rate)
+                files[rate] = (out, str(self.out.write_wav(out, rate, r.request_id)))
+                timings["wav"] = timings.get("wav", 0.0) + time.perf_counter() - t0
+            self._done(r, files[rate][1], files[rate][0], rate, lvl, timings)
+            t0 = time.perf_counter()
+        if self.rate not in files:  # /play and --play use the server's own rate
+            files[self.rate] = (resample(shaped, self.model_rate, self.rate), "")
+        self.last_audio = (files[self.rate][0], self.rate)
+        if self.play_each:
+            self._play(*self.last_audio, pitch)
+
+    def _rate(self, r: Requester) -> int:
+        return getattr(r.client, "rate", None) or self.rate
+
+    def _done(
+        self, r: Requester, wav: str, audio: np.ndarray, rate: int, lvl: level.Level, timings: dict[str, float]
+    ) -> None:
+        if lvl.silent:
+            self.replies.send(r.client, "/render/silent", r.request_id, float(lvl.level_db))
         if getattr(r.client, "mode", "file") in ("chunks", "both"):
             for i, (offset, piece) in enumerate(chunks(audio)):
                 self.replies.send(r.client, "/render/chunk", r.request_id, offset, piece.size, piece)
@@ -331,17 +382,17 @@ class Worker(threading.Thread):
                     time.sleep(0.0005)  # paced: 64 datagrams at once overflow a default 208 kB socket buffer
             self.replies.send(r.client, "/render/end", r.request_id, audio.size)
         seconds = time.perf_counter() - r.received
-        self.replies.send(r.client, "/render/done", r.request_id, wav, audio.size, sr, float(seconds))
+        self.replies.send(r.client, "/render/done", r.request_id, wav, audio.size, rate, float(seconds), lvl.level_db)
         if getattr(r.client, "timing", False):
             stages = {**timings, "queue": max(0.0, self.batch_started - r.received), "server": seconds}
             ms = [1000 * float(stages.get(name, 0.0)) for name in TIMING_STAGES]
             self.replies.send(r.client, "/render/timing", r.request_id, *ms)
 
-    def _play(self, audio: np.ndarray) -> None:
+    def _play(self, audio: np.ndarray, rate: int, pitch: int | None) -> None:
         if self.player is None:
             return
         try:
-            self.player.play(audio, self.engine.manifest.spectrogram.sample_rate)
+            self.player.play(audio, rate, pitch=pitch)
         except PlaybackError as exc:
             log.warning("%s", exc)
 
@@ -382,12 +433,9 @@ class Worker(threading.Thread):
             self.status = status
             self.replies.broadcast("/status", status)
 
-    def _prefill_one(self) -> None:
-        """Render one pitch into the note cache; any waiting request cancels it at once."""
-        try:
-            pitch = self.prefill.pop(0)
-        except IndexError:  # emptied by /cancel meanwhile
-            return
+    def _prefill_one(self, pitch: int) -> None:
+        """Render one pitch into the note cache; any waiting request interrupts it at once (and it is tried
+        again later)."""
         if self.engine.cached_note(pitch) is not None:
             return
 
@@ -396,11 +444,6 @@ class Worker(threading.Thread):
                 raise Cancelled("a request arrived")
 
         try:
-            note = self.engine.make_note(pitch, preempt)
+            self.engine.make_note(pitch, preempt)
         except Cancelled:
             self.prefill.insert(0, pitch)
-            return
-        note.wav = str(self.out.note_wav(note.audio, self.engine.manifest.spectrogram.sample_rate))
-        self._evict()
-        if not self.prefill:
-            log.info("note cache filled (%d notes)", len(self.engine.notes))

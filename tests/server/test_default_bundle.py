@@ -2,7 +2,9 @@
 with no arguments."""
 
 import json
+import time
 
+import numpy as np
 import soundfile as sf
 
 from export.metrics import pitch_kept
@@ -33,7 +35,7 @@ def test_its_manifest_says_how_to_make_it_again():
 def test_serve_with_no_bundle_argument_generates_a_4_s_note_at_the_pitch_asked(tmp_path):
     # The model's accuracy over the whole grid is `inpaint-train evaluate`'s (docs/evaluation.md); here one
     # seeded note per family goes the whole way a performer's does: OSC in, WAV out, f0 read by YIN.
-    server = start_server(None, tmp_path)  # no --bundle: the packaged default
+    server = start_server(None, tmp_path, "--no-fill")  # no --bundle: the packaged default
     try:
         c = server.client()
         for request_id, (family, pitch) in enumerate((("keyboard", 60), ("bass", 36), ("flute", 79)), start=1):
@@ -42,10 +44,71 @@ def test_serve_with_no_bundle_argument_generates_a_4_s_note_at_the_pitch_asked(t
             c.send("/seed", request_id)
             c.wait_for("/seed", timeout=10)
             c.send("/generate", request_id)
-            _, (got_id, wav, frames, rate, _) = c.wait_for("/render/done", timeout=60)
+            _, (got_id, wav, frames, rate, _, _) = c.wait_for("/render/done", timeout=60)
             audio, file_rate = sf.read(wav, dtype="float32")
             assert (got_id, frames, rate, file_rate, audio.size) == (request_id, 64_000, 16_000, 16_000, 64_000)
             assert 1e-3 < abs(audio).max() <= 1.0
             assert pitch_kept(audio, pitch), (family, pitch)
+    finally:
+        server.stop()
+
+
+def held_db(wav: str) -> float:
+    """RMS over the held part (the first 3 s) of a WAV, dBFS."""
+    audio, rate = sf.read(wav, dtype="float64")
+    return float(20 * np.log10(np.sqrt(np.mean(audio[: 3 * rate] ** 2))))
+
+
+def test_every_render_reaches_the_performer_at_one_level_and_notes_follow_velocity(tmp_path):
+    server = start_server(None, tmp_path, "--no-fill")
+    try:
+        c = server.client()
+        levels = []
+        for request_id, (family, pitch) in enumerate(
+            [("bass", 36), ("brass", 55), ("flute", 79), ("guitar", 52), ("keyboard", 60)]
+            + [("mallet", 72), ("organ", 48), ("reed", 62), ("string", 57), ("vocal", 64)],
+            start=1,
+        ):
+            c.send("/instrument", family)
+            c.send("/pitch", pitch)
+            c.send("/generate", request_id)
+            _, done = c.wait_for("/render/done", timeout=60)
+            assert done[0] == request_id and abs(held_db(done[1]) - done[5]) < 0.01  # the level it reports
+            levels.append(done[5])
+        median = float(np.median(levels))
+        assert all(abs(x - median) <= 3.0 for x in levels) and min(levels) > -40, levels
+        loud, soft = [], []
+        for velocity, into in ((127, loud), (30, soft)):
+            c.send("/note", 60, velocity, 100 + velocity)
+            _, done = c.wait_for("/render/done", timeout=60)
+            into.append(held_db(done[1]))
+        assert loud[0] - soft[0] >= 12.0, (loud, soft)
+    finally:
+        server.stop()
+
+
+def test_a_melody_of_cached_notes_plays_every_note_at_once(tmp_path):
+    """After the background fill has cached the keyboard, eight notes 125 ms apart (8 per second): eight
+    renders, none cancelled, each delivered within 10 ms of its arrival."""
+    server = start_server(None, tmp_path)
+    try:
+        c = server.client()
+        c.send("/instrument", "string")
+        deadline = time.monotonic() + 240
+        while (cache := c.wait_for("/note/cache", timeout=240)[1])[0] < cache[1]:
+            assert time.monotonic() < deadline
+        sent = {}
+        for i, pitch in enumerate((60, 62, 64, 65, 67, 69, 71, 72)):
+            c.send("/note", pitch, 100, 200 + i)
+            sent[200 + i] = time.perf_counter()
+            time.sleep(0.125)
+        endings = {}
+        while len(endings) < 8:
+            address, args = c.wait_for("/render/done", "/render/cancelled", "/error", timeout=30)
+            if args and args[0] in sent:
+                endings[args[0]] = (address, args)
+        assert all(address == "/render/done" for address, _ in endings.values()), endings
+        server_ms = [1000 * args[4] for _, args in endings.values()]
+        assert max(server_ms) < 10.0, server_ms
     finally:
         server.stop()

@@ -22,7 +22,7 @@ def test_the_contract_addresses_of_the_issue_exist_with_their_arguments():
     assert specs["/note"] == "i:pitch i:velocity [i:id]"
     assert specs["/instrument"] == "i|s:instrument"
     out = {a.path: a.spec() for a in protocol.OUTBOUND}
-    assert out["/render/done"] == "i:id s:wav_path i:frames i:sample_rate f:seconds"
+    assert out["/render/done"] == "i:id s:wav_path i:frames i:sample_rate f:seconds f:level_db"
     assert out["/codemap"] == "s:layer i:version i:rows i:cols i:code ..."
     assert out["/error"] == "s:address s:message"
 
