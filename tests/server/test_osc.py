@@ -344,3 +344,45 @@ def test_timing_follows_each_render_with_its_stages(client):
     client.send("/render", 78)
     client.wait_for("/render/done", timeout=60)
     assert not [r for r in client.drain(0.1) if r[0] == "/render/timing"]
+
+
+def test_render_rate_48k_gives_wav_and_chunks_at_the_hosts_rate(live, client):
+    from server.audio import resample
+
+    client.send("/render/rate", 48000)
+    assert client.wait_for("/render/rate")[1] == [48000]
+    client.send("/render/mode", "both")
+    client.send("/render", 701)
+    pieces, total = {}, None
+    while True:
+        address, args = client.wait_for("/render/chunk", "/render/end", "/render/done", timeout=30)
+        if address == "/render/chunk":
+            pieces[args[1]] = np.array(args[3:], np.float32)
+        elif address == "/render/end":
+            total = args[1]
+        else:
+            _, wav, frames, rate, _, _ = args
+            break
+    audio, file_rate = sf.read(wav, dtype="float32")
+    chunked = np.concatenate([pieces[k] for k in sorted(pieces)])
+    assert total == frames == audio.size == chunked.size == 192_000 and rate == file_rate == 48_000
+    np.testing.assert_array_equal(chunked, audio)
+    client.send("/render/mode", "file")
+    client.send("/render/rate", 16000)
+    client.send("/render", 702)
+    low = sf.read(client.wait_for("/render/done", timeout=30)[1][1], dtype="float32")[0]
+    assert low.size == 64_000
+    np.testing.assert_allclose(resample(low, 16_000, 48_000), audio, atol=1e-6)  # the same sound, resampled
+    spectrum = np.abs(np.fft.rfft(audio.astype(np.float64)))
+    freqs = np.fft.rfftfreq(audio.size, 1 / 48_000)
+    if spectrum.max() > 0:
+        assert spectrum[freqs > 8_300].max() < 1e-3 * spectrum.max()  # nothing above the model's Nyquist
+
+
+def test_names_are_read_in_any_case(live, client):
+    client.send("/instrument", "String")
+    assert echo(client, "/instrument", [8, "string"])
+    client.send("/note/mode", "Generate")
+    assert echo(client, "/note/mode", ["generate"])
+    client.send("/inpaint", "TOP", 0, 1, 0, 1, 711)
+    assert client.wait_for("/render/done", "/error", timeout=30)[1][0] == 711
