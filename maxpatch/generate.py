@@ -363,7 +363,7 @@ class PdPatch:
         return self.count - 1
 
     def obj(self, x: int, y: int, text: str) -> int:
-        return self._add(f"#X obj {x} {y} {text};")
+        return self._add(f"#X obj {x} {y} {text.replace('$', chr(92) + '$')};")
 
     def msg(self, x: int, y: int, text: str) -> int:
         return self._add(f"#X msg {x} {y} {text.replace('$', chr(92) + '$')};")
@@ -400,110 +400,209 @@ class PdPatch:
         path.write_text("\n".join(self.lines) + "\n")
 
 
+VOICES = 8  # polyphony of both patches: one voice (buffer/array, player, envelope) per sounding note
+
+
+def pd_voice() -> PdPatch:
+    """inpaint-osc-voice.pd, one instance per voice of [clone -s 1 inpaint-osc-voice 8] ($1 = the voice number).
+    Messages: `on` (a note-on took this voice), `play PATH` (its render: loaded into the voice's own array and
+    played if the key is still down), `release` (note-off: fade out over /release)."""
+    p = PdPatch()
+    p.lines[0] = "#N canvas 0 50 700 420 12;"
+    route = p.chain(p.obj(20, 20, "inlet"), p.obj(20, 50, "route on play release"))
+    gate = p.obj(420, 110, "f")
+    p.connect(route, 0, p.msg(420, 80, "1"))
+    p.connect(p.count - 1, 0, gate, 1)
+    load = p.chain(
+        p.obj(120, 80, "list"),
+        p.obj(120, 105, "list append $0-voice"),
+        p.obj(120, 130, "list prepend read -resize"),
+        p.obj(120, 155, "list trim"),
+        p.obj(120, 180, "soundfiler"),
+    )
+    p.connect(route, 1, load - 4)
+    p.obj(460, 20, "array define $0-voice")
+    log = p.obj(20, 380, "print inpaint-osc")
+    loaded = p.obj(20, 210, "t f b")
+    p.connect(load, 0, loaded)
+    p.chain(loaded, p.obj(20, 330, "list prepend voice $1 loaded"), p.obj(20, 355, "list trim"), log)
+    start = p.chain(gate, p.obj(420, 140, "sel 1"), p.obj(420, 165, "t b b b"))
+    p.connect(loaded, 1, gate)
+    player = p.obj(300, 230, "tabplay~ $0-voice")
+    envelope = p.obj(460, 230, "line~")
+    p.connect(start, 0, player)
+    p.connect(start, 1, p.msg(460, 200, "1 3"))  # a 3 ms fade-in: no click where the render starts
+    p.connect(p.count - 1, 0, envelope)
+    clock = p.obj(180, 300, "timer")
+    p.connect(start, 2, clock)
+    amp = p.obj(300, 270, "*~")
+    p.connect(player, 0, amp)
+    p.connect(envelope, 0, amp, 1)
+    p.connect(amp, 0, p.obj(300, 300, "outlet~"))
+    p.connect(player, 1, clock, 1)
+    p.chain(clock, p.obj(180, 330, "list prepend voice $1 played"), p.obj(180, 355, "list trim"), log)
+    # note-off: the gate closes (a render still on its way stays silent) and the voice fades over /release
+    release_ms = p.obj(560, 140, "f 150")
+    p.chain(p.obj(560, 80, "r inpaint-osc-release"), p.obj(560, 110, "* 1000"))
+    p.connect(p.count - 1, 0, release_ms, 1)
+    off = p.obj(560, 50, "t b b")
+    p.connect(route, 2, off)
+    p.connect(off, 1, p.msg(620, 80, "0"))
+    p.connect(p.count - 1, 0, gate, 1)
+    p.connect(off, 0, release_ms)
+    p.connect(release_ms, 0, p.msg(560, 170, "0 $1"))
+    p.connect(p.count - 1, 0, envelope)
+    return p
+
+
 def pd_patch() -> PdPatch:
     p = PdPatch()
     p.text(20, 10, "inpaint-osc - paint instrument sounds. Start the server (inpaint-osc serve) and play.")
     # Network: one sender for every message, replies parsed and routed by address.
     net = p.obj(20, 700, "netsend -u -b")
     load = p.obj(20, 40, "loadbang")
-    boot = p.obj(20, 65, "t b b b")
+    boot = p.obj(20, 65, "t b b b b")
     p.connect(load, 0, boot)
     connect = p.msg(20, 640, f"connect 127.0.0.1 {SERVER_PORT}")
-    p.connect(boot, 2, connect)
+    p.connect(boot, 3, connect)
     p.connect(connect, 0, net)
-    p.chain(
-        p.obj(200, 585, "r inpaint-osc-connect"),
-        p.obj(200, 610, "list"),  # "127.0.0.1 9000" arrives with the host as its selector
-        p.msg(200, 640, "disconnect \\, connect $1 $2"),
-        net,
-    )
+    # Announce this patch: its sample rate (renders come at the rate Pd plays them) and a /state request,
+    # at load, when told another server, and when the server answers again after a silence.
+    announce = p.obj(200, 540, "t b b")
+    p.connect(boot, 1, announce)
+    rate = p.chain(p.obj(200, 565, "samplerate~"), p.send(200, 590, "/render/rate", 1))
+    p.connect(announce, 1, rate - 1)
+    p.connect(announce, 0, p.send(300, 565, "/state", 0))
+    to = p.chain(p.obj(200, 460, "r inpaint-osc-connect"), p.obj(200, 485, "list"), p.obj(200, 510, "t b l"))
+    p.connect(to, 1, p.msg(340, 510, "disconnect \\, connect $1 $2"))  # "127.0.0.1 9000": host as its selector
+    p.connect(p.count - 1, 0, net)
+    p.connect(to, 0, announce)
     p.chain(
         p.obj(420, 610, "r inpaint-osc-send"), p.obj(420, 640, "list prepend send"), p.obj(420, 670, "list trim"), net
     )
 
     rx = p.obj(620, 70, "netreceive -u -b")
     listen = p.msg(620, 40, f"listen {REPLY_PORT}")
-    p.connect(boot, 1, listen)
+    p.connect(boot, 2, listen)
     p.connect(listen, 0, rx)
     p.chain(p.obj(760, 10, "r inpaint-osc-listen"), p.msg(760, 40, "listen $1"), rx)
-    route = p.chain(
-        rx,
-        p.obj(620, 100, "oscparse"),
-        p.obj(620, 125, "list trim"),
-        p.obj(620, 150, "route pong status error render codemap"),
+    outbound = (
+        "pong status error render codemap pitch instrument temperature top_p guidance harmonic level gain "
+        "velocity release note"
     )
-    log = p.obj(900, 675, "list trim")  # the console line: status, errors, each loaded render
+    route = p.chain(rx, p.obj(620, 100, "oscparse"), p.obj(620, 125, "list trim"), p.obj(620, 150, "route " + outbound))
+    log = p.obj(900, 675, "list trim")  # the console line: status, errors, each loaded render, the note cache
     p.connect(log, 0, p.obj(900, 700, "print inpaint-osc"))
 
-    # Connection light, status and errors.
+    # Connection: a ping every 2 s; the light is on while pongs come, off after 5 s without one; coming back
+    # on re-announces the patch (the server may have restarted and forgotten this client's rate).
     ping = p.msg(20, 100, "bang")
     p.text(70, 100, "ping")
     ping_r = p.obj(120, 100, "r inpaint-osc-ping")
     ping_fmt = p.send(20, 130, "/ping", 0)
     p.connect(ping, 0, ping_fmt)
     p.connect(ping_r, 0, ping_fmt)
-    p.connect(boot, 0, ping_fmt)
-    light = p.obj(620, 190, "tgl 15 0 empty empty connected 17 7 0 10 -262144 -1 -1 0 1")
-    one = p.msg(620, 170, "1")
-    p.connect(route, 0, one)
-    p.connect(one, 0, light)
+    metro = p.obj(20, 160, "metro 2000")
+    p.connect(boot, 0, metro)
+    p.connect(metro, 0, ping_fmt)
+    p.connect(metro, 0, p.obj(100, 160, "samplerate~"))  # the rate is watched too: Pd's can change any time
+    p.chain(p.count - 1, p.obj(100, 185, "change"), p.send(100, 210, "/render/rate", 1))
+    pong = p.obj(620, 175, "t b b")
+    p.connect(route, 0, pong)
+    silence = p.obj(700, 175, "delay 5000")
+    p.connect(pong, 1, silence)
+    connected = p.obj(620, 225, "change")
+    p.connect(pong, 0, p.msg(620, 200, "1"))
+    p.connect(p.count - 1, 0, connected)
+    p.connect(silence, 0, p.msg(700, 200, "0"))
+    p.connect(p.count - 1, 0, connected)
+    light = p.obj(620, 275, "tgl 15 0 empty empty connected 17 7 0 10 -262144 -1 -1 0 1")
+    p.connect(connected, 0, light)
+    p.chain(connected, p.obj(700, 250, "sel 1"), announce)
     for i, name in enumerate(("status", "error")):
-        shown = p.msg(700, 220 + 30 * i, "")
-        setter = p.obj(700, 195 + 30 * i, "list prepend set")
+        shown = p.msg(780, 220 + 30 * i, "")
+        setter = p.obj(780, 195 + 30 * i, "list prepend set")
         p.connect(route, 1 + i, setter)
         p.connect(setter, 0, shown)
-        tag = p.obj(880, 195 + 30 * i, f"list prepend {name}")
+        tag = p.obj(960, 195 + 30 * i, f"list prepend {name}")
         p.connect(route, 1 + i, tag)
         p.connect(tag, 0, log)
 
-    # Conditioning: instrument (11 families), pitch, temperature, top-p, guidance, harmonic guidance.
-    p.text(20, 170, "instrument: " + " ".join(FAMILIES))
-    radio = p.obj(20, 195, f"hradio 15 1 0 {len(FAMILIES)} empty empty empty 0 -8 0 10 -262144 -1 -1 4")
-    p.connect(radio, 0, p.send(20, 220, "/instrument", 1))
-    p.text(20, 260, "pitch")
-    slider = p.obj(70, 260, "hsl 200 15 24 84 0 0 empty empty empty -2 -8 0 10 -262144 -1 -1 0 1")
-    pitch = p.atom(280, 260, 4, 24, 84)
-    whole = p.obj(280, 285, "i")
+    # Conditioning: instrument (11 families), pitch, and the settings; each shows what the server has (its
+    # echoes and /state set them without sending).
+    p.text(20, 240, "instrument: " + " ".join(FAMILIES))
+    radio = p.obj(20, 265, f"hradio 15 1 0 {len(FAMILIES)} empty empty empty 0 -8 0 10 -262144 -1 -1 4")
+    p.connect(radio, 0, p.send(20, 290, "/instrument", 1))
+    family = p.obj(200, 290, "list split 1")  # /instrument index name
+    p.connect(route, 6, family)
+    p.chain(family, p.msg(200, 315, "set $1"), radio)
+    p.text(20, 330, "pitch")
+    slider = p.obj(70, 330, "hsl 200 15 24 84 0 0 empty empty empty -2 -8 0 10 -262144 -1 -1 0 1")
+    pitch = p.atom(280, 330, 4, 24, 84)
+    whole = p.obj(280, 355, "i")
     p.connect(slider, 0, pitch)
     p.connect(pitch, 0, whole)
-    p.connect(whole, 0, p.send(280, 310, "/pitch", 1))
-    for i, name in enumerate(("temperature", "top_p", "guidance", "harmonic")):
-        x = 330 + 100 * i
-        p.text(x, 240, name)
-        knob = p.atom(x, 260, 5, 0, 1 if name == "top_p" else 10)
-        p.connect(knob, 0, p.send(x, 285 + 25 * (i % 2), "/" + name, 1))  # staggered: the sends are wide
+    p.connect(whole, 0, p.send(280, 380, "/pitch", 1))
+    p.connect(route, 5, p.msg(330, 355, "set $1"))
+    p.connect(p.count - 1, 0, pitch)
+    knobs = (
+        ("temperature", 10, 7),
+        ("top_p", 1, 8),
+        ("guidance", 10, 9),
+        ("harmonic", 10, 10),
+        ("level", 0, 11),
+        ("gain", 24, 12),
+        ("release", 4, 14),
+    )
+    for i, (name, high, outlet) in enumerate(knobs):
+        x = 330 + 85 * i
+        p.text(x, 410, name)
+        knob = p.atom(x, 430, 5, -60 if name in ("level", "gain") else 0, high)
+        p.connect(knob, 0, p.send(x, 455 + 25 * (i % 2), "/" + name, 1))  # staggered: the sends are wide
+        p.connect(route, outlet, p.msg(x, 405 - 25 * (i % 2), "set $1"))
+        p.connect(p.count - 1, 0, knob)
+    p.connect(route, 14, p.obj(940, 405, "s inpaint-osc-release"))  # the voices' fade-out
+    p.text(940, 430, "velocity curve")
+    curve = p.atom(940, 455, 5, 0, 4)
+    p.connect(curve, 0, p.send(940, 480, "/velocity/curve", 1))
+    curve_echo = p.obj(1040, 430, "route curve")  # /velocity/curve arrives as "velocity curve x"
+    p.connect(route, 13, curve_echo)
+    p.chain(curve_echo, p.msg(1040, 455, "set $1"), curve)
+    note_route = p.obj(900, 620, "route cache")
+    p.connect(route, 15, note_route)
+    p.chain(note_route, p.obj(900, 645, "list prepend cache"), log)
 
     # Sound-wide actions, each also reachable by a receive name (for other patches and headless tests).
     for i, (label, address) in enumerate(
         (("generate", "/generate"), ("resample-bottom", "/resample/bottom"), ("undo", "/undo"), ("redo", "/redo"))
     ):
-        button = p.msg(20 + 130 * i, 360, label)
-        named = p.obj(20 + 130 * i, 385, f"r inpaint-osc-{label}")
-        bang = p.obj(20 + 130 * i, 410, "t b")
+        button = p.msg(20 + 130 * i, 500, label)
+        named = p.obj(20 + 130 * i, 525, f"r inpaint-osc-{label}")
+        bang = p.obj(20 + 130 * i, 550, "t b")
         p.connect(button, 0, bang)
         p.connect(named, 0, bang)
-        p.connect(bang, 0, p.send(20 + 130 * i, 435, address, 0))
+        p.connect(bang, 0, p.send(20 + 130 * i, 575, address, 0))
 
     # Range tools: layer, time t0..t1 and frequency f0..f1 (half-open), then inpaint, erase or randomize.
-    p.text(20, 480, "layer  t0  t1  f0  f1  (time columns / frequency rows from the lowest)")
-    layer = p.obj(20, 560, "symbol")
+    p.text(20, 620, "layer  t0  t1  f0  f1  (time columns / frequency rows from the lowest)")
+    layer = p.obj(20, 700, "symbol")
     for i, name in enumerate(("top", "bottom")):
-        p.connect(p.msg(20, 505 + 25 * i, f"symbol {name}"), 0, layer, 1)
-    default_layer = p.msg(100, 560, "symbol top")
+        p.connect(p.msg(20, 645 + 25 * i, f"symbol {name}"), 0, layer, 1)
+    default_layer = p.msg(100, 700, "symbol top")
     p.connect(boot, 0, default_layer)
     p.connect(default_layer, 0, layer, 1)
-    ranges = p.obj(20, 590, "pack s 0 1 0 32")
+    ranges = p.obj(20, 730, "pack s 0 1 0 32")
     p.connect(layer, 0, ranges)
     for i in range(4):
-        p.connect(p.atom(120 + 50 * i, 505, 3), 0, ranges, 1 + i)
-    tool_fmt = p.obj(200, 620, "oscformat inpaint")
-    p.connect(tool_fmt, 0, p.obj(200, 645, "s inpaint-osc-send"))
+        p.connect(p.atom(120 + 50 * i, 645, 3), 0, ranges, 1 + i)
+    tool_fmt = p.obj(200, 760, "oscformat inpaint")
+    p.connect(tool_fmt, 0, p.obj(200, 785, "s inpaint-osc-send"))
     p.connect(ranges, 0, tool_fmt)
     for i, address in enumerate(("/inpaint", "/erase", "/randomize")):
         check_send(address, 5)
-        tool = p.msg(340 + 90 * i, 505, address.strip("/"))
-        order = p.obj(340 + 90 * i, 530, "t b b")  # right first: choose the address, then send the ranges
-        choose = p.msg(340 + 90 * i, 560, "set " + address.strip("/"))
+        tool = p.msg(340 + 90 * i, 645, address.strip("/"))
+        order = p.obj(340 + 90 * i, 670, "t b b")  # right first: choose the address, then send the ranges
+        choose = p.msg(340 + 90 * i, 700, "set " + address.strip("/"))
         p.connect(tool, 0, order)
         p.connect(order, 1, choose)
         p.connect(choose, 0, tool_fmt)
@@ -511,61 +610,101 @@ def pd_patch() -> PdPatch:
 
     # Codemaps as arrays (codes by row from the lowest), refreshed from every /codemap.
     for i, (name, size) in enumerate((("top", 128), ("bottom", 512))):
-        p.array(620, 300 + 140 * i, f"inpaint-osc-{name}", size, 0, 512, 400, 100)
-    layer_route = p.obj(620, 560, "route top bottom")
+        p.array(1100, 300 + 140 * i, f"inpaint-osc-{name}", size, 0, 512, 400, 100)
+    layer_route = p.obj(1100, 560, "route top bottom")
     p.connect(route, 4, layer_route)
     for i, name in enumerate(("top", "bottom")):
-        codes = p.obj(620 + 160 * i, 585, "list split 3")
+        codes = p.obj(1100 + 160 * i, 585, "list split 3")
         p.connect(layer_route, i, codes)
-        p.connect(codes, 1, p.obj(620 + 160 * i, 610, f"array set inpaint-osc-{name}"))
+        p.connect(codes, 1, p.obj(1100 + 160 * i, 610, f"array set inpaint-osc-{name}"))
 
-    # Audio: /render/done loads the WAV with soundfiler, tabplay~ plays it (loop on/off).
-    done_route = p.obj(620, 650, "route done")
+    # Notes: MIDI (or "pitch velocity" sent to inpaint-osc-note) → [poly] picks a voice; a note-on opens that
+    # voice and asks for the note with the voice as its request id; its /render/done goes to that voice; a
+    # note-off releases it (and tells the server, for --play).
+    notes = p.obj(900, 40, "notein")
+    pair = p.obj(900, 65, "pack f f")
+    p.connect(notes, 0, pair)
+    p.connect(notes, 1, pair, 1)
+    split = p.obj(900, 90, "unpack f f")
+    p.connect(pair, 0, split)
+    p.connect(p.obj(1000, 65, "r inpaint-osc-note"), 0, split)
+    poly = p.obj(900, 115, f"poly {VOICES} 1")
+    p.connect(split, 0, poly)
+    p.connect(split, 1, poly, 1)
+    held = p.obj(900, 140, "pack f f f")
+    for i in range(3):
+        p.connect(poly, i, held, i)
+    on_off = p.chain(held, p.msg(900, 165, "$3 $1 $2"), p.obj(900, 190, "route 0"))  # velocity first
+    voices = p.obj(900, 320, f"clone -s 1 inpaint-osc-voice {VOICES}")
+    note_fmt = p.send(1150, 265, "/note", None)
+    off = p.obj(900, 215, "t l l")
+    p.connect(on_off, 0, off)
+    p.connect(off, 1, p.msg(1000, 240, "$2 0"))
+    p.connect(p.count - 1, 0, note_fmt)
+    p.connect(off, 0, p.msg(900, 240, "$1 release"))
+    p.connect(p.count - 1, 0, voices)
+    on = p.obj(1050, 215, "t l l")
+    p.connect(on_off, 1, on)
+    p.connect(on, 1, p.msg(1120, 240, "$2 on"))
+    p.connect(p.count - 1, 0, voices)
+    p.connect(on, 0, p.msg(1050, 240, "$3 $1 $2"))  # /note pitch velocity voice
+    p.connect(p.count - 1, 0, note_fmt)
+    dac = p.obj(900, 350, "dac~")
+    p.connect(voices, 0, dac)
+    p.connect(voices, 0, dac, 1)
+
+    # Audio: /render/done with a voice's id (1-8) goes to that voice; any other render is loaded into the
+    # array inpaint-osc, played by tabplay~ (loop on/off).
+    done_route = p.obj(620, 790, "route done")
     p.connect(route, 3, done_route)
-    fields = p.obj(620, 675, "unpack f s f f f")
-    p.connect(done_route, 0, fields)
-    read = p.msg(620, 700, "read -resize $1 inpaint-osc")
+    by_voice = p.obj(620, 815, "route " + " ".join(str(v) for v in range(1, VOICES + 1)))
+    p.connect(done_route, 0, by_voice)
+    for v in range(1, VOICES + 1):
+        path = p.obj(620 + 60 * (v - 1), 840, "list split 1")
+        p.connect(by_voice, v - 1, path)
+        p.connect(path, 0, p.msg(620 + 60 * (v - 1), 865, f"{v} play $1"))
+        p.connect(p.count - 1, 0, voices)
+    fields = p.obj(620, 895, "unpack f s f f f f")
+    p.connect(by_voice, VOICES, fields)
+    read = p.msg(620, 920, "read -resize $1 inpaint-osc")
     p.connect(fields, 1, read)
-    path = p.obj(760, 700, "list prepend file")
+    path = p.obj(760, 920, "list prepend file")
     p.connect(fields, 1, path)
     p.connect(path, 0, log)
-    soundfiler = p.obj(620, 725, "soundfiler")
+    soundfiler = p.obj(620, 945, "soundfiler")
     p.connect(read, 0, soundfiler)
-    loaded = p.obj(900, 725, "list prepend loaded")
+    loaded = p.obj(900, 945, "list prepend loaded")
     p.connect(soundfiler, 0, loaded)
     p.connect(loaded, 0, log)
-    p.array(20, 740, "inpaint-osc", 64000, -1, 1, 500, 100)
-    play = p.msg(560, 780, "bang")
-    p.text(600, 780, "play")
-    player = p.obj(560, 810, "tabplay~ inpaint-osc")
+    p.array(20, 880, "inpaint-osc", 64000, -1, 1, 500, 100)
+    play = p.msg(560, 1000, "bang")
+    p.text(600, 1000, "play")
+    player = p.obj(560, 1030, "tabplay~ inpaint-osc")
     p.connect(play, 0, player)
-    dac = p.obj(560, 840, "dac~")
     p.connect(player, 0, dac)
     p.connect(player, 0, dac, 1)
-    loop = p.obj(700, 780, "tgl 15 0 empty empty loop 17 7 0 10 -262144 -1 -1 0 1")
-    spigot = p.obj(700, 840, "spigot")
+    loop = p.obj(700, 1000, "tgl 15 0 empty empty loop 17 7 0 10 -262144 -1 -1 0 1")
+    spigot = p.obj(700, 1060, "spigot")
     p.connect(loop, 0, spigot, 1)
     p.connect(player, 1, spigot)
     p.connect(spigot, 0, player)
+    dsp = p.msg(20, 1000, "\\; pd dsp 1")
+    p.text(100, 1000, "audio on")
+    p.connect(boot, 0, dsp)
 
-    # MIDI: notes, programs (pgmin counts 1-128, the server 0-127), controllers as /cc controller value.
-    notein = p.obj(900, 40, "notein")
-    note = p.obj(900, 65, "pack f f")
-    p.connect(notein, 0, note)
-    p.connect(notein, 1, note, 1)
-    p.connect(note, 0, p.send(900, 90, "/note", 2))
-    pgmin = p.obj(900, 140, "pgmin")
-    minus = p.obj(900, 165, "- 1")
+    # MIDI programs (pgmin counts 1-128, the server 0-127) and controllers as /cc controller value.
+    pgmin = p.obj(1250, 40, "pgmin")
+    minus = p.obj(1250, 65, "- 1")
     p.connect(pgmin, 0, minus)
-    p.connect(minus, 0, p.send(900, 190, "/program", 1))
-    ctlin = p.obj(1000, 40, "ctlin")
-    swap = p.obj(1000, 65, "swap")  # controller first: [ctlin] gives value, controller, channel
-    pair = p.obj(1000, 90, "pack f f")
+    p.connect(minus, 0, p.send(1250, 90, "/program", 1))
+    ctlin = p.obj(1350, 40, "ctlin")
+    swap = p.obj(1350, 65, "swap")  # controller first: [ctlin] gives value, controller, channel
+    cc = p.obj(1350, 90, "pack f f")
     p.connect(ctlin, 0, swap)
     p.connect(ctlin, 1, swap, 1)
-    p.connect(swap, 1, pair, 1)
-    p.connect(swap, 0, pair)
-    p.connect(pair, 0, p.send(1000, 115, "/cc", 2))
+    p.connect(swap, 1, cc, 1)
+    p.connect(swap, 0, cc)
+    p.connect(cc, 0, p.send(1350, 115, "/cc", 2))
     return p
 
 
@@ -584,7 +723,12 @@ def readme(text: str) -> str:
 def outputs() -> dict[Path, str]:
     """Every generated file and its content."""
     files: dict[Path, str] = {}
-    for name, patch in (("inpaint-osc.maxpat", max_patch()), ("inpaint-osc.pd", pd_patch())):
+    patches = (
+        ("inpaint-osc.maxpat", max_patch()),
+        ("inpaint-osc.pd", pd_patch()),
+        ("inpaint-osc-voice.pd", pd_voice()),
+    )
+    for name, patch in patches:
         tmp = HERE / f".{name}.tmp"
         patch.write(tmp)
         files[HERE / name] = tmp.read_text()

@@ -104,13 +104,16 @@ def test_every_address_the_pd_patch_sends_or_routes_is_in_the_table():
         words = text.rstrip(";").split()
         if words[1] == "obj" and words[4] == "oscformat":
             sent.add("/" + "/".join(words[5:]))
-        if words[1] == "msg" and len(words) == 6 and words[4] == "set":  # the range tools switch addresses
+        if words[1] == "msg" and len(words) == 6 and words[4] == "set" and "$" not in words[5]:  # range tools
             sent.add("/" + words[5])
     assert sent <= set(protocol.BY_PATH), sent - set(protocol.BY_PATH)
     assert {"/ping", "/generate", "/pitch", "/instrument", "/inpaint", "/erase", "/randomize", "/note"} <= sent
     first_parts = {p.split("/")[1] for p in OUT_PATHS}
     routes = [t.rstrip(";").split()[5:] for t in objects if " route " in t]
-    assert routes and all(set(r) <= first_parts | {"done", "top", "bottom"} for r in routes)
+    voices = {str(v) for v in range(1, 9)}  # /render/done by request id: a note's id is its voice
+    assert routes and all(
+        set(r) <= first_parts | {"done", "top", "bottom", "cache", "curve", "0"} | voices for r in routes
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,33 +122,73 @@ def pd():
     return shutil.which("pd")
 
 
-def test_pd_patch_generates_loads_the_wav_and_reports_its_length(pd, live):
-    """Headless Pd runs the patch itself: /ping and /generate through its own buttons' receive names, the
-    reply routed, the WAV read by soundfiler; its console line says how many samples it loaded."""
-    send = f"inpaint-osc-listen {live.reply_port}; inpaint-osc-connect 127.0.0.1 {live.port}; "
-    send += "inpaint-osc-ping bang; inpaint-osc-generate bang"
+def run_pd(pd: str, send: str, until, seconds: float = 60, rate: int = 48_000) -> list[str]:
+    """Headless Pd on the patch at `rate` with `send` dispatched after load; its console lines until
+    `until(lines)` is true or `seconds` pass."""
     proc = subprocess.Popen(
-        [pd, "-nogui", "-noaudio", "-nomidi", "-stderr", "-send", send, str(PATCHES / "inpaint-osc.pd")],
+        [
+            pd,
+            "-nogui",
+            "-noaudio",
+            "-nomidi",
+            "-stderr",
+            "-r",
+            str(rate),
+            "-send",
+            send,
+            str(PATCHES / "inpaint-osc.pd"),
+        ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         bufsize=0,
     )
-    lines, loaded, wav = [], None, None
-    deadline = time.monotonic() + 60
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds
     try:
-        while (loaded is None or wav is None) and time.monotonic() < deadline:
-            if not select.select([proc.stderr], [], [], 1.0)[0]:
-                continue
-            line = proc.stderr.readline().decode().strip()
-            lines.append(line)
-            if line.startswith("inpaint-osc: loaded "):
-                loaded = int(float(line.split()[-1]))
-            if line.startswith("inpaint-osc: file "):
-                wav = line.split(" ", 2)[2]
+        while not until(lines) and time.monotonic() < deadline:
+            if select.select([proc.stderr], [], [], 0.5)[0]:
+                lines.append(proc.stderr.readline().decode().strip())
     finally:
         proc.kill()
         proc.wait(10)
     problems = [x for x in lines if "couldn't create" in x or "connection failed" in x or "error" in x]
     assert not problems, problems
-    assert loaded is not None and wav is not None, lines
-    assert loaded == sf.info(wav).frames == 64_000
+    return lines
+
+
+def test_pd_plays_overlapping_notes_on_their_own_voices_at_48k(pd, live):
+    """Pd at 48 kHz: the patch announces its rate, three notes take voices 1-3 ([poly] → [clone]), each loads
+    its own render of 192 000 frames into its own array; the first two play together for 4.0 s of Pd's time
+    (the right speed), and the third, released before its render came, stays silent."""
+    send = f"inpaint-osc-listen {live.reply_port}; inpaint-osc-connect 127.0.0.1 {live.port}; "
+    send += "inpaint-osc-note 60 100; inpaint-osc-note 64 100; inpaint-osc-note 67 100; inpaint-osc-note 67 0"
+
+    def played(lines: list[str]) -> bool:
+        return sum("played" in x for x in lines) >= 2 and any(
+            x.startswith("inpaint-osc: voice 3 loaded") for x in lines
+        )
+
+    lines = run_pd(pd, send, played)
+    voice = [x.split()[2:] for x in lines if x.startswith("inpaint-osc: voice ")]  # [n, what, value]
+    loaded = {int(n): int(float(v)) for n, what, v in voice if what == "loaded"}
+    played_ms = {int(n): float(v) for n, what, v in voice if what == "played"}
+    assert loaded == {1: 192_000, 2: 192_000, 3: 192_000}, lines
+    assert set(played_ms) == {1, 2} and all(abs(ms - 4000) < 30 for ms in played_ms.values()), lines
+    first_played = min(i for i, (n, what, _) in enumerate(voice) if what == "played")
+    assert max(i for i, (n, what, _) in enumerate(voice) if what == "loaded" and n in "12") < first_played  # overlap
+
+
+def test_pd_patch_generates_loads_the_wav_and_reports_its_length(pd, live):
+    """Headless Pd at its default 44.1 kHz runs the patch itself: /generate through its button's receive name,
+    the reply routed, the WAV (at Pd's rate, as the patch asked) read by soundfiler into the main array."""
+    send = f"inpaint-osc-listen {live.reply_port}; inpaint-osc-connect 127.0.0.1 {live.port}; "
+    send += "inpaint-osc-ping bang; inpaint-osc-generate bang"
+
+    def done(lines: list[str]) -> bool:
+        return any(x.startswith("inpaint-osc: loaded ") for x in lines) and any(" file " in x for x in lines)
+
+    lines = run_pd(pd, send, done, rate=44_100)
+    loaded = [int(float(x.split()[-1])) for x in lines if x.startswith("inpaint-osc: loaded ")]
+    [wav] = [x.split(" ", 2)[2] for x in lines if x.startswith("inpaint-osc: file ")][:1]
+    info = sf.info(wav)
+    assert loaded[0] == info.frames == 176_400 and info.samplerate == 44_100, lines
