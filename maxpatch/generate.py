@@ -56,6 +56,24 @@ def _io(text: str) -> tuple[int, int, list[str]]:
         "zl": (2, 2, ["", ""]),
         "sel": (2, n + 1, ["bang"] * n + [""]),
         "delay": (2, 1, ["bang"]),
+        "metro": (2, 1, ["bang"]),
+        "change": (2, 3, ["", "int", "int"]),
+        "gate": (2, 1, [""]),
+        "conformpath": (1, 2, ["", "int"]),
+        "dspstate~": (1, 4, ["int", "float", "int", "int"]),
+        "poly": (2, 3, ["int", "int", "int"]),
+        "poly~": (1, 1, ["signal"]),  # inlets and outlets of its voice patcher: one `in 1`, one `out~ 1`
+        "thispoly~": (1, 2, ["int", "int"]),
+        "sprintf": (1, 1, [""]),
+        "in": (0, 1, [""]),
+        "out~": (1, 0, []),
+        "line~": (2, 2, ["signal", "bang"]),
+        "*~": (2, 1, ["signal"]),
+        "*": (2, 1, ["float"]),
+        "i": (2, 1, ["int"]),
+        "f": (2, 1, ["float"]),
+        "s": (1, 0, []),
+        "r": (0, 1, [""]),
     }
     if name in fixed:
         return fixed[name]
@@ -129,7 +147,7 @@ class MaxPatch:
             "appversion": {"major": 8, "minor": 6, "revision": 0, "architecture": "x64", "modernui": 1},
             "classnamespace": "box",
             "rect": [40.0, 60.0, 1180.0, 860.0],
-            "openinpresentation": 1,
+            "openinpresentation": int(any(b["box"].get("presentation") for b in self.boxes)),
             "default_fontsize": 12.0,
             "default_fontname": "Arial",
             "gridsize": [15.0, 15.0],
@@ -150,6 +168,76 @@ def _second_item(p: MaxPatch, src: str, outlet: int, x: float, y: float) -> str:
     return first
 
 
+VOICES = 8  # polyphony of both patches: one voice (buffer/array, player, envelope) per sounding note
+MAX_ROUTES = (  # what the Max patch listens to, in its [route]'s outlet order
+    "/pong", "/status", "/error", "/render/done", "/image/done", "/codemap", "/model/info", "/pitch",
+    "/instrument", "/temperature", "/top_p", "/guidance", "/harmonic", "/level", "/gain", "/velocity/curve",
+    "/release", "/note/cache",
+)  # fmt: skip
+
+
+def max_voice() -> MaxPatch:
+    """inpaint-osc-voice.maxpat, one instance per voice of [poly~ inpaint-osc-voice 8], addressed with
+    `target N`. Messages: `on` (a note-on took this voice), `play PATH` (its render: loaded into the voice's own
+    buffer~ and played if the key is still down), `release` (note-off: fade out over /release)."""
+    p = MaxPatch()
+    c = p.box
+    # This instance's own buffer: named inpaint-osc-voice-N after its poly~ instance number N.
+    load = c("newobj", 400, 20, "loadbang")
+    me = c("newobj", 400, 50, "thispoly~")
+    p.connect(load, 0, me)
+    naming = c("newobj", 400, 80, "sprintf name inpaint-osc-voice-%ld")
+    setting = c("newobj", 600, 80, "sprintf set inpaint-osc-voice-%ld")
+    p.connect(me, 0, naming)
+    p.connect(me, 0, setting)
+    buf = c("newobj", 20, 140, "buffer~ inpaint-osc-voice")
+    player = c("newobj", 20, 260, "groove~ inpaint-osc-voice")
+    p.connect(naming, 0, buf)
+    p.connect(setting, 0, player)
+    route = c("newobj", 20, 20, "route on play release")
+    p.connect(c("newobj", 20, -10, "in 1"), 0, route)
+    gate = c("newobj", 200, 170, "i")
+    one = c("message", 200, 50, "1")
+    p.connect(route, 0, one)
+    p.connect(one, 0, gate, 1)
+    replace = c("newobj", 20, 110, "prepend replace")
+    p.connect(route, 1, replace)
+    p.connect(replace, 0, buf)
+    p.connect(buf, 1, gate)  # read: the key still down?
+    down = c("newobj", 200, 200, "sel 1")
+    p.connect(gate, 0, down)
+    start = c("newobj", 200, 230, "t b b")
+    p.connect(down, 0, start)
+    fade_in = c("message", 260, 260, "1 3")  # a 3 ms fade-in: no click where the render starts
+    envelope = c("newobj", 260, 290, "line~")
+    p.connect(start, 1, fade_in)
+    p.connect(fade_in, 0, envelope)
+    from_start = c("message", 200, 260, "0")  # play from the first millisecond
+    p.connect(start, 0, from_start)
+    p.connect(from_start, 0, player)
+    p.connect(c("newobj", 120, 230, "sig~ 1"), 0, player)
+    amp = c("newobj", 20, 320, "*~")
+    p.connect(player, 0, amp)
+    p.connect(envelope, 0, amp, 1)
+    p.connect(amp, 0, c("newobj", 20, 350, "out~ 1"))
+    # note-off: the gate closes (a render still on its way stays silent) and the voice fades over /release
+    release_ms = c("newobj", 400, 200, "f 150.")
+    seconds = c("newobj", 400, 140, "r inpaint-osc-release")
+    to_ms = c("newobj", 400, 170, "* 1000.")
+    p.connect(seconds, 0, to_ms)
+    p.connect(to_ms, 0, release_ms, 1)
+    off = c("newobj", 300, 110, "t b b")
+    p.connect(route, 2, off)
+    zero = c("message", 340, 140, "0")
+    p.connect(off, 1, zero)
+    p.connect(zero, 0, gate, 1)
+    p.connect(off, 0, release_ms)
+    fade = c("message", 400, 230, "0 $1")
+    p.connect(release_ms, 0, fade)
+    p.connect(fade, 0, envelope)
+    return p
+
+
 def max_patch() -> MaxPatch:
     p = MaxPatch()
     c = p.box
@@ -163,29 +251,65 @@ def max_patch() -> MaxPatch:
     )
     net = c("newobj", 20, 700, f"udpsend 127.0.0.1 {SERVER_PORT}")
     rx = c("newobj", 600, 40, f"udpreceive {REPLY_PORT}")
-    routes = ["/pong", "/status", "/error", "/render/done", "/image/done", "/codemap", "/model/info"]
-    for r in routes:
+    for r in MAX_ROUTES:
         if r not in {a.path for a in protocol.OUTBOUND}:
             raise KeyError(r)
-    route = c("newobj", 600, 70, "route " + " ".join(routes), w=520)
+    route = c("newobj", 600, 70, "route " + " ".join(MAX_ROUTES), w=900)
     p.connect(rx, 0, route)
+    out = {r: i for i, r in enumerate(MAX_ROUTES)}
 
-    # Connection: ping on load and every click; a light for /pong, the status and the last error.
+    def echo(address: str, x: float, y: float) -> str:
+        """A `prepend set` fed by the server's echo of `address`: shows its value without sending it back."""
+        setter = c("newobj", x, y, "prepend set")
+        p.connect(route, out[address], setter)
+        return setter
+
+    # Connection: a ping every 2 s; the light is on while pongs come, off after 5 s without one. Coming back on
+    # (and loading) announces the patch: its sample rate (renders come at the rate Max plays them) and /state
+    # (the controls then show what the server has).
     ping = p.send(20, 40, "/ping", show=(10, 35, 50, 22))
-    load = c("newobj", 80, 40, "loadbang")
-    p.connect(load, 0, ping)
     p.connect(ping, 0, net)
-    light = c("led", 600, 110, w=24, h=24, show=(70, 35, 24, 24))
-    one = c("message", 640, 110, "1")
-    p.connect(route, 0, one)
-    p.connect(one, 0, light)
-    for i, y in enumerate((140, 170)):  # /status, then /error
-        shown = c("message", 640, y, "", w=360, show=(110, 35 + 30 * i, 460, 22))
-        setter = c("newobj", 600, y, "prepend set")
-        p.connect(route, 1 + i, setter)
-        p.connect(setter, 0, shown)
+    load = c("newobj", 80, 40, "loadbang")
+    metro = c("newobj", 160, 40, "metro 2000")
+    p.connect(load, 0, metro)
+    p.connect(metro, 0, ping)
+    pong = c("newobj", 600, 110, "t b b")
+    p.connect(route, out["/pong"], pong)
+    silence = c("newobj", 680, 140, "delay 5000")
+    p.connect(pong, 1, silence)
+    connected = c("newobj", 600, 170, "change")
+    on, off = c("message", 600, 140, "1"), c("message", 680, 170, "0")
+    p.connect(pong, 0, on)
+    p.connect(on, 0, connected)
+    p.connect(silence, 0, off)
+    p.connect(off, 0, connected)
+    light = c("led", 600, 200, w=24, h=24, show=(70, 35, 24, 24))
+    p.connect(connected, 0, light)
+    announce = c("newobj", 760, 230, "t b b")
+    p.connect(load, 0, announce)
+    came_back = c("newobj", 680, 200, "sel 1")
+    p.connect(connected, 0, came_back)
+    p.connect(came_back, 0, announce)
+    state = p.send(760, 260, "/state")
+    p.connect(announce, 0, state)
+    p.connect(state, 0, net)
+    # The host's rate: [dspstate~] reports it when audio starts and whenever it changes; kept for re-announcing.
+    dsp = c("newobj", 880, 200, "dspstate~")
+    rate_changed = c("newobj", 880, 230, "change")
+    p.connect(dsp, 1, rate_changed)
+    rate = c("newobj", 880, 260, "i")
+    p.connect(rate_changed, 0, rate)
+    p.connect(announce, 1, rate)
+    known = c("newobj", 880, 290, "sel 0")  # no rate before audio first runs: nothing to say yet
+    p.connect(rate, 0, known)
+    tell = c("newobj", 880, 320, "prepend " + check_send("/render/rate", 1))
+    p.connect(known, 1, tell)
+    p.connect(tell, 0, net)
+    for i, (address, y) in enumerate((("/status", 140), ("/error", 170))):
+        shown = c("message", 1040, y, "", w=360, show=(110, 35 + 30 * i, 460, 22))
+        p.connect(echo(address, 1000, y), 0, shown)
 
-    # Conditioning: instrument, pitch (keyboard and number), temperature, top-p, guidance, harmonic guidance.
+    # Conditioning: instrument, pitch (keyboard and number), and the settings, each showing the server's value.
     items = []
     for f in FAMILIES:
         items += [f, ","]
@@ -193,18 +317,37 @@ def max_patch() -> MaxPatch:
     instr = c("newobj", 20, 110, "prepend " + check_send("/instrument", 1))
     p.connect(menu, 1, instr)
     p.connect(instr, 0, net)
+    family = c("newobj", 1000, 260, "zl slice 1")  # /instrument index name
+    p.connect(route, out["/instrument"], family)
+    family_set = c("newobj", 1000, 290, "prepend set")
+    p.connect(family, 0, family_set)
+    p.connect(family_set, 0, menu)
     keys = c("kslider", 160, 80, w=336, h=53, show=(140, 70, 336, 53), offset=24, range=61)
     pitch_box = c("number", 160, 140, w=50, show=(486, 70, 50, 22))
     pitch = c("newobj", 160, 170, "prepend " + check_send("/pitch", 1))
     p.connect(keys, 0, pitch_box)
     p.connect(pitch_box, 0, pitch)
     p.connect(pitch, 0, net)
-    for i, address in enumerate(("/temperature", "/top_p", "/guidance", "/harmonic")):
-        c("comment", 520, 80 + 30 * i, address[1:], show=(546, 70 + 30 * i, 80, 22))
-        knob = c("flonum", 600, 200 + 30 * i, w=60, show=(630, 70 + 30 * i, 60, 22), minimum=0.0)
-        send = c("newobj", 670, 200 + 30 * i, "prepend " + check_send(address, 1))
+    pitch_echo = echo("/pitch", 1000, 320)
+    p.connect(pitch_echo, 0, pitch_box)
+    p.connect(pitch_echo, 0, keys)
+    knobs = ("/temperature", "/top_p", "/guidance", "/harmonic", "/level", "/gain", "/velocity/curve", "/release")
+    for i, address in enumerate(knobs):
+        row, col = i % 4, i // 4
+        c("comment", 520 + 160 * col, 80 + 30 * row, address[1:], show=(546 + 170 * col, 70 + 30 * row, 100, 22))
+        low = -60.0 if address in ("/level", "/gain") else 0.0
+        knob = c(
+            "flonum", 600, 380 + 30 * i, w=60, show=(650 + 170 * col, 70 + 30 * row, 60, 22), minimum=low
+        )  # fmt: skip
+        send = c("newobj", 670, 380 + 30 * i, "prepend " + check_send(address, 1))
         p.connect(knob, 0, send)
         p.connect(send, 0, net)
+        p.connect(echo(address, 760, 380 + 30 * i), 0, knob)
+    p.connect(route, out["/release"], c("newobj", 860, 590, "s inpaint-osc-release"))  # the voices' fade-out
+    cache = c("message", 20, 250, "", w=200, show=(10, 190, 250, 22))
+    cache_set = c("newobj", 860, 620, "prepend set notes cached:")
+    p.connect(route, out["/note/cache"], cache_set)
+    p.connect(cache_set, 0, cache)
 
     # Sound-wide actions.
     for i, (label, address) in enumerate(
@@ -219,23 +362,29 @@ def max_patch() -> MaxPatch:
         p.connect(b, 0, net)
         c("comment", 20 + 130 * i, 235, label, show=(10 + 130 * i, 158, 120, 22))
 
-    # The codemap editor, per layer: the last render's spectrogram with that layer's grid (/image layer id,
-    # asked after every render; the id tells the two pictures apart) under a transparent grid of cells to
-    # select, frequency upwards, time to the right.
-    buffer_replace = c("newobj", 760, 360, "prepend replace")
-    p.connect(_second_item(p, route, 3, 760, 340), 0, buffer_replace)  # /render/done id path frames rate s
-    by_id = c("newobj", 980, 230, "route 1 2")
-    p.connect(route, 4, by_id)  # /image/done id path width height
+    # The codemap editor, per layer: the last render's spectrogram with that layer's grid under a transparent
+    # grid of cells to select, frequency upwards, time to the right. Pictures only when asked for: with
+    # "pictures" on, /image layer id follows each render (the id tells the two pictures apart).
+    buffer_replace = c("newobj", 760, 700, "prepend replace")
+    by_id = c("newobj", 980, 560, "route 1 2")
+    p.connect(route, out["/image/done"], by_id)  # /image/done id path width height
+    pictures = c("toggle", 1100, 500, w=22, show=(270, 190, 22, 22))
+    c("comment", 1130, 500, "pictures", show=(295, 190, 80, 22))
+    gate = c("newobj", 1100, 530, "gate 1")
+    p.connect(pictures, 0, gate)
+    now = c("newobj", 1180, 530, "sel 1")  # turned on: the pictures of the current sound at once
+    p.connect(pictures, 0, now)
     for k, (layer, rows, cols) in enumerate((("top", 32, 4), ("bottom", 64, 8))):
         x, shown_x = 300 + 260 * k, 10 + 266 * k
-        pic = c("fpic", x, 270, w=256, h=256, show=(shown_x, 190, 256, 256), autofit=1)
-        path = c("newobj", 980 + 100 * k, 260, "zl slice 1")
+        pic = c("fpic", x, 270, w=256, h=256, show=(shown_x, 220, 256, 256), autofit=1)
+        path = c("newobj", 980 + 100 * k, 590, "zl slice 1")
         p.connect(by_id, k, path)
-        read_png = c("newobj", 980 + 100 * k, 290, "prepend read")
+        read_png = c("newobj", 980 + 100 * k, 620, "prepend read")
         p.connect(path, 0, read_png)
         p.connect(read_png, 0, pic)
-        ask = p.send(760 + 100 * k, 320, "/image", layer, str(k + 1))
-        p.connect(route, 3, ask)
+        ask = p.send(1100 + 100 * k, 560, "/image", layer, str(k + 1))
+        p.connect(gate, 0, ask)
+        p.connect(now, 0, ask)
         p.connect(ask, 0, net)
         grid = c(
             "matrixctrl",
@@ -243,7 +392,7 @@ def max_patch() -> MaxPatch:
             270,
             w=256,
             h=256,
-            show=(shown_x, 190, 256, 256),
+            show=(shown_x, 220, 256, 256),
             rows=rows,
             columns=cols,
             bgcolor=[0.0, 0.0, 0.0, 0.0],
@@ -259,8 +408,8 @@ def max_patch() -> MaxPatch:
         p.connect(col, 0, pair)
         keep = c("newobj", x, 630, "zl group 4096")
         p.connect(pair, 0, keep)
-        apply = c("message", x, 660, "bang", show=(shown_x, 455, 40, 22))
-        c("comment", x + 60, 660, f"inpaint selected {layer} cells", show=(shown_x + 45, 455, 200, 22))
+        apply = c("message", x, 660, "bang", show=(shown_x, 485, 40, 22))
+        c("comment", x + 60, 660, f"inpaint selected {layer} cells", show=(shown_x + 45, 485, 200, 22))
         p.connect(apply, 0, keep)
         send = c("newobj", x, 690, f"prepend {check_send('/inpaint/cells', None)} {layer}")
         p.connect(keep, 0, send)
@@ -270,18 +419,18 @@ def max_patch() -> MaxPatch:
         p.connect(clear, 0, grid)
 
     # Ranges: time t0..t1 and frequency f0..f1 in the chosen layer, then inpaint, erase or randomize.
-    layer_menu = c("umenu", 20, 560, w=80, show=(10, 485, 80, 22), items=["top", ",", "bottom"])
+    layer_menu = c("umenu", 20, 560, w=80, show=(10, 515, 80, 22), items=["top", ",", "bottom"])
     ranges = c("newobj", 20, 620, "pak top 0 1 0 32")
     p.connect(layer_menu, 1, ranges)
     for i, name in enumerate(("t0", "t1", "f0", "f1")):
-        n = c("number", 110 + 50 * i, 560, w=45, show=(100 + 50 * i, 485, 45, 22), minimum=0)
-        c("comment", 110 + 50 * i, 540, name, show=(100 + 50 * i, 508, 45, 22))
+        n = c("number", 110 + 50 * i, 560, w=45, show=(100 + 50 * i, 515, 45, 22), minimum=0)
+        c("comment", 110 + 50 * i, 540, name, show=(100 + 50 * i, 538, 45, 22))
         p.connect(n, 0, ranges, 1 + i)
     p.connect(load, 0, ranges)  # [pak] outputs on every change, and on this first bang
     for i, address in enumerate(("/inpaint", "/erase", "/randomize")):
         check_send(address, 5)
-        tool = c("message", 20 + 90 * i, 650, "bang", show=(310 + 90 * i, 485, 80, 22))
-        c("comment", 20 + 90 * i, 675, address[1:] + " range", show=(310 + 90 * i, 508, 90, 22))
+        tool = c("message", 20 + 90 * i, 650, "bang", show=(310 + 90 * i, 515, 80, 22))
+        c("comment", 20 + 90 * i, 675, address[1:] + " range", show=(310 + 90 * i, 538, 90, 22))
         held = c("newobj", 300 + 90 * i, 620, "zl reg")  # right inlet: kept silently; a bang sends it
         p.connect(ranges, 0, held, 1)
         p.connect(tool, 0, held)
@@ -289,60 +438,101 @@ def max_patch() -> MaxPatch:
         p.connect(held, 0, send)
         p.connect(send, 0, net)
 
-    # Audio: each /render/done loads the WAV with `replace`; a waveform view, playback with loop on/off, and a
-    # dropped sound file is analyzed.
-    buf = c("newobj", 760, 390, "buffer~ inpaint-osc")
-    p.connect(buffer_replace, 0, buf)
-    c("waveform~", 20, 740, w=560, h=80, show=(10, 540, 560, 80), buffername="inpaint-osc")
-    play = c("newobj", 760, 450, "groove~ inpaint-osc")
-    start = c("message", 760, 420, "startloop", show=(580, 540, 70, 22))
-    loop_toggle = c("toggle", 840, 420, w=22, show=(660, 540, 22, 22))
-    loop_msg = c("message", 870, 420, "loop $1")
-    speed = c("newobj", 950, 420, "sig~ 1")
-    p.connect(start, 0, play)
-    p.connect(loop_toggle, 0, loop_msg)
-    p.connect(loop_msg, 0, play)
-    p.connect(speed, 0, play)
-    dac = c("ezdac~", 760, 490, w=45, h=45, show=(690, 540, 45, 45))
-    p.connect(play, 0, dac)
-    p.connect(play, 0, dac, 1)
-    c("comment", 580, 565, "play / loop", show=(580, 565, 100, 22))
-    drop = c("dropfile", 20, 830, w=200, h=40, show=(10, 630, 200, 40))
-    analyze = c("newobj", 240, 830, "prepend " + check_send("/analyze", 1))
-    p.connect(drop, 0, analyze)
-    p.connect(analyze, 0, net)
-    c("comment", 20, 875, "drop a sound file here to analyze it", show=(10, 672, 240, 22))
-
-    # MIDI: notes, programs (Max counts 1-128, the server 0-127), controllers as /cc controller value.
-    notein = c("newobj", 1000, 500, "notein")
-    note = c("newobj", 1000, 530, "pack 0 0")
-    p.connect(notein, 0, note)
-    p.connect(notein, 1, note, 1)
-    note_send = c("newobj", 1000, 560, "prepend " + check_send("/note", 2))
-    p.connect(note, 0, note_send)
+    # Notes: [poly] picks one of 8 voices of [poly~]; a note-on opens that voice and asks for the note with the
+    # voice as its request id; that /render/done goes to the voice; a note-off releases it (and tells the
+    # server, for --play). Other renders load the main buffer~, played by groove~ (loop on/off).
+    notein = c("newobj", 1000, 40, "notein")
+    poly = c("newobj", 1000, 70, f"poly {VOICES} 1")
+    p.connect(notein, 0, poly)
+    p.connect(notein, 1, poly, 1)
+    held_note = c("newobj", 1000, 100, "pack 0 0 0")
+    for i in range(3):
+        p.connect(poly, i, held_note, i)
+    velocity_first = c("message", 1000, 130, "$3 $1 $2")
+    p.connect(held_note, 0, velocity_first)
+    on_off = c("newobj", 1000, 160, "route 0")
+    p.connect(velocity_first, 0, on_off)
+    voices = c("newobj", 1000, 260, f"poly~ inpaint-osc-voice {VOICES}")
+    note_send = c("newobj", 1200, 230, "prepend " + check_send("/note", 3))
     p.connect(note_send, 0, net)
-    pgmin = c("newobj", 1000, 600, "pgmin")
-    minus = c("newobj", 1000, 630, "- 1")
-    program = c("newobj", 1000, 660, "prepend " + check_send("/program", 1))
+    released = c("newobj", 1000, 190, "t l l")
+    p.connect(on_off, 0, released)
+    note_off = c("message", 1080, 210, "$2 0")
+    p.connect(released, 1, note_off)
+    p.connect(note_off, 0, note_send)
+    release = c("message", 1000, 210, "target $1, release")
+    p.connect(released, 0, release)
+    p.connect(release, 0, voices)
+    struck = c("newobj", 1150, 160, "t l l")
+    p.connect(on_off, 1, struck)
+    opened = c("message", 1250, 190, "target $2, on")
+    p.connect(struck, 1, opened)
+    p.connect(opened, 0, voices)
+    asked = c("message", 1150, 190, "$3 $1 $2")  # /note pitch velocity voice
+    p.connect(struck, 0, asked)
+    p.connect(asked, 0, note_send)
+    dac = c("ezdac~", 760, 820, w=45, h=45, show=(690, 570, 45, 45))
+    p.connect(voices, 0, dac)
+    p.connect(voices, 0, dac, 1)
+    by_voice = c("newobj", 760, 640, "route " + " ".join(str(v) for v in range(1, VOICES + 1)), w=300)
+    p.connect(route, out["/render/done"], by_voice)  # /render/done id path frames rate seconds level
+    for v in range(1, VOICES + 1):
+        play = c("message", 760 + 60 * (v - 1), 670, f"target {v}, play $1")
+        p.connect(by_voice, v - 1, play)
+        p.connect(play, 0, voices)
+    p.connect(_second_item(p, by_voice, VOICES, 760, 680), 0, buffer_replace)
+    p.connect(by_voice, VOICES, gate, 1)  # pictures follow renders of the sound, not of notes
+    buf = c("newobj", 760, 730, "buffer~ inpaint-osc")
+    p.connect(buffer_replace, 0, buf)
+    c("waveform~", 20, 740, w=560, h=80, show=(10, 570, 560, 80), buffername="inpaint-osc")
+    player = c("newobj", 760, 790, "groove~ inpaint-osc")
+    start = c("message", 760, 760, "startloop", show=(580, 570, 70, 22))
+    loop_toggle = c("toggle", 840, 760, w=22, show=(660, 570, 22, 22))
+    loop_msg = c("message", 870, 760, "loop $1")
+    speed = c("newobj", 950, 760, "sig~ 1")
+    p.connect(start, 0, player)
+    p.connect(loop_toggle, 0, loop_msg)
+    p.connect(loop_msg, 0, player)
+    p.connect(speed, 0, player)
+    p.connect(player, 0, dac)
+    p.connect(player, 0, dac, 1)
+    c("comment", 580, 595, "play / loop", show=(580, 595, 100, 22))
+    # A dropped file is analyzed: Max gives "Volume:/path" paths, the server needs the system's "/path".
+    drop = c("dropfile", 20, 830, w=200, h=40, show=(10, 660, 200, 40))
+    posix = c("newobj", 240, 830, "conformpath slash boot")
+    p.connect(drop, 0, posix)
+    analyze = c("newobj", 240, 860, "prepend " + check_send("/analyze", 1))
+    p.connect(posix, 0, analyze)
+    p.connect(analyze, 0, net)
+    c("comment", 20, 875, "drop a sound file here to analyze it", show=(10, 702, 240, 22))
+
+    # MIDI programs (Max counts 1-128, the server 0-127) and controllers as /cc controller value.
+    pgmin = c("newobj", 1000, 320, "pgmin")
+    minus = c("newobj", 1000, 350, "- 1")
+    program = c("newobj", 1000, 380, "prepend " + check_send("/program", 1))
     p.connect(pgmin, 0, minus)
     p.connect(minus, 0, program)
     p.connect(program, 0, net)
-    ctlin = c("newobj", 1000, 700, "ctlin")
-    cc = c("newobj", 1000, 730, "pack 0 0")
-    p.connect(ctlin, 1, cc)  # controller number, then the value (outlets fire right to left)
-    p.connect(ctlin, 0, cc, 1)
-    cc_send = c("newobj", 1000, 760, "prepend " + check_send("/cc", 2))
-    p.connect(cc, 0, cc_send)
+    ctlin = c("newobj", 1100, 320, "ctlin")
+    cc = c("newobj", 1100, 350, "pack 0 0")
+    # [ctlin] fires right to left: the controller number reaches the cold inlet first, then the value the hot one
+    p.connect(ctlin, 1, cc, 1)
+    p.connect(ctlin, 0, cc)
+    swap = c("message", 1100, 380, "$2 $1")  # value controller → controller value
+    p.connect(cc, 0, swap)
+    cc_send = c("newobj", 1100, 410, "prepend " + check_send("/cc", 2))
+    p.connect(swap, 0, cc_send)
     p.connect(cc_send, 0, net)
     c(
         "comment",
         20,
         900,
         "Keyboard: pitch. Grids: click cells, then 'inpaint cells'. Ranges: layer, t0 t1 (time columns), f0 f1 "
-        "(frequency rows from the lowest), half-open. MIDI notes, programs and CC 1 / 74 / 70 play it too.",
+        "(frequency rows from the lowest), half-open. MIDI notes play 8 voices; programs, CC 1 / 74 / 70 / 7 / 72 "
+        "set temperature, top-p, instrument, gain, release.",
         w=700,
         h=40,
-        show=(10, 700, 700, 40),
+        show=(10, 730, 700, 40),
     )
     return p
 
@@ -398,9 +588,6 @@ class PdPatch:
 
     def write(self, path: Path) -> None:
         path.write_text("\n".join(self.lines) + "\n")
-
-
-VOICES = 8  # polyphony of both patches: one voice (buffer/array, player, envelope) per sounding note
 
 
 def pd_voice() -> PdPatch:
@@ -725,6 +912,7 @@ def outputs() -> dict[Path, str]:
     files: dict[Path, str] = {}
     patches = (
         ("inpaint-osc.maxpat", max_patch()),
+        ("inpaint-osc-voice.maxpat", max_voice()),
         ("inpaint-osc.pd", pd_patch()),
         ("inpaint-osc-voice.pd", pd_voice()),
     )

@@ -85,8 +85,19 @@
      "id": "obj-4",
      "maxclass": "newobj",
      "numinlets": 2,
-     "numoutlets": 8,
+     "numoutlets": 19,
      "outlettype": [
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
       "",
       "",
       "",
@@ -99,10 +110,10 @@
      "patching_rect": [
       600,
       70,
-      520,
+      900,
       22
      ],
-     "text": "route /pong /status /error /render/done /image/done /codemap /model/info"
+     "text": "route /pong /status /error /render/done /image/done /codemap /model/info /pitch /instrument /temperature /top_p /guidance /harmonic /level /gain /velocity/curve /release /note/cache"
     }
    },
    {
@@ -151,6 +162,117 @@
    {
     "box": {
      "id": "obj-7",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      "bang"
+     ],
+     "patching_rect": [
+      160,
+      40,
+      82.0,
+      22
+     ],
+     "text": "metro 2000"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-8",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "bang",
+      "bang"
+     ],
+     "patching_rect": [
+      600,
+      110,
+      47.0,
+      22
+     ],
+     "text": "t b b"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-9",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      "bang"
+     ],
+     "patching_rect": [
+      680,
+      140,
+      82.0,
+      22
+     ],
+     "text": "delay 5000"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-10",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 3,
+     "outlettype": [
+      "",
+      "int",
+      "int"
+     ],
+     "patching_rect": [
+      600,
+      170,
+      54.0,
+      22
+     ],
+     "text": "change"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-11",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      600,
+      140,
+      40.0,
+      22
+     ],
+     "text": "1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-12",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      680,
+      170,
+      40.0,
+      22
+     ],
+     "text": "0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-13",
      "maxclass": "led",
      "numinlets": 1,
      "numoutlets": 1,
@@ -159,7 +281,7 @@
      ],
      "patching_rect": [
       600,
-      110,
+      200,
       24,
       24
      ],
@@ -175,25 +297,45 @@
    },
    {
     "box": {
-     "id": "obj-8",
-     "maxclass": "message",
-     "numinlets": 2,
-     "numoutlets": 1,
+     "id": "obj-14",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
      "outlettype": [
-      ""
+      "bang",
+      "bang"
      ],
      "patching_rect": [
-      640,
-      110,
-      40.0,
+      760,
+      230,
+      47.0,
       22
      ],
-     "text": "1"
+     "text": "t b b"
     }
    },
    {
     "box": {
-     "id": "obj-9",
+     "id": "obj-15",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "bang",
+      ""
+     ],
+     "patching_rect": [
+      680,
+      200,
+      47.0,
+      22
+     ],
+     "text": "sel 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-16",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -201,7 +343,121 @@
       ""
      ],
      "patching_rect": [
-      640,
+      760,
+      260,
+      54.0,
+      22
+     ],
+     "text": "/state"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-17",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 4,
+     "outlettype": [
+      "int",
+      "float",
+      "int",
+      "int"
+     ],
+     "patching_rect": [
+      880,
+      200,
+      75.0,
+      22
+     ],
+     "text": "dspstate~"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-18",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 3,
+     "outlettype": [
+      "",
+      "int",
+      "int"
+     ],
+     "patching_rect": [
+      880,
+      230,
+      54.0,
+      22
+     ],
+     "text": "change"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-19",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      "int"
+     ],
+     "patching_rect": [
+      880,
+      260,
+      40.0,
+      22
+     ],
+     "text": "i"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-20",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "bang",
+      ""
+     ],
+     "patching_rect": [
+      880,
+      290,
+      47.0,
+      22
+     ],
+     "text": "sel 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-21",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      880,
+      320,
+      152.0,
+      22
+     ],
+     "text": "prepend /render/rate"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-22",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1040,
       140,
       360,
       22
@@ -218,7 +474,7 @@
    },
    {
     "box": {
-     "id": "obj-10",
+     "id": "obj-23",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -226,7 +482,7 @@
       ""
      ],
      "patching_rect": [
-      600,
+      1000,
       140,
       89.0,
       22
@@ -236,7 +492,7 @@
    },
    {
     "box": {
-     "id": "obj-11",
+     "id": "obj-24",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -244,7 +500,7 @@
       ""
      ],
      "patching_rect": [
-      640,
+      1040,
       170,
       360,
       22
@@ -261,7 +517,7 @@
    },
    {
     "box": {
-     "id": "obj-12",
+     "id": "obj-25",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -269,7 +525,7 @@
       ""
      ],
      "patching_rect": [
-      600,
+      1000,
       170,
       89.0,
       22
@@ -279,7 +535,7 @@
    },
    {
     "box": {
-     "id": "obj-13",
+     "id": "obj-26",
      "maxclass": "umenu",
      "numinlets": 1,
      "numoutlets": 3,
@@ -329,7 +585,7 @@
    },
    {
     "box": {
-     "id": "obj-14",
+     "id": "obj-27",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -347,7 +603,44 @@
    },
    {
     "box": {
-     "id": "obj-15",
+     "id": "obj-28",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      260,
+      82.0,
+      22
+     ],
+     "text": "zl slice 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-29",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      290,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-30",
      "maxclass": "kslider",
      "numinlets": 2,
      "numoutlets": 2,
@@ -375,7 +668,7 @@
    },
    {
     "box": {
-     "id": "obj-16",
+     "id": "obj-31",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -401,7 +694,7 @@
    },
    {
     "box": {
-     "id": "obj-17",
+     "id": "obj-32",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -419,7 +712,25 @@
    },
    {
     "box": {
-     "id": "obj-18",
+     "id": "obj-33",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      320,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-34",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -435,14 +746,14 @@
      "presentation_rect": [
       546,
       70,
-      80,
+      100,
       22
      ]
     }
    },
    {
     "box": {
-     "id": "obj-19",
+     "id": "obj-35",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -452,13 +763,13 @@
      ],
      "patching_rect": [
       600,
-      200,
+      380,
       60,
       22
      ],
      "presentation": 1,
      "presentation_rect": [
-      630,
+      650,
       70,
       60,
       22
@@ -469,7 +780,7 @@
    },
    {
     "box": {
-     "id": "obj-20",
+     "id": "obj-36",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -478,7 +789,7 @@
      ],
      "patching_rect": [
       670,
-      200,
+      380,
       152.0,
       22
      ],
@@ -487,7 +798,25 @@
    },
    {
     "box": {
-     "id": "obj-21",
+     "id": "obj-37",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      380,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-38",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -503,14 +832,14 @@
      "presentation_rect": [
       546,
       100,
-      80,
+      100,
       22
      ]
     }
    },
    {
     "box": {
-     "id": "obj-22",
+     "id": "obj-39",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -520,13 +849,13 @@
      ],
      "patching_rect": [
       600,
-      230,
+      410,
       60,
       22
      ],
      "presentation": 1,
      "presentation_rect": [
-      630,
+      650,
       100,
       60,
       22
@@ -537,7 +866,7 @@
    },
    {
     "box": {
-     "id": "obj-23",
+     "id": "obj-40",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -546,7 +875,7 @@
      ],
      "patching_rect": [
       670,
-      230,
+      410,
       110.0,
       22
      ],
@@ -555,7 +884,25 @@
    },
    {
     "box": {
-     "id": "obj-24",
+     "id": "obj-41",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      410,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-42",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -571,14 +918,14 @@
      "presentation_rect": [
       546,
       130,
-      80,
+      100,
       22
      ]
     }
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-43",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -588,13 +935,13 @@
      ],
      "patching_rect": [
       600,
-      260,
+      440,
       60,
       22
      ],
      "presentation": 1,
      "presentation_rect": [
-      630,
+      650,
       130,
       60,
       22
@@ -605,7 +952,7 @@
    },
    {
     "box": {
-     "id": "obj-26",
+     "id": "obj-44",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -614,7 +961,7 @@
      ],
      "patching_rect": [
       670,
-      260,
+      440,
       131.0,
       22
      ],
@@ -623,7 +970,25 @@
    },
    {
     "box": {
-     "id": "obj-27",
+     "id": "obj-45",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      440,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-46",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -639,14 +1004,14 @@
      "presentation_rect": [
       546,
       160,
-      80,
+      100,
       22
      ]
     }
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-47",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -656,13 +1021,13 @@
      ],
      "patching_rect": [
       600,
-      290,
+      470,
       60,
       22
      ],
      "presentation": 1,
      "presentation_rect": [
-      630,
+      650,
       160,
       60,
       22
@@ -673,7 +1038,7 @@
    },
    {
     "box": {
-     "id": "obj-29",
+     "id": "obj-48",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -682,7 +1047,7 @@
      ],
      "patching_rect": [
       670,
-      290,
+      470,
       131.0,
       22
      ],
@@ -691,7 +1056,428 @@
    },
    {
     "box": {
-     "id": "obj-30",
+     "id": "obj-49",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      470,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-50",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      680,
+      80,
+      47.0,
+      22
+     ],
+     "text": "level",
+     "presentation": 1,
+     "presentation_rect": [
+      716,
+      70,
+      100,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-51",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      "bang"
+     ],
+     "patching_rect": [
+      600,
+      500,
+      60,
+      22
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      820,
+      70,
+      60,
+      22
+     ],
+     "parameter_enable": 0,
+     "minimum": -60.0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-52",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      670,
+      500,
+      110.0,
+      22
+     ],
+     "text": "prepend /level"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-53",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      500,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-54",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      680,
+      110,
+      40.0,
+      22
+     ],
+     "text": "gain",
+     "presentation": 1,
+     "presentation_rect": [
+      716,
+      100,
+      100,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-55",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      "bang"
+     ],
+     "patching_rect": [
+      600,
+      530,
+      60,
+      22
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      820,
+      100,
+      60,
+      22
+     ],
+     "parameter_enable": 0,
+     "minimum": -60.0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-56",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      670,
+      530,
+      103.0,
+      22
+     ],
+     "text": "prepend /gain"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-57",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      530,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-58",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      680,
+      140,
+      110.0,
+      22
+     ],
+     "text": "velocity/curve",
+     "presentation": 1,
+     "presentation_rect": [
+      716,
+      130,
+      100,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-59",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      "bang"
+     ],
+     "patching_rect": [
+      600,
+      560,
+      60,
+      22
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      820,
+      130,
+      60,
+      22
+     ],
+     "parameter_enable": 0,
+     "minimum": 0.0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-60",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      670,
+      560,
+      173.0,
+      22
+     ],
+     "text": "prepend /velocity/curve"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-61",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      560,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-62",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      680,
+      170,
+      61.0,
+      22
+     ],
+     "text": "release",
+     "presentation": 1,
+     "presentation_rect": [
+      716,
+      160,
+      100,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-63",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      "bang"
+     ],
+     "patching_rect": [
+      600,
+      590,
+      60,
+      22
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      820,
+      160,
+      60,
+      22
+     ],
+     "parameter_enable": 0,
+     "minimum": 0.0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-64",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      670,
+      590,
+      124.0,
+      22
+     ],
+     "text": "prepend /release"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-65",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      590,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-66",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      860,
+      590,
+      159.0,
+      22
+     ],
+     "text": "s inpaint-osc-release"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-67",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      20,
+      250,
+      200,
+      22
+     ],
+     "text": "",
+     "presentation": 1,
+     "presentation_rect": [
+      10,
+      190,
+      250,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-68",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      860,
+      620,
+      187.0,
+      22
+     ],
+     "text": "prepend set notes cached:"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-69",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -716,7 +1502,7 @@
    },
    {
     "box": {
-     "id": "obj-31",
+     "id": "obj-70",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -739,7 +1525,7 @@
    },
    {
     "box": {
-     "id": "obj-32",
+     "id": "obj-71",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -764,7 +1550,7 @@
    },
    {
     "box": {
-     "id": "obj-33",
+     "id": "obj-72",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -787,7 +1573,7 @@
    },
    {
     "box": {
-     "id": "obj-34",
+     "id": "obj-73",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -812,7 +1598,7 @@
    },
    {
     "box": {
-     "id": "obj-35",
+     "id": "obj-74",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -835,7 +1621,7 @@
    },
    {
     "box": {
-     "id": "obj-36",
+     "id": "obj-75",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -860,7 +1646,7 @@
    },
    {
     "box": {
-     "id": "obj-37",
+     "id": "obj-76",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -883,7 +1669,7 @@
    },
    {
     "box": {
-     "id": "obj-38",
+     "id": "obj-77",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -892,7 +1678,7 @@
      ],
      "patching_rect": [
       760,
-      360,
+      700,
       117.0,
       22
      ],
@@ -901,45 +1687,7 @@
    },
    {
     "box": {
-     "id": "obj-39",
-     "maxclass": "newobj",
-     "numinlets": 2,
-     "numoutlets": 2,
-     "outlettype": [
-      "",
-      ""
-     ],
-     "patching_rect": [
-      760,
-      340,
-      82.0,
-      22
-     ],
-     "text": "zl slice 1"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-40",
-     "maxclass": "newobj",
-     "numinlets": 2,
-     "numoutlets": 2,
-     "outlettype": [
-      "",
-      ""
-     ],
-     "patching_rect": [
-      850,
-      340,
-      82.0,
-      22
-     ],
-     "text": "zl slice 1"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-41",
+     "id": "obj-78",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 3,
@@ -950,7 +1698,7 @@
      ],
      "patching_rect": [
       980,
-      230,
+      560,
       75.0,
       22
      ],
@@ -959,7 +1707,92 @@
    },
    {
     "box": {
-     "id": "obj-42",
+     "id": "obj-79",
+     "maxclass": "toggle",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      "int"
+     ],
+     "patching_rect": [
+      1100,
+      500,
+      22,
+      22
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      270,
+      190,
+      22,
+      22
+     ],
+     "parameter_enable": 0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-80",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      1130,
+      500,
+      68.0,
+      22
+     ],
+     "text": "pictures",
+     "presentation": 1,
+     "presentation_rect": [
+      295,
+      190,
+      80,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-81",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1100,
+      530,
+      54.0,
+      22
+     ],
+     "text": "gate 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-82",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "bang",
+      ""
+     ],
+     "patching_rect": [
+      1180,
+      530,
+      47.0,
+      22
+     ],
+     "text": "sel 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-83",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -975,7 +1808,7 @@
      "presentation": 1,
      "presentation_rect": [
       10,
-      190,
+      220,
       256,
       256
      ],
@@ -985,7 +1818,7 @@
    },
    {
     "box": {
-     "id": "obj-43",
+     "id": "obj-84",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -995,7 +1828,7 @@
      ],
      "patching_rect": [
       980,
-      260,
+      590,
       82.0,
       22
      ],
@@ -1004,7 +1837,7 @@
    },
    {
     "box": {
-     "id": "obj-44",
+     "id": "obj-85",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1013,7 +1846,7 @@
      ],
      "patching_rect": [
       980,
-      290,
+      620,
       96.0,
       22
      ],
@@ -1022,7 +1855,7 @@
    },
    {
     "box": {
-     "id": "obj-45",
+     "id": "obj-86",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1030,8 +1863,8 @@
       ""
      ],
      "patching_rect": [
-      760,
-      320,
+      1100,
+      560,
       96.0,
       22
      ],
@@ -1040,7 +1873,7 @@
    },
    {
     "box": {
-     "id": "obj-46",
+     "id": "obj-87",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1057,7 +1890,7 @@
      "presentation": 1,
      "presentation_rect": [
       10,
-      190,
+      220,
       256,
       256
      ],
@@ -1074,7 +1907,7 @@
    },
    {
     "box": {
-     "id": "obj-47",
+     "id": "obj-88",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1094,7 +1927,7 @@
    },
    {
     "box": {
-     "id": "obj-48",
+     "id": "obj-89",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1112,7 +1945,7 @@
    },
    {
     "box": {
-     "id": "obj-49",
+     "id": "obj-90",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1130,7 +1963,7 @@
    },
    {
     "box": {
-     "id": "obj-50",
+     "id": "obj-91",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1148,7 +1981,7 @@
    },
    {
     "box": {
-     "id": "obj-51",
+     "id": "obj-92",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1167,7 +2000,7 @@
    },
    {
     "box": {
-     "id": "obj-52",
+     "id": "obj-93",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1184,7 +2017,7 @@
      "presentation": 1,
      "presentation_rect": [
       10,
-      455,
+      485,
       40,
       22
      ]
@@ -1192,7 +2025,7 @@
    },
    {
     "box": {
-     "id": "obj-53",
+     "id": "obj-94",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1207,7 +2040,7 @@
      "presentation": 1,
      "presentation_rect": [
       55,
-      455,
+      485,
       200,
       22
      ]
@@ -1215,7 +2048,7 @@
    },
    {
     "box": {
-     "id": "obj-54",
+     "id": "obj-95",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1233,7 +2066,7 @@
    },
    {
     "box": {
-     "id": "obj-55",
+     "id": "obj-96",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1251,7 +2084,7 @@
    },
    {
     "box": {
-     "id": "obj-56",
+     "id": "obj-97",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1267,7 +2100,7 @@
      "presentation": 1,
      "presentation_rect": [
       276,
-      190,
+      220,
       256,
       256
      ],
@@ -1277,7 +2110,7 @@
    },
    {
     "box": {
-     "id": "obj-57",
+     "id": "obj-98",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1287,7 +2120,7 @@
      ],
      "patching_rect": [
       1080,
-      260,
+      590,
       82.0,
       22
      ],
@@ -1296,7 +2129,7 @@
    },
    {
     "box": {
-     "id": "obj-58",
+     "id": "obj-99",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1305,7 +2138,7 @@
      ],
      "patching_rect": [
       1080,
-      290,
+      620,
       96.0,
       22
      ],
@@ -1314,7 +2147,7 @@
    },
    {
     "box": {
-     "id": "obj-59",
+     "id": "obj-100",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1322,8 +2155,8 @@
       ""
      ],
      "patching_rect": [
-      860,
-      320,
+      1200,
+      560,
       117.0,
       22
      ],
@@ -1332,7 +2165,7 @@
    },
    {
     "box": {
-     "id": "obj-60",
+     "id": "obj-101",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1349,7 +2182,7 @@
      "presentation": 1,
      "presentation_rect": [
       276,
-      190,
+      220,
       256,
       256
      ],
@@ -1366,7 +2199,7 @@
    },
    {
     "box": {
-     "id": "obj-61",
+     "id": "obj-102",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1386,7 +2219,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-103",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1404,7 +2237,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-104",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1422,7 +2255,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-105",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1440,7 +2273,7 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-106",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1459,7 +2292,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-107",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1476,7 +2309,7 @@
      "presentation": 1,
      "presentation_rect": [
       276,
-      455,
+      485,
       40,
       22
      ]
@@ -1484,7 +2317,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-108",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1499,7 +2332,7 @@
      "presentation": 1,
      "presentation_rect": [
       321,
-      455,
+      485,
       200,
       22
      ]
@@ -1507,7 +2340,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-109",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1525,7 +2358,7 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-110",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1543,7 +2376,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-111",
      "maxclass": "umenu",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1561,7 +2394,7 @@
      "presentation": 1,
      "presentation_rect": [
       10,
-      485,
+      515,
       80,
       22
      ],
@@ -1575,7 +2408,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-112",
      "maxclass": "newobj",
      "numinlets": 5,
      "numoutlets": 1,
@@ -1593,7 +2426,7 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-113",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1610,7 +2443,7 @@
      "presentation": 1,
      "presentation_rect": [
       100,
-      485,
+      515,
       45,
       22
      ],
@@ -1620,7 +2453,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-114",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1635,7 +2468,7 @@
      "presentation": 1,
      "presentation_rect": [
       100,
-      508,
+      538,
       45,
       22
      ]
@@ -1643,7 +2476,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-115",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1660,7 +2493,7 @@
      "presentation": 1,
      "presentation_rect": [
       150,
-      485,
+      515,
       45,
       22
      ],
@@ -1670,7 +2503,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-116",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1685,7 +2518,7 @@
      "presentation": 1,
      "presentation_rect": [
       150,
-      508,
+      538,
       45,
       22
      ]
@@ -1693,7 +2526,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-117",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1710,7 +2543,7 @@
      "presentation": 1,
      "presentation_rect": [
       200,
-      485,
+      515,
       45,
       22
      ],
@@ -1720,7 +2553,7 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-118",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1735,7 +2568,7 @@
      "presentation": 1,
      "presentation_rect": [
       200,
-      508,
+      538,
       45,
       22
      ]
@@ -1743,7 +2576,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-119",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1760,7 +2593,7 @@
      "presentation": 1,
      "presentation_rect": [
       250,
-      485,
+      515,
       45,
       22
      ],
@@ -1770,7 +2603,7 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-120",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1785,7 +2618,7 @@
      "presentation": 1,
      "presentation_rect": [
       250,
-      508,
+      538,
       45,
       22
      ]
@@ -1793,7 +2626,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-121",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1810,7 +2643,7 @@
      "presentation": 1,
      "presentation_rect": [
       310,
-      485,
+      515,
       80,
       22
      ]
@@ -1818,7 +2651,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-122",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1833,7 +2666,7 @@
      "presentation": 1,
      "presentation_rect": [
       310,
-      508,
+      538,
       90,
       22
      ]
@@ -1841,7 +2674,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-123",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1860,7 +2693,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-124",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1878,7 +2711,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-125",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1895,7 +2728,7 @@
      "presentation": 1,
      "presentation_rect": [
       400,
-      485,
+      515,
       80,
       22
      ]
@@ -1903,7 +2736,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-126",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1918,7 +2751,7 @@
      "presentation": 1,
      "presentation_rect": [
       400,
-      508,
+      538,
       90,
       22
      ]
@@ -1926,7 +2759,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-127",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1945,7 +2778,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-128",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1963,7 +2796,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-129",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1980,7 +2813,7 @@
      "presentation": 1,
      "presentation_rect": [
       490,
-      485,
+      515,
       80,
       22
      ]
@@ -1988,7 +2821,7 @@
    },
    {
     "box": {
-     "id": "obj-89",
+     "id": "obj-130",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2003,7 +2836,7 @@
      "presentation": 1,
      "presentation_rect": [
       490,
-      508,
+      538,
       90,
       22
      ]
@@ -2011,7 +2844,7 @@
    },
    {
     "box": {
-     "id": "obj-90",
+     "id": "obj-131",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2030,7 +2863,7 @@
    },
    {
     "box": {
-     "id": "obj-91",
+     "id": "obj-132",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2048,7 +2881,479 @@
    },
    {
     "box": {
-     "id": "obj-92",
+     "id": "obj-133",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 3,
+     "outlettype": [
+      "int",
+      "int",
+      "int"
+     ],
+     "patching_rect": [
+      1000,
+      40,
+      54.0,
+      22
+     ],
+     "text": "notein"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-134",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 3,
+     "outlettype": [
+      "int",
+      "int",
+      "int"
+     ],
+     "patching_rect": [
+      1000,
+      70,
+      68.0,
+      22
+     ],
+     "text": "poly 8 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-135",
+     "maxclass": "newobj",
+     "numinlets": 3,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      100,
+      82.0,
+      22
+     ],
+     "text": "pack 0 0 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-136",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      130,
+      68.0,
+      22
+     ],
+     "text": "$3 $1 $2"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-137",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      160,
+      61.0,
+      22
+     ],
+     "text": "route 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-138",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      "signal"
+     ],
+     "patching_rect": [
+      1000,
+      260,
+      187.0,
+      22
+     ],
+     "text": "poly~ inpaint-osc-voice 8"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-139",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1200,
+      230,
+      103.0,
+      22
+     ],
+     "text": "prepend /note"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-140",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      190,
+      47.0,
+      22
+     ],
+     "text": "t l l"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-141",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1080,
+      210,
+      40.0,
+      22
+     ],
+     "text": "$2 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-142",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      210,
+      138.0,
+      22
+     ],
+     "text": "target $1, release"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-143",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      1150,
+      160,
+      47.0,
+      22
+     ],
+     "text": "t l l"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-144",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1250,
+      190,
+      103.0,
+      22
+     ],
+     "text": "target $2, on"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-145",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1150,
+      190,
+      68.0,
+      22
+     ],
+     "text": "$3 $1 $2"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-146",
+     "maxclass": "ezdac~",
+     "numinlets": 2,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      760,
+      820,
+      45,
+      45
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      690,
+      570,
+      45,
+      45
+     ],
+     "parameter_enable": 0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-147",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 9,
+     "outlettype": [
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      ""
+     ],
+     "patching_rect": [
+      760,
+      640,
+      300,
+      22
+     ],
+     "text": "route 1 2 3 4 5 6 7 8"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-148",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      670,
+      131.0,
+      22
+     ],
+     "text": "target 1, play $1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-149",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      820,
+      670,
+      131.0,
+      22
+     ],
+     "text": "target 2, play $1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-150",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      880,
+      670,
+      131.0,
+      22
+     ],
+     "text": "target 3, play $1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-151",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      940,
+      670,
+      131.0,
+      22
+     ],
+     "text": "target 4, play $1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-152",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      670,
+      131.0,
+      22
+     ],
+     "text": "target 5, play $1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-153",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1060,
+      670,
+      131.0,
+      22
+     ],
+     "text": "target 6, play $1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-154",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1120,
+      670,
+      131.0,
+      22
+     ],
+     "text": "target 7, play $1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-155",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1180,
+      670,
+      131.0,
+      22
+     ],
+     "text": "target 8, play $1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-156",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      760,
+      680,
+      82.0,
+      22
+     ],
+     "text": "zl slice 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-157",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      850,
+      680,
+      82.0,
+      22
+     ],
+     "text": "zl slice 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-158",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2058,7 +3363,7 @@
      ],
      "patching_rect": [
       760,
-      390,
+      730,
       145.0,
       22
      ],
@@ -2067,7 +3372,7 @@
    },
    {
     "box": {
-     "id": "obj-93",
+     "id": "obj-159",
      "maxclass": "waveform~",
      "numinlets": 5,
      "numoutlets": 6,
@@ -2088,7 +3393,7 @@
      "presentation": 1,
      "presentation_rect": [
       10,
-      540,
+      570,
       560,
       80
      ],
@@ -2098,7 +3403,7 @@
    },
    {
     "box": {
-     "id": "obj-94",
+     "id": "obj-160",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 2,
@@ -2108,7 +3413,7 @@
      ],
      "patching_rect": [
       760,
-      450,
+      790,
       145.0,
       22
      ],
@@ -2117,7 +3422,7 @@
    },
    {
     "box": {
-     "id": "obj-95",
+     "id": "obj-161",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2126,7 +3431,7 @@
      ],
      "patching_rect": [
       760,
-      420,
+      760,
       75.0,
       22
      ],
@@ -2134,7 +3439,7 @@
      "presentation": 1,
      "presentation_rect": [
       580,
-      540,
+      570,
       70,
       22
      ]
@@ -2142,7 +3447,7 @@
    },
    {
     "box": {
-     "id": "obj-96",
+     "id": "obj-162",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2151,14 +3456,14 @@
      ],
      "patching_rect": [
       840,
-      420,
+      760,
       22,
       22
      ],
      "presentation": 1,
      "presentation_rect": [
       660,
-      540,
+      570,
       22,
       22
      ],
@@ -2167,7 +3472,7 @@
    },
    {
     "box": {
-     "id": "obj-97",
+     "id": "obj-163",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2176,7 +3481,7 @@
      ],
      "patching_rect": [
       870,
-      420,
+      760,
       61.0,
       22
      ],
@@ -2185,7 +3490,7 @@
    },
    {
     "box": {
-     "id": "obj-98",
+     "id": "obj-164",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2194,7 +3499,7 @@
      ],
      "patching_rect": [
       950,
-      420,
+      760,
       54.0,
       22
      ],
@@ -2203,37 +3508,14 @@
    },
    {
     "box": {
-     "id": "obj-99",
-     "maxclass": "ezdac~",
-     "numinlets": 2,
-     "numoutlets": 0,
-     "outlettype": [],
-     "patching_rect": [
-      760,
-      490,
-      45,
-      45
-     ],
-     "presentation": 1,
-     "presentation_rect": [
-      690,
-      540,
-      45,
-      45
-     ],
-     "parameter_enable": 0
-    }
-   },
-   {
-    "box": {
-     "id": "obj-100",
+     "id": "obj-165",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
      "outlettype": [],
      "patching_rect": [
       580,
-      565,
+      595,
       89.0,
       22
      ],
@@ -2241,7 +3523,7 @@
      "presentation": 1,
      "presentation_rect": [
       580,
-      565,
+      595,
       100,
       22
      ]
@@ -2249,7 +3531,7 @@
    },
    {
     "box": {
-     "id": "obj-101",
+     "id": "obj-166",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2266,7 +3548,7 @@
      "presentation": 1,
      "presentation_rect": [
       10,
-      630,
+      660,
       200,
       40
      ],
@@ -2275,7 +3557,26 @@
    },
    {
     "box": {
-     "id": "obj-102",
+     "id": "obj-167",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      "int"
+     ],
+     "patching_rect": [
+      240,
+      830,
+      166.0,
+      22
+     ],
+     "text": "conformpath slash boot"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-168",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2284,7 +3585,7 @@
      ],
      "patching_rect": [
       240,
-      830,
+      860,
       124.0,
       22
      ],
@@ -2293,7 +3594,7 @@
    },
    {
     "box": {
-     "id": "obj-103",
+     "id": "obj-169",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2308,7 +3609,7 @@
      "presentation": 1,
      "presentation_rect": [
       10,
-      672,
+      702,
       240,
       22
      ]
@@ -2316,63 +3617,7 @@
    },
    {
     "box": {
-     "id": "obj-104",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 3,
-     "outlettype": [
-      "int",
-      "int",
-      "int"
-     ],
-     "patching_rect": [
-      1000,
-      500,
-      54.0,
-      22
-     ],
-     "text": "notein"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-105",
-     "maxclass": "newobj",
-     "numinlets": 2,
-     "numoutlets": 1,
-     "outlettype": [
-      ""
-     ],
-     "patching_rect": [
-      1000,
-      530,
-      68.0,
-      22
-     ],
-     "text": "pack 0 0"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-106",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 1,
-     "outlettype": [
-      ""
-     ],
-     "patching_rect": [
-      1000,
-      560,
-      103.0,
-      22
-     ],
-     "text": "prepend /note"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-107",
+     "id": "obj-170",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2382,7 +3627,7 @@
      ],
      "patching_rect": [
       1000,
-      600,
+      320,
       47.0,
       22
      ],
@@ -2391,7 +3636,7 @@
    },
    {
     "box": {
-     "id": "obj-108",
+     "id": "obj-171",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2400,7 +3645,7 @@
      ],
      "patching_rect": [
       1000,
-      630,
+      350,
       40.0,
       22
      ],
@@ -2409,7 +3654,7 @@
    },
    {
     "box": {
-     "id": "obj-109",
+     "id": "obj-172",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2418,7 +3663,7 @@
      ],
      "patching_rect": [
       1000,
-      660,
+      380,
       124.0,
       22
      ],
@@ -2427,7 +3672,7 @@
    },
    {
     "box": {
-     "id": "obj-110",
+     "id": "obj-173",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2437,8 +3682,8 @@
       "int"
      ],
      "patching_rect": [
-      1000,
-      700,
+      1100,
+      320,
       47.0,
       22
      ],
@@ -2447,7 +3692,7 @@
    },
    {
     "box": {
-     "id": "obj-111",
+     "id": "obj-174",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2455,8 +3700,8 @@
       ""
      ],
      "patching_rect": [
-      1000,
-      730,
+      1100,
+      350,
       68.0,
       22
      ],
@@ -2465,7 +3710,25 @@
    },
    {
     "box": {
-     "id": "obj-112",
+     "id": "obj-175",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1100,
+      380,
+      47.0,
+      22
+     ],
+     "text": "$2 $1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-176",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2473,8 +3736,8 @@
       ""
      ],
      "patching_rect": [
-      1000,
-      760,
+      1100,
+      410,
       89.0,
       22
      ],
@@ -2483,7 +3746,7 @@
    },
    {
     "box": {
-     "id": "obj-113",
+     "id": "obj-177",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2494,11 +3757,11 @@
       700,
       40
      ],
-     "text": "Keyboard: pitch. Grids: click cells, then 'inpaint cells'. Ranges: layer, t0 t1 (time columns), f0 f1 (frequency rows from the lowest), half-open. MIDI notes, programs and CC 1 / 74 / 70 play it too.",
+     "text": "Keyboard: pitch. Grids: click cells, then 'inpaint cells'. Ranges: layer, t0 t1 (time columns), f0 f1 (frequency rows from the lowest), half-open. MIDI notes play 8 voices; programs, CC 1 / 74 / 70 / 7 / 72 set temperature, top-p, instrument, gain, release.",
      "presentation": 1,
      "presentation_rect": [
       10,
-      700,
+      730,
       700,
       40
      ]
@@ -2521,18 +3784,6 @@
    {
     "patchline": {
      "source": [
-      "obj-6",
-      0
-     ],
-     "destination": [
-      "obj-5",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-5",
       0
      ],
@@ -2545,19 +3796,7 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      0
-     ],
-     "destination": [
-      "obj-8",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-8",
+      "obj-6",
       0
      ],
      "destination": [
@@ -2569,11 +3808,11 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      1
+      "obj-7",
+      0
      ],
      "destination": [
-      "obj-10",
+      "obj-5",
       0
      ]
     }
@@ -2581,8 +3820,20 @@
    {
     "patchline": {
      "source": [
-      "obj-10",
+      "obj-4",
       0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-8",
+      1
      ],
      "destination": [
       "obj-9",
@@ -2593,19 +3844,7 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      2
-     ],
-     "destination": [
-      "obj-12",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-12",
+      "obj-8",
       0
      ],
      "destination": [
@@ -2617,8 +3856,56 @@
    {
     "patchline": {
      "source": [
+      "obj-11",
+      0
+     ],
+     "destination": [
+      "obj-10",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-9",
+      0
+     ],
+     "destination": [
+      "obj-12",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-12",
+      0
+     ],
+     "destination": [
+      "obj-10",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-10",
+      0
+     ],
+     "destination": [
       "obj-13",
-      1
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-6",
+      0
      ],
      "destination": [
       "obj-14",
@@ -2629,11 +3916,11 @@
    {
     "patchline": {
      "source": [
-      "obj-14",
+      "obj-10",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-15",
       0
      ]
     }
@@ -2645,7 +3932,7 @@
       0
      ],
      "destination": [
-      "obj-16",
+      "obj-14",
       0
      ]
     }
@@ -2653,11 +3940,11 @@
    {
     "patchline": {
      "source": [
-      "obj-16",
+      "obj-14",
       0
      ],
      "destination": [
-      "obj-17",
+      "obj-16",
       0
      ]
     }
@@ -2665,11 +3952,47 @@
    {
     "patchline": {
      "source": [
-      "obj-17",
+      "obj-16",
       0
      ],
      "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-17",
+      1
+     ],
+     "destination": [
+      "obj-18",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-18",
+      0
+     ],
+     "destination": [
+      "obj-19",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-14",
+      1
+     ],
+     "destination": [
+      "obj-19",
       0
      ]
     }
@@ -2690,6 +4013,18 @@
     "patchline": {
      "source": [
       "obj-20",
+      1
+     ],
+     "destination": [
+      "obj-21",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-21",
       0
      ],
      "destination": [
@@ -2701,23 +4036,35 @@
    {
     "patchline": {
      "source": [
+      "obj-4",
+      1
+     ],
+     "destination": [
+      "obj-23",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-23",
+      0
+     ],
+     "destination": [
       "obj-22",
       0
-     ],
-     "destination": [
-      "obj-23",
-      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-23",
-      0
+      "obj-4",
+      2
      ],
      "destination": [
-      "obj-2",
+      "obj-25",
       0
      ]
     }
@@ -2729,7 +4076,7 @@
       0
      ],
      "destination": [
-      "obj-26",
+      "obj-24",
       0
      ]
     }
@@ -2738,10 +4085,34 @@
     "patchline": {
      "source": [
       "obj-26",
+      1
+     ],
+     "destination": [
+      "obj-27",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-27",
       0
      ],
      "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      8
+     ],
+     "destination": [
+      "obj-28",
       0
      ]
     }
@@ -2765,7 +4136,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-26",
       0
      ]
     }
@@ -2777,7 +4148,19 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-31",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-31",
+      0
+     ],
+     "destination": [
+      "obj-32",
       0
      ]
     }
@@ -2797,11 +4180,47 @@
    {
     "patchline": {
      "source": [
-      "obj-34",
+      "obj-4",
+      7
+     ],
+     "destination": [
+      "obj-33",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-33",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-31",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-33",
+      0
+     ],
+     "destination": [
+      "obj-30",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-35",
+      0
+     ],
+     "destination": [
+      "obj-36",
       0
      ]
     }
@@ -2822,10 +4241,22 @@
     "patchline": {
      "source": [
       "obj-4",
-      3
+      9
      ],
      "destination": [
-      "obj-39",
+      "obj-37",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-37",
+      0
+     ],
+     "destination": [
+      "obj-35",
       0
      ]
     }
@@ -2834,7 +4265,7 @@
     "patchline": {
      "source": [
       "obj-39",
-      1
+      0
      ],
      "destination": [
       "obj-40",
@@ -2849,7 +4280,7 @@
       0
      ],
      "destination": [
-      "obj-38",
+      "obj-2",
       0
      ]
     }
@@ -2858,7 +4289,7 @@
     "patchline": {
      "source": [
       "obj-4",
-      4
+      10
      ],
      "destination": [
       "obj-41",
@@ -2873,7 +4304,7 @@
       0
      ],
      "destination": [
-      "obj-43",
+      "obj-39",
       0
      ]
     }
@@ -2897,7 +4328,7 @@
       0
      ],
      "destination": [
-      "obj-42",
+      "obj-2",
       0
      ]
     }
@@ -2906,7 +4337,7 @@
     "patchline": {
      "source": [
       "obj-4",
-      3
+      11
      ],
      "destination": [
       "obj-45",
@@ -2921,19 +4352,7 @@
       0
      ],
      "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-46",
-      0
-     ],
-     "destination": [
-      "obj-47",
+      "obj-43",
       0
      ]
     }
@@ -2942,7 +4361,7 @@
     "patchline": {
      "source": [
       "obj-47",
-      1
+      0
      ],
      "destination": [
       "obj-48",
@@ -2957,43 +4376,43 @@
       0
      ],
      "destination": [
-      "obj-49",
-      1
+      "obj-2",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
+      "obj-4",
+      12
+     ],
+     "destination": [
+      "obj-49",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-49",
+      0
+     ],
+     "destination": [
       "obj-47",
       0
-     ],
-     "destination": [
-      "obj-50",
-      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-50",
-      0
-     ],
-     "destination": [
-      "obj-49",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-49",
-      0
-     ],
-     "destination": [
       "obj-51",
+      0
+     ],
+     "destination": [
+      "obj-52",
       0
      ]
     }
@@ -3002,30 +4421,6 @@
     "patchline": {
      "source": [
       "obj-52",
-      0
-     ],
-     "destination": [
-      "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-51",
-      0
-     ],
-     "destination": [
-      "obj-54",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-54",
       0
      ],
      "destination": [
@@ -3037,11 +4432,23 @@
    {
     "patchline": {
      "source": [
-      "obj-52",
+      "obj-4",
+      13
+     ],
+     "destination": [
+      "obj-53",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-53",
       0
      ],
      "destination": [
-      "obj-55",
+      "obj-51",
       0
      ]
     }
@@ -3050,42 +4457,6 @@
     "patchline": {
      "source": [
       "obj-55",
-      0
-     ],
-     "destination": [
-      "obj-46",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-41",
-      1
-     ],
-     "destination": [
-      "obj-57",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-57",
-      0
-     ],
-     "destination": [
-      "obj-58",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-58",
       0
      ],
      "destination": [
@@ -3097,11 +4468,35 @@
    {
     "patchline": {
      "source": [
+      "obj-56",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-4",
-      3
+      14
      ],
      "destination": [
-      "obj-59",
+      "obj-57",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-57",
+      0
+     ],
+     "destination": [
+      "obj-55",
       0
      ]
     }
@@ -3113,7 +4508,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-60",
       0
      ]
     }
@@ -3125,6 +4520,18 @@
       0
      ],
      "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      15
+     ],
+     "destination": [
       "obj-61",
       0
      ]
@@ -3134,10 +4541,10 @@
     "patchline": {
      "source": [
       "obj-61",
-      1
+      0
      ],
      "destination": [
-      "obj-62",
+      "obj-59",
       0
      ]
     }
@@ -3145,19 +4552,7 @@
    {
     "patchline": {
      "source": [
-      "obj-62",
-      0
-     ],
-     "destination": [
       "obj-63",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-61",
       0
      ],
      "destination": [
@@ -3173,7 +4568,7 @@
       0
      ],
      "destination": [
-      "obj-63",
+      "obj-2",
       0
      ]
     }
@@ -3181,8 +4576,8 @@
    {
     "patchline": {
      "source": [
-      "obj-63",
-      0
+      "obj-4",
+      16
      ],
      "destination": [
       "obj-65",
@@ -3193,20 +4588,32 @@
    {
     "patchline": {
      "source": [
+      "obj-65",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      16
+     ],
+     "destination": [
       "obj-66",
       0
-     ],
-     "destination": [
-      "obj-65",
-      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-65",
-      0
+      "obj-4",
+      17
      ],
      "destination": [
       "obj-68",
@@ -3218,6 +4625,18 @@
     "patchline": {
      "source": [
       "obj-68",
+      0
+     ],
+     "destination": [
+      "obj-67",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-69",
       0
      ],
      "destination": [
@@ -3229,72 +4648,72 @@
    {
     "patchline": {
      "source": [
-      "obj-66",
-      0
-     ],
-     "destination": [
-      "obj-69",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-69",
-      0
-     ],
-     "destination": [
-      "obj-60",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-70",
-      1
-     ],
-     "destination": [
       "obj-71",
       0
+     ],
+     "destination": [
+      "obj-2",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-72",
+      "obj-73",
       0
      ],
      "destination": [
-      "obj-71",
-      1
+      "obj-2",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-74",
+      "obj-75",
       0
      ],
      "destination": [
-      "obj-71",
-      2
+      "obj-2",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-76",
+      "obj-4",
+      4
+     ],
+     "destination": [
+      "obj-78",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-79",
       0
      ],
      "destination": [
-      "obj-71",
-      3
+      "obj-81",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-79",
+      0
+     ],
+     "destination": [
+      "obj-82",
+      0
      ]
     }
    },
@@ -3305,80 +4724,8 @@
       0
      ],
      "destination": [
-      "obj-71",
-      4
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-6",
+      "obj-84",
       0
-     ],
-     "destination": [
-      "obj-71",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-71",
-      0
-     ],
-     "destination": [
-      "obj-82",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-80",
-      0
-     ],
-     "destination": [
-      "obj-82",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-82",
-      0
-     ],
-     "destination": [
-      "obj-83",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-83",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-71",
-      0
-     ],
-     "destination": [
-      "obj-86",
-      1
      ]
     }
    },
@@ -3389,7 +4736,7 @@
       0
      ],
      "destination": [
-      "obj-86",
+      "obj-85",
       0
      ]
     }
@@ -3397,11 +4744,11 @@
    {
     "patchline": {
      "source": [
-      "obj-86",
+      "obj-85",
       0
      ],
      "destination": [
-      "obj-87",
+      "obj-83",
       0
      ]
     }
@@ -3409,7 +4756,31 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
+      "obj-81",
+      0
+     ],
+     "destination": [
+      "obj-86",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-82",
+      0
+     ],
+     "destination": [
+      "obj-86",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-86",
       0
      ],
      "destination": [
@@ -3421,7 +4792,31 @@
    {
     "patchline": {
      "source": [
-      "obj-71",
+      "obj-87",
+      0
+     ],
+     "destination": [
+      "obj-88",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-88",
+      1
+     ],
+     "destination": [
+      "obj-89",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-89",
       0
      ],
      "destination": [
@@ -3437,18 +4832,6 @@
       0
      ],
      "destination": [
-      "obj-90",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-90",
-      0
-     ],
-     "destination": [
       "obj-91",
       0
      ]
@@ -3461,7 +4844,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-90",
       0
      ]
     }
@@ -3469,7 +4852,7 @@
    {
     "patchline": {
      "source": [
-      "obj-38",
+      "obj-90",
       0
      ],
      "destination": [
@@ -3481,11 +4864,47 @@
    {
     "patchline": {
      "source": [
+      "obj-93",
+      0
+     ],
+     "destination": [
+      "obj-92",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-92",
+      0
+     ],
+     "destination": [
+      "obj-95",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-95",
       0
      ],
      "destination": [
-      "obj-94",
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-93",
+      0
+     ],
+     "destination": [
+      "obj-96",
       0
      ]
     }
@@ -3497,7 +4916,7 @@
       0
      ],
      "destination": [
-      "obj-97",
+      "obj-87",
       0
      ]
     }
@@ -3505,11 +4924,11 @@
    {
     "patchline": {
      "source": [
-      "obj-97",
-      0
+      "obj-78",
+      1
      ],
      "destination": [
-      "obj-94",
+      "obj-98",
       0
      ]
     }
@@ -3521,18 +4940,6 @@
       0
      ],
      "destination": [
-      "obj-94",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-94",
-      0
-     ],
-     "destination": [
       "obj-99",
       0
      ]
@@ -3541,12 +4948,48 @@
    {
     "patchline": {
      "source": [
-      "obj-94",
+      "obj-99",
       0
      ],
      "destination": [
-      "obj-99",
-      1
+      "obj-97",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-81",
+      0
+     ],
+     "destination": [
+      "obj-100",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-82",
+      0
+     ],
+     "destination": [
+      "obj-100",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-100",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
      ]
     }
    },
@@ -3566,10 +5009,46 @@
     "patchline": {
      "source": [
       "obj-102",
+      1
+     ],
+     "destination": [
+      "obj-103",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-103",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-104",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-102",
+      0
+     ],
+     "destination": [
+      "obj-105",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-105",
+      0
+     ],
+     "destination": [
+      "obj-104",
       0
      ]
     }
@@ -3581,7 +5060,7 @@
       0
      ],
      "destination": [
-      "obj-105",
+      "obj-106",
       0
      ]
     }
@@ -3589,19 +5068,7 @@
    {
     "patchline": {
      "source": [
-      "obj-104",
-      1
-     ],
-     "destination": [
-      "obj-105",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-105",
+      "obj-107",
       0
      ],
      "destination": [
@@ -3614,6 +5081,18 @@
     "patchline": {
      "source": [
       "obj-106",
+      0
+     ],
+     "destination": [
+      "obj-109",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-109",
       0
      ],
      "destination": [
@@ -3629,7 +5108,7 @@
       0
      ],
      "destination": [
-      "obj-108",
+      "obj-110",
       0
      ]
     }
@@ -3637,11 +5116,11 @@
    {
     "patchline": {
      "source": [
-      "obj-108",
+      "obj-110",
       0
      ],
      "destination": [
-      "obj-109",
+      "obj-101",
       0
      ]
     }
@@ -3649,7 +5128,115 @@
    {
     "patchline": {
      "source": [
-      "obj-109",
+      "obj-111",
+      1
+     ],
+     "destination": [
+      "obj-112",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-113",
+      0
+     ],
+     "destination": [
+      "obj-112",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-115",
+      0
+     ],
+     "destination": [
+      "obj-112",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-117",
+      0
+     ],
+     "destination": [
+      "obj-112",
+      3
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-119",
+      0
+     ],
+     "destination": [
+      "obj-112",
+      4
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-6",
+      0
+     ],
+     "destination": [
+      "obj-112",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-112",
+      0
+     ],
+     "destination": [
+      "obj-123",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-121",
+      0
+     ],
+     "destination": [
+      "obj-123",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-123",
+      0
+     ],
+     "destination": [
+      "obj-124",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-124",
       0
      ],
      "destination": [
@@ -3661,23 +5248,11 @@
    {
     "patchline": {
      "source": [
-      "obj-110",
-      1
-     ],
-     "destination": [
-      "obj-111",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-110",
+      "obj-112",
       0
      ],
      "destination": [
-      "obj-111",
+      "obj-127",
       1
      ]
     }
@@ -3685,11 +5260,35 @@
    {
     "patchline": {
      "source": [
-      "obj-111",
+      "obj-125",
       0
      ],
      "destination": [
-      "obj-112",
+      "obj-127",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-127",
+      0
+     ],
+     "destination": [
+      "obj-128",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-128",
+      0
+     ],
+     "destination": [
+      "obj-2",
       0
      ]
     }
@@ -3698,6 +5297,750 @@
     "patchline": {
      "source": [
       "obj-112",
+      0
+     ],
+     "destination": [
+      "obj-131",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-129",
+      0
+     ],
+     "destination": [
+      "obj-131",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-131",
+      0
+     ],
+     "destination": [
+      "obj-132",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-132",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-133",
+      0
+     ],
+     "destination": [
+      "obj-134",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-133",
+      1
+     ],
+     "destination": [
+      "obj-134",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-134",
+      0
+     ],
+     "destination": [
+      "obj-135",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-134",
+      1
+     ],
+     "destination": [
+      "obj-135",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-134",
+      2
+     ],
+     "destination": [
+      "obj-135",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-135",
+      0
+     ],
+     "destination": [
+      "obj-136",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-136",
+      0
+     ],
+     "destination": [
+      "obj-137",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-139",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-137",
+      0
+     ],
+     "destination": [
+      "obj-140",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-140",
+      1
+     ],
+     "destination": [
+      "obj-141",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-141",
+      0
+     ],
+     "destination": [
+      "obj-139",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-140",
+      0
+     ],
+     "destination": [
+      "obj-142",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-142",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-137",
+      1
+     ],
+     "destination": [
+      "obj-143",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-143",
+      1
+     ],
+     "destination": [
+      "obj-144",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-144",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-143",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-145",
+      0
+     ],
+     "destination": [
+      "obj-139",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-138",
+      0
+     ],
+     "destination": [
+      "obj-146",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-138",
+      0
+     ],
+     "destination": [
+      "obj-146",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      3
+     ],
+     "destination": [
+      "obj-147",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      0
+     ],
+     "destination": [
+      "obj-148",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-148",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      1
+     ],
+     "destination": [
+      "obj-149",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-149",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      2
+     ],
+     "destination": [
+      "obj-150",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-150",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      3
+     ],
+     "destination": [
+      "obj-151",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-151",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      4
+     ],
+     "destination": [
+      "obj-152",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-152",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      5
+     ],
+     "destination": [
+      "obj-153",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-153",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      6
+     ],
+     "destination": [
+      "obj-154",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-154",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      7
+     ],
+     "destination": [
+      "obj-155",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-155",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      8
+     ],
+     "destination": [
+      "obj-156",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-156",
+      1
+     ],
+     "destination": [
+      "obj-157",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-157",
+      0
+     ],
+     "destination": [
+      "obj-77",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      8
+     ],
+     "destination": [
+      "obj-81",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-77",
+      0
+     ],
+     "destination": [
+      "obj-158",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-161",
+      0
+     ],
+     "destination": [
+      "obj-160",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-162",
+      0
+     ],
+     "destination": [
+      "obj-163",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-163",
+      0
+     ],
+     "destination": [
+      "obj-160",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-164",
+      0
+     ],
+     "destination": [
+      "obj-160",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-160",
+      0
+     ],
+     "destination": [
+      "obj-146",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-160",
+      0
+     ],
+     "destination": [
+      "obj-146",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-166",
+      0
+     ],
+     "destination": [
+      "obj-167",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-167",
+      0
+     ],
+     "destination": [
+      "obj-168",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-168",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-170",
+      0
+     ],
+     "destination": [
+      "obj-171",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-171",
+      0
+     ],
+     "destination": [
+      "obj-172",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-172",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-173",
+      1
+     ],
+     "destination": [
+      "obj-174",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-173",
+      0
+     ],
+     "destination": [
+      "obj-174",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      0
+     ],
+     "destination": [
+      "obj-175",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-175",
+      0
+     ],
+     "destination": [
+      "obj-176",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-176",
       0
      ],
      "destination": [

@@ -36,8 +36,9 @@ def _sample_args(args: list[str]) -> list:
     return [0 if a.startswith("$") else int(a) if re.fullmatch(r"-?\d+", a) else a for a in args]
 
 
-def test_maxpat_is_well_formed_json_in_the_form_max_writes():
-    patcher = json.loads((PATCHES / "inpaint-osc.maxpat").read_text())["patcher"]
+@pytest.mark.parametrize("name", ["inpaint-osc.maxpat", "inpaint-osc-voice.maxpat"])
+def test_maxpat_is_well_formed_json_in_the_form_max_writes(name):
+    patcher = json.loads((PATCHES / name).read_text())["patcher"]
     for key in ("fileversion", "appversion", "rect", "boxes", "lines", "classnamespace"):
         assert key in patcher, key
     boxes = {}
@@ -57,7 +58,71 @@ def test_maxpat_is_well_formed_json_in_the_form_max_writes():
         assert 0 <= outlet < boxes[src]["numoutlets"], (line, boxes[src])
         assert 0 <= inlet < boxes[dst]["numinlets"], (line, boxes[dst])
     presented = [b for b in boxes.values() if b.get("presentation")]
-    assert patcher["openinpresentation"] == 1 and len(presented) > 20
+    if name == "inpaint-osc.maxpat":
+        assert patcher["openinpresentation"] == 1 and len(presented) > 20
+
+
+def max_graph(name: str) -> tuple[dict[str, dict], set[tuple[str, int, str, int]]]:
+    patcher = json.loads((PATCHES / name).read_text())["patcher"]
+    boxes = {e["box"]["id"]: e["box"] for e in patcher["boxes"]}
+    lines = {(*ln["patchline"]["source"], *ln["patchline"]["destination"]) for ln in (e for e in patcher["lines"])}
+    return boxes, lines
+
+
+def find(boxes: dict[str, dict], text: str) -> list[str]:
+    return [i for i, b in boxes.items() if b.get("text", "") == text]
+
+
+def reaches(lines, start: str, goal: str, avoid: frozenset = frozenset()) -> bool:
+    seen, todo = {start}, [start]
+    while todo:
+        here = todo.pop()
+        for src, _, dst, _ in lines:
+            if src == here and dst not in seen and dst not in avoid:
+                if dst == goal:
+                    return True
+                seen.add(dst)
+                todo.append(dst)
+    return False
+
+
+def test_the_max_patch_works_on_stage():
+    """ctlin's controller number reaches [pack]'s cold inlet (the value, arriving last, sends both); dropped
+    files are converted to system paths; /state and the host's rate are asked at load and on reconnect; the
+    pictures are asked only through the 'pictures' gate; notes go to eight poly~ voices."""
+    boxes, lines = max_graph("inpaint-osc.maxpat")
+    [ctlin], [drop] = find(boxes, "ctlin"), [i for i, b in boxes.items() if b["maxclass"] == "dropfile"]
+    [cc_pack] = {dst for src, o, dst, _ in lines if src == ctlin}
+    assert {(o, i) for src, o, dst, i in lines if src == ctlin} == {(0, 0), (1, 1)}  # value hot, controller cold
+    [swap] = [dst for src, _, dst, _ in lines if src == cc_pack]
+    assert boxes[swap]["text"] == "$2 $1" and reaches(lines, swap, find(boxes, "prepend /cc")[0])
+    [posix] = find(boxes, "conformpath slash boot")
+    assert (drop, 0, posix, 0) in lines and reaches(lines, posix, find(boxes, "prepend /analyze")[0])
+    assert not reaches(lines, drop, find(boxes, "prepend /analyze")[0], avoid=frozenset({posix}))
+    [load], [state] = find(boxes, "loadbang"), find(boxes, "/state")
+    after_change = [d for a, _, d, _ in lines if boxes[a].get("text") == "change"]
+    [came_back] = [i for i in find(boxes, "sel 1") if i in after_change]  # the light came back on
+    assert reaches(lines, load, state) and reaches(lines, came_back, state)
+    assert reaches(lines, load, find(boxes, "prepend /render/rate")[0])
+    [dsp] = find(boxes, "dspstate~")
+    assert reaches(lines, dsp, find(boxes, "prepend /render/rate")[0])
+    [route] = [i for i, b in boxes.items() if b.get("text", "").startswith("route /pong")]
+    [gate] = find(boxes, "gate 1")
+    for ask in find(boxes, "/image top 1") + find(boxes, "/image bottom 2"):
+        assert reaches(lines, route, ask) and not reaches(lines, route, ask, avoid=frozenset({gate}))
+    [voices] = find(boxes, "poly~ inpaint-osc-voice 8")
+    assert reaches(lines, find(boxes, "notein")[0], voices) and reaches(lines, route, voices)
+    voice, voice_lines = max_graph("inpaint-osc-voice.maxpat")
+    assert find(voice, "sprintf name inpaint-osc-voice-%ld") and find(voice, "thispoly~")
+    assert reaches(voice_lines, find(voice, "r inpaint-osc-release")[0], find(voice, "line~")[0])
+
+
+def test_every_receive_name_of_the_pd_patch_is_documented():
+    names = set()
+    for name in ("inpaint-osc.pd", "inpaint-osc-voice.pd"):
+        names |= set(re.findall(r"#X obj \d+ \d+ r (inpaint-osc-[\w-]+);", (PATCHES / name).read_text()))
+    readme = (PATCHES / "README.md").read_text()
+    assert len(names) >= 8 and not [n for n in names if f"`{n}`" not in readme], names
 
 
 def test_every_address_the_max_patch_sends_or_routes_is_in_the_table():
