@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Set-up for a fresh Debian machine (run it, or source it as run.sh and test.sh do): installs the Debian
-# packages the project uses (when missing), creates .venv and installs the project with its cpu, train and dev
-# extras.
+# packages the project uses (when missing), creates .venv and installs the project with its extras:
+# INPAINT_OSC_EXTRAS (default cpu,train,dev: everything, for the tests and training; run.sh asks for `cpu`, the
+# torch-free runtime alone) and the Debian packages in INPAINT_OSC_DEBIAN (default: all the project uses).
 # Idempotent: a second run checks and returns in about a second.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${INPAINT_OSC_VENV:-$ROOT/.venv}"
-DEBIAN_PACKAGES=(fluidsynth timgm6mb-soundfont fluid-soundfont-gm liblo-tools puredata-core libportaudio2)
+EXTRAS="${INPAINT_OSC_EXTRAS:-cpu,train,dev}"
+# shellcheck disable=SC2206  # a word list
+DEBIAN_PACKAGES=(${INPAINT_OSC_DEBIAN:-fluidsynth timgm6mb-soundfont fluid-soundfont-gm liblo-tools puredata-core libportaudio2})
 # shellcheck disable=SC2206  # callers that need more (scripts/train_default.sh: its soundfonts) list them here
 DEBIAN_PACKAGES+=(${EXTRA_DEBIAN_PACKAGES:-})
 
@@ -31,11 +34,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "inpaint-osc needs Python 3.10+" >&2; exit 1; }
   "$PYTHON" -m venv "$VENV"
 fi
-# Reinstall only when pyproject.toml changed. torch is pinned there (an unpinned torch pulls GBs of CUDA).
-stamp="$VENV/.stamp-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
-if [ ! -f "$stamp" ]; then
+# Reinstall only when pyproject.toml or the extras changed; everything installed covers the runtime alone too.
+# torch is pinned there (an unpinned torch pulls GBs of CUDA).
+hash="$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
+stamp="$VENV/.stamp-$hash-$EXTRAS"
+if [ ! -f "$stamp" ] && [ ! -f "$VENV/.stamp-$hash-cpu,train,dev" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2 || true
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[cpu,train,dev]" >&2
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]" >&2
   rm -f "$VENV"/.stamp-*
   touch "$stamp"
 fi

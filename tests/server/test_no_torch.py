@@ -41,3 +41,24 @@ def test_render_command_reports_user_errors_without_a_traceback(tiny_bundle, tmp
     assert "pitch 100 is outside the model's range 24..84" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("server", "info", "--bundle", str(Path(tmp_path)), block_torch=True)
     assert result.returncode == 1 and "not a bundle" in result.stderr
+
+
+def test_the_first_readme_command_installs_the_runtime_without_torch(tmp_path):
+    """scripts/run.sh (the README's first command) installs the extras it names: pip's own resolution of
+    them, from a clean slate, holds the runtime and no torch, TensorBoard or onnx."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme.split("```sh\n")[1].splitlines()[0].startswith("scripts/run.sh")
+    [extras] = re.findall(
+        r'INPAINT_OSC_EXTRAS="\$\{INPAINT_OSC_EXTRAS:-([\w,]+)\}"', (ROOT / "scripts/run.sh").read_text()
+    )
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q", "--report", str(report)]
+    result = subprocess.run([*cmd, f".[{extras}]"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    names = {i["metadata"]["name"].lower().replace("_", "-") for i in json.loads(report.read_text())["install"]}
+    assert {"onnxruntime", "numpy", "python-osc", "soundfile", "soxr"} <= names
+    assert not names & {"torch", "tensorboard", "onnx", "librosa", "scipy"}, names
