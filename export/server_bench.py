@@ -268,6 +268,29 @@ def machine(threads: int) -> dict[str, Any]:
     }
 
 
+def playability_markdown(p: dict[str, Any]) -> list[str]:
+    melody, k16, k48 = p["melody"], p["note_cached_16k"], p["note_cached_48k"]
+    return [
+        "## Playability",
+        "",
+        "The same server, after the figures above (which it measured with the note cache's background fill off):",
+        "",
+        f"- **Level.** Ten `/generate`s across families and registers, RMS of the held part (first 3 s) of each "
+        f"WAV: {', '.join(f'{x:.1f}' for x in p['generate_levels_db'])} dBFS; the farthest is "
+        f"{p['generate_level_max_off_median_db']:.2f} dB from their median. `/note 60 127` is "
+        f"{p['velocity_127_over_30_db']:.1f} dB louder than `/note 60 30`.",
+        f"- **Note cache.** `/note/fill 1` to `/note/cache {p['fill_notes']} {p['fill_notes']}` (every note of "
+        f"the pitch range cached for the current settings): {p['fill_s']:.1f} s.",
+        f"- **Melody.** {melody['notes']} cached notes, 8 per second (125 ms apart): {melody['cancelled']} "
+        f"cancelled; arrival to `/render/done` at the server p50 {melody['p50_ms']:.2f} ms, p99 "
+        f"{melody['p99_ms']:.2f}, max {melody['max_ms']:.2f} ms.",
+        f"- **The host's rate.** A cached note's round trip at `/render/rate 16000` p50 {k16['p50_ms']:.2f} ms; "
+        f"at 48000 p50 {k48['p50_ms']:.2f} ms ({k48['p50_ms'] / k16['p50_ms']:.2f}x, the resampling and the "
+        "three times larger WAV).",
+        "",
+    ]
+
+
 def benchmarks_markdown(r: dict[str, Any]) -> str:
     m, osc = r["machine"], r["osc"]
     names = [k for k in osc if isinstance(osc[k], dict) and "stages_ms" in osc[k]]
@@ -306,6 +329,7 @@ def benchmarks_markdown(r: dict[str, Any]) -> str:
         f"Cold start (command to first `/pong`): {osc['cold_start_ms']:.0f} ms. Server peak RSS: "
         f"{osc['server_peak_rss_mb']:.0f} MB.",
         "",
+        *playability_markdown(osc["playability"]),
         "## Against torch eager and against the hardware",
         "",
         f"torch eager runs the same operations in one process on the same weights (read back from the bundle, "

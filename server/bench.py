@@ -143,6 +143,73 @@ def operations(rng: np.random.Generator, note: Path) -> dict[str, Any]:
     }
 
 
+FAMILY_PITCHES = (  # ten generates across families and registers: the level check
+    ("bass", 36), ("brass", 55), ("flute", 79), ("guitar", 52), ("keyboard", 60),
+    ("mallet", 72), ("organ", 48), ("reed", 62), ("string", 57), ("vocal", 64),
+)  # fmt: skip
+MELODY = (60, 62, 64, 65, 67, 69, 71, 72)  # eight notes, 125 ms apart: 8 per second
+
+
+def held_db(wav: str) -> float:
+    """RMS of a WAV's held part (its first 3 s), dBFS."""
+    import soundfile as sf
+
+    audio, rate = sf.read(wav, dtype="float64")
+    return float(20 * np.log10(np.sqrt(np.mean(audio[: 3 * rate] ** 2)) + 1e-12))
+
+
+def playability(port: int, rounds: int = 5) -> dict[str, Any]:
+    """What a performer hears and feels: the level of ten generates across families, velocity 127 against 30,
+    the note cache's background fill, melodies of cached notes at 8 per second (none may be cancelled), and a
+    cached note delivered at 48 kHz against 16 kHz (the resampling's cost)."""
+    c = OscClient(port=port)
+    out: dict[str, Any] = {}
+    levels = []
+    for family, pitch in FAMILY_PITCHES:
+        c.send("/instrument", family)
+        c.send("/pitch", pitch)
+        round_trip(c, "/generate")
+        c.send("/render")
+        _, done = c.wait_for("/render/done", timeout=60)
+        levels.append(round(held_db(done[1]), 2))
+    median = float(np.median(levels))
+    out["generate_levels_db"] = levels
+    out["generate_level_max_off_median_db"] = round(max(abs(x - median) for x in levels), 2)
+    loud_soft = []
+    for velocity in (127, 30):
+        c.send("/note", 60, velocity)
+        loud_soft.append(held_db(c.wait_for("/render/done", timeout=60)[1][1]))
+    out["velocity_127_over_30_db"] = round(loud_soft[0] - loud_soft[1], 2)
+    t0 = time.perf_counter()
+    c.send("/note/fill", 1)
+    while (cache := c.wait_for("/note/cache", timeout=600)[1])[0] < cache[1]:
+        pass
+    out["fill_s"] = round(time.perf_counter() - t0, 1)
+    out["fill_notes"] = cache[1]
+    server_ms, cancelled, next_id = [], 0, 10_000
+    for _ in range(rounds):
+        sent = {}
+        for pitch in MELODY:
+            c.send("/note", pitch, 100, next_id)
+            sent[next_id] = pitch
+            next_id += 1
+            time.sleep(0.125)
+        while sent:
+            reply, args = c.wait_for("/render/done", "/render/cancelled", timeout=60)
+            if args[0] in sent:
+                del sent[args[0]]
+                cancelled += reply == "/render/cancelled"
+                if reply == "/render/done":
+                    server_ms.append(1000 * args[4])
+    out["melody"] = {"notes": rounds * len(MELODY), "cancelled": cancelled, **stats(server_ms)}
+    for rate in (16_000, 48_000):
+        c.send("/render/rate", rate)
+        c.wait_for("/render/rate")
+        out[f"note_cached_{rate // 1000}k"] = stats([round_trip(c, "/note", 60, 100, pause=PAUSE) for _ in range(20)])
+    c.close()
+    return out
+
+
 HEAVY = ("inpaint_time_range", "inpaint_frequency_band", "resample_bottom", "generate")  # fewer repetitions
 
 
@@ -159,7 +226,10 @@ def run_bench(
     with tempfile.TemporaryDirectory() as tmp:
         note = write_test_note(Path(tmp) / "note.wav")
         t0 = time.perf_counter()
-        proc, port = start_server(bundle, Path(tmp), threads, ("--read-dir", tmp, "--provider", provider))
+        # The note cache's background fill would compete with the edits measured here: it is measured on its own,
+        # after them (playability).
+        extra = ("--read-dir", tmp, "--provider", provider, "--no-fill")
+        proc, port = start_server(bundle, Path(tmp), threads, extra)
         try:
             client = wait_for_pong(proc, port)
             cold = (time.perf_counter() - t0) * 1000
@@ -183,6 +253,7 @@ def run_bench(
             result["ping_during_generate"] = stats(
                 sum((pings_during_render(client, "/generate") for _ in range(3)), [])
             )
+            result["playability"] = playability(port, rounds=max(1, repeats // 10))
             result["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
             client.close()
         finally:

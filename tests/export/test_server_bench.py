@@ -46,4 +46,5 @@ def test_the_command_writes_benchmarks_markdown(tiny_bundle, tmp_path):
     text = report.read_text()
     for operation in ("inpaint_top_cell", "inpaint_frequency_band", "analyze_4s_file", "note_cached"):
         assert f"| {operation} |" in text
-    assert "GFLOP/s" in text and "Cold start" in text
+    assert "GFLOP/s" in text and "Cold start" in text and "## Playability" in text
+    assert figures["osc"]["playability"]["melody"]["cancelled"] == 0
