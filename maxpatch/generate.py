@@ -8,6 +8,7 @@ from what this script writes. Every address a patch sends is checked against the
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def _io(text: str) -> tuple[int, int, list[str]]:
         "line~": (2, 2, ["signal", "bang"]),
         "*~": (2, 1, ["signal"]),
         "*": (2, 1, ["float"]),
+        "==": (2, 1, ["int"]),
+        "expr": (max(int(c) for c in re.findall(r"\$[if](\d)", " ".join(args)) or ["1"]), 1, [""]),
         "i": (2, 1, ["int"]),
         "f": (2, 1, ["float"]),
         "s": (1, 0, []),
@@ -159,16 +162,11 @@ class MaxPatch:
         path.write_text(json.dumps({"patcher": patcher}, indent=1) + "\n")
 
 
-def _second_item(p: MaxPatch, src: str, outlet: int, x: float, y: float) -> str:
-    """Boxes that take the second item of a list (the path of /render/done and /image/done)."""
-    rest = p.box("newobj", x, y, "zl slice 1")
-    first = p.box("newobj", x + 90, y, "zl slice 1")
-    p.connect(src, outlet, rest)
-    p.connect(rest, 1, first)
-    return first
-
-
 VOICES = 8  # polyphony of both patches: one voice (buffer/array, player, envelope) per sounding note
+# A note's request id is 10 * pitch + voice (241..848): the voice routes its /render/done, and a render that comes
+# late, after the voice went to another note, is told apart by its pitch. Other ids are not notes.
+NOTE_ID = "10 * $3 + $2"  # of the list "velocity voice pitch", in [expr]'s syntax ($f in Pd, $i in Max)
+VOICE_OF_ID = "($1 >= 240 && $1 < 850) * ($1 % 10)"  # the voice of a note's id (1-8); 0 or 9: not a note
 MAX_ROUTES = (  # what the Max patch listens to, in its [route]'s outlet order
     "/pong", "/status", "/error", "/render/done", "/image/done", "/codemap", "/model/info", "/pitch",
     "/instrument", "/temperature", "/top_p", "/guidance", "/harmonic", "/level", "/gain", "/velocity/curve",
@@ -196,14 +194,21 @@ def max_voice() -> MaxPatch:
     p.connect(setting, 0, player)
     route = c("newobj", 20, 20, "route on play release")
     p.connect(c("newobj", 20, -10, "in 1"), 0, route)
+    expected = c("newobj", 200, 110, "== 0")  # right inlet: the id of the note this voice holds, 0 once released
+    p.connect(route, 0, expected, 1)
     gate = c("newobj", 200, 170, "i")
-    one = c("message", 200, 50, "1")
-    p.connect(route, 0, one)
-    p.connect(one, 0, gate, 1)
+    p.connect(expected, 0, gate, 1)
+    render = c("newobj", 20, 50, "t l l")  # "ID PATH": is it ours (right, first), then load it (left)
+    p.connect(route, 1, render)
+    its_id = c("newobj", 200, 80, "zl slice 1")
+    p.connect(render, 1, its_id)
+    p.connect(its_id, 0, expected)
+    its_path = c("newobj", 20, 80, "zl slice 1")
+    p.connect(render, 0, its_path)
     replace = c("newobj", 20, 110, "prepend replace")
-    p.connect(route, 1, replace)
+    p.connect(its_path, 1, replace)
     p.connect(replace, 0, buf)
-    p.connect(buf, 1, gate)  # read: the key still down?
+    p.connect(buf, 1, gate)  # read: our note, its key still down?
     down = c("newobj", 200, 200, "sel 1")
     p.connect(gate, 0, down)
     start = c("newobj", 200, 230, "t b b")
@@ -230,7 +235,7 @@ def max_voice() -> MaxPatch:
     p.connect(route, 2, off)
     zero = c("message", 340, 140, "0")
     p.connect(off, 1, zero)
-    p.connect(zero, 0, gate, 1)
+    p.connect(zero, 0, expected, 1)
     p.connect(off, 0, release_ms)
     fade = c("message", 400, 230, "0 $1")
     p.connect(release_ms, 0, fade)
@@ -463,24 +468,45 @@ def max_patch() -> MaxPatch:
     release = c("message", 1000, 210, "target $1, release")
     p.connect(released, 0, release)
     p.connect(release, 0, voices)
-    struck = c("newobj", 1150, 160, "t l l")
-    p.connect(on_off, 1, struck)
-    opened = c("message", 1250, 190, "target $2, on")
+    on = c("newobj", 1150, 160, "t l l")  # "velocity voice pitch": its id (right, first), then the note
+    p.connect(on_off, 1, on)
+    note_id = c("newobj", 1250, 160, "expr " + NOTE_ID.replace("$", "$i"))
+    with_id = c("newobj", 1150, 190, "pack 0 0 0 0")
+    p.connect(on, 1, note_id)
+    p.connect(note_id, 0, with_id, 3)
+    p.connect(on, 0, with_id)  # a list into the left inlet fills the inlets in turn, then sends
+    struck = c("newobj", 1150, 220, "t l l")  # "velocity voice pitch id"
+    p.connect(with_id, 0, struck)
+    opened = c("message", 1250, 250, "target $2, on $4")
     p.connect(struck, 1, opened)
     p.connect(opened, 0, voices)
-    asked = c("message", 1150, 190, "$3 $1 $2")  # /note pitch velocity voice
+    asked = c("message", 1150, 250, "$3 $1 $4")  # /note pitch velocity id
     p.connect(struck, 0, asked)
     p.connect(asked, 0, note_send)
     dac = c("ezdac~", 760, 820, w=45, h=45, show=(690, 570, 45, 45))
     p.connect(voices, 0, dac)
     p.connect(voices, 0, dac, 1)
+    # /render/done id path frames rate seconds level → "voice id path ...": the voice from the id (0: not a note)
+    which = c("newobj", 760, 580, "t l l")
+    tagged = c("newobj", 760, 610, "zl join")
+    p.connect(which, 1, tagged, 1)
+    first = c("newobj", 840, 580, "zl slice 1")
+    p.connect(which, 0, first)
+    voice_of = c("newobj", 840, 610, "expr " + VOICE_OF_ID.replace("$", "$i"))
+    p.connect(first, 0, voice_of)
+    p.connect(voice_of, 0, tagged)
+    p.connect(route, out["/render/done"], which)
     by_voice = c("newobj", 760, 640, "route " + " ".join(str(v) for v in range(1, VOICES + 1)), w=300)
-    p.connect(route, out["/render/done"], by_voice)  # /render/done id path frames rate seconds level
+    p.connect(tagged, 0, by_voice)
     for v in range(1, VOICES + 1):
-        play = c("message", 760 + 60 * (v - 1), 670, f"target {v}, play $1")
+        play = c("message", 760 + 70 * (v - 1), 670, f"target {v}, play $1 $2")
         p.connect(by_voice, v - 1, play)
         p.connect(play, 0, voices)
-    p.connect(_second_item(p, by_voice, VOICES, 760, 680), 0, buffer_replace)
+    not_note = c("newobj", 760, 700, "zl slice 2")  # "0 id path ...": the path is the third item
+    p.connect(by_voice, VOICES, not_note)
+    path = c("newobj", 860, 700, "zl slice 1")
+    p.connect(not_note, 1, path)
+    p.connect(path, 0, buffer_replace)
     p.connect(by_voice, VOICES, gate, 1)  # pictures follow renders of the sound, not of notes
     buf = c("newobj", 760, 730, "buffer~ inpaint-osc")
     p.connect(buffer_replace, 0, buf)
@@ -592,25 +618,33 @@ class PdPatch:
 
 def pd_voice() -> PdPatch:
     """inpaint-osc-voice.pd, one instance per voice of [clone -s 1 inpaint-osc-voice 8] ($1 = the voice number).
-    Messages: `on` (a note-on took this voice), `play PATH` (its render: loaded into the voice's own array and
-    played if the key is still down), `release` (note-off: fade out over /release)."""
+    Messages: `on ID` (a note-on took this voice; ID is its request id), `play ID PATH` (a render: loaded into
+    the voice's own array, and played if ID is the note it holds and its key is still down), `release` (note-off:
+    fade out over /release)."""
     p = PdPatch()
     p.lines[0] = "#N canvas 0 50 700 420 12;"
     route = p.chain(p.obj(20, 20, "inlet"), p.obj(20, 50, "route on play release"))
+    expected = p.obj(420, 80, "==")  # right inlet: the id of the note this voice holds, 0 once released
+    p.connect(route, 0, expected, 1)
     gate = p.obj(420, 110, "f")
-    p.connect(route, 0, p.msg(420, 80, "1"))
-    p.connect(p.count - 1, 0, gate, 1)
+    p.connect(expected, 0, gate, 1)
+    render = p.obj(120, 50, "t l l")  # "ID PATH": is it ours (right, first), then load it (left)
+    p.connect(route, 1, render)
+    p.connect(render, 1, p.obj(300, 50, "list split 1"))
+    p.connect(p.count - 1, 0, expected)
+    path = p.obj(120, 80, "list split 1")
+    p.connect(render, 0, path)
     load = p.chain(
-        p.obj(120, 80, "list"),
-        p.obj(120, 105, "list append $0-voice"),
-        p.obj(120, 130, "list prepend read -resize"),
-        p.obj(120, 155, "list trim"),
-        p.obj(120, 180, "soundfiler"),
+        p.obj(120, 105, "list"),
+        p.obj(120, 130, "list append $0-voice"),
+        p.obj(120, 155, "list prepend read -resize"),
+        p.obj(120, 180, "list trim"),
+        p.obj(120, 205, "soundfiler"),
     )
-    p.connect(route, 1, load - 4)
+    p.connect(path, 1, load - 4)
     p.obj(460, 20, "array define $0-voice")
     log = p.obj(20, 380, "print inpaint-osc")
-    loaded = p.obj(20, 210, "t f b")
+    loaded = p.obj(20, 235, "t f b")
     p.connect(load, 0, loaded)
     p.chain(loaded, p.obj(20, 330, "list prepend voice $1 loaded"), p.obj(20, 355, "list trim"), log)
     start = p.chain(gate, p.obj(420, 140, "sel 1"), p.obj(420, 165, "t b b b"))
@@ -628,14 +662,14 @@ def pd_voice() -> PdPatch:
     p.connect(amp, 0, p.obj(300, 300, "outlet~"))
     p.connect(player, 1, clock, 1)
     p.chain(clock, p.obj(180, 330, "list prepend voice $1 played"), p.obj(180, 355, "list trim"), log)
-    # note-off: the gate closes (a render still on its way stays silent) and the voice fades over /release
+    # note-off: no render plays any more (one still on its way stays silent); the voice fades over /release
     release_ms = p.obj(560, 140, "f 150")
     p.chain(p.obj(560, 80, "r inpaint-osc-release"), p.obj(560, 110, "* 1000"))
     p.connect(p.count - 1, 0, release_ms, 1)
     off = p.obj(560, 50, "t b b")
     p.connect(route, 2, off)
     p.connect(off, 1, p.msg(620, 80, "0"))
-    p.connect(p.count - 1, 0, gate, 1)
+    p.connect(p.count - 1, 0, expected, 1)
     p.connect(off, 0, release_ms)
     p.connect(release_ms, 0, p.msg(560, 170, "0 $1"))
     p.connect(p.count - 1, 0, envelope)
@@ -830,35 +864,49 @@ def pd_patch() -> PdPatch:
     p.connect(p.count - 1, 0, note_fmt)
     p.connect(off, 0, p.msg(900, 240, "$1 release"))
     p.connect(p.count - 1, 0, voices)
-    on = p.obj(1050, 215, "t l l")
+    on = p.obj(1050, 215, "t l l")  # "velocity voice pitch": its id (right, first), then the note
     p.connect(on_off, 1, on)
-    p.connect(on, 1, p.msg(1120, 240, "$2 on"))
+    with_id = p.obj(1050, 240, "list append")
+    note_id = p.obj(1150, 215, "expr " + NOTE_ID.replace("$", "$f"))
+    p.connect(on, 1, note_id)
+    p.connect(note_id, 0, with_id, 1)
+    p.connect(on, 0, with_id)
+    struck = p.obj(1050, 265, "t l l")  # "velocity voice pitch id"
+    p.connect(with_id, 0, struck)
+    p.connect(struck, 1, p.msg(1150, 290, "$2 on $4"))
     p.connect(p.count - 1, 0, voices)
-    p.connect(on, 0, p.msg(1050, 240, "$3 $1 $2"))  # /note pitch velocity voice
+    p.connect(struck, 0, p.msg(1050, 290, "$3 $1 $4"))  # /note pitch velocity id
     p.connect(p.count - 1, 0, note_fmt)
     dac = p.obj(900, 350, "dac~")
     p.connect(voices, 0, dac)
     p.connect(voices, 0, dac, 1)
 
-    # Audio: /render/done with a voice's id (1-8) goes to that voice; any other render is loaded into the
-    # array inpaint-osc, played by tabplay~ (loop on/off).
+    # Audio: /render/done of a note goes to its voice (the voice number is in its id); any other render is
+    # loaded into the array inpaint-osc, played by tabplay~ (loop on/off).
     done_route = p.obj(620, 790, "route done")
     p.connect(route, 3, done_route)
-    by_voice = p.obj(620, 815, "route " + " ".join(str(v) for v in range(1, VOICES + 1)))
-    p.connect(done_route, 0, by_voice)
+    id_path = p.obj(620, 815, "list split 2")  # "id path"
+    p.connect(done_route, 0, id_path)
+    which = p.obj(620, 840, "t l l")  # the voice (right, first), then "voice id path"
+    p.connect(id_path, 0, which)
+    voice_of = p.chain(p.obj(760, 840, "list split 1"), p.obj(760, 865, "expr " + VOICE_OF_ID.replace("$", "$f")))
+    p.connect(which, 1, voice_of - 1)
+    tagged = p.obj(620, 865, "list prepend")
+    p.connect(voice_of, 0, tagged, 1)
+    p.connect(which, 0, tagged)
+    by_voice = p.obj(620, 890, "route " + " ".join(str(v) for v in range(1, VOICES + 1)))
+    p.connect(tagged, 0, by_voice)
     for v in range(1, VOICES + 1):
-        path = p.obj(620 + 60 * (v - 1), 840, "list split 1")
-        p.connect(by_voice, v - 1, path)
-        p.connect(path, 0, p.msg(620 + 60 * (v - 1), 865, f"{v} play $1"))
+        p.connect(by_voice, v - 1, p.msg(620 + 70 * (v - 1), 915, f"{v} play $1 $2"))
         p.connect(p.count - 1, 0, voices)
-    fields = p.obj(620, 895, "unpack f s f f f f")
+    fields = p.obj(620, 940, "unpack f f s")  # not a note: "0 id path"
     p.connect(by_voice, VOICES, fields)
-    read = p.msg(620, 920, "read -resize $1 inpaint-osc")
-    p.connect(fields, 1, read)
-    path = p.obj(760, 920, "list prepend file")
-    p.connect(fields, 1, path)
+    read = p.msg(620, 965, "read -resize $1 inpaint-osc")
+    p.connect(fields, 2, read)
+    path = p.obj(760, 965, "list prepend file")
+    p.connect(fields, 2, path)
     p.connect(path, 0, log)
-    soundfiler = p.obj(620, 945, "soundfiler")
+    soundfiler = p.obj(620, 990, "soundfiler")
     p.connect(read, 0, soundfiler)
     loaded = p.obj(900, 945, "list prepend loaded")
     p.connect(soundfiler, 0, loaded)

@@ -184,6 +184,24 @@
      ],
      "patching_rect": [
       200,
+      110,
+      40.0,
+      22
+     ],
+     "text": "== 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-10",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      "int"
+     ],
+     "patching_rect": [
+      200,
       170,
       40.0,
       22
@@ -193,25 +211,64 @@
    },
    {
     "box": {
-     "id": "obj-10",
-     "maxclass": "message",
-     "numinlets": 2,
-     "numoutlets": 1,
+     "id": "obj-11",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
      "outlettype": [
+      "",
       ""
      ],
      "patching_rect": [
-      200,
+      20,
       50,
-      40.0,
+      47.0,
       22
      ],
-     "text": "1"
+     "text": "t l l"
     }
    },
    {
     "box": {
-     "id": "obj-11",
+     "id": "obj-12",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      200,
+      80,
+      82.0,
+      22
+     ],
+     "text": "zl slice 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-13",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      20,
+      80,
+      82.0,
+      22
+     ],
+     "text": "zl slice 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-14",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -229,7 +286,7 @@
    },
    {
     "box": {
-     "id": "obj-12",
+     "id": "obj-15",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -248,7 +305,7 @@
    },
    {
     "box": {
-     "id": "obj-13",
+     "id": "obj-16",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -267,7 +324,7 @@
    },
    {
     "box": {
-     "id": "obj-14",
+     "id": "obj-17",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -285,7 +342,7 @@
    },
    {
     "box": {
-     "id": "obj-15",
+     "id": "obj-18",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -304,7 +361,7 @@
    },
    {
     "box": {
-     "id": "obj-16",
+     "id": "obj-19",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -322,7 +379,7 @@
    },
    {
     "box": {
-     "id": "obj-17",
+     "id": "obj-20",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -340,7 +397,7 @@
    },
    {
     "box": {
-     "id": "obj-18",
+     "id": "obj-21",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -358,7 +415,7 @@
    },
    {
     "box": {
-     "id": "obj-19",
+     "id": "obj-22",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 0,
@@ -374,7 +431,7 @@
    },
    {
     "box": {
-     "id": "obj-20",
+     "id": "obj-23",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -392,7 +449,7 @@
    },
    {
     "box": {
-     "id": "obj-21",
+     "id": "obj-24",
      "maxclass": "newobj",
      "numinlets": 0,
      "numoutlets": 1,
@@ -410,7 +467,7 @@
    },
    {
     "box": {
-     "id": "obj-22",
+     "id": "obj-25",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -428,7 +485,7 @@
    },
    {
     "box": {
-     "id": "obj-23",
+     "id": "obj-26",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -447,7 +504,7 @@
    },
    {
     "box": {
-     "id": "obj-24",
+     "id": "obj-27",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -465,7 +522,7 @@
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-28",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -562,19 +619,19 @@
       0
      ],
      "destination": [
-      "obj-10",
-      0
+      "obj-9",
+      1
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-10",
+      "obj-9",
       0
      ],
      "destination": [
-      "obj-9",
+      "obj-10",
       1
      ]
     }
@@ -595,22 +652,10 @@
     "patchline": {
      "source": [
       "obj-11",
-      0
-     ],
-     "destination": [
-      "obj-5",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-5",
       1
      ],
      "destination": [
-      "obj-9",
+      "obj-12",
       0
      ]
     }
@@ -618,11 +663,11 @@
    {
     "patchline": {
      "source": [
-      "obj-9",
+      "obj-12",
       0
      ],
      "destination": [
-      "obj-12",
+      "obj-9",
       0
      ]
     }
@@ -630,7 +675,7 @@
    {
     "patchline": {
      "source": [
-      "obj-12",
+      "obj-11",
       0
      ],
      "destination": [
@@ -655,6 +700,30 @@
     "patchline": {
      "source": [
       "obj-14",
+      0
+     ],
+     "destination": [
+      "obj-5",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-5",
+      1
+     ],
+     "destination": [
+      "obj-10",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-10",
       0
      ],
      "destination": [
@@ -666,7 +735,7 @@
    {
     "patchline": {
      "source": [
-      "obj-13",
+      "obj-15",
       0
      ],
      "destination": [
@@ -679,10 +748,10 @@
     "patchline": {
      "source": [
       "obj-16",
-      0
+      1
      ],
      "destination": [
-      "obj-6",
+      "obj-17",
       0
      ]
     }
@@ -694,18 +763,6 @@
       0
      ],
      "destination": [
-      "obj-6",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-6",
-      0
-     ],
-     "destination": [
       "obj-18",
       0
      ]
@@ -714,24 +771,60 @@
    {
     "patchline": {
      "source": [
-      "obj-15",
-      0
-     ],
-     "destination": [
-      "obj-18",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-18",
+      "obj-16",
       0
      ],
      "destination": [
       "obj-19",
       0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-19",
+      0
+     ],
+     "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-20",
+      0
+     ],
+     "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-6",
+      0
+     ],
+     "destination": [
+      "obj-21",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-18",
+      0
+     ],
+     "destination": [
+      "obj-21",
+      1
      ]
     }
    },
@@ -750,11 +843,23 @@
    {
     "patchline": {
      "source": [
-      "obj-22",
+      "obj-24",
       0
      ],
      "destination": [
-      "obj-20",
+      "obj-25",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-25",
+      0
+     ],
+     "destination": [
+      "obj-23",
       1
      ]
     }
@@ -766,7 +871,7 @@
       2
      ],
      "destination": [
-      "obj-23",
+      "obj-26",
       0
      ]
     }
@@ -774,11 +879,11 @@
    {
     "patchline": {
      "source": [
-      "obj-23",
+      "obj-26",
       1
      ],
      "destination": [
-      "obj-24",
+      "obj-27",
       0
      ]
     }
@@ -786,7 +891,7 @@
    {
     "patchline": {
      "source": [
-      "obj-24",
+      "obj-27",
       0
      ],
      "destination": [
@@ -798,11 +903,23 @@
    {
     "patchline": {
      "source": [
+      "obj-26",
+      0
+     ],
+     "destination": [
+      "obj-23",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-23",
       0
      ],
      "destination": [
-      "obj-20",
+      "obj-28",
       0
      ]
     }
@@ -810,23 +927,11 @@
    {
     "patchline": {
      "source": [
-      "obj-20",
+      "obj-28",
       0
      ],
      "destination": [
-      "obj-25",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-25",
-      0
-     ],
-     "destination": [
-      "obj-15",
+      "obj-18",
       0
      ]
     }

@@ -3087,6 +3087,61 @@
    {
     "box": {
      "id": "obj-144",
+     "maxclass": "newobj",
+     "numinlets": 3,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1250,
+      160,
+      145.0,
+      22
+     ],
+     "text": "expr 10 * $i3 + $i2"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-145",
+     "maxclass": "newobj",
+     "numinlets": 4,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1150,
+      190,
+      96.0,
+      22
+     ],
+     "text": "pack 0 0 0 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-146",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      1150,
+      220,
+      47.0,
+      22
+     ],
+     "text": "t l l"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-147",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3095,16 +3150,16 @@
      ],
      "patching_rect": [
       1250,
-      190,
-      103.0,
+      250,
+      124.0,
       22
      ],
-     "text": "target $2, on"
+     "text": "target $2, on $4"
     }
    },
    {
     "box": {
-     "id": "obj-145",
+     "id": "obj-148",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3113,16 +3168,16 @@
      ],
      "patching_rect": [
       1150,
-      190,
+      250,
       68.0,
       22
      ],
-     "text": "$3 $1 $2"
+     "text": "$3 $1 $4"
     }
    },
    {
     "box": {
-     "id": "obj-146",
+     "id": "obj-149",
      "maxclass": "ezdac~",
      "numinlets": 2,
      "numoutlets": 0,
@@ -3145,7 +3200,82 @@
    },
    {
     "box": {
-     "id": "obj-147",
+     "id": "obj-150",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      760,
+      580,
+      47.0,
+      22
+     ],
+     "text": "t l l"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-151",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      760,
+      610,
+      61.0,
+      22
+     ],
+     "text": "zl join"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-152",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      840,
+      580,
+      82.0,
+      22
+     ],
+     "text": "zl slice 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-153",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      840,
+      610,
+      313.0,
+      22
+     ],
+     "text": "expr ($i1 >= 240 && $i1 < 850) * ($i1 % 10)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-154",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 9,
@@ -3171,7 +3301,7 @@
    },
    {
     "box": {
-     "id": "obj-148",
+     "id": "obj-155",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3181,15 +3311,15 @@
      "patching_rect": [
       760,
       670,
-      131.0,
+      152.0,
       22
      ],
-     "text": "target 1, play $1"
+     "text": "target 1, play $1 $2"
     }
    },
    {
     "box": {
-     "id": "obj-149",
+     "id": "obj-156",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3197,17 +3327,17 @@
       ""
      ],
      "patching_rect": [
-      820,
+      830,
       670,
-      131.0,
+      152.0,
       22
      ],
-     "text": "target 2, play $1"
+     "text": "target 2, play $1 $2"
     }
    },
    {
     "box": {
-     "id": "obj-150",
+     "id": "obj-157",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3215,17 +3345,17 @@
       ""
      ],
      "patching_rect": [
-      880,
+      900,
       670,
-      131.0,
+      152.0,
       22
      ],
-     "text": "target 3, play $1"
+     "text": "target 3, play $1 $2"
     }
    },
    {
     "box": {
-     "id": "obj-151",
+     "id": "obj-158",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3233,17 +3363,17 @@
       ""
      ],
      "patching_rect": [
-      940,
+      970,
       670,
-      131.0,
+      152.0,
       22
      ],
-     "text": "target 4, play $1"
+     "text": "target 4, play $1 $2"
     }
    },
    {
     "box": {
-     "id": "obj-152",
+     "id": "obj-159",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3251,17 +3381,17 @@
       ""
      ],
      "patching_rect": [
-      1000,
+      1040,
       670,
-      131.0,
+      152.0,
       22
      ],
-     "text": "target 5, play $1"
+     "text": "target 5, play $1 $2"
     }
    },
    {
     "box": {
-     "id": "obj-153",
+     "id": "obj-160",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3269,35 +3399,17 @@
       ""
      ],
      "patching_rect": [
-      1060,
+      1110,
       670,
-      131.0,
+      152.0,
       22
      ],
-     "text": "target 6, play $1"
+     "text": "target 6, play $1 $2"
     }
    },
    {
     "box": {
-     "id": "obj-154",
-     "maxclass": "message",
-     "numinlets": 2,
-     "numoutlets": 1,
-     "outlettype": [
-      ""
-     ],
-     "patching_rect": [
-      1120,
-      670,
-      131.0,
-      22
-     ],
-     "text": "target 7, play $1"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-155",
+     "id": "obj-161",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3307,15 +3419,33 @@
      "patching_rect": [
       1180,
       670,
-      131.0,
+      152.0,
       22
      ],
-     "text": "target 8, play $1"
+     "text": "target 7, play $1 $2"
     }
    },
    {
     "box": {
-     "id": "obj-156",
+     "id": "obj-162",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1250,
+      670,
+      152.0,
+      22
+     ],
+     "text": "target 8, play $1 $2"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-163",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3325,16 +3455,16 @@
      ],
      "patching_rect": [
       760,
-      680,
+      700,
       82.0,
       22
      ],
-     "text": "zl slice 1"
+     "text": "zl slice 2"
     }
    },
    {
     "box": {
-     "id": "obj-157",
+     "id": "obj-164",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3343,8 +3473,8 @@
       ""
      ],
      "patching_rect": [
-      850,
-      680,
+      860,
+      700,
       82.0,
       22
      ],
@@ -3353,7 +3483,7 @@
    },
    {
     "box": {
-     "id": "obj-158",
+     "id": "obj-165",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3372,7 +3502,7 @@
    },
    {
     "box": {
-     "id": "obj-159",
+     "id": "obj-166",
      "maxclass": "waveform~",
      "numinlets": 5,
      "numoutlets": 6,
@@ -3403,7 +3533,7 @@
    },
    {
     "box": {
-     "id": "obj-160",
+     "id": "obj-167",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 2,
@@ -3422,7 +3552,7 @@
    },
    {
     "box": {
-     "id": "obj-161",
+     "id": "obj-168",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3447,7 +3577,7 @@
    },
    {
     "box": {
-     "id": "obj-162",
+     "id": "obj-169",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3472,7 +3602,7 @@
    },
    {
     "box": {
-     "id": "obj-163",
+     "id": "obj-170",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3490,7 +3620,7 @@
    },
    {
     "box": {
-     "id": "obj-164",
+     "id": "obj-171",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3508,7 +3638,7 @@
    },
    {
     "box": {
-     "id": "obj-165",
+     "id": "obj-172",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -3531,7 +3661,7 @@
    },
    {
     "box": {
-     "id": "obj-166",
+     "id": "obj-173",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3557,7 +3687,7 @@
    },
    {
     "box": {
-     "id": "obj-167",
+     "id": "obj-174",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3576,7 +3706,7 @@
    },
    {
     "box": {
-     "id": "obj-168",
+     "id": "obj-175",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3594,7 +3724,7 @@
    },
    {
     "box": {
-     "id": "obj-169",
+     "id": "obj-176",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -3617,7 +3747,7 @@
    },
    {
     "box": {
-     "id": "obj-170",
+     "id": "obj-177",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3636,7 +3766,7 @@
    },
    {
     "box": {
-     "id": "obj-171",
+     "id": "obj-178",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3654,7 +3784,7 @@
    },
    {
     "box": {
-     "id": "obj-172",
+     "id": "obj-179",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3672,7 +3802,7 @@
    },
    {
     "box": {
-     "id": "obj-173",
+     "id": "obj-180",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -3692,7 +3822,7 @@
    },
    {
     "box": {
-     "id": "obj-174",
+     "id": "obj-181",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3710,7 +3840,7 @@
    },
    {
     "box": {
-     "id": "obj-175",
+     "id": "obj-182",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3728,7 +3858,7 @@
    },
    {
     "box": {
-     "id": "obj-176",
+     "id": "obj-183",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3746,7 +3876,7 @@
    },
    {
     "box": {
-     "id": "obj-177",
+     "id": "obj-184",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -5528,8 +5658,8 @@
       0
      ],
      "destination": [
-      "obj-138",
-      0
+      "obj-145",
+      3
      ]
     }
    },
@@ -5552,6 +5682,54 @@
       0
      ],
      "destination": [
+      "obj-146",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-146",
+      1
+     ],
+     "destination": [
+      "obj-147",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      0
+     ],
+     "destination": [
+      "obj-138",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-146",
+      0
+     ],
+     "destination": [
+      "obj-148",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-148",
+      0
+     ],
+     "destination": [
       "obj-139",
       0
      ]
@@ -5564,7 +5742,7 @@
       0
      ],
      "destination": [
-      "obj-146",
+      "obj-149",
       0
      ]
     }
@@ -5576,8 +5754,56 @@
       0
      ],
      "destination": [
-      "obj-146",
+      "obj-149",
       1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-150",
+      1
+     ],
+     "destination": [
+      "obj-151",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-150",
+      0
+     ],
+     "destination": [
+      "obj-152",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-152",
+      0
+     ],
+     "destination": [
+      "obj-153",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-153",
+      0
+     ],
+     "destination": [
+      "obj-151",
+      0
      ]
     }
    },
@@ -5588,7 +5814,7 @@
       3
      ],
      "destination": [
-      "obj-147",
+      "obj-150",
       0
      ]
     }
@@ -5596,11 +5822,11 @@
    {
     "patchline": {
      "source": [
-      "obj-147",
+      "obj-151",
       0
      ],
      "destination": [
-      "obj-148",
+      "obj-154",
       0
      ]
     }
@@ -5608,7 +5834,19 @@
    {
     "patchline": {
      "source": [
-      "obj-148",
+      "obj-154",
+      0
+     ],
+     "destination": [
+      "obj-155",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-155",
       0
      ],
      "destination": [
@@ -5620,11 +5858,11 @@
    {
     "patchline": {
      "source": [
-      "obj-147",
+      "obj-154",
       1
      ],
      "destination": [
-      "obj-149",
+      "obj-156",
       0
      ]
     }
@@ -5632,7 +5870,7 @@
    {
     "patchline": {
      "source": [
-      "obj-149",
+      "obj-156",
       0
      ],
      "destination": [
@@ -5644,11 +5882,11 @@
    {
     "patchline": {
      "source": [
-      "obj-147",
+      "obj-154",
       2
      ],
      "destination": [
-      "obj-150",
+      "obj-157",
       0
      ]
     }
@@ -5656,7 +5894,7 @@
    {
     "patchline": {
      "source": [
-      "obj-150",
+      "obj-157",
       0
      ],
      "destination": [
@@ -5668,11 +5906,11 @@
    {
     "patchline": {
      "source": [
-      "obj-147",
+      "obj-154",
       3
      ],
      "destination": [
-      "obj-151",
+      "obj-158",
       0
      ]
     }
@@ -5680,7 +5918,7 @@
    {
     "patchline": {
      "source": [
-      "obj-151",
+      "obj-158",
       0
      ],
      "destination": [
@@ -5692,11 +5930,11 @@
    {
     "patchline": {
      "source": [
-      "obj-147",
+      "obj-154",
       4
      ],
      "destination": [
-      "obj-152",
+      "obj-159",
       0
      ]
     }
@@ -5704,7 +5942,7 @@
    {
     "patchline": {
      "source": [
-      "obj-152",
+      "obj-159",
       0
      ],
      "destination": [
@@ -5716,11 +5954,11 @@
    {
     "patchline": {
      "source": [
-      "obj-147",
+      "obj-154",
       5
      ],
      "destination": [
-      "obj-153",
+      "obj-160",
       0
      ]
     }
@@ -5728,7 +5966,7 @@
    {
     "patchline": {
      "source": [
-      "obj-153",
+      "obj-160",
       0
      ],
      "destination": [
@@ -5740,11 +5978,11 @@
    {
     "patchline": {
      "source": [
-      "obj-147",
+      "obj-154",
       6
      ],
      "destination": [
-      "obj-154",
+      "obj-161",
       0
      ]
     }
@@ -5752,7 +5990,7 @@
    {
     "patchline": {
      "source": [
-      "obj-154",
+      "obj-161",
       0
      ],
      "destination": [
@@ -5764,11 +6002,11 @@
    {
     "patchline": {
      "source": [
-      "obj-147",
+      "obj-154",
       7
      ],
      "destination": [
-      "obj-155",
+      "obj-162",
       0
      ]
     }
@@ -5776,7 +6014,7 @@
    {
     "patchline": {
      "source": [
-      "obj-155",
+      "obj-162",
       0
      ],
      "destination": [
@@ -5788,11 +6026,11 @@
    {
     "patchline": {
      "source": [
-      "obj-147",
+      "obj-154",
       8
      ],
      "destination": [
-      "obj-156",
+      "obj-163",
       0
      ]
     }
@@ -5800,11 +6038,11 @@
    {
     "patchline": {
      "source": [
-      "obj-156",
+      "obj-163",
       1
      ],
      "destination": [
-      "obj-157",
+      "obj-164",
       0
      ]
     }
@@ -5812,7 +6050,7 @@
    {
     "patchline": {
      "source": [
-      "obj-157",
+      "obj-164",
       0
      ],
      "destination": [
@@ -5824,7 +6062,7 @@
    {
     "patchline": {
      "source": [
-      "obj-147",
+      "obj-154",
       8
      ],
      "destination": [
@@ -5840,103 +6078,7 @@
       0
      ],
      "destination": [
-      "obj-158",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-161",
-      0
-     ],
-     "destination": [
-      "obj-160",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-162",
-      0
-     ],
-     "destination": [
-      "obj-163",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-163",
-      0
-     ],
-     "destination": [
-      "obj-160",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-164",
-      0
-     ],
-     "destination": [
-      "obj-160",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-160",
-      0
-     ],
-     "destination": [
-      "obj-146",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-160",
-      0
-     ],
-     "destination": [
-      "obj-146",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-166",
-      0
-     ],
-     "destination": [
-      "obj-167",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-167",
-      0
-     ],
-     "destination": [
-      "obj-168",
+      "obj-165",
       0
      ]
     }
@@ -5948,7 +6090,19 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-167",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-169",
+      0
+     ],
+     "destination": [
+      "obj-170",
       0
      ]
     }
@@ -5960,7 +6114,7 @@
       0
      ],
      "destination": [
-      "obj-171",
+      "obj-167",
       0
      ]
     }
@@ -5972,7 +6126,7 @@
       0
      ],
      "destination": [
-      "obj-172",
+      "obj-167",
       0
      ]
     }
@@ -5980,7 +6134,55 @@
    {
     "patchline": {
      "source": [
-      "obj-172",
+      "obj-167",
+      0
+     ],
+     "destination": [
+      "obj-149",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-167",
+      0
+     ],
+     "destination": [
+      "obj-149",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-173",
+      0
+     ],
+     "destination": [
+      "obj-174",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      0
+     ],
+     "destination": [
+      "obj-175",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-175",
       0
      ],
      "destination": [
@@ -5992,11 +6194,47 @@
    {
     "patchline": {
      "source": [
-      "obj-173",
+      "obj-177",
+      0
+     ],
+     "destination": [
+      "obj-178",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-178",
+      0
+     ],
+     "destination": [
+      "obj-179",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-179",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-180",
       1
      ],
      "destination": [
-      "obj-174",
+      "obj-181",
       1
      ]
     }
@@ -6004,11 +6242,11 @@
    {
     "patchline": {
      "source": [
-      "obj-173",
+      "obj-180",
       0
      ],
      "destination": [
-      "obj-174",
+      "obj-181",
       0
      ]
     }
@@ -6016,11 +6254,11 @@
    {
     "patchline": {
      "source": [
-      "obj-174",
+      "obj-181",
       0
      ],
      "destination": [
-      "obj-175",
+      "obj-182",
       0
      ]
     }
@@ -6028,11 +6266,11 @@
    {
     "patchline": {
      "source": [
-      "obj-175",
+      "obj-182",
       0
      ],
      "destination": [
-      "obj-176",
+      "obj-183",
       0
      ]
     }
@@ -6040,7 +6278,7 @@
    {
     "patchline": {
      "source": [
-      "obj-176",
+      "obj-183",
       0
      ],
      "destination": [

@@ -34,14 +34,24 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "inpaint-osc needs Python 3.10+" >&2; exit 1; }
   "$PYTHON" -m venv "$VENV"
 fi
-# Reinstall only when pyproject.toml or the extras changed; everything installed covers the runtime alone too.
+# Reinstall only when pyproject.toml changed or extras are asked for that no install of it covered.
 # torch is pinned there (an unpinned torch pulls GBs of CUDA).
 hash="$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
-stamp="$VENV/.stamp-$hash-$EXTRAS"
-if [ ! -f "$stamp" ] && [ ! -f "$VENV/.stamp-$hash-cpu,train,dev" ]; then
+covered() {  # is every extra in $EXTRAS in an install stamped for this pyproject.toml?
+  local stamp extra
+  for stamp in "$VENV"/.stamp-"$hash"-*; do
+    [ -f "$stamp" ] || continue
+    for extra in ${EXTRAS//,/ }; do
+      [[ ",${stamp##*-}," == *",$extra,"* ]] || continue 2
+    done
+    return 0
+  done
+  return 1
+}
+if ! covered; then
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2 || true
   "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]" >&2
-  rm -f "$VENV"/.stamp-*
-  touch "$stamp"
+  for old in "$VENV"/.stamp-*; do [[ "$old" == *"/.stamp-$hash-"* ]] || rm -f "$old"; done
+  touch "$VENV/.stamp-$hash-$EXTRAS"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -139,7 +139,8 @@ def cmd_send(args: argparse.Namespace) -> dict:
     except TimeoutError:
         raise OSError(f"no server at {args.host}:{args.port} (is `inpaint-osc serve` running?)") from None
     client.send(args.address, *values)
-    starts_work = args.address in protocol.BY_PATH and protocol.BY_PATH[args.address].request_id
+    note_off = args.address == "/note" and len(values) >= 2 and values[1] == 0
+    starts_work = args.address in protocol.BY_PATH and protocol.BY_PATH[args.address].request_id and not note_off
     final = {"/render/done", "/render/cancelled", "/error", "/image/done"} if starts_work else None
     replies: list[list] = []
     deadline = time.monotonic() + args.timeout
@@ -151,6 +152,8 @@ def cmd_send(args: argparse.Namespace) -> dict:
         replies.append([reply[0], *reply[1]])
         if final and reply[0] in final:
             break
+    if not replies and final:
+        raise OSError(f"{args.address}: no reply within {args.timeout} s (the server answered /pong)")
     if not replies:  # the server answered /pong: it is there, and this message asks for nothing back
         print(f"(sent {args.address}; no reply within {args.wait} s, none expected)", flush=True)
     return {"replies": len(replies)}

@@ -36,8 +36,8 @@ def db(x: float) -> float:
 
 def held_rms_db(audio: np.ndarray, rate: int) -> float:
     """RMS in dBFS of the held part (the first 3 s, or all of a shorter sound)."""
-    held = audio[: max(1, int(HELD_SECONDS * rate))].astype(np.float64)
-    return db(float(np.sqrt(np.mean(held**2)))) if held.size else -200.0
+    held = np.asarray(audio[: max(1, int(HELD_SECONDS * rate))], np.float32)
+    return db(float(np.sqrt(np.dot(held, held) / held.size))) if held.size else -200.0
 
 
 def velocity_db(velocity: int, curve: float) -> float:
@@ -58,10 +58,11 @@ def limit(audio: np.ndarray, rate: int, ceiling_db: float = CEILING_DBFS) -> np.
         return audio
     w = max(1, int(LOOKAHEAD_S * rate))
     need = np.minimum(1.0, ceiling / np.maximum(np.abs(audio), 1e-12))  # (n,)
-    padded = np.pad(need, w, constant_values=1.0)
+    # Padded with the edge values, not with 1: a window that runs past either end still sees the edge's need.
+    padded = np.pad(need, w, mode="edge")
     floor = np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1).min(axis=1)  # (n,)
     half = w // 2
-    smooth = np.convolve(np.pad(floor, (half, w - 1 - half), constant_values=1.0), np.ones(w) / w, mode="valid")
+    smooth = np.convolve(np.pad(floor, (half, w - 1 - half), mode="edge"), np.ones(w) / w, mode="valid")
     return (audio * np.minimum(smooth, need)).astype(np.float32)  # the minimum only guards float rounding
 
 
@@ -72,5 +73,6 @@ def shape(audio: np.ndarray, rate: int, target_db: float, extra_db: float = 0.0)
     if measured < SILENT_DBFS:
         return audio, Level(measured, 0.0, measured, True)
     gain_db = min(target_db - measured, MAX_GAIN_DB) + extra_db
-    out = limit((audio * 10.0 ** (gain_db / 20.0)).astype(np.float32), rate)
-    return out, Level(measured, gain_db, held_rms_db(out, rate), False)
+    raised = (audio * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32)
+    out = limit(raised, rate)
+    return out, Level(measured, gain_db, measured + gain_db if out is raised else held_rms_db(out, rate), False)

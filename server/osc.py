@@ -336,6 +336,9 @@ class InstrumentServer:
     def on_note(self, c: Client, r: Request, t: float) -> None:
         if r.values["velocity"] == 0:  # note-off: nothing to render; the voices playing the pitch fade out
             self.player.release(r.values["pitch"], self.engine.settings.release)
+            for job in self.queue.cancel_notes(c, r.values["pitch"]):  # its note, still waiting: too late now
+                for q in job.requesters:
+                    self.send(q.client, "/render/cancelled", q.request_id, "note-off before its render")
             if r.request_id is not None:
                 self.send(c, "/render/cancelled", r.request_id, "note-off: nothing to render")
             return

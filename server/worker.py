@@ -143,6 +143,17 @@ class JobQueue:
             self.running = self.taken.pop(0) if self.taken else None
             return self.running
 
+    def cancel_notes(self, client: Any, pitch: int) -> list[Job]:
+        """A note-off: the waiting notes of this client's key will not be heard; returns them (to answer)."""
+        with self.cond:
+            gone = [
+                j
+                for j in self.pending
+                if j.kind == "note" and j.params["pitch"] == pitch and all(r.client is client for r in j.requesters)
+            ]
+            self.pending = [j for j in self.pending if j not in gone]
+            return gone
+
     def cancel(self, request_id: int | None) -> tuple[list[Job], bool]:
         """Cancel the jobs with this id (all when None): returns the waiting ones it removed (the caller answers
         them), and whether it flagged a job in the worker's hands (the worker answers those)."""
@@ -275,7 +286,7 @@ class Worker(threading.Thread):
         if to_render:
             try:
                 self._render(to_render, timings)
-            except Exception as exc:  # a full disk or a failing graph: every waiting request hears of it
+            except Exception as exc:  # a failing graph: every waiting request hears of it (delivery answers its own)
                 log.error("render failed:\n%s", traceback.format_exc())
                 for r in to_render:
                     self.replies.send(r.client, "/error", "/render", f"render failed: {type(exc).__name__}: {exc}")
@@ -355,10 +366,15 @@ class Worker(threading.Thread):
         files: dict[int, tuple[np.ndarray, str]] = {}  # rate → (the audio at that rate, its WAV): one per rate
         for r in requesters:
             rate = self._rate(r)
-            if rate not in files:
-                out = resample(shaped, self.model_rate, rate)
-                files[rate] = (out, str(self.out.write_wav(out, rate, r.request_id)))
-                timings["wav"] = timings.get("wav", 0.0) + time.perf_counter() - t0
+            try:
+                if rate not in files:
+                    out = resample(shaped, self.model_rate, rate)
+                    files[rate] = (out, str(self.out.write_wav(out, rate, r.request_id)))
+            except Exception as exc:  # a full disk: this requester hears of it, the others still get theirs
+                log.error("delivery of %d failed:\n%s", r.request_id, traceback.format_exc())
+                self.replies.send(r.client, "/error", "/render", f"render failed: {type(exc).__name__}: {exc}")
+                continue
+            timings["wav"] = time.perf_counter() - t0
             self._done(r, files[rate][1], files[rate][0], rate, lvl, timings)
             t0 = time.perf_counter()
         if self.rate not in files:  # /play and --play use the server's own rate
@@ -447,3 +463,9 @@ class Worker(threading.Thread):
             self.engine.make_note(pitch, preempt)
         except Cancelled:
             self.prefill.insert(0, pitch)
+        except Exception as exc:  # never a retry loop: the fill stops and says why
+            log.error("note cache fill stopped at pitch %d:\n%s", pitch, traceback.format_exc())
+            self.prefill = []
+            self.engine.update_settings(fill=False)
+            self.replies.broadcast("/error", "/note/fill", f"note cache fill stopped: {type(exc).__name__}: {exc}")
+            self.replies.send_settings()

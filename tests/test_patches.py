@@ -222,22 +222,21 @@ def run_pd(pd: str, send: str, until, seconds: float = 60, rate: int = 48_000) -
 
 
 def test_pd_plays_overlapping_notes_on_their_own_voices_at_48k(pd, live):
-    """Pd at 48 kHz: the patch announces its rate, three notes take voices 1-3 ([poly] → [clone]), each loads
-    its own render of 192 000 frames into its own array; the first two play together for 4.0 s of Pd's time
-    (the right speed), and the third, released before its render came, stays silent."""
+    """Pd at 48 kHz: the patch announces its rate, three notes take voices 1-3 ([poly] → [clone]); the first two
+    load their own renders of 192 000 frames into their own arrays and play together for 4.0 s of Pd's time
+    (the right speed); the third, released at once, never sounds (the server drops its waiting note, or the
+    voice keeps a render that comes after its note-off silent)."""
     send = f"inpaint-osc-listen {live.reply_port}; inpaint-osc-connect 127.0.0.1 {live.port}; "
     send += "inpaint-osc-note 60 100; inpaint-osc-note 64 100; inpaint-osc-note 67 100; inpaint-osc-note 67 0"
 
     def played(lines: list[str]) -> bool:
-        return sum("played" in x for x in lines) >= 2 and any(
-            x.startswith("inpaint-osc: voice 3 loaded") for x in lines
-        )
+        return sum("played" in x for x in lines) >= 2  # by then a render of voice 3 would have played too
 
     lines = run_pd(pd, send, played)
     voice = [x.split()[2:] for x in lines if x.startswith("inpaint-osc: voice ")]  # [n, what, value]
     loaded = {int(n): int(float(v)) for n, what, v in voice if what == "loaded"}
     played_ms = {int(n): float(v) for n, what, v in voice if what == "played"}
-    assert loaded == {1: 192_000, 2: 192_000, 3: 192_000}, lines
+    assert {1: 192_000, 2: 192_000}.items() <= loaded.items() and set(loaded) <= {1, 2, 3}, lines
     assert set(played_ms) == {1, 2} and all(abs(ms - 4000) < 30 for ms in played_ms.values()), lines
     first_played = min(i for i, (n, what, _) in enumerate(voice) if what == "played")
     assert max(i for i, (n, what, _) in enumerate(voice) if what == "loaded" and n in "12") < first_played  # overlap

@@ -36,6 +36,17 @@ def test_velocity_follows_the_curve(velocity, curve, db):
     assert level.velocity_db(velocity, curve) == pytest.approx(db, abs=0.01)
 
 
+def test_the_limiter_glides_at_the_edges_too():
+    audio = tone(amplitude=0.5)
+    audio[3], audio[-3] = 3.0, -3.0  # peaks in the first and last samples: the look-ahead runs past the ends
+    out = level.limit(audio, RATE)
+    assert np.abs(out).max() <= 10 ** (level.CEILING_DBFS / 20) + 1e-6
+    for part in (slice(0, 400), slice(-400, None)):
+        a, o = audio[part], out[part]
+        gain = o[np.abs(a) > 0.05] / a[np.abs(a) > 0.05]
+        assert np.abs(np.diff(gain)).max() < 0.2  # no one-sample dip
+
+
 def test_the_limiter_keeps_every_peak_under_the_ceiling_and_leaves_the_rest():
     audio = tone(amplitude=0.5)
     audio[20_000:20_010] = 3.0  # a click 20 dB over the ceiling
