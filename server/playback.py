@@ -8,6 +8,7 @@ machines) the server still runs and `/play` answers `/error` saying why.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,14 @@ class Mixer:
     def __init__(self, rate: int):
         self.rate = rate
         self.voices: list[Voice] = []
+        self.released: dict[int | None, float] = {}  # pitch → time.perf_counter() of its last note-off
         self.lock = threading.Lock()
 
-    def add(self, audio: np.ndarray, pitch: int | None = None, loop: bool = False) -> None:
+    def add(self, audio: np.ndarray, pitch: int | None = None, loop: bool = False, struck: float | None = None) -> None:
+        """A new voice; a note (`struck`: when its note-on arrived) whose key was released since is not played."""
         with self.lock:
+            if struck is not None and self.released.get(pitch, float("-inf")) > struck:
+                return
             for v in self.voices:
                 if v.pitch == pitch:  # the same key struck again, or a new render: the old one gives way
                     self._fade(v, CUT_S)
@@ -50,6 +55,7 @@ class Mixer:
     def release(self, pitch: int | None, seconds: float) -> None:
         """Fade out the voices of `pitch` (every voice when None) over `seconds`."""
         with self.lock:
+            self.released[pitch] = time.perf_counter()
             for v in self.voices:
                 if pitch is None or v.pitch == pitch:
                     self._fade(v, seconds)
@@ -95,12 +101,19 @@ class Player:
             raise PlaybackError(f"no audio output device ({exc})") from None
         return self._sd
 
-    def play(self, audio: np.ndarray, sample_rate: int, loop: bool = False, pitch: int | None = None) -> None:
+    def play(
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        loop: bool = False,
+        pitch: int | None = None,
+        struck: float | None = None,
+    ) -> None:
         with self._lock:
             if self.mixer is None or self.mixer.rate != sample_rate or self._stream is None:
                 self._open(sample_rate)
             assert self.mixer is not None
-            self.mixer.add(audio, pitch, loop)
+            self.mixer.add(audio, pitch, loop, struck)
 
     def _open(self, rate: int) -> None:
         sd = self._device()
@@ -119,7 +132,7 @@ class Player:
         self.mixer = mixer
 
     def release(self, pitch: int, seconds: float) -> None:
-        if self.mixer is not None:
+        if self.mixer is not None:  # none yet: nothing sounds, and a note before the first play cannot be late
             self.mixer.release(pitch, seconds)
 
     def stop(self) -> None:

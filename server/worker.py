@@ -381,7 +381,7 @@ class Worker(threading.Thread):
             files[self.rate] = (resample(shaped, self.model_rate, self.rate), "")
         self.last_audio = (files[self.rate][0], self.rate)
         if self.play_each:
-            self._play(*self.last_audio, pitch)
+            self._play(*self.last_audio, pitch, requesters[0].received if pitch is not None else None)
 
     def _rate(self, r: Requester) -> int:
         return getattr(r.client, "rate", None) or self.rate
@@ -404,11 +404,11 @@ class Worker(threading.Thread):
             ms = [1000 * float(stages.get(name, 0.0)) for name in TIMING_STAGES]
             self.replies.send(r.client, "/render/timing", r.request_id, *ms)
 
-    def _play(self, audio: np.ndarray, rate: int, pitch: int | None) -> None:
+    def _play(self, audio: np.ndarray, rate: int, pitch: int | None, struck: float | None) -> None:
         if self.player is None:
             return
         try:
-            self.player.play(audio, rate, pitch=pitch)
+            self.player.play(audio, rate, pitch=pitch, struck=struck)
         except PlaybackError as exc:
             log.warning("%s", exc)
 

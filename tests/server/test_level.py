@@ -73,3 +73,16 @@ def test_the_mixer_overlaps_voices_and_a_release_fades_one_out():
     m.add(np.full(RATE, 0.1, np.float32), pitch=64)  # the key again: the old voice makes way, quickly
     m.mix(int(0.02 * RATE))
     assert [v.pitch for v in m.voices] == [64] and m.mix(10) == pytest.approx(np.full(10, 0.1))
+
+
+def test_a_note_released_before_its_render_is_not_played():
+    import time
+
+    m = Mixer(RATE)
+    struck = time.perf_counter()
+    m.release(60, 0.1)  # the note-off came while the note was still rendering
+    m.add(np.full(RATE, 0.25, np.float32), pitch=60, struck=struck)
+    m.add(np.full(RATE, 0.5, np.float32), pitch=62, struck=struck)
+    assert [v.pitch for v in m.voices] == [62]
+    m.add(np.full(RATE, 0.25, np.float32), pitch=60, struck=time.perf_counter())  # struck again: plays
+    assert [v.pitch for v in m.voices] == [62, 60]
