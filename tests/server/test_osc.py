@@ -272,9 +272,9 @@ def test_a_burst_of_edits_coalesces_and_every_request_is_answered(live, client):
     assert len(set(done.values())) < len(ids)  # fewer renders than requests: the burst was merged
 
 
-def test_chunks_mode_sends_the_samples_of_the_wav(live, client):
-    client.send("/render/mode", "chunks")
-    client.send("/render", 501)
+def render_in_chunks(client, request_id: int) -> tuple[np.ndarray, int, list]:
+    """/render in chunks mode: (the samples the chunks carried, /render/end's frame count, /render/done's args)."""
+    client.send("/render", request_id)
     pieces, total = {}, None
     while True:
         address, args = client.wait_for("/render/chunk", "/render/end", "/render/done", timeout=30)
@@ -284,9 +284,12 @@ def test_chunks_mode_sends_the_samples_of_the_wav(live, client):
         elif address == "/render/end":
             total = args[1]
         else:
-            wav = args[1]
-            break
-    audio = np.concatenate([pieces[k] for k in sorted(pieces)])
+            return np.concatenate([pieces[k] for k in sorted(pieces)]), total, args
+
+
+def test_chunks_mode_sends_the_samples_of_the_wav(live, client):
+    client.send("/render/mode", "chunks")
+    audio, total, (_, wav, *_) = render_in_chunks(client, 501)
     assert total == audio.size == 64_000
     np.testing.assert_array_equal(audio, sf.read(wav, dtype="float32")[0])
     client.send("/render/mode", "file")
@@ -352,19 +355,8 @@ def test_render_rate_48k_gives_wav_and_chunks_at_the_hosts_rate(live, client):
     client.send("/render/rate", 48000)
     assert client.wait_for("/render/rate")[1] == [48000]
     client.send("/render/mode", "both")
-    client.send("/render", 701)
-    pieces, total = {}, None
-    while True:
-        address, args = client.wait_for("/render/chunk", "/render/end", "/render/done", timeout=30)
-        if address == "/render/chunk":
-            pieces[args[1]] = np.array(args[3:], np.float32)
-        elif address == "/render/end":
-            total = args[1]
-        else:
-            _, wav, frames, rate, _, _ = args
-            break
+    chunked, total, (_, wav, frames, rate, _, _) = render_in_chunks(client, 701)
     audio, file_rate = sf.read(wav, dtype="float32")
-    chunked = np.concatenate([pieces[k] for k in sorted(pieces)])
     assert total == frames == audio.size == chunked.size == 192_000 and rate == file_rate == 48_000
     np.testing.assert_array_equal(chunked, audio)
     client.send("/render/mode", "file")
