@@ -213,12 +213,16 @@ def max_voice() -> MaxPatch:
     p.connect(gate, 0, down)
     start = c("newobj", 200, 230, "t b b")
     p.connect(down, 0, start)
-    fade_in = c("message", 260, 260, "1 3")  # a 3 ms fade-in: no click where the render starts
+    # A voice still sounding (a key struck again, a stolen voice) fades out over 1 ms before its new render
+    # starts from the top; then a 3 ms fade-in: no click either way.
+    fade = c("message", 260, 260, "0 1 1 3")
     envelope = c("newobj", 260, 290, "line~")
-    p.connect(start, 1, fade_in)
-    p.connect(fade_in, 0, envelope)
-    from_start = c("message", 200, 260, "0")  # play from the first millisecond
-    p.connect(start, 0, from_start)
+    p.connect(start, 1, fade)
+    p.connect(fade, 0, envelope)
+    wait = c("newobj", 200, 260, "delay 1")
+    from_start = c("message", 200, 290, "0")  # play from the first millisecond
+    p.connect(start, 0, wait)
+    p.connect(wait, 0, from_start)
     p.connect(from_start, 0, player)
     p.connect(c("newobj", 120, 230, "sig~ 1"), 0, player)
     amp = c("newobj", 20, 320, "*~")
@@ -647,15 +651,18 @@ def pd_voice() -> PdPatch:
     loaded = p.obj(20, 235, "t f b")
     p.connect(load, 0, loaded)
     p.chain(loaded, p.obj(20, 330, "list prepend voice $1 loaded"), p.obj(20, 355, "list trim"), log)
-    start = p.chain(gate, p.obj(420, 140, "sel 1"), p.obj(420, 165, "t b b b"))
+    start = p.chain(gate, p.obj(420, 140, "sel 1"), p.obj(420, 165, "t b b"))
     p.connect(loaded, 1, gate)
     player = p.obj(300, 230, "tabplay~ $0-voice")
-    envelope = p.obj(460, 230, "line~")
-    p.connect(start, 0, player)
-    p.connect(start, 1, p.msg(460, 200, "1 3"))  # a 3 ms fade-in: no click where the render starts
+    envelope = p.obj(460, 230, "vline~")
+    # A voice still sounding (a key struck again, a stolen voice) fades out over 1 ms before its new render
+    # starts from the top; then a 3 ms fade-in: no click either way.
+    p.connect(start, 1, p.msg(460, 200, "0 1 \\, 1 3 1"))
     p.connect(p.count - 1, 0, envelope)
+    go = p.chain(start, p.obj(300, 165, "delay 1"), p.obj(300, 195, "t b b"))
+    p.connect(go, 0, player)
     clock = p.obj(180, 300, "timer")
-    p.connect(start, 2, clock)
+    p.connect(go, 1, clock)
     amp = p.obj(300, 270, "*~")
     p.connect(player, 0, amp)
     p.connect(envelope, 0, amp, 1)

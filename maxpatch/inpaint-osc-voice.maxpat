@@ -334,10 +334,10 @@
      "patching_rect": [
       260,
       260,
-      40.0,
+      61.0,
       22
      ],
-     "text": "1 3"
+     "text": "0 1 1 3"
     }
    },
    {
@@ -362,6 +362,24 @@
    {
     "box": {
      "id": "obj-19",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      "bang"
+     ],
+     "patching_rect": [
+      200,
+      260,
+      61.0,
+      22
+     ],
+     "text": "delay 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-20",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -370,7 +388,7 @@
      ],
      "patching_rect": [
       200,
-      260,
+      290,
       40.0,
       22
      ],
@@ -379,7 +397,7 @@
    },
    {
     "box": {
-     "id": "obj-20",
+     "id": "obj-21",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -397,7 +415,7 @@
    },
    {
     "box": {
-     "id": "obj-21",
+     "id": "obj-22",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -415,7 +433,7 @@
    },
    {
     "box": {
-     "id": "obj-22",
+     "id": "obj-23",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 0,
@@ -431,7 +449,7 @@
    },
    {
     "box": {
-     "id": "obj-23",
+     "id": "obj-24",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -449,7 +467,7 @@
    },
    {
     "box": {
-     "id": "obj-24",
+     "id": "obj-25",
      "maxclass": "newobj",
      "numinlets": 0,
      "numoutlets": 1,
@@ -467,7 +485,7 @@
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-26",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -485,7 +503,7 @@
    },
    {
     "box": {
-     "id": "obj-26",
+     "id": "obj-27",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -504,7 +522,7 @@
    },
    {
     "box": {
-     "id": "obj-27",
+     "id": "obj-28",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -522,7 +540,7 @@
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-29",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -787,7 +805,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-20",
       0
      ]
     }
@@ -807,31 +825,19 @@
    {
     "patchline": {
      "source": [
+      "obj-21",
+      0
+     ],
+     "destination": [
       "obj-6",
       0
-     ],
-     "destination": [
-      "obj-21",
-      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-18",
-      0
-     ],
-     "destination": [
-      "obj-21",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-21",
+      "obj-6",
       0
      ],
      "destination": [
@@ -843,11 +849,23 @@
    {
     "patchline": {
      "source": [
-      "obj-24",
+      "obj-18",
       0
      ],
      "destination": [
-      "obj-25",
+      "obj-22",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-22",
+      0
+     ],
+     "destination": [
+      "obj-23",
       0
      ]
     }
@@ -859,7 +877,19 @@
       0
      ],
      "destination": [
-      "obj-23",
+      "obj-26",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-26",
+      0
+     ],
+     "destination": [
+      "obj-24",
       1
      ]
     }
@@ -871,7 +901,7 @@
       2
      ],
      "destination": [
-      "obj-26",
+      "obj-27",
       0
      ]
     }
@@ -879,11 +909,11 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
+      "obj-27",
       1
      ],
      "destination": [
-      "obj-27",
+      "obj-28",
       0
      ]
     }
@@ -891,7 +921,7 @@
    {
     "patchline": {
      "source": [
-      "obj-27",
+      "obj-28",
       0
      ],
      "destination": [
@@ -903,11 +933,11 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
+      "obj-27",
       0
      ],
      "destination": [
-      "obj-23",
+      "obj-24",
       0
      ]
     }
@@ -915,11 +945,11 @@
    {
     "patchline": {
      "source": [
-      "obj-23",
+      "obj-24",
       0
      ],
      "destination": [
-      "obj-28",
+      "obj-29",
       0
      ]
     }
@@ -927,7 +957,7 @@
    {
     "patchline": {
      "source": [
-      "obj-28",
+      "obj-29",
       0
      ],
      "destination": [
