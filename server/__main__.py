@@ -59,15 +59,16 @@ def cmd_render(args: argparse.Namespace) -> dict:
     cond = Conditioning(args.pitch, family, args.temperature, args.top_p)
     top, bottom = Inpainter.from_bundle(b).generate(cond, np.random.default_rng(args.seed))
     sampled = time.perf_counter()
+    rate = args.rate or m.spectrogram.sample_rate
     audio, lvl = level.shape(render(b, top, bottom), m.spectrogram.sample_rate, args.level)
-    audio = resample(audio, m.spectrogram.sample_rate, args.rate or m.spectrogram.sample_rate)
+    audio = resample(audio, m.spectrogram.sample_rate, rate)
     rendered = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(args.out), audio, args.rate or m.spectrogram.sample_rate, subtype="FLOAT")
+    sf.write(str(args.out), audio, rate, subtype="FLOAT")
     return {
         "wav": str(args.out),
         "frames": int(audio.shape[0]),
-        "sample_rate": args.rate or m.spectrogram.sample_rate,
+        "sample_rate": rate,
         "level_db": round(lvl.level_db, 2),
         "silent": lvl.silent,
         "provider": b.provider,

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from server import level
 from server.client import OscClient
 from server.protocol import TIMING_STAGES
 
@@ -154,8 +155,7 @@ def held_db(wav: str) -> float:
     """RMS of a WAV's held part (its first 3 s), dBFS."""
     import soundfile as sf
 
-    audio, rate = sf.read(wav, dtype="float64")
-    return float(20 * np.log10(np.sqrt(np.mean(audio[: 3 * rate] ** 2)) + 1e-12))
+    return level.held_rms_db(*sf.read(wav, dtype="float32"))
 
 
 def playability(port: int, rounds: int = 5) -> dict[str, Any]:

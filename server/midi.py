@@ -7,9 +7,10 @@ level, and MIDI messages are converted by their attributes, so the conversion is
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
+
+from server.level import velocity_db
 
 
 def _programs(family: str, source: str, *ranges: int | range) -> dict[int, tuple[str, str]]:
@@ -67,8 +68,8 @@ def cc_value(parameter: str, value: int, families: int, pitch_range: tuple[int, 
         return min(int(x * families), families - 1)
     if parameter == "pitch":
         return pitch_range[0] + round(x * (pitch_range[1] - pitch_range[0]))
-    if parameter == "gain":
-        return round(max(-60.0, 40 * math.log10(max(x, 1e-6))), 2)
+    if parameter == "gain":  # the velocity curve of General MIDI is its volume curve too
+        return round(max(-60.0, velocity_db(value, 2.0)), 2)
     if parameter == "release":
         return round(2 * x, 4)
     raise ValueError(f"unknown parameter {parameter!r}: one of {', '.join(CC_PARAMETERS)}")

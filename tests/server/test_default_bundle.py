@@ -9,6 +9,7 @@ import soundfile as sf
 
 from export.metrics import pitch_kept
 from server.__main__ import default_bundle
+from server.bench import held_db
 from server.bundle import Bundle
 from tests.conftest import start_server
 
@@ -51,12 +52,6 @@ def test_serve_with_no_bundle_argument_generates_a_4_s_note_at_the_pitch_asked(t
             assert pitch_kept(audio, pitch), (family, pitch)
     finally:
         server.stop()
-
-
-def held_db(wav: str) -> float:
-    """RMS over the held part (the first 3 s) of a WAV, dBFS."""
-    audio, rate = sf.read(wav, dtype="float64")
-    return float(20 * np.log10(np.sqrt(np.mean(audio[: 3 * rate] ** 2))))
 
 
 def test_every_render_reaches_the_performer_at_one_level_and_notes_follow_velocity(tmp_path):
