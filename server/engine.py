@@ -266,10 +266,11 @@ class Engine:
             self.notes.move_to_end(key)
         return note
 
-    def make_note(self, pitch: int, progress: Progress | None = None) -> Note:
-        """Sample and render the note for `pitch` under the current settings, deterministically: the random
-        stream comes from the note's key, so a cached note is exactly what sampling again would give."""
-        s = self.settings  # read once: the key, the conditioning and the mode must agree
+    def make_note(self, pitch: int, progress: Progress | None = None, settings: Settings | None = None) -> Note:
+        """Sample and render the note for `pitch` under the current settings (or `settings`: an export holds
+        one set across its keys), deterministically: the random stream comes from the note's key, so a cached
+        note is exactly what sampling again would give."""
+        s = settings or self.settings  # read once: the key, the conditioning and the mode must agree
         key = self.note_key(pitch, s)
         seed = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little")
         rng = np.random.default_rng(seed)

@@ -1,0 +1,359 @@
+"""The current sound as a sampler instrument: one note per key (the note cache's renders) written as an SFZ
+(WAV files and a text mapping) and an SF2 SoundFont with the same mapping, for a DAW's sampler.
+
+Each key's note is looped over its held part (zero crossings, cross-faded: no click at the wrap), released on
+note-off over `/release`, and played louder with velocity on the `/velocity/curve` curve. `server.worker`
+runs it for `/export/instrument`, `inpaint-osc export-instrument` without a server. numpy, soundfile and the
+standard library only: the SF2 writer is here, tested against FluidSynth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from server import level
+from server.audio import resample
+from server.engine import Engine, Progress, Settings
+
+MARKER = "instrument.json"  # what an export folder holds besides its files: an earlier export may be replaced
+LOOP_START_S = 1.0  # the loop runs over the later part of the held 3 s: past the attack, before the release
+LOOP_END_S = 2.9
+CROSSFADE_S = 0.05  # the loop's last 50 ms fade into the 50 ms before its start
+ZERO_SEARCH_S = 0.02  # loop points move to the nearest rising zero crossing within this distance
+VELOCITY_POINTS = (1, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 127)  # SFZ curve points
+
+
+class ExportError(ValueError):
+    """A folder the export cannot be written to; the message names the problem (for `/error`)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One key's note as the sampler plays it: at the performer's level, loop points in frames.
+
+    Shapes: `audio` (frames,) float32 at the instrument's rate; the loop is [loop_start, loop_end)."""
+
+    key: int
+    audio: np.ndarray
+    loop_start: int
+    loop_end: int
+
+
+@dataclass(frozen=True)
+class Instrument:
+    name: str
+    rate: int
+    samples: tuple[Sample, ...]
+    velocity_curve: float  # level = (velocity / 127) ** curve, as /velocity/curve
+    release: float  # s, the fade after a note-off
+    about: dict[str, Any]  # model, family, settings: written to instrument.json and the SFZ's header
+
+
+# ---- notes → samples ------------------------------------------------------------------------------------
+
+
+def render_notes(
+    engine: Engine,
+    keys: range,
+    settings: Settings,
+    on_key: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
+) -> list[tuple[int, np.ndarray]]:
+    """(key, the model's audio) for every key under `settings`: from the note cache, or rendered into it (as
+    a `/note` would be). `on_key(done, total)` after each key; `progress` may raise to stop the export."""
+    out = []
+    for i, key in enumerate(keys):
+        note = engine.notes.get(engine.note_key(key, settings))
+        if note is None:
+            note = engine.make_note(key, progress, settings)
+        out.append((key, note.audio))
+        if on_key is not None:
+            on_key(i + 1, len(keys))
+    return out
+
+
+def rising_zero(audio: np.ndarray, target: int, radius: int) -> int:
+    """The rising zero crossing (a sample >= 0 after one < 0) nearest `target`, or `target` if none is near."""
+    lo, hi = max(1, target - radius), min(audio.size - 1, target + radius)
+    seg = audio[lo - 1 : hi]
+    crossings = np.flatnonzero((seg[:-1] < 0) & (seg[1:] >= 0)) + lo  # (k,) indices of the sample >= 0
+    return int(crossings[np.argmin(np.abs(crossings - target))]) if crossings.size else target
+
+
+def loop(audio: np.ndarray, rate: int) -> tuple[np.ndarray, int, int]:
+    """(audio with a seamless loop, loop start, loop end (exclusive)). The loop's last CROSSFADE_S blend
+    (equal power) into the audio just before its start, so the sample played after the loop's last one is the
+    one that followed that audio: the wrap is continuous. Both points are rising zero crossings, so leaving
+    the loop at note-off (into the untouched release) jumps between two near-zero samples."""
+    radius = int(ZERO_SEARCH_S * rate)
+    start = rising_zero(audio, int(LOOP_START_S * rate), radius)
+    end = rising_zero(audio, int(LOOP_END_S * rate), radius)
+    n = min(int(CROSSFADE_S * rate), start, end - start)
+    t = np.arange(1, n + 1) / n  # (n,) ends at 1: the last sample of the loop is the one before its start
+    out = audio.astype(np.float32).copy()
+    out[end - n : end] = audio[end - n : end] * np.cos(0.5 * np.pi * t) + audio[start - n : start] * np.sin(
+        0.5 * np.pi * t
+    )
+    return out, start, end
+
+
+def samples(notes: list[tuple[int, np.ndarray]], model_rate: int, rate: int, settings: Settings) -> tuple[Sample, ...]:
+    """The model's notes → samples at the performer's level (`/level`, `/gain`; velocity is the sampler's), at
+    `rate`, looped."""
+    out = []
+    for key, audio in notes:
+        shaped, _ = level.shape(audio, model_rate, settings.level, settings.gain)
+        looped, start, end = loop(resample(shaped, model_rate, rate), rate)
+        out.append(Sample(key, looped, start, end))
+    return tuple(out)
+
+
+# ---- folders ----------------------------------------------------------------------------------------------
+
+
+def check_folder(folder: Path) -> Path:
+    """`folder` resolved, if an export can be written there: a new folder (its parents are created), an empty
+    one, or an earlier export (replaced whole). Raises ExportError naming the problem."""
+    folder = Path(os.path.expanduser(folder)).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{folder} is a file, not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+        raise ExportError(f"{folder} is a folder with other files in it (not an earlier export): choose another")
+    parent = folder.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ExportError(f"{parent} is a file, not a folder: {folder} cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"{parent} is not writable")
+    return folder
+
+
+def write(folder: Path, inst: Instrument) -> tuple[Path, Path]:
+    """Write the instrument into `folder` atomically: everything goes into a temporary sibling folder that is
+    then renamed, so `folder` is never half-written (an earlier export there is replaced whole). Returns
+    (the .sfz, the .sf2)."""
+    folder = check_folder(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+    try:
+        (tmp / "samples").mkdir()
+        for s in inst.samples:
+            sf.write(str(tmp / "samples" / wav_name(s.key)), s.audio, inst.rate, subtype="PCM_24")
+        base = file_stem(inst.name)
+        (tmp / f"{base}.sfz").write_text(sfz_text(inst))
+        (tmp / f"{base}.sf2").write_bytes(sf2_bytes(inst))
+        (tmp / MARKER).write_text(json.dumps(_manifest(inst), indent=2) + "\n")
+        if folder.exists():  # an empty folder or an earlier export: set aside, replaced, then removed
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return folder / f"{base}.sfz", folder / f"{base}.sf2"
+
+
+def _manifest(inst: Instrument) -> dict[str, Any]:
+    return {
+        **inst.about,
+        "sample_rate": inst.rate,
+        "velocity_curve": inst.velocity_curve,
+        "release": inst.release,
+        "keys": [{"key": s.key, "wav": f"samples/{wav_name(s.key)}", "loop": [s.loop_start, s.loop_end]}
+                 for s in inst.samples],
+    }  # fmt: skip
+
+
+def wav_name(key: int) -> str:
+    return f"{key:03d}.wav"
+
+
+def file_stem(name: str) -> str:
+    """A file name from the instrument's name: letters, digits, '-' and '_' only."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "instrument"
+
+
+# ---- SFZ --------------------------------------------------------------------------------------------------
+
+
+def sfz_text(inst: Instrument) -> str:
+    """The SFZ mapping: one region per key, its sample at its own pitch, looped while held (loop_sustain),
+    released over `release`, velocity on the amplitude curve (velocity / 127) ** velocity_curve."""
+    lines = [f"// {inst.name}: written by inpaint-osc export-instrument", f"// {json.dumps(inst.about)}", ""]
+    lines += ["<control>", "default_path=samples/", "", "<global>", "loop_mode=loop_sustain"]
+    lines.append(f"ampeg_release={inst.release:.4g}")
+    if inst.velocity_curve == 0:
+        lines.append("amp_veltrack=0")
+    else:
+        lines.append("amp_veltrack=100")
+        lines += [f"amp_velcurve_{v}={(v / 127) ** inst.velocity_curve:.6f}" for v in VELOCITY_POINTS]
+    lines.append("")
+    for s in inst.samples:  # loop_end is the loop's last frame in SFZ (inclusive), its first after in SF2
+        lines.append(
+            f"<region> sample={wav_name(s.key)} lokey={s.key} hikey={s.key} pitch_keycenter={s.key} "
+            f"loop_start={s.loop_start} loop_end={s.loop_end - 1}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---- SF2 (SoundFont 2.01, RIFF 'sfbk') --------------------------------------------------------------------
+
+# Generator numbers of the SoundFont 2.01 specification (section 8.1.2).
+GEN_RELEASE_VOL_ENV, GEN_INSTRUMENT, GEN_KEY_RANGE = 38, 41, 43
+GEN_INITIAL_ATTENUATION, GEN_SAMPLE_ID, GEN_SAMPLE_MODES, GEN_OVERRIDING_ROOT_KEY = 48, 53, 54, 58
+LOOP_SUSTAIN = 3  # sampleModes: loop while the key is held, then play on through the release
+# Note-on velocity, negative, concave, unipolar: the source of SF2's default velocity → attenuation modulator
+# (section 8.4.1). An instrument modulator with the same sources and destination replaces that default.
+VELOCITY_CONCAVE_NEGATIVE = 0x0502
+SAMPLE_PADDING = 46  # zero frames after each sample in 'smpl', as the specification asks
+
+
+def velocity_amount(curve: float) -> int:
+    """The modulator amount (centibels) that makes the concave velocity source follow 20 * curve *
+    log10(velocity / 127) dB. The concave curve of the negated velocity is -(40 / 96) log10(velocity / 127) of
+    the amount (the specification's 960 cB default is curve 2, General MIDI's), so the amount is 480 * curve."""
+    return round(480 * curve)
+
+
+def timecents(seconds: float) -> int:
+    return max(-12000, round(1200 * math.log2(seconds))) if seconds > 0 else -12000
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return tag + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
+
+
+def _list(kind: bytes, *chunks: bytes) -> bytes:
+    return _chunk(b"LIST", kind + b"".join(chunks))
+
+
+def _name(text: str, size: int = 20) -> bytes:
+    return text.encode("ascii", "replace")[: size - 1].ljust(size, b"\0")
+
+
+def _zstr(text: str) -> bytes:
+    """A zero-terminated INFO string padded to an even length."""
+    data = text.encode("ascii", "replace")[:255] + b"\0"
+    return data + b"\0" * (len(data) % 2)
+
+
+def _gen(oper: int, amount: int) -> bytes:
+    return struct.pack("<Hh", oper, amount)
+
+
+def _range(oper: int, lo: int, hi: int) -> bytes:
+    return struct.pack("<HBB", oper, lo, hi)
+
+
+def sf2_bytes(inst: Instrument) -> bytes:
+    """The SoundFont: one preset (bank 0, program 0) holding one instrument: a global zone (release, loop
+    mode, the velocity modulator) and one zone per key (keyRange, overridingRootKey, sampleID) over 16-bit
+    mono samples at the instrument's rate."""
+    name = file_stem(inst.name)[:19]
+    pcm, headers = [], []
+    offset = 0
+    for s in inst.samples:
+        data = np.round(np.clip(s.audio, -1.0, 32767 / 32768) * 32768).astype("<i2")  # (frames,)
+        pcm += [data.tobytes(), bytes(2 * SAMPLE_PADDING)]
+        start, end = offset, offset + data.size
+        headers.append(
+            _name(f"{name[:13]}-{s.key:03d}")
+            + struct.pack("<IIIII", start, end, start + s.loop_start, start + s.loop_end, inst.rate)
+            + struct.pack("<BbHH", s.key, 0, 0, 1)  # original pitch, correction, no link, mono sample
+        )
+        offset = end + SAMPLE_PADDING
+    headers.append(_name("EOS") + bytes(26))
+
+    info = _list(
+        b"INFO",
+        _chunk(b"ifil", struct.pack("<HH", 2, 1)),
+        _chunk(b"isng", _zstr("EMU8000")),
+        _chunk(b"INAM", _zstr(inst.name)),
+        _chunk(b"ISFT", _zstr("inpaint-osc")),
+        _chunk(b"ICMT", _zstr(json.dumps(inst.about))),
+    )
+    sdta = _list(b"sdta", _chunk(b"smpl", b"".join(pcm)))
+
+    # Instrument: the global zone first (no sampleID), then a zone per key; keyRange first, sampleID last.
+    igen = [_gen(GEN_RELEASE_VOL_ENV, timecents(inst.release)), _gen(GEN_SAMPLE_MODES, LOOP_SUSTAIN)]
+    imod = struct.pack(
+        "<HHhHH", VELOCITY_CONCAVE_NEGATIVE, GEN_INITIAL_ATTENUATION, velocity_amount(inst.velocity_curve), 0, 0
+    )
+    ibag = [struct.pack("<HH", 0, 0)]
+    for i, s in enumerate(inst.samples):
+        ibag.append(struct.pack("<HH", len(igen), 1))
+        igen += [_range(GEN_KEY_RANGE, s.key, s.key), _gen(GEN_OVERRIDING_ROOT_KEY, s.key), _gen(GEN_SAMPLE_ID, i)]
+    ibag.append(struct.pack("<HH", len(igen), 1))  # terminal
+    igen.append(bytes(4))
+    imod += bytes(10)
+
+    pdta = _list(
+        b"pdta",
+        _chunk(
+            b"phdr",
+            _name(name)
+            + struct.pack("<HHHIII", 0, 0, 0, 0, 0, 0)
+            + _name("EOP")
+            + struct.pack("<HHHIII", 0, 0, 1, 0, 0, 0),
+        ),
+        _chunk(b"pbag", struct.pack("<HH", 0, 0) + struct.pack("<HH", 1, 0)),
+        _chunk(b"pmod", bytes(10)),
+        _chunk(b"pgen", _gen(GEN_INSTRUMENT, 0) + bytes(4)),
+        _chunk(b"inst", _name(name) + struct.pack("<H", 0) + _name("EOI") + struct.pack("<H", len(ibag) - 1)),
+        _chunk(b"ibag", b"".join(ibag)),
+        _chunk(b"imod", imod),
+        _chunk(b"igen", b"".join(igen)),
+        _chunk(b"shdr", b"".join(headers)),
+    )
+    body = b"sfbk" + info + sdta + pdta
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+# ---- the whole export -------------------------------------------------------------------------------------
+
+
+def export(
+    engine: Engine,
+    folder: Path,
+    rate: int | None = None,
+    keys: range | None = None,
+    on_key: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
+) -> tuple[Path, Path, int]:
+    """The engine's current sound (its settings, and its top map in the resample note mode) as an instrument
+    in `folder`: (the .sfz, the .sf2, the number of keys)."""
+    folder = check_folder(folder)  # before any rendering: a bad folder is refused at once
+    s = engine.settings  # one set of settings for every key, even if they change meanwhile
+    lo, hi = engine.manifest.pitch_range
+    keys = keys if keys is not None else range(lo, hi + 1)
+    model_rate = engine.manifest.spectrogram.sample_rate
+    notes = render_notes(engine, keys, s, on_key, progress)
+    family = engine.manifest.families[s.family]
+    about = {
+        "model": str(engine.manifest.raw.get("name") or engine.bundle.path.name),
+        "family": family,
+        "settings": {k: v for k, v in asdict(s).items() if k not in ("fill", "pitch")},
+    }
+    inst = Instrument(
+        folder.name, rate or model_rate, samples(notes, model_rate, rate or model_rate, s), s.velocity_curve,
+        s.release, about,
+    )  # fmt: skip
+    sfz_path, sf2_path = write(folder, inst)
+    return sfz_path, sf2_path, len(notes)
