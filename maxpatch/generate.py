@@ -106,6 +106,7 @@ UI = {  # maxclass → (inlets, outlets, outlet types)
     "waveform~": (5, 6, ["float", "float", "float", "float", "list", ""]),
     "ezdac~": (2, 0, []),
     "dropfile": (1, 2, ["", ""]),
+    "textedit": (1, 4, ["", "int", "", ""]),  # its text (as "text ..."), keys, bang on change, dumpout
 }
 
 
@@ -170,7 +171,7 @@ VOICE_OF_ID = "($1 >= 240 && $1 < 850) * ($1 % 10)"  # the voice of a note's id 
 MAX_ROUTES = (  # what the Max patch listens to, in its [route]'s outlet order
     "/pong", "/status", "/error", "/render/done", "/image/done", "/codemap", "/model/info", "/pitch",
     "/instrument", "/temperature", "/top_p", "/guidance", "/harmonic", "/level", "/gain", "/velocity/curve",
-    "/release", "/note/cache",
+    "/release", "/note/cache", "/export/progress", "/export/done",
 )  # fmt: skip
 
 
@@ -535,6 +536,19 @@ def max_patch() -> MaxPatch:
     p.connect(posix, 0, analyze)
     p.connect(analyze, 0, net)
     c("comment", 20, 875, "drop a sound file here to analyze it", show=(10, 702, 240, 22))
+    # Export: the current sound as a sampler instrument (SFZ + SF2, one note per key) into the typed folder.
+    folder = c("textedit", 300, 830, w=260, h=22, show=(260, 660, 260, 22), text="~/inpaint-instrument")
+    export = c("button", 580, 830, w=22, h=22, show=(530, 660, 22, 22))
+    p.connect(export, 0, folder)  # a bang outputs the text
+    typed = c("newobj", 300, 860, "route text")
+    p.connect(folder, 0, typed)
+    to_folder = c("newobj", 300, 890, "prepend " + check_send("/export/instrument", 1))
+    p.connect(typed, 0, to_folder)
+    p.connect(to_folder, 0, net)
+    c("comment", 610, 830, "export instrument (SFZ + SF2) to this folder", show=(560, 660, 290, 22))
+    for i, address in enumerate(("/export/progress", "/export/done")):
+        shown = c("message", 610, 860 + 30 * i, "", w=360, show=(260, 688 + 26 * i, 590, 22))
+        p.connect(echo(address, 1000, 860 + 30 * i), 0, shown)
 
     # MIDI programs (Max counts 1-128, the server 0-127) and controllers as /cc controller value.
     pgmin = c("newobj", 1000, 320, "pgmin")
@@ -593,6 +607,9 @@ class PdPatch:
 
     def atom(self, x: int, y: int, width: int = 5, lo: float = 0, hi: float = 0) -> int:
         return self._add(f"#X floatatom {x} {y} {width} {lo} {hi} 0 - - - 0;")
+
+    def symbol_atom(self, x: int, y: int, width: int) -> int:
+        return self._add(f"#X symbolatom {x} {y} {width} 0 0 0 - - - 0;")
 
     def send(self, x: int, y: int, address: str, n_args: int | None) -> int:
         """[oscformat] for `address` feeding the shared sender (checked against the table)."""
@@ -716,7 +733,7 @@ def pd_patch() -> PdPatch:
     p.chain(p.obj(760, 10, "r inpaint-osc-listen"), p.msg(760, 40, "listen $1"), rx)
     outbound = (
         "pong status error render codemap pitch instrument temperature top_p guidance harmonic level gain "
-        "velocity release note"
+        "velocity release note export"
     )
     route = p.chain(rx, p.obj(620, 100, "oscparse"), p.obj(620, 125, "list trim"), p.obj(620, 150, "route " + outbound))
     log = p.obj(900, 675, "list trim")  # the console line: status, errors, each loaded render, the note cache
@@ -799,6 +816,29 @@ def pd_patch() -> PdPatch:
     note_route = p.obj(900, 620, "route cache")
     p.connect(route, 15, note_route)
     p.chain(note_route, p.obj(900, 645, "list prepend cache"), log)
+
+    # Export: the current sound as a sampler instrument (SFZ + SF2, one note per key) into the typed folder
+    # (a symbol box; inpaint-osc-export-path sets it from elsewhere); progress shown, the result logged.
+    p.text(20, 1100, "export instrument (SFZ + SF2) to folder")
+    folder = p.obj(20, 1175, "symbol")
+    typed = p.symbol_atom(20, 1125, 30)
+    p.connect(typed, 0, folder, 1)
+    default_folder = p.msg(260, 1125, "symbol ~/inpaint-instrument")
+    p.connect(boot, 0, default_folder)
+    p.connect(default_folder, 0, folder, 1)
+    p.chain(default_folder, p.msg(260, 1150, "set $1"), typed)
+    p.connect(p.obj(480, 1125, "r inpaint-osc-export-path"), 0, folder, 1)
+    button = p.msg(300, 1100, "export")
+    go = p.obj(380, 1150, "t b")
+    p.connect(button, 0, go)
+    p.connect(p.obj(380, 1100, "r inpaint-osc-export"), 0, go)
+    p.connect(go, 0, folder)
+    p.connect(folder, 0, p.send(20, 1200, "/export/instrument", 1))
+    export_route = p.obj(620, 1100, "route progress done")
+    p.connect(route, 16, export_route)
+    p.chain(export_route, p.obj(620, 1125, "list prepend set"), p.msg(620, 1150, ""))
+    p.connect(export_route, 1, p.obj(780, 1125, "list prepend exported"))
+    p.connect(p.count - 1, 0, log)
 
     # Sound-wide actions, each also reachable by a receive name (for other patches and headless tests).
     for i, (label, address) in enumerate(

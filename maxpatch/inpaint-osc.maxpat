@@ -85,8 +85,10 @@
      "id": "obj-4",
      "maxclass": "newobj",
      "numinlets": 2,
-     "numoutlets": 19,
+     "numoutlets": 21,
      "outlettype": [
+      "",
+      "",
       "",
       "",
       "",
@@ -113,7 +115,7 @@
       900,
       22
      ],
-     "text": "route /pong /status /error /render/done /image/done /codemap /model/info /pitch /instrument /temperature /top_p /guidance /harmonic /level /gain /velocity/curve /release /note/cache"
+     "text": "route /pong /status /error /render/done /image/done /codemap /model/info /pitch /instrument /temperature /top_p /guidance /harmonic /level /gain /velocity/curve /release /note/cache /export/progress /export/done"
     }
    },
    {
@@ -3748,6 +3750,205 @@
    {
     "box": {
      "id": "obj-177",
+     "maxclass": "textedit",
+     "numinlets": 1,
+     "numoutlets": 4,
+     "outlettype": [
+      "",
+      "int",
+      "",
+      ""
+     ],
+     "patching_rect": [
+      300,
+      830,
+      260,
+      22
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      260,
+      660,
+      260,
+      22
+     ],
+     "parameter_enable": 0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-178",
+     "maxclass": "button",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      "bang"
+     ],
+     "patching_rect": [
+      580,
+      830,
+      22,
+      22
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      530,
+      660,
+      22,
+      22
+     ],
+     "parameter_enable": 0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-179",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      300,
+      860,
+      82.0,
+      22
+     ],
+     "text": "route text"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-180",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      300,
+      890,
+      194.0,
+      22
+     ],
+     "text": "prepend /export/instrument"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-181",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      610,
+      830,
+      320.0,
+      22
+     ],
+     "text": "export instrument (SFZ + SF2) to this folder",
+     "presentation": 1,
+     "presentation_rect": [
+      560,
+      660,
+      290,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-182",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      610,
+      860,
+      360,
+      22
+     ],
+     "text": "",
+     "presentation": 1,
+     "presentation_rect": [
+      260,
+      688,
+      590,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-183",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      860,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-184",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      610,
+      890,
+      360,
+      22
+     ],
+     "text": "",
+     "presentation": 1,
+     "presentation_rect": [
+      260,
+      714,
+      590,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-185",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1000,
+      890,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-186",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3766,7 +3967,7 @@
    },
    {
     "box": {
-     "id": "obj-178",
+     "id": "obj-187",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3784,7 +3985,7 @@
    },
    {
     "box": {
-     "id": "obj-179",
+     "id": "obj-188",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3802,7 +4003,7 @@
    },
    {
     "box": {
-     "id": "obj-180",
+     "id": "obj-189",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -3822,7 +4023,7 @@
    },
    {
     "box": {
-     "id": "obj-181",
+     "id": "obj-190",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3840,7 +4041,7 @@
    },
    {
     "box": {
-     "id": "obj-182",
+     "id": "obj-191",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3858,7 +4059,7 @@
    },
    {
     "box": {
-     "id": "obj-183",
+     "id": "obj-192",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3876,7 +4077,7 @@
    },
    {
     "box": {
-     "id": "obj-184",
+     "id": "obj-193",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -6194,11 +6395,23 @@
    {
     "patchline": {
      "source": [
+      "obj-178",
+      0
+     ],
+     "destination": [
+      "obj-177",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-177",
       0
      ],
      "destination": [
-      "obj-178",
+      "obj-179",
       0
      ]
     }
@@ -6206,11 +6419,11 @@
    {
     "patchline": {
      "source": [
-      "obj-178",
+      "obj-179",
       0
      ],
      "destination": [
-      "obj-179",
+      "obj-180",
       0
      ]
     }
@@ -6218,7 +6431,7 @@
    {
     "patchline": {
      "source": [
-      "obj-179",
+      "obj-180",
       0
      ],
      "destination": [
@@ -6230,44 +6443,8 @@
    {
     "patchline": {
      "source": [
-      "obj-180",
-      1
-     ],
-     "destination": [
-      "obj-181",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-180",
-      0
-     ],
-     "destination": [
-      "obj-181",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-181",
-      0
-     ],
-     "destination": [
-      "obj-182",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-182",
-      0
+      "obj-4",
+      18
      ],
      "destination": [
       "obj-183",
@@ -6279,6 +6456,126 @@
     "patchline": {
      "source": [
       "obj-183",
+      0
+     ],
+     "destination": [
+      "obj-182",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      19
+     ],
+     "destination": [
+      "obj-185",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-185",
+      0
+     ],
+     "destination": [
+      "obj-184",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-186",
+      0
+     ],
+     "destination": [
+      "obj-187",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-187",
+      0
+     ],
+     "destination": [
+      "obj-188",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-188",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-189",
+      1
+     ],
+     "destination": [
+      "obj-190",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-189",
+      0
+     ],
+     "destination": [
+      "obj-190",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-190",
+      0
+     ],
+     "destination": [
+      "obj-191",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-191",
+      0
+     ],
+     "destination": [
+      "obj-192",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-192",
       0
      ],
      "destination": [

@@ -4,6 +4,7 @@ inpaint-osc serve [--bundle DIR] [--port 9000] ...    the OSC server: paint soun
 inpaint-osc send /generate                            send one message to a server, print the replies
 inpaint-osc info [--bundle DIR]                       what a bundle holds, and the provider that runs it
 inpaint-osc render --out note.wav ...                  generate one note to a WAV file, no server
+inpaint-osc export-instrument OUT [--instrument NAME]  one note per key as a sampler instrument (SFZ + SF2)
 inpaint-osc bench [--bundle DIR]                      latency of every operation over loopback OSC, as JSON
 inpaint-osc stress [--scale ci|full]                  reliability: fuzz, flood, crash recovery, bad files
 """
@@ -78,6 +79,39 @@ def cmd_render(args: argparse.Namespace) -> dict:
     }
 
 
+def cmd_export_instrument(args: argparse.Namespace) -> dict:
+    from server import instrument_export
+    from server.bundle import Bundle
+    from server.engine import Engine
+
+    t0 = time.perf_counter()
+    engine = Engine(Bundle(args.bundle, args.provider))
+    m = engine.manifest
+    _check_rate(args.rate)
+    engine.update_settings(
+        family=engine.family_index(args.instrument),
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        level=args.level,
+        gain=args.gain,
+        velocity_curve=args.velocity_curve,
+        release=args.release,
+    )
+    low = m.pitch_range[0] if args.low is None else args.low
+    high = m.pitch_range[1] if args.high is None else args.high
+    for pitch in (low, high):
+        engine.check_pitch(pitch)
+    loaded = time.perf_counter()
+
+    def on_key(done: int, total: int) -> None:
+        print(f"\r{done}/{total} keys", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    sfz, sf2, keys = instrument_export.export(engine, args.out, args.rate, range(low, high + 1), on_key)
+    return {"sfz": str(sfz), "sf2": str(sf2), "keys": keys, "load_s": round(loaded - t0, 3),
+            "export_s": round(time.perf_counter() - loaded, 3)}  # fmt: skip
+
+
 def cmd_serve(args: argparse.Namespace) -> dict:
     import logging
 
@@ -143,6 +177,8 @@ def cmd_send(args: argparse.Namespace) -> dict:
     note_off = args.address == "/note" and len(values) >= 2 and values[1] == 0
     starts_work = args.address in protocol.BY_PATH and protocol.BY_PATH[args.address].request_id and not note_off
     final = {"/render/done", "/render/cancelled", "/error", "/image/done"} if starts_work else None
+    if args.address == "/export/instrument":  # work without a request id: it ends with /export/done
+        final = {"/export/done", "/error"}
     replies: list[list] = []
     deadline = time.monotonic() + args.timeout
     while (left := deadline - time.monotonic()) > 0:
@@ -282,15 +318,29 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--port", type=int, default=9000)
     c.add_argument("--wait", type=float, default=0.5, help="seconds of silence that end the replies")
     c.add_argument("--timeout", type=float, default=60.0, help="longest wait for work to finish")
-    p = sub.add_parser("render", parents=[common], help="generate one note to a WAV file")
+    # What a sound is made with: render and export-instrument take the same options.
+    sound = argparse.ArgumentParser(add_help=False, parents=[common])
+    sound.add_argument("--instrument", default="keyboard", help="instrument family (default: %(default)s)")
+    sound.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
+    sound.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass (default: %(default)s)")
+    sound.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    sound.add_argument("--level", type=float, default=-18.0, help="RMS of the held part, dBFS (default: %(default)s)")
+    sound.add_argument("--rate", type=int, help="sample rate of the WAVs (default: the model's)")
+    p = sub.add_parser("render", parents=[sound], help="generate one note to a WAV file")
     p.add_argument("--out", type=Path, required=True, help="WAV file to write (float32)")
     p.add_argument("--pitch", type=int, default=60, help="MIDI pitch (default: %(default)s)")
-    p.add_argument("--instrument", default="keyboard", help="instrument family (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--level", type=float, default=-18.0, help="RMS of the held part, dBFS (default: %(default)s)")
-    p.add_argument("--rate", type=int, help="sample rate of the WAV (default: the model's)")
+    e = sub.add_parser(
+        "export-instrument", parents=[sound], help="one note per key as a sampler instrument: SFZ (WAVs) and SF2"
+    )
+    e.add_argument("out", type=Path, help="folder to write (replaced whole if it holds an earlier export)")
+    e.add_argument("--low", type=int, help="lowest key (default: the model's lowest pitch)")
+    e.add_argument("--high", type=int, help="highest key (default: the model's highest pitch)")
+    e.add_argument("--gain", type=float, default=0.0, help="dB after normalisation, as /gain (default: %(default)s)")
+    e.add_argument(
+        "--velocity-curve", type=float, default=2.0,
+        help="level = (velocity / 127) ** curve, as /velocity/curve (default: %(default)s)",
+    )  # fmt: skip
+    e.add_argument("--release", type=float, default=0.15, help="fade after note-off, s (default: %(default)s)")
     return ap
 
 
@@ -310,6 +360,7 @@ def cmd_addresses(args: argparse.Namespace) -> None:
 COMMANDS = {
     "info": cmd_info,
     "render": cmd_render,
+    "export-instrument": cmd_export_instrument,
     "serve": cmd_serve,
     "send": cmd_send,
     "bench": cmd_bench,

@@ -25,7 +25,7 @@ import numpy as np
 from pythonosc import osc_packet, osc_server
 from pythonosc.dispatcher import Dispatcher
 
-from server import codemaps, protocol
+from server import codemaps, instrument_export, protocol
 from server.engine import NOTE_MODES, Engine, EngineError
 from server.midi import CC_PARAMETERS, DEFAULT_CC_MAP, GM_FAMILIES, cc_value
 from server.output import OutputFolder
@@ -497,6 +497,20 @@ class InstrumentServer:
     def on_stop(self, c: Client, r: Request, t: float) -> None:
         self.player.stop()
 
+    def on_export_instrument(self, c: Client, r: Request, t: float) -> None:
+        folder = self.usable(r.values["path"])
+        try:
+            folder = instrument_export.check_folder(folder)
+        except instrument_export.ExportError as exc:
+            raise EngineError(str(exc)) from None
+        lo, hi = self.engine.manifest.pitch_range
+        low, high = r.values.get("low", lo), r.values.get("high", hi)
+        for pitch in (low, high):
+            self.engine.check_pitch(pitch)
+        if low > high:
+            raise EngineError(f"low {low} is above high {high}")
+        self.submit(c, r, "export", t, folder=folder, keys=range(low, high + 1))
+
     # ---- helpers ------------------------------------------------------------------------------------------
 
     def readable(self, path: str) -> Path:
@@ -506,6 +520,13 @@ class InstrumentServer:
             raise EngineError(f"{path}: outside the folders the server may read (--read-dir)")
         if not resolved.is_file():
             raise EngineError(f"{path}: {'a folder, not a sound file' if resolved.is_dir() else 'no such file'}")
+        return resolved
+
+    def usable(self, path: str) -> Path:
+        """A client's folder to write, resolved and allowed only under the same folders as `readable`."""
+        resolved = Path(os.path.expanduser(path)).resolve()
+        if not any(resolved.is_relative_to(d) for d in self.read_dirs):
+            raise EngineError(f"{path}: outside the folders the server may use (--read-dir)")
         return resolved
 
     def _settings_saver(self) -> None:

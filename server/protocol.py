@@ -157,6 +157,13 @@ INBOUND = (
     Address("/image", (LAYER,), "PNG of the last render's spectrogram with the layer's grid", request_id=True),
     Address("/play", optional=(Arg("loop", "i", 0, 1),), doc="play the last render on the server's output"),
     Address("/stop", doc="stop playback"),
+    Address(
+        "/export/instrument",
+        (Arg("path", "s"),),
+        "write the current sound as a sampler instrument into this folder (under an allowed folder): one note "
+        "per key of the model's range (or low..high), as an SFZ with its WAVs and an SF2; answers /export/done",
+        optional=(Arg("low", "i", *MIDI), Arg("high", "i", *MIDI)),
+    ),
 )
 
 OUTBOUND = (
@@ -234,6 +241,12 @@ OUTBOUND = (
         (Arg("layer", "s"), Arg("version", "i"), Arg("rows", "i"), Arg("cols", "i")),
         "row-major from the lowest row; pushed to every client after each change",
         repeat=(Arg("code", "i"),),
+    ),
+    Address("/export/progress", (Arg("done", "i"), Arg("total", "i")), "keys of the instrument rendered so far"),
+    Address(
+        "/export/done",
+        (Arg("sfz_path", "s"), Arg("sf2_path", "s"), Arg("keys", "i")),
+        "the instrument is written (its folder renamed into place whole)",
     ),
     Address("/status", (Arg("status", "s"),), "ready | busy | loading"),
     Address("/error", (Arg("address", "s"), Arg("message", "s"))),

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from server import level
+from server import instrument_export, level
 from server.audio import resample
 from server.engine import Engine, EngineError, Note
 from server.output import OutputFolder, chunks
@@ -253,8 +253,9 @@ class Worker(threading.Thread):
             if job.cancelled:
                 self._cancelled(job)
                 continue
-            for r in job.requesters:
-                self.replies.send(r.client, "/render/started", r.request_id)
+            if job.kind != "export":  # an export reports /export/progress and ends with /export/done instead
+                for r in job.requesters:
+                    self.replies.send(r.client, "/render/started", r.request_id)
             t0 = time.perf_counter()
             try:
                 result = self.apply(job)
@@ -321,6 +322,9 @@ class Worker(threading.Thread):
         elif job.kind == "image":
             self._image(job)
             return "quiet"
+        elif job.kind == "export":
+            self._export(job)
+            return "quiet"
         else:
             raise EngineError(f"unknown job {job.kind}")
         return "edit"
@@ -339,6 +343,31 @@ class Worker(threading.Thread):
         path, width, height = self.out.write_png(self.engine.last_spectrogram, job.params["layer"], job.ids()[0])
         for r in job.requesters:
             self.replies.send(r.client, "/image/done", r.request_id, str(path), width, height)
+
+    def _export(self, job: Job) -> None:
+        """The current sound as a sampler instrument (`server.instrument_export`): notes not cached yet are
+        rendered here (requests wait meanwhile; `/cancel` stops it), then the folder is written whole."""
+        [r] = job.requesters
+
+        def on_key(done: int, total: int) -> None:
+            self.replies.send(r.client, "/export/progress", done, total)
+
+        def check(_fraction: float) -> None:
+            if job.cancelled:
+                raise Cancelled(job.cancelled)
+
+        try:
+            sfz, sf2, keys = instrument_export.export(
+                self.engine, job.params["folder"], self._rate(r), job.params["keys"], on_key, check
+            )
+        except Cancelled as exc:
+            self.replies.send(r.client, "/error", job.address, f"export stopped: {exc}; nothing was written")
+        except (instrument_export.ExportError, OSError) as exc:
+            log.error("export to %s failed: %s", job.params["folder"], exc)
+            self.replies.send(r.client, "/error", job.address, f"export failed, nothing was written: {exc}")
+        else:
+            log.info("exported %d keys to %s", keys, sfz.parent)
+            self.replies.send(r.client, "/export/done", str(sfz), str(sf2), keys)
 
     def _render(self, requesters: list[Requester], timings: dict[str, float]) -> None:
         audio = self.engine.render(timings)

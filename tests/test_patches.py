@@ -177,7 +177,7 @@ def test_every_address_the_pd_patch_sends_or_routes_is_in_the_table():
     routes = [t.rstrip(";").split()[5:] for t in objects if " route " in t]
     voices = {str(v) for v in range(1, 9)}  # /render/done by request id: a note's id is its voice
     assert routes and all(
-        set(r) <= first_parts | {"done", "top", "bottom", "cache", "curve", "0"} | voices for r in routes
+        set(r) <= first_parts | {"done", "top", "bottom", "cache", "curve", "progress", "0"} | voices for r in routes
     )
 
 
