@@ -9,7 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${INPAINT_OSC_VENV:-$ROOT/.venv}"
 EXTRAS="${INPAINT_OSC_EXTRAS:-cpu,train,dev}"
 # shellcheck disable=SC2206  # a word list
-DEBIAN_PACKAGES=(${INPAINT_OSC_DEBIAN:-fluidsynth timgm6mb-soundfont fluid-soundfont-gm liblo-tools puredata-core libportaudio2})
+DEBIAN_PACKAGES=(${INPAINT_OSC_DEBIAN:-fluidsynth timgm6mb-soundfont fluid-soundfont-gm liblo-tools puredata-core libportaudio2 jackd2})
 # shellcheck disable=SC2206  # callers that need more (scripts/train_default.sh: its soundfonts) list them here
 DEBIAN_PACKAGES+=(${EXTRA_DEBIAN_PACKAGES:-})
 
