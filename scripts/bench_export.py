@@ -1,9 +1,9 @@
 """The figures of the instrument export on the shipped model (README "In a DAW"): the export of every key
 cold (an empty note cache: every note rendered) and warm (the same engine again), then FluidSynth plays a
 16-note melody through the SF2 (cents error of each note, and of the sample it plays) and one key at velocity
-127 and 30 (dB apart).
+127 and 30 (dB apart); with --osc, a server over real UDP exports once its note cache is full.
 
-    .venv/bin/python scripts/bench_export.py [--bundle DIR] [--instrument NAME] [--out DIR]
+    .venv/bin/python scripts/bench_export.py [--bundle DIR] [--instrument NAME] [--out DIR] [--osc]
 
 Prints JSON. Needs Debian's fluidsynth and mido (the dev extra); export.metrics is numpy-only.
 """
@@ -61,11 +61,42 @@ def fluidsynth(sf2: Path, events: list[tuple[int, int]], folder: Path, held: flo
     return audio.mean(axis=1)
 
 
+def over_osc(bundle: Path, instrument: str, folder: Path) -> dict:
+    """A server on `bundle` over real UDP: once its note cache is full, the time from /export/instrument to
+    /export/done, and the /export/progress messages between."""
+    from server.bench import start_server, wait_for_pong
+
+    folder.mkdir(parents=True, exist_ok=True)
+    proc, port = start_server(bundle, folder, threads=2)
+    try:
+        client = wait_for_pong(proc, port)
+        client.send("/instrument", instrument)
+        t0 = time.perf_counter()
+        while (cache := client.wait_for("/note/cache", timeout=300)[1])[0] < cache[1]:
+            pass
+        filled = time.perf_counter()
+        client.send("/export/instrument", str(folder / "osc-instrument"))
+        progress = 0
+        while (reply := client.wait_for("/export/progress", "/export/done", "/error", timeout=300))[0] != (
+            "/export/done"
+        ):
+            assert reply[0] == "/export/progress", reply
+            progress += 1
+        done = time.perf_counter()
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"cache_fill_s": round(filled - t0, 2), "export_warm_s": round(done - filled, 2), "progress": progress,
+            "done": reply[1]}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=default_bundle())
     ap.add_argument("--instrument", default="keyboard")
     ap.add_argument("--out", type=Path, help="where the instrument goes (default: a temporary folder)")
+    ap.add_argument("--osc", action="store_true", help="also over real UDP: a server's warm export")
     args = ap.parse_args()
     folder = args.out or Path(tempfile.mkdtemp(prefix="inpaint-export-")) / "instrument"
 
@@ -83,6 +114,7 @@ def main() -> None:
     own = [f0_cents(sf.read(str(folder / "samples" / f"{k:03d}.wav"))[0], k, 0.15, 0.6) for k in MELODY]
     loudness = fluidsynth(sf2, [(60, 127), (60, 30)], folder.parent)
     loud, soft = (held_rms_db(loudness[int((i + 0.15) * RATE) : int((i + 0.75) * RATE)], RATE) for i in range(2))
+    osc = over_osc(args.bundle, args.instrument, folder.parent / "server") if args.osc else None
     print(
         json.dumps(
             {
@@ -99,6 +131,7 @@ def main() -> None:
                 "cents_sample": own,
                 "within_50_cents": sum(c is not None and abs(c) < 50 for c in played),
                 "velocity_127_vs_30_db": round(loud - soft, 2),
+                "osc": osc,
             },
             indent=1,
         )
