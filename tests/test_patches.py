@@ -256,3 +256,15 @@ def test_pd_patch_generates_loads_the_wav_and_reports_its_length(pd, live):
     [wav] = [x.split(" ", 2)[2] for x in lines if x.startswith("inpaint-osc: file ")][:1]
     info = sf.info(wav)
     assert loaded[0] == info.frames == 176_400 and info.samplerate == 44_100, lines
+
+
+def test_pd_exports_the_instrument_into_the_typed_folder(pd, live):
+    """The export button's receive name, with the folder set by its own: /export/instrument reaches the server,
+    whose /export/done the patch logs with the two files' paths."""
+    folder = live.read_dir / "pd-instrument"
+    send = f"inpaint-osc-listen {live.reply_port}; inpaint-osc-connect 127.0.0.1 {live.port}; "
+    send += f"inpaint-osc-export-path symbol {folder}; inpaint-osc-export bang"
+    lines = run_pd(pd, send, lambda lines: any(x.startswith("inpaint-osc: exported ") for x in lines), seconds=120)
+    [done] = [x.split()[2:] for x in lines if x.startswith("inpaint-osc: exported ")]
+    assert done == [str(folder / "pd-instrument.sfz"), str(folder / "pd-instrument.sf2"), "61"], lines
+    assert len(list((folder / "samples").iterdir())) == 61

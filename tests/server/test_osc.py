@@ -56,6 +56,7 @@ HAPPY = {
     "/image": ([], ["top", 23], "/image/done"),
     "/play": ([("/render", [])], [], None),
     "/stop": ([], [], None),
+    "/export/instrument": ([], None, "/export/done"),  # a folder in the read folder, two keys
 }
 
 # address → (arguments, text the /error message must contain)
@@ -102,6 +103,7 @@ BAD = {
     "/image": (["side"], "unknown layer 'side'"),
     "/play": ([2], "loop 2 is outside 0..1"),
     "/stop": ([1], "expected no arguments"),
+    "/export/instrument": (["/etc/inpaint-osc-instrument"], "outside the folders the server may use"),
 }
 
 
@@ -134,6 +136,8 @@ def test_happy_path(live, client, address):
         path = live.read_dir / "tone.wav"
         sf.write(str(path), 0.3 * np.sin(2 * np.pi * 220 * np.arange(64_000) / 16_000), 16_000)
         args = [str(path)]
+    if address == "/export/instrument":
+        args = [str(live.read_dir / "happy-instrument"), 60, 61]
     if address == "/cc/map":
         address, args = "/cc", [20, 127]  # the controller mapped just before now moves top-p
     if reply == "/render/done":  # at the default level: other tests of this module move it

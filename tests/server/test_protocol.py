@@ -25,6 +25,9 @@ def test_the_contract_addresses_of_the_issue_exist_with_their_arguments():
     assert out["/render/done"] == "i:id s:wav_path i:frames i:sample_rate f:seconds f:level_db"
     assert out["/codemap"] == "s:layer i:version i:rows i:cols i:code ..."
     assert out["/error"] == "s:address s:message"
+    assert specs["/export/instrument"] == "s:path [i:low] [i:high]"
+    assert out["/export/progress"] == "i:done i:total"
+    assert out["/export/done"] == "s:sfz_path s:sf2_path i:keys"
 
 
 @pytest.mark.parametrize(
