@@ -6,7 +6,9 @@
   inpaint-train prior RUN --layer top|bottom              train one Transformer prior
   inpaint-train export RUN --out BUNDLE                   write the ONNX bundle, checked against torch
   inpaint-train pipeline RUN --data DATA --out BUNDLE     all training stages, then export
-  inpaint-train evaluate BUNDLE --data DATA                measure a bundle: markdown report in docs/
+  inpaint-train evaluate BUNDLE --data DATA                measure a bundle (pitch and timbre): markdown report
+  inpaint-train reguide BUNDLE --data DATA --out NEW       re-measure a bundle's harmonic guidance (no training)
+  inpaint-train ablate-guidance BUNDLE --data DATA --out DIR   guidance recipes, by pitch and family side by side
   inpaint-train bench [--server [--markdown docs/benchmarks.md]]   onnxruntime vs torch eager; --server: over OSC
 
 Every training stage resumes from its checkpoint. For several GPUs or nodes, start a stage with torchrun:
@@ -174,6 +176,20 @@ def cmd_ablate(args) -> dict:
     )
 
 
+def cmd_reguide(args) -> dict:
+    from export.reguide import reguide
+
+    manifest = reguide(args.bundle, args.data, args.out, args.recipe, {"top": args.top, "bottom": args.bottom})
+    return {"bundle": str(args.out), "harmonic_guidance": manifest["provenance"]["harmonic_guidance"]}
+
+
+def cmd_ablate_guidance(args) -> dict:
+    from export.guidance_ablation import Variant, ablate_guidance
+
+    variants = [Variant.parse(v) for v in args.variants.split(",")]
+    return ablate_guidance(args.bundle, args.data, args.out, variants, args.notes, args.samples, args.markdown)
+
+
 def cmd_bench(args) -> dict:
     from export.bench import run_bench
 
@@ -297,6 +313,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="e.g. train.prior_lr=1e-4")
     p.add_argument("--device", **device)
 
+    from export.harmonics import DEFAULT_RECIPE, PROFILE_RECIPES
+
+    p = sub.add_parser("reguide", help="a bundle with its harmonic guidance re-measured (no training)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="the dataset it was trained on (its training split)")
+    p.add_argument("--out", type=Path, required=True, help="the new bundle folder")
+    p.add_argument("--recipe", choices=PROFILE_RECIPES, default=DEFAULT_RECIPE, help="(default %(default)s)")
+    p.add_argument("--top", type=float, default=1.0, help="weight baked into the top prior (default 1)")
+    p.add_argument("--bottom", type=float, default=1.0, help="weight baked into the bottom prior (default 1)")
+
+    p = sub.add_parser("ablate-guidance", help="harmonic guidance recipes on one bundle, by pitch and family")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="the dataset it was trained on")
+    p.add_argument("--out", type=Path, required=True, help="folder of the variants' bundles and guidance.json")
+    p.add_argument(
+        "--variants",
+        default="level:0,level:1,shape:1",
+        help="recipe:top:bottom:harmonic or recipe:harmonic, comma-separated (default %(default)s)",
+    )
+    p.add_argument("--notes", type=int, default=40, help="validation notes for inpainting (default %(default)s)")
+    p.add_argument("--samples", type=int, default=2, help="notes per family and pitch (default %(default)s)")
+    p.add_argument("--markdown", type=Path, help="also write the table")
+
     p = sub.add_parser("bench", help="prior decoding step: onnxruntime vs torch eager, and full sampling time")
     p.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both runtimes (default %(default)s)")
@@ -316,6 +355,8 @@ COMMANDS = {
     "pipeline": cmd_pipeline,
     "evaluate": cmd_evaluate,
     "ablate": cmd_ablate,
+    "reguide": cmd_reguide,
+    "ablate-guidance": cmd_ablate_guidance,
     "fork": cmd_fork,
     "bench": cmd_bench,
 }

@@ -129,7 +129,7 @@ def _checkpoint_figures(folder: Path, layer: str) -> dict:
 
 
 def _train_figures(metrics: dict) -> dict:
-    keys = ("valid_loss", "valid_accuracy", "sensitivity", "examples_per_s", "steps_run", "step",
+    keys = ("valid_loss", "valid_accuracy", "sensitivity", "family_sensitivity", "examples_per_s", "steps_run", "step",
             "generation_pitch_accuracy", "resample_bottom_pitch_kept")  # fmt: skip
     return {k: metrics[k] for k in keys if k in metrics}
 
@@ -138,8 +138,9 @@ def ablation_markdown(summary: dict) -> str:
     how = "fine-tuned from the base run's priors" if summary["init"] else "trained from scratch"
     lines = [
         "| design | guidance / harmonic guidance | generation pitch accuracy (worst family) | keep top, resample "
-        "bottom | first 2 s | lowest quarter | pitch sensitivity top / bottom (nats) | valid loss top / bottom |",
-        "|---|---|---|---|---|---|---|---|",
+        "bottom | first 2 s | lowest quarter | pitch sensitivity top / bottom (nats) | family sensitivity top / bottom "
+        "(nats) | valid loss top / bottom |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in summary["results"].items():
         t, b = r["train"]["top"], r["train"]["bottom"]
@@ -148,6 +149,7 @@ def ablation_markdown(summary: dict) -> str:
                 f"| {name} | {weights} | {100 * s['generation']:.0f} % ({100 * s['worst_family']:.0f} %) | "
                 f"{100 * s['bottom']:.0f} % | {100 * s['time']:.0f} % | {100 * s['frequency']:.0f} % | "
                 f"{t.get('sensitivity', float('nan')):.3f} / {b.get('sensitivity', float('nan')):.3f} | "
+                f"{t.get('family_sensitivity', float('nan')):.3f} / {b.get('family_sensitivity', float('nan')):.3f} | "
                 f"{t['valid_loss']:.3f} / {b['valid_loss']:.3f} |"
             )
     steps = summary["steps"]

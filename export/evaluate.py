@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from export import timbre
 from export.config import DataConfig
-from export.metrics import estimate_f0, log_spectral_distance, midi_to_hz, pitch_kept
+from export.family_judge import timbre_features
+from export.metrics import estimate_f0, log_spectral_distance, midi_to_hz, pitch_kept, stft_magnitudes
 from export.nsynth import Note, load_splits
 from server import codemaps, dsp, render
 from server.bundle import Bundle
@@ -30,7 +32,8 @@ from server.sampling import Conditioning, Inpainter
 
 GRID_PITCHES = (24, 31, 38, 45, 52, 59, 66, 73, 80)  # the paper's generation grid
 TARGETS = {"pitch_accuracy": 0.90, "family_pitch_accuracy": 0.70, "inpaint_pitch_kept": 0.90,
-           "recon_pitch_kept": 0.98, "codes_used": 0.50}  # fmt: skip
+           "recon_pitch_kept": 0.98, "codes_used": 0.50, "family_of_ceiling": 0.80, "worst_family_of_ceiling": 0.50,
+           "diversity": 0.50, "recon_lsd_db": 5.0}  # fmt: skip
 DEFAULTS = Conditioning(0, 0)  # the server's default sampling settings (temperature, top-p, guidance)
 STFT_RESOLUTIONS = (512, 1024, 2048)  # n_fft of the multi-resolution distance (hop n_fft / 4, Hann)
 
@@ -38,19 +41,12 @@ STFT_RESOLUTIONS = (512, 1024, 2048)  # n_fft of the multi-resolution distance (
 # ---------------------------------------------------------------- measures
 
 
-def _magnitudes(audio: np.ndarray, n_fft: int) -> np.ndarray:
-    hop = n_fft // 4
-    padded = np.pad(audio.astype(np.float64), n_fft // 2)
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]  # (frames, n_fft)
-    return np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1))
-
-
 def multi_resolution_stft_distance(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Mean over resolutions of spectral convergence + mean |log magnitude difference| (the Parallel WaveGAN
     auxiliary loss, as a distance: 0 for identical audio)."""
     total = 0.0
     for n_fft in STFT_RESOLUTIONS:
-        a, b = _magnitudes(reference, n_fft), _magnitudes(estimate, n_fft)
+        a, b = stft_magnitudes(reference, n_fft), stft_magnitudes(estimate, n_fft)
         convergence = np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12)
         log_l1 = np.mean(np.abs(np.log(np.maximum(a, 1e-7)) - np.log(np.maximum(b, 1e-7))))
         total += convergence + log_l1
@@ -70,7 +66,7 @@ def _cents_off(audio: np.ndarray, pitch: int) -> float | None:
     return None if f0 is None else 1200 * math.log2(f0 / target)
 
 
-def _read(note: Note, p: dsp.SpectrogramParams) -> np.ndarray:
+def read_note(note: Note, p: dsp.SpectrogramParams) -> np.ndarray:
     audio, rate = sf.read(str(note.path), dtype="float32")
     if rate != p.sample_rate:
         raise ValueError(f"{note.path}: {rate} Hz, the bundle expects {p.sample_rate} Hz")
@@ -91,13 +87,15 @@ class Reconstruction:
     recon_kept: bool
     top: np.ndarray
     bottom: np.ndarray
+    timbre: np.ndarray  # the family judge's features of the reconstruction
+    timbre_original: np.ndarray  # and of the original
 
 
 def reconstruct(bundle: Bundle, notes: list[Note]) -> list[Reconstruction]:
     p = bundle.manifest.spectrogram
     rows = []
     for note in notes:
-        audio = _read(note, p)
+        audio = read_note(note, p)
         top, bottom = render.encode_audio(bundle, audio)
         recon = render.render(bundle, top, bottom)
         rows.append(
@@ -111,6 +109,8 @@ def reconstruct(bundle: Bundle, notes: list[Note]) -> list[Reconstruction]:
                 pitch_kept(recon, note.pitch),
                 top,
                 bottom,
+                timbre_features(recon, note.pitch),
+                timbre_features(audio, note.pitch),
             )
         )
     return rows
@@ -124,6 +124,7 @@ class Generation:
     priors_s: float
     decoder_s: float
     inversion_s: float
+    timbre: np.ndarray  # the family judge's features
 
     @property
     def kept(self) -> bool:
@@ -146,7 +147,8 @@ def generate_grid(
                 t2 = time.perf_counter()
                 audio = dsp.invert(spec, bundle.manifest.spectrogram)
                 t3 = time.perf_counter()
-                rows.append(Generation(family, pitch, _cents_off(audio, pitch), t1 - t0, t2 - t1, t3 - t2))
+                timbre = timbre_features(audio, pitch)
+                rows.append(Generation(family, pitch, _cents_off(audio, pitch), t1 - t0, t2 - t1, t3 - t2, timbre))
     return rows
 
 
@@ -162,6 +164,7 @@ class Inpainted:
     family: int
     kind: str  # one of INPAINTING's kinds
     cents: float | None  # f0 after the edit against the note's pitch
+    timbre: np.ndarray  # the family judge's features after the edit
 
     @property
     def kept(self) -> bool:
@@ -180,7 +183,8 @@ def inpaint_notes(
         for j, (kind, _) in enumerate(INPAINTING):
             layer, mask = inpainting_masks(kind)
             top, bottom = inpainter.inpaint(row.top, row.bottom, layer, mask, cond, np.random.default_rng([seed, i, j]))
-            out.append(Inpainted(note.family, kind, _cents_off(render.render(bundle, top, bottom), note.pitch)))
+            audio = render.render(bundle, top, bottom)
+            out.append(Inpainted(note.family, kind, _cents_off(audio, note.pitch), timbre_features(audio, note.pitch)))
     return out
 
 
@@ -287,6 +291,9 @@ def evaluate(
     accuracy = float(np.mean([g.kept for g in gens]))
     by_family = [float(np.mean([g.kept for g in gens if g.family == i])) for i in range(len(families))]
     inpaint = {kind: _rate([x.kept for x in inpainted if x.kind == kind]) for kind, _ in INPAINTING}
+    judge = timbre.train_judge(split["train"], families, m.spectrogram, data / timbre.JUDGE_CACHE)
+    heard = timbre_of(judge, recon, gens, inpainted)
+    heard_summary = timbre.summary(heard)
 
     lines = [
         f"# Evaluation of the `{m.raw.get('name', bundle_dir.name)}` bundle",
@@ -311,6 +318,15 @@ def evaluate(
         ),
         f"| reconstruction pitch kept (validation notes whose own pitch reads right) | "
         f"{_verdict(recon_kept, TARGETS['recon_pitch_kept'])} |",
+        f"| generated notes recognised as their family (of the judge's ceiling {_pct(heard_summary['family_ceiling'])})"
+        f" | {_verdict(heard_summary['generation_family_of_ceiling'], TARGETS['family_of_ceiling'])} |",
+        f"| lowest family, of its ceiling | "
+        f"{_verdict(heard_summary['worst_family_of_ceiling'], TARGETS['worst_family_of_ceiling'])} |",
+        f"| diversity: seed to seed, of real program to program | "
+        f"{_verdict(heard_summary['diversity'], TARGETS['diversity'])} |",
+        f"| reconstruction log-spectral distance | {np.mean([r.lsd for r in recon]):.2f} dB (target "
+        f"{TARGETS['recon_lsd_db']:.1f} dB, representation floor "
+        f"{np.mean([r.lsd_representation for r in recon]):.2f} dB) |",
         *(
             f"| codes used, {layer} | {_verdict(usage[layer][1], TARGETS['codes_used'])}, perplexity "
             f"{usage[layer][0]:.1f} of {m.n_codes} |"
@@ -321,6 +337,7 @@ def evaluate(
     lines += _reconstruction_section(recon, [r for _, r in pitched], families, recon_s)
     lines += _generation_section(gens, families, samples, media)
     lines += _inpainting_kept_section(inpainted, families, len(pitched), inpaint_s)
+    lines += timbre.timbre_section(heard, families, len(judge.notes))
     figures = {}
     if unseen is not None:
         section, figures = _unseen_section(bundle, unseen, data_config, notes, seed)
@@ -338,8 +355,24 @@ def evaluate(
         "reconstruction_pitch_kept": recon_kept,
         "reconstruction_lsd_db": float(np.mean([r.lsd for r in recon])),
         "codes_used": {layer: usage[layer][1] for layer in usage},
+        "timbre": heard_summary,
         **figures,
     }
+
+
+def timbre_of(judge: timbre.JudgeData, recon: list[Reconstruction], gens: list[Generation], inpainted) -> dict:
+    """The family judge's figures (`export.timbre.timbre_figures`) for one evaluation's notes."""
+    return timbre.timbre_figures(
+        judge,
+        (np.stack([r.timbre_original for r in recon]), np.array([r.family for r in recon])),
+        np.stack([r.timbre for r in recon]),
+        (np.stack([g.timbre for g in gens]), np.array([g.family for g in gens]), np.array([g.pitch for g in gens])),
+        {
+            kind: (np.stack([x.timbre for x in mine]), np.array([x.family for x in mine]))
+            for kind, _ in INPAINTING
+            if (mine := [x for x in inpainted if x.kind == kind])
+        },
+    )
 
 
 def _rate(flags: list[bool]) -> float:
@@ -489,7 +522,7 @@ def _usage_section(usage, n_codes: int, n_notes: int) -> list[str]:
 def _inpainting_section(bundle: Bundle, note: Note, media: Path, seed: int) -> list[str]:
     m = bundle.manifest
     rate = m.spectrogram.sample_rate
-    audio = _read(note, m.spectrogram)
+    audio = read_note(note, m.spectrogram)
     top, bottom = render.encode_audio(bundle, audio)
     cond = replace(DEFAULTS, pitch=note.pitch, family=note.family)
     inpainter = Inpainter.from_bundle(bundle)

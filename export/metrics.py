@@ -64,6 +64,14 @@ def pitch_kept(audio: np.ndarray, pitch: int, sample_rate: int = 16_000, toleran
     return f0 is not None and abs(cents(f0, target)) <= tolerance_cents
 
 
+def stft_magnitudes(audio: np.ndarray, n_fft: int, hop: int | None = None) -> np.ndarray:
+    """(samples,) → (frames, n_fft / 2 + 1) magnitudes: centred Hann frames, hop n_fft / 4 unless given."""
+    hop = hop or n_fft // 4
+    padded = np.pad(np.asarray(audio, np.float64), n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]  # (frames, n_fft)
+    return np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1))
+
+
 def log_spectral_distance(
     reference: np.ndarray,
     estimate: np.ndarray,

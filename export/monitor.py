@@ -4,6 +4,8 @@ Every `monitor_every` steps (and at the end) a prior stage logs:
 - pitch sensitivity: teacher-forced loss (nats per token) with the pitch shifted by 1, 7, 12 and -12
   semitones, minus the loss at the true pitch, on a fixed set of validation notes (the top prior from an empty
   map, as when generating; the bottom prior under the real top map). Near 0: the prior ignores the pitch.
+- family sensitivity: the same with the family label changed (moved by 1, 4 and 7 places among the 11, so
+  every note gets three other families); near 0, `/instrument` changes nothing the prior does.
 - pitch accuracy of real renders: the bottom stage resamples the whole bottom map of validation notes under
   their real top map (the paper's third experiment) and counts the notes whose f0 survives; the top stage
   generates new notes from nothing on a grid of families and pitches (off the evaluation grid, so nothing is
@@ -25,6 +27,7 @@ from server import codemaps, dsp
 from server.sampling import DEFAULT_GUIDANCE, DEFAULT_HARMONIC
 
 SHIFTS = (1, 7, 12, -12)
+FAMILY_SHIFTS = (1, 4, 7)
 DEV_PITCHES = (27, 34, 41, 48, 55, 62, 69, 76)  # between the evaluation grid's 24, 31, ..., 80
 
 
@@ -106,15 +109,21 @@ class PitchMonitor:
         src = torch.full_like(top, m.mask_token) if self.layer == "top" else top
         target = top if self.layer == "top" else bottom
 
-        def loss(p: torch.Tensor) -> float:
-            logits = m(src, target, p, family).float()
+        def loss(p: torch.Tensor, f: torch.Tensor) -> float:
+            logits = m(src, target, p, f).float()
             return torch.nn.functional.cross_entropy(logits.transpose(1, 2), target).item()
 
-        true = loss(pitch)
+        true = loss(pitch, family)
         top_pitch = m.pitch_min + m.n_pitches - 1
-        figures = {f"sensitivity_{s:+d}": loss((pitch + s).clamp(m.pitch_min, top_pitch)) - true for s in SHIFTS}
+        figures = {
+            f"sensitivity_{s:+d}": loss((pitch + s).clamp(m.pitch_min, top_pitch), family) - true for s in SHIFTS
+        }
         figures["sensitivity"] = float(np.mean(list(figures.values())))
-        return figures
+        n_families = len(self.config.data.families)
+        family_figures = {
+            f"family_sensitivity_{s}": loss(pitch, (family + s) % n_families) - true for s in FAMILY_SHIFTS
+        }
+        return {**figures, **family_figures, "family_sensitivity": float(np.mean(list(family_figures.values())))}
 
     def _decoder(self):
         """The run's VQ-VAE; the first call also measures the code profiles of the harmonic guidance."""

@@ -64,6 +64,7 @@ def test_a_stage_stops_at_its_minutes_with_checkpoint_metrics_and_throughput(tin
     assert "examples/s on cpu" in result.stderr
     ckpt = train.load_checkpoint(run / "top_prior.pt")
     assert ckpt["step"] == figures["step"] and "valid_loss" in ckpt["metrics"] and "sensitivity" in ckpt["metrics"]
+    assert "family_sensitivity" in ckpt["metrics"]
 
 
 def test_a_graft_starts_a_new_design_where_the_old_one_was():

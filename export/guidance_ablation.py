@@ -1,0 +1,141 @@
+"""`inpaint-train ablate-guidance BUNDLE --data DIR --out DIR`: harmonic guidance recipes on one trained model,
+judged by pitch and timbre side by side.
+
+Every variant is the same bundle with its code profiles re-measured (`export.reguide`: a recipe and a weight
+per prior) and sampled at a harmonic weight; nothing is trained. Each is measured through the bundle as the
+server runs it, on the development grid (every family x pitches between the evaluation grid's, so the report's
+own grid stays untouched) and on validation notes drawn with another seed than the report's: generation pitch
+accuracy, inpainting pitch kept (the paper's three experiments), the family judge's accuracy on the same
+notes against its ceiling, the Fréchet distance and seed-to-seed diversity, and the time of a new note.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export import timbre
+from export.config import DataConfig
+from export.evaluate import INPAINTING, generate_grid, inpaint_notes, reconstruct, timbre_of
+from export.monitor import DEV_PITCHES
+from export.nsynth import load_splits
+from export.reguide import reguide
+from server.bundle import Bundle
+from server.sampling import Conditioning
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A profile recipe, a weight baked into each prior's graph, and the runtime harmonic weight."""
+
+    recipe: str
+    top: float
+    bottom: float
+    harmonic: float
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """`recipe:top:bottom:harmonic`, e.g. `shape:1:1:1`; `recipe:harmonic` is `recipe:1:1:harmonic`."""
+        parts = text.split(":")
+        if len(parts) == 2:
+            parts = [parts[0], "1", "1", parts[1]]
+        if len(parts) != 4:
+            raise ValueError(f"{text!r}: a variant is recipe:top:bottom:harmonic or recipe:harmonic")
+        return cls(parts[0], *map(float, parts[1:]))
+
+    @property
+    def name(self) -> str:
+        return f"{self.recipe}:{self.top:g}:{self.bottom:g}:{self.harmonic:g}"
+
+    @property
+    def graphs(self) -> str:
+        """The folder name of its reguided bundle (variants that differ in `harmonic` alone share one)."""
+        return f"{self.recipe}-{self.top:g}-{self.bottom:g}"
+
+
+def measure(bundle_dir: Path, judge, notes, recon, harmonic: float, samples: int, seed: int = 0) -> dict:
+    bundle = Bundle(bundle_dir)
+    settings = Conditioning(0, 0, harmonic=harmonic)
+    gens = generate_grid(bundle, samples, seed, settings, DEV_PITCHES)
+    inpainted = inpaint_notes(bundle, notes, recon, seed, settings)
+    families = sorted({g.family for g in gens})
+    return {
+        "generation": float(np.mean([g.kept for g in gens])),
+        "worst_family": float(min(np.mean([g.kept for g in gens if g.family == f]) for f in families)),
+        **{kind: float(np.mean([x.kept for x in inpainted if x.kind == kind])) for kind, _ in INPAINTING},
+        **timbre.summary(timbre_of(judge, recon, gens, inpainted)),
+        "priors_ms": 1000 * float(np.median([g.priors_s for g in gens])),
+    }
+
+
+def ablate_guidance(
+    bundle_dir: Path,
+    data: Path,
+    out: Path,
+    variants: list[Variant],
+    notes: int = 40,
+    samples: int = 2,
+    markdown: Path | None = None,
+) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    m = Bundle(bundle_dir).manifest
+    split = load_splits(data, DataConfig(pitch_min=m.pitch_range[0], pitch_max=m.pitch_range[1], families=m.families))
+    judge = timbre.train_judge(split["train"], m.families, m.spectrogram, data / timbre.JUDGE_CACHE)
+    valid = split["valid"]
+    picked = [valid[i] for i in sorted(np.random.default_rng(1).permutation(len(valid))[: 3 * notes])]
+    recon = reconstruct(Bundle(bundle_dir), picked)  # one VQ-VAE for every variant
+    keep = [i for i, r in enumerate(recon) if r.input_kept and r.recon_kept][:notes]
+    chosen, rows = [picked[i] for i in keep], [recon[i] for i in keep]
+    results_path = out / "guidance.json"
+    results = json.loads(results_path.read_text())["results"] if results_path.is_file() else {}
+    for v in variants:
+        if v.name in results:  # resumable: a variant measured before is kept
+            continue
+        graphs = out / v.graphs
+        if not (graphs / "manifest.json").is_file():
+            reguide(bundle_dir, data, graphs, v.recipe, {"top": v.top, "bottom": v.bottom}, out / "code_stats.npz")
+        results[v.name] = measure(graphs, judge, chosen, rows, v.harmonic, samples)
+        print(json.dumps({v.name: results[v.name]}), flush=True)
+        summary = {"bundle": str(bundle_dir), "notes": len(chosen), "samples": samples, "results": results}
+        results_path.write_text(json.dumps(summary, indent=2))
+    summary = {"bundle": str(bundle_dir), "notes": len(chosen), "samples": samples, "results": results}
+    if markdown is not None:
+        markdown.write_text(guidance_markdown(summary))
+    return summary
+
+
+def guidance_markdown(summary: dict) -> str:
+    def pct(x: float) -> str:
+        return f"{100 * x:.0f} %"
+
+    lines = [
+        "| recipe : top : bottom : harmonic | generation pitch (worst family) | first 2 s | lowest quarter | "
+        "resample bottom | family, generated (of ceiling) | worst family (of ceiling) | family, inpainted 2 s / "
+        "quarter / bottom | Fréchet | diversity | priors (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in summary["results"].items():
+        lines.append(
+            f"| {name} | {pct(r['generation'])} ({pct(r['worst_family'])}) | {pct(r['time'])} | "
+            f"{pct(r['frequency'])} | {pct(r['bottom'])} | {pct(r['generation_family'])} "
+            f"({r['generation_family_of_ceiling']:.2f}) | {r['worst_family_of_ceiling']:.2f} | "
+            f"{pct(r['inpainting_family_time'])} / {pct(r['inpainting_family_frequency'])} / "
+            f"{pct(r['inpainting_family_bottom'])} | {r['frechet_generated']:.1f} | {r['diversity']:.2f} | "
+            f"{r['priors_ms']:.0f} |"
+        )
+    first = next(iter(summary["results"].values()))
+    return "\n".join(
+        [
+            f"Generation: every family x pitches {', '.join(map(str, DEV_PITCHES))}, {summary['samples']} notes "
+            f"each. Inpainting: {summary['notes']} validation notes whose original and reconstruction read at "
+            f"pitch (another draw than the report's). Family: the judge's accuracy; its ceiling (validation notes "
+            f"through this VQ-VAE) is {pct(first['family_ceiling'])}, on the real notes "
+            f"{pct(first['family_ceiling_real'])}.",
+            "",
+            *lines,
+            "",
+        ]
+    )

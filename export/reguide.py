@@ -1,0 +1,114 @@
+"""`inpaint-train reguide BUNDLE --data DIR --out NEW`: the same bundle with its harmonic guidance re-measured.
+
+Harmonic guidance is a product of experts, never part of training: its code profiles (`export.harmonics`) are
+a constant baked into each prior's step graph, measured on 2 000 training notes through the bundle's own
+VQ-VAE. This rewrites that constant, with another profile recipe and a weight per prior, without touching a
+trained weight: what a guidance ablation changes, and how a shipped bundle takes the winner.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from export.config import DataConfig
+from export.evaluate import read_note
+from export.harmonics import DEFAULT_RECIPE, code_statistics, profiles_from
+from export.nsynth import load_splits
+from server import bundle as bundle_io
+from server import codemaps
+from server.bundle import Bundle
+from server.render import encode_audio
+
+PROFILE_NOTES = 2000  # as export.train.set_code_profiles
+
+
+def measure_statistics(bundle: Bundle, data: Path, notes: int = PROFILE_NOTES, cache: Path | None = None) -> dict:
+    """`code_statistics` of `notes` training notes (the fixed draw the export uses) through the bundle's VQ-VAE;
+    kept in `cache` (an .npz) when given, since they depend only on the VQ-VAE and the notes."""
+    if cache is not None and cache.is_file():
+        z = np.load(cache)
+        return {
+            layer: {k.split("/")[1]: z[k] for k in z.files if k.startswith(f"{layer}/")} for layer in codemaps.LAYERS
+        }
+    m = bundle.manifest
+    train = load_splits(data, DataConfig(pitch_min=m.pitch_range[0], pitch_max=m.pitch_range[1], families=m.families))
+    pick = np.sort(np.random.default_rng(0).permutation(len(train["train"]))[:notes])
+    tops, bottoms = [], []
+    for i in pick:
+        top, bottom = encode_audio(bundle, read_note(train["train"][i], m.spectrogram))
+        tops.append(top)
+        bottoms.append(bottom)
+
+    def decode(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+        return bundle.run("vqvae_decoder", codes_top=top.astype(np.int64), codes_bottom=bottom.astype(np.int64))[0]
+
+    stats = code_statistics(decode, np.stack(tops), np.stack(bottoms), m.n_codes)
+    if cache is not None:
+        np.savez(cache, **{f"{layer}/{k}": v for layer, st in stats.items() for k, v in st.items()})
+    return stats
+
+
+def _profile_constant(model: onnx.ModelProto) -> onnx.NodeProto:
+    """The Constant node holding the (3 bins, n_codes) transposed code profiles: the second input of the
+    MatMul that produces the step graph's `harmonic` output."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    matmul = producers["harmonic"]
+    while matmul.op_type != "MatMul":  # look through a reshape or cast the exporter may add
+        matmul = producers[matmul.input[0]]
+    constant = producers[matmul.input[1]]
+    if constant.op_type != "Constant":
+        raise ValueError(f"harmonic guidance's profiles are a {constant.op_type}, not a Constant")
+    return constant
+
+
+def read_profiles(bundle_dir: Path, layer: str) -> np.ndarray:
+    """(n_codes, 3 bins) profiles baked into a bundle's step graph (the weight folded in)."""
+    model = onnx.load(str(bundle_dir / f"{layer}_prior_step.onnx"))
+    return numpy_helper.to_array(_profile_constant(model).attribute[0].t).T.copy()
+
+
+def reguide(
+    bundle_dir: Path,
+    data: Path,
+    out: Path,
+    recipe: str = DEFAULT_RECIPE,
+    weights: dict[str, float] | None = None,
+    stats_cache: Path | None = None,
+) -> dict:
+    """Write `out`: `bundle_dir` with its step graphs' code profiles measured by `recipe`, each prior's scaled by
+    its weight (default 1: the server's `/harmonic` then scales both). Returns the new manifest."""
+    weights = {layer: 1.0 for layer in codemaps.LAYERS} | (weights or {})
+    src = Bundle(bundle_dir)
+    profiles = profiles_from(measure_statistics(src, data, cache=stats_cache), recipe)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(bundle_dir, tmp)
+    (tmp / bundle_io.MANIFEST).unlink()  # a half-written folder is never a bundle
+    for layer in codemaps.LAYERS:
+        path = tmp / f"{layer}_prior_step.onnx"
+        model = onnx.load(str(path))
+        constant = _profile_constant(model)
+        old = numpy_helper.to_array(constant.attribute[0].t)
+        new = (weights[layer] * profiles[layer].T).astype(old.dtype)
+        if new.shape != old.shape:
+            raise ValueError(f"{layer}: profiles {new.shape}, the graph holds {old.shape}")
+        constant.attribute[0].t.CopyFrom(numpy_helper.from_array(new, constant.attribute[0].t.name))
+        onnx.save(model, str(path))
+    manifest = json.loads((bundle_dir / bundle_io.MANIFEST).read_text())
+    manifest.setdefault("provenance", {})["harmonic_guidance"] = {
+        "profiles": recipe,
+        "weights": weights,
+        "notes": PROFILE_NOTES,
+        "data": str(data),
+        "command": "inpaint-train reguide",
+    }
+    bundle_io.write_manifest(tmp, manifest)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return manifest

@@ -1,0 +1,101 @@
+"""The family judge and the guidance recipes: features, classifier, Fréchet distance, re-measured profiles."""
+
+import json
+
+import numpy as np
+import pytest
+
+from export.family_judge import FamilyJudge, frechet_distance, timbre_features
+from export.harmonics import profiles_from
+from export.metrics import midi_to_hz
+from export.reguide import read_profiles
+from server.bundle import Bundle
+from tests.conftest import run_cli
+
+RATE = 16_000
+
+
+def note(pitch: int, slope_db: float, level: float = 0.3, decay_s: float = 10.0, seed: int = 0) -> np.ndarray:
+    """A harmonic 4 s note: partial k at slope_db * log2(k) dB, released at 3 s."""
+    t = np.arange(4 * RATE) / RATE
+    f0 = midi_to_hz(pitch)
+    phases = np.random.default_rng(seed).uniform(0, 2 * np.pi, 64)
+    x = sum(10 ** (slope_db * np.log2(k) / 20) * np.sin(2 * np.pi * k * f0 * t + phases[k]) for k in range(1, 64)
+            if k * f0 < RATE / 2)  # fmt: skip
+    x = x * np.exp(-t / decay_s) * np.where(t < 3, 1.0, np.exp(-(t - 3) / 0.05))
+    return (level * x / np.abs(x).max()).astype(np.float32)
+
+
+def test_features_ignore_level_and_see_the_envelope_over_the_partials():
+    loud, quiet = timbre_features(note(60, -6, 0.5), 60), timbre_features(note(60, -6, 0.05), 60)
+    assert np.allclose(loud, quiet, atol=0.05)  # level-normalised: loudness says nothing
+    bright, dark = timbre_features(note(60, -3), 60), timbre_features(note(60, -15), 60)
+    harmonics = slice(128, 144)  # envelope (64), spread (64), then the 16 harmonics relative to the strongest
+    # The 8th partial of the bright tone is 3 x 3 = 9 dB under its fundamental, the dark one's 45 dB.
+    assert bright[harmonics][7] == pytest.approx(-9, abs=1.5)
+    assert dark[harmonics][7] == pytest.approx(-45, abs=3)
+
+
+def test_the_judge_tells_two_timbres_apart_at_pitches_it_never_heard():
+    train_pitches, test_pitches = range(36, 80, 3), range(37, 80, 6)
+    kinds = [(-3, 10.0), (-15, 0.7)]  # bright and sustained vs dark and decaying
+
+    def features(pitches):
+        rows = [
+            (timbre_features(note(p, s, decay_s=d, seed=p), p), k) for p in pitches for k, (s, d) in enumerate(kinds)
+        ]
+        return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows])
+
+    x, y = features(train_pitches)
+    judge = FamilyJudge.train(x, y, ("bright", "dark"), epochs=40)
+    xt, yt = features(test_pitches)
+    assert np.mean(judge.predict(xt) == yt) == 1.0
+    assert judge.embed(xt).shape == (len(xt), 64)
+
+
+def test_frechet_distance_is_zero_for_one_set_and_the_squared_shift_for_a_moved_one():
+    a = np.random.default_rng(0).standard_normal((2000, 8))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    shift = np.array([3.0, 0, 0, 0, 0, 0, 0, 4.0])
+    assert frechet_distance(a, a + shift) == pytest.approx(25.0, rel=1e-3)
+
+
+def test_the_shape_recipe_scores_where_the_partials_are_not_how_loud_or_peaky():
+    rng = np.random.default_rng(0)
+    bins = 4
+    stats = {"logmel": rng.standard_normal((3, bins)), "lcos": rng.uniform(0, 0.5, (3, bins)),
+             "lsin": rng.uniform(0, 0.5, (3, bins)), "loud": np.full((3, bins), 0.5),
+             "count": np.array([5, 5, 0])}  # fmt: skip
+    louder = {**stats, "logmel": 3 * stats["logmel"], "lcos": 2 * stats["lcos"], "lsin": 2 * stats["lsin"],
+              "loud": 2 * stats["loud"]}  # fmt: skip
+    shape, shape_louder = (profiles_from({"top": s}, "shape")["top"] for s in (stats, louder))
+    level, level_louder = (profiles_from({"top": s}, "level")["top"] for s in (stats, louder))
+    assert np.allclose(shape, shape_louder) and not np.allclose(level, level_louder)
+    assert np.allclose(np.linalg.norm(shape[:2, :bins], axis=1), 1)  # unit-norm shape part
+    assert not shape[2].any() and not level[2].any()  # an unseen code: no score
+
+
+def test_reguide_rewrites_the_profiles_and_the_weight_reaches_the_step_graph(tiny_bundle, dataset, tmp_path):
+    _, bundle = tiny_bundle
+    out = tmp_path / "reguided"
+    result = run_cli("export", "reguide", str(bundle), "--data", str(dataset), "--out", str(out), "--recipe", "shape",
+                     "--top", "2", "--bottom", "0")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not out.with_name(out.name + ".tmp").exists()
+    provenance = json.loads((out / "manifest.json").read_text())["provenance"]["harmonic_guidance"]
+    assert provenance["profiles"] == "shape" and provenance["weights"] == {"top": 2.0, "bottom": 0.0}
+    b = Bundle(out)
+    top = read_profiles(out, "top")
+    assert top.shape[0] == b.manifest.n_codes and np.abs(top).max() > 0
+    assert np.allclose(np.linalg.norm(top[np.abs(top).sum(1) > 0, : top.shape[1] // 3], axis=1), 2, atol=1e-4)
+    assert not read_profiles(out, "bottom").any()
+    # The graph's harmonic output is the new profiles under the target: zero where the weight is zero.
+    s = b.manifest.priors["bottom"]
+    feed = {"tokens": np.array([[b.manifest.start_token]]), "pitch": np.array([60]), "family": np.array([0])}
+    for kind in ("past", "memory"):
+        length = 0 if kind == "past" else s.src_len
+        for i in range(s.n_layers):
+            for part in ("key", "value"):
+                feed[f"{kind}.{i}.{part}"] = np.zeros((1, s.n_heads, length, s.head_dim), np.float32)
+    _, harmonic, *_ = b.sessions["bottom_prior_step"].run(None, feed)
+    assert harmonic.shape[-1] == b.manifest.n_codes and not harmonic.any()
