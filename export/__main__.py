@@ -9,6 +9,7 @@
   inpaint-train evaluate BUNDLE --data DATA                measure a bundle (pitch and timbre): markdown report
   inpaint-train reguide BUNDLE --data DATA --out NEW       re-measure a bundle's harmonic guidance (no training)
   inpaint-train ablate-guidance BUNDLE --data DATA --out DIR   guidance recipes, by pitch and family side by side
+  inpaint-train ablate-vqvae RUN --out DIR                 VQ-VAE losses on the same minutes, by what it gives back
   inpaint-train bench [--server [--markdown docs/benchmarks.md]]   onnxruntime vs torch eager; --server: over OSC
 
 Every training stage resumes from its checkpoint. For several GPUs or nodes, start a stage with torchrun:
@@ -190,6 +191,12 @@ def cmd_ablate_guidance(args) -> dict:
     return ablate_guidance(args.bundle, args.data, args.out, variants, args.notes, args.samples, args.markdown)
 
 
+def cmd_ablate_vqvae(args) -> dict:
+    from export.vqvae_ablation import ablate_vqvae
+
+    return ablate_vqvae(args.run, args.out, args.variants.split(","), args.minutes, args.set, args.notes)
+
+
 def cmd_bench(args) -> dict:
     from export.bench import run_bench
 
@@ -336,6 +343,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=2, help="notes per family and pitch (default %(default)s)")
     p.add_argument("--markdown", type=Path, help="also write the table")
 
+    p = sub.add_parser("ablate-vqvae", help="VQ-VAE training choices, same minutes, by what reconstructions keep")
+    p.add_argument("run", type=Path, help="the base run: its VQ-VAE is trained on in each variant")
+    p.add_argument("--out", type=Path, required=True, help="folder of the variants' runs and vqvae.json")
+    p.add_argument("--variants", default="mse,audible", help="(default %(default)s)")
+    p.add_argument("--minutes", type=float, default=10.0, help="VQ-VAE training time per variant")
+    p.add_argument("--notes", type=int, default=150, help="validation notes reconstructed (default %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="e.g. train.lr=1e-4")
+
     p = sub.add_parser("bench", help="prior decoding step: onnxruntime vs torch eager, and full sampling time")
     p.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both runtimes (default %(default)s)")
@@ -357,6 +372,7 @@ COMMANDS = {
     "ablate": cmd_ablate,
     "reguide": cmd_reguide,
     "ablate-guidance": cmd_ablate_guidance,
+    "ablate-vqvae": cmd_ablate_vqvae,
     "fork": cmd_fork,
     "bench": cmd_bench,
 }

@@ -28,6 +28,10 @@ class VQVAEConfig:
     # random encoder output of the batch (as Jukebox does). Without it the codebook collapsed to 1 top and
     # 3 bottom codes in 600 steps of `small`. 0 disables.
     dead_code_threshold: float = 1.0
+    # Not in the paper: the reconstruction error of each (band, frame) weighted by 1 + audible_weight x L, L the
+    # target's loudness (0 at -10 log power or below, 1 at 0 and above), so the partials one hears count more
+    # than the floor between them. 0: the paper's plain MSE on the normalised spectrogram.
+    audible_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,14 @@ import soundfile as sf
 from export import timbre
 from export.config import DataConfig
 from export.family_judge import timbre_features
-from export.metrics import estimate_f0, log_spectral_distance, midi_to_hz, pitch_kept, stft_magnitudes
+from export.metrics import (
+    estimate_f0,
+    high_band_db,
+    log_spectral_distance,
+    midi_to_hz,
+    pitch_kept,
+    stft_magnitudes,
+)
 from export.nsynth import Note, load_splits
 from server import codemaps, dsp, render
 from server.bundle import Bundle
@@ -89,6 +96,7 @@ class Reconstruction:
     bottom: np.ndarray
     timbre: np.ndarray  # the family judge's features of the reconstruction
     timbre_original: np.ndarray  # and of the original
+    darker_db: float  # high_band_db of the original minus the reconstruction's: > 0 when the VQ-VAE darkens it
 
 
 def reconstruct(bundle: Bundle, notes: list[Note]) -> list[Reconstruction]:
@@ -111,6 +119,7 @@ def reconstruct(bundle: Bundle, notes: list[Note]) -> list[Reconstruction]:
                 bottom,
                 timbre_features(recon, note.pitch),
                 timbre_features(audio, note.pitch),
+                high_band_db(audio) - high_band_db(recon),
             )
         )
     return rows
@@ -291,7 +300,7 @@ def evaluate(
     accuracy = float(np.mean([g.kept for g in gens]))
     by_family = [float(np.mean([g.kept for g in gens if g.family == i])) for i in range(len(families))]
     inpaint = {kind: _rate([x.kept for x in inpainted if x.kind == kind]) for kind, _ in INPAINTING}
-    judge = timbre.train_judge(split["train"], families, m.spectrogram, data / timbre.JUDGE_CACHE)
+    judge = timbre.train_judge(split["train"], bundle, data)
     heard = timbre_of(judge, recon, gens, inpainted)
     heard_summary = timbre.summary(heard)
 
@@ -337,7 +346,7 @@ def evaluate(
     lines += _reconstruction_section(recon, [r for _, r in pitched], families, recon_s)
     lines += _generation_section(gens, families, samples, media)
     lines += _inpainting_kept_section(inpainted, families, len(pitched), inpaint_s)
-    lines += timbre.timbre_section(heard, families, len(judge.notes))
+    lines += timbre.timbre_section(heard, families)
     figures = {}
     if unseen is not None:
         section, figures = _unseen_section(bundle, unseen, data_config, notes, seed)

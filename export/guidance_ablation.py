@@ -56,7 +56,9 @@ class Variant:
         return f"{self.recipe}-{self.top:g}-{self.bottom:g}"
 
 
-def measure(bundle_dir: Path, judge, notes, recon, harmonic: float, samples: int, seed: int = 0) -> dict:
+def measure(bundle_dir: Path, judge, notes, recon, reference, harmonic: float, samples: int, seed: int = 0) -> dict:
+    """Pitch and timbre of one variant: inpainting on `notes` (with their reconstructions `recon`), the judge's
+    ceiling on the reconstructions `reference` (more notes: a steadier ceiling)."""
     bundle = Bundle(bundle_dir)
     settings = Conditioning(0, 0, harmonic=harmonic)
     gens = generate_grid(bundle, samples, seed, settings, DEV_PITCHES)
@@ -66,7 +68,7 @@ def measure(bundle_dir: Path, judge, notes, recon, harmonic: float, samples: int
         "generation": float(np.mean([g.kept for g in gens])),
         "worst_family": float(min(np.mean([g.kept for g in gens if g.family == f]) for f in families)),
         **{kind: float(np.mean([x.kept for x in inpainted if x.kind == kind])) for kind, _ in INPAINTING},
-        **timbre.summary(timbre_of(judge, recon, gens, inpainted)),
+        **timbre.summary(timbre_of(judge, reference, gens, inpainted)),
         "priors_ms": 1000 * float(np.median([g.priors_s for g in gens])),
     }
 
@@ -83,7 +85,7 @@ def ablate_guidance(
     out.mkdir(parents=True, exist_ok=True)
     m = Bundle(bundle_dir).manifest
     split = load_splits(data, DataConfig(pitch_min=m.pitch_range[0], pitch_max=m.pitch_range[1], families=m.families))
-    judge = timbre.train_judge(split["train"], m.families, m.spectrogram, data / timbre.JUDGE_CACHE)
+    judge = timbre.train_judge(split["train"], Bundle(bundle_dir), data)
     valid = split["valid"]
     picked = [valid[i] for i in sorted(np.random.default_rng(1).permutation(len(valid))[: 3 * notes])]
     recon = reconstruct(Bundle(bundle_dir), picked)  # one VQ-VAE for every variant
@@ -97,7 +99,7 @@ def ablate_guidance(
         graphs = out / v.graphs
         if not (graphs / "manifest.json").is_file():
             reguide(bundle_dir, data, graphs, v.recipe, {"top": v.top, "bottom": v.bottom}, out / "code_stats.npz")
-        results[v.name] = measure(graphs, judge, chosen, rows, v.harmonic, samples)
+        results[v.name] = measure(graphs, judge, chosen, rows, recon, v.harmonic, samples)
         print(json.dumps({v.name: results[v.name]}), flush=True)
         summary = {"bundle": str(bundle_dir), "notes": len(chosen), "samples": samples, "results": results}
         results_path.write_text(json.dumps(summary, indent=2))

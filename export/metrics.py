@@ -72,6 +72,13 @@ def stft_magnitudes(audio: np.ndarray, n_fft: int, hop: int | None = None) -> np
     return np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1))
 
 
+def high_band_db(audio: np.ndarray, split_hz: float = 2700.0, sample_rate: int = 16_000) -> float:
+    """Power above `split_hz` against below, in dB, over the held part (the first 3 s): how bright a note is."""
+    power = stft_magnitudes(np.asarray(audio)[: 3 * sample_rate], 1024) ** 2  # (frames, 513)
+    split = int(split_hz / sample_rate * 1024)
+    return float(10 * np.log10(power[:, split:].sum() + 1e-12) - 10 * np.log10(power[:, :split].sum() + 1e-12))
+
+
 def log_spectral_distance(
     reference: np.ndarray,
     estimate: np.ndarray,

@@ -1,14 +1,16 @@
 """Timbre, measured the way pitch is: the family judge's verdicts on real, reconstructed and generated notes.
 
-The judge (`export.family_judge`) learns real notes of the training split; its accuracy on validation notes
-after the bundle's VQ-VAE is the *ceiling* generated notes are held against (they pass through the same
-decoder, so its artefacts cost both alike). Beside accuracy: the Fréchet distance between generated and
-reconstructed validation notes in the judge's embedding, and diversity: the distance between two seeds of one
-(family, pitch) cell against the distance between two real instruments of one family at one pitch.
+The judge (`export.family_judge`) learns real notes of the training split, and some of them after the bundle's
+VQ-VAE; its accuracy on validation notes after that VQ-VAE is the *ceiling* generated notes are held against
+(they pass through the same decoder, so its artefacts cost both alike). Beside accuracy: the Fréchet distance
+between generated and reconstructed validation notes in the judge's embedding, and diversity: the distance
+between two seeds of one (family, pitch) cell against the distance between two real instruments of one family
+at one pitch.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +19,11 @@ import numpy as np
 
 from export.family_judge import FamilyJudge, frechet_distance, per_family_accuracy, timbre_features
 from export.nsynth import Note
-from server import dsp
+from server import render
+from server.bundle import Bundle
 
-JUDGE_NOTES = 6000  # training notes the judge learns from (seeded draw)
-JUDGE_CACHE = "timbre_features.npz"  # their features, kept in the dataset folder
+JUDGE_NOTES = 6000  # real training notes the judge learns from (seeded draw)
+JUDGE_RECON_NOTES = 3000  # of which this many are also learned after the bundle's VQ-VAE
 
 
 def instrument_of(note: Note) -> str:
@@ -35,26 +38,46 @@ class JudgeData:
     notes: list[Note]
 
 
-def train_judge(
-    train: list[Note], families: tuple[str, ...], p: dsp.SpectrogramParams, cache: Path | None, n: int = JUDGE_NOTES
-) -> JudgeData:
-    """The judge of `n` real training notes (a seeded draw), with their features; cached in `cache` (.npz of
-    the features: the judge itself retrains in seconds, deterministically)."""
+def _features(notes: list[Note], cache: Path, audio_of) -> np.ndarray:
+    """(N, D) features of `audio_of(note)` for each note, kept in `cache` (.npz) for the same notes."""
+    names = np.array([note.note_str for note in notes])
+    if cache.is_file():
+        z = np.load(cache)
+        if z["names"].shape == names.shape and (z["names"] == names).all():
+            return z["features"]
+    features = np.stack([timbre_features(audio_of(note), note.pitch) for note in notes])
+    np.savez(cache, names=names, features=features)
+    return features
+
+
+def _vqvae_id(bundle: Bundle) -> str:
+    """What a reconstruction depends on: the VQ-VAE graphs and the spectrogram settings."""
+    h = hashlib.blake2b(digest_size=6)
+    for graph in ("vqvae_encoder", "vqvae_decoder"):
+        h.update((bundle.path / bundle.manifest.graphs[graph]).read_bytes())
+    h.update(repr(bundle.manifest.spectrogram).encode())
+    return h.hexdigest()
+
+
+def train_judge(train: list[Note], bundle: Bundle, data: Path, n: int = JUDGE_NOTES,
+                n_recon: int = JUDGE_RECON_NOTES) -> JudgeData:  # fmt: skip
+    """The judge of `n` real training notes (a seeded draw) and of the first `n_recon` of them after the
+    bundle's VQ-VAE: it knows what this model's reconstructions of each family sound like, so the decoder's
+    artefacts are no cue. Features are cached in the dataset folder (per VQ-VAE for the reconstructions)."""
     from export.evaluate import read_note  # evaluate imports this module
 
+    p = bundle.manifest.spectrogram
     notes = [train[i] for i in sorted(np.random.default_rng(0).permutation(len(train))[:n])]
-    if cache is not None and cache.is_file():
-        z = np.load(cache)
-        if list(z["names"]) == [note.note_str for note in notes]:
-            features = z["features"]
-        else:
-            cache.unlink()
-    if cache is None or not cache.is_file():
-        features = np.stack([timbre_features(read_note(note, p), note.pitch) for note in notes])
-        if cache is not None:
-            np.savez(cache, names=np.array([note.note_str for note in notes]), features=features)
-    labels = np.array([note.family for note in notes])
-    return JudgeData(FamilyJudge.train(features, labels, families), features, notes)
+    real = _features(notes, data / "timbre-real.npz", lambda note: read_note(note, p))
+    recon_notes = [notes[i] for i in sorted(np.random.default_rng(1).permutation(len(notes))[:n_recon])]
+    recon = _features(
+        recon_notes,
+        data / f"timbre-recon-{_vqvae_id(bundle)}.npz",
+        lambda note: render.render(bundle, *render.encode_audio(bundle, read_note(note, p))),
+    )
+    labels = np.array([note.family for note in notes + recon_notes])
+    judge = FamilyJudge.train(np.concatenate([real, recon]), labels, bundle.manifest.families)
+    return JudgeData(judge, real, notes)
 
 
 def program_distance(data: JudgeData) -> float:
@@ -141,7 +164,7 @@ def summary(figures: dict) -> dict:
     }
 
 
-def timbre_section(figures: dict, families: tuple[str, ...], n_judge: int) -> list[str]:
+def timbre_section(figures: dict, families: tuple[str, ...]) -> list[str]:
     def pct(x: float) -> str:
         return "–" if np.isnan(x) else f"{100 * x:.1f} %"
 
@@ -156,9 +179,10 @@ def timbre_section(figures: dict, families: tuple[str, ...], n_judge: int) -> li
     lines = [
         "## Timbre: is the family heard?",
         "",
-        f"A family judge (`export/family_judge.py`: timbre features, a two-layer classifier) learned {n_judge} "
-        "real training notes; it never heard a generated or reconstructed note. Its accuracy on the validation "
-        "notes after this bundle's VQ-VAE is the ceiling: generated notes carry the same decoder's artefacts. "
+        f"A family judge (`export/family_judge.py`: timbre features, a two-layer classifier) learned "
+        f"{JUDGE_NOTES} real training notes, {JUDGE_RECON_NOTES} of them also after this bundle's VQ-VAE (so its "
+        "artefacts are no cue); it never heard a generated note. Its accuracy on the validation notes after the "
+        "VQ-VAE is the ceiling: generated notes carry the same decoder's artefacts. "
         f"Chance is {pct(1 / len(families))}.",
         "",
         "| notes judged | family recognised | of the ceiling |",

@@ -187,9 +187,15 @@ class VQVAE2(nn.Module):
         """Training pass: loss terms on the normalised spectrogram, plus codes and perplexities."""
         q_t, q_b, commitment, codes_t, codes_b, perplexity = self.encode(spec)
         recon = self.decode_normalized(q_t, q_b)
-        mse = F.mse_loss(recon, self.normalize(spec))
+        error = (recon - self.normalize(spec)).pow(2)  # (B, 2, F, T)
+        mse = error.mean()
+        if self.cfg.audible_weight:
+            weight = 1 + self.cfg.audible_weight * ((spec[:, :1] + 10) / 10).clamp(0, 1)  # (B, 1, F, T)
+            reconstruction = (weight * error).mean() / weight.mean()
+        else:
+            reconstruction = mse
         return {
-            "loss": mse + self.cfg.commitment * commitment,
+            "loss": reconstruction + self.cfg.commitment * commitment,
             "mse": mse.detach(),
             "commitment": commitment.detach(),
             "perplexity_top": perplexity[0],

@@ -175,3 +175,21 @@ def test_configs_round_trip_and_override():
         preset("huge")
     with pytest.raises(dataclasses.FrozenInstanceError):
         changed.vqvae.hidden = 1
+
+
+def test_audible_weight_counts_loud_cells_more_and_zero_is_the_plain_mse():
+    spec = _spec()
+    spec[:, 0] = -20.0  # silent everywhere...
+    spec[:, 0, 500:600] = 2.0  # ...but one loud band
+    torch.manual_seed(0)
+    plain = VQVAE2(TINY.vqvae).eval()
+    weighted = VQVAE2(dataclasses.replace(TINY.vqvae, audible_weight=9.0)).eval()
+    weighted.load_state_dict(plain.state_dict())
+    a, b = plain(spec), weighted(spec)
+    commitment = TINY.vqvae.commitment * a["commitment"]
+    assert torch.allclose(a["loss"], a["mse"] + commitment)  # 0: the paper's MSE
+    error = (a["recon"] - plain.normalize(spec)).pow(2)
+    loud, quiet = error[:, :, 500:600].mean(), torch.cat([error[:, :, :500], error[:, :, 600:]], 2).mean()
+    # Loud cells weigh 10, quiet ones 1: the weighted mean, normalised by the mean weight.
+    expected = (10 * loud * 100 + quiet * 924) / (10 * 100 + 924)
+    assert torch.allclose(b["loss"] - commitment, expected, rtol=1e-4)
