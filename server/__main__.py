@@ -197,8 +197,10 @@ def cmd_send(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
-    from server.bench import run_bench
+    from server.bench import run_bench, run_fill_bench
 
+    if args.fill:
+        return run_fill_bench(args.bundle, threads=args.threads)
     return run_bench(args.bundle, repeats=args.repeats, threads=args.threads, provider=args.provider)
 
 
@@ -302,6 +304,7 @@ def parser() -> argparse.ArgumentParser:
     bp.add_argument("--repeats", type=int, default=50, help="requests per edit figure")
     bp.add_argument("--threads", type=int, default=2, help="the server's onnxruntime threads")
     bp.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "coreml"], help="the server's provider")
+    bp.add_argument("--fill", action="store_true", help="only edits with the note cache's fill running vs off")
     st = sub.add_parser(
         "stress", help="the reliability suite: fuzz, flood, crash recovery, bad files (JSON)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

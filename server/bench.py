@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from server import level
+from server.bundle import Bundle
 from server.client import OscClient
 from server.protocol import TIMING_STAGES
 
@@ -210,6 +211,72 @@ def playability(port: int, rounds: int = 5) -> dict[str, Any]:
     return out
 
 
+def edits_during_fill(port: int, blocks: int = 10, per_block: int = 10, seed: int = 0) -> dict[str, Any]:
+    """One-cell top inpaints (`PAUSE` s apart) with the note cache's fill running against the fill off
+    (`/note/fill 0`, what `serve --no-fill` sets), in alternating blocks on one server, so both meet the same
+    machine. Each block starts from a new `/seed`: every note of the cache is missing again, so the fill has
+    work throughout. Returns both round trips' statistics, their p50 and p99 ratios, and the notes the fill
+    completed during the fill blocks."""
+    rng = np.random.default_rng(seed)
+    c = OscClient(port=port)
+    times: dict[str, list[float]] = {"fill": [], "no_fill": []}
+    filled = 0
+    for block in range(2 * blocks):
+        mode = "fill" if block % 2 == 0 else "no_fill"
+        c.send("/note/fill", int(mode == "fill"))
+        c.send("/seed", 1000 + block)
+        c.drain(0.3)  # the fill starts on the new seed's first note
+        for _ in range(per_block):
+            times[mode].append(round_trip(c, "/inpaint", "top", *_cell(rng, 4, 32), pause=PAUSE))
+        if mode == "fill":
+            c.send("/state")
+            filled += c.wait_for("/note/cache", timeout=10)[1][0]  # the new seed's notes made during the block
+    c.send("/note/fill", 1)
+    c.close()
+    fill, no_fill = stats(times["fill"]), stats(times["no_fill"])
+    return {
+        "fill": fill,
+        "no_fill": no_fill,
+        "p50_ratio": round(fill["p50_ms"] / no_fill["p50_ms"], 3),
+        "p99_ratio": round(fill["p99_ms"] / no_fill["p99_ms"], 3),
+        "notes_filled_during_fill_blocks": filled,
+    }
+
+
+def run_fill_bench(bundle: Path, blocks: int = 10, per_block: int = 10, threads: int = 2) -> dict[str, Any]:
+    """`inpaint-osc bench --fill`: `edits_during_fill` alone, on a server of its own (fill on, as on stage)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, port = start_server(bundle, Path(tmp), threads)
+        try:
+            client = wait_for_pong(proc, port)
+            round_trip(client, "/generate")  # warm-up: first calls allocate
+            client.close()
+            return {"bundle": str(bundle), "threads": threads, "pause_between_edits_s": PAUSE,
+                    **edits_during_fill(port, blocks, per_block)}  # fmt: skip
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def session_save_cost(bundle: Path, folder: Path, edits: int = 50, seed: int = 0) -> dict[str, Any]:
+    """What saving the session costs per edit, durable (the file fsynced before its rename, the folder after:
+    what the server does) against not (the same write and rename alone), alternating on one engine in this
+    process, so both see the same disk at the same time. The server saves on its worker and settings-saver
+    threads, never on the receive thread."""
+    from server.engine import Engine
+
+    engine = Engine(Bundle(bundle, threads=1))
+    rng = np.random.default_rng(seed)
+    times: dict[str, list[float]] = {"fsync": [], "no_fsync": []}
+    for i in range(2 * edits):
+        engine.set_cells("bottom", [(int(rng.integers(8)), int(rng.integers(64)), int(rng.integers(8)))])
+        durable = i % 2 == 0
+        t0 = time.perf_counter()
+        engine.save(folder / "save-cost.npz", durable=durable)
+        times["fsync" if durable else "no_fsync"].append((time.perf_counter() - t0) * 1000)
+    return {k: stats(v) for k, v in times.items()}
+
+
 HEAVY = ("inpaint_time_range", "inpaint_frequency_band", "resample_bottom", "generate")  # fewer repetitions
 
 
@@ -254,7 +321,9 @@ def run_bench(
                 sum((pings_during_render(client, "/generate") for _ in range(3)), [])
             )
             result["playability"] = playability(port, rounds=max(1, repeats // 10))
+            result["edits_during_fill"] = edits_during_fill(port, blocks=max(2, repeats // 5))
             result["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
+            result["session_save_per_edit"] = session_save_cost(bundle, Path(tmp))
             client.close()
         finally:
             proc.terminate()

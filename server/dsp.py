@@ -12,6 +12,7 @@ STFT gives 65 024 samples back, cropped to 64 000.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -220,9 +221,14 @@ def overlap_add(frames: np.ndarray, p: SpectrogramParams) -> np.ndarray:
 
 def istft(spec: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
     """Complex (n_bins, n_frames) → (n_samples,) float32, by weighted overlap-add."""
-    full = np.concatenate([spec, spec[-1:]], axis=0)  # re-create the Nyquist row by duplicating the top row
-    frames = np.fft.irfft(full.T, n=p.n_fft, axis=-1) * hann(p.n_fft).astype(np.float32)  # (n_frames, n_fft)
+    frames = _irfft_frames(spec, p, hann(p.n_fft).astype(np.float32))  # (n_frames, n_fft)
     return (overlap_add(frames, p) * overlap_norm(p)).astype(np.float32)
+
+
+def _irfft_frames(spec: np.ndarray, p: SpectrogramParams, window: np.ndarray) -> np.ndarray:
+    """Complex (n_bins, T) → windowed frames (T, n_fft)."""
+    full = np.concatenate([spec, spec[-1:]], axis=0)  # re-create the Nyquist row by duplicating the top row
+    return np.fft.irfft(full.T, n=p.n_fft, axis=-1) * window
 
 
 def instantaneous_frequency(phase: np.ndarray) -> np.ndarray:
@@ -250,15 +256,31 @@ def analyze(audio: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np
     return threshold_phase(spec, p).astype(np.float32)
 
 
-def invert(spec: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
+def invert(
+    spec: np.ndarray,
+    p: SpectrogramParams = SpectrogramParams(),
+    between: Callable[[], None] | None = None,
+    chunk: int = 32,
+) -> np.ndarray:
     """(2, n_mels, n_frames) → (n_samples,) float32 audio, without Griffin-Lim.
 
     Mel power → linear magnitude through the pseudo-inverse; phase from the cumulative sum of IF, projected
     back to linear bins. (GANSynth then recomputes a linear IF and sums it again: unwrap-diff-cumsum only
-    adds multiples of 2π, so that detour is skipped.)
+    adds multiples of 2π, so that detour is skipped.) After the projection, the frames go through in groups of
+    `chunk` (the same numbers as all at once), and `between()` runs after the projection and after each group:
+    the note cache's fill stops there when a request arrives (by raising).
     """
     spec = threshold_phase(np.asarray(spec, np.float32), p)
     both = sparse_pseudo_inverse(p) @ np.concatenate([np.exp(spec[0]) - p.eps, np.cumsum(spec[1] * np.pi, axis=-1)], 1)
-    magnitude = np.sqrt(np.maximum(both[:, : p.n_frames], 0.0))  # (n_bins, n_frames)
-    phase = both[:, p.n_frames :]
-    return istft(magnitude * (np.cos(phase) + 1j * np.sin(phase)).astype(np.complex64), p)
+    if between is not None:
+        between()
+    frames = []  # (chunk, n_fft) each
+    window = hann(p.n_fft).astype(np.float32)
+    for t0 in range(0, p.n_frames, chunk):
+        t1 = min(t0 + chunk, p.n_frames)
+        magnitude = np.sqrt(np.maximum(both[:, t0:t1], 0.0))  # (n_bins, t1 - t0)
+        phase = both[:, p.n_frames + t0 : p.n_frames + t1]
+        frames.append(_irfft_frames(magnitude * (np.cos(phase) + 1j * np.sin(phase)).astype(np.complex64), p, window))
+        if between is not None:
+            between()
+    return (overlap_add(np.concatenate(frames), p) * overlap_norm(p)).astype(np.float32)

@@ -89,6 +89,8 @@ class Engine:
         self.history_limit = history_limit
         self.notes: OrderedDict[tuple, Note] = OrderedDict()
         self.note_cache_size = note_cache
+        # (key, top, bottom, spectrogram or None) of a note stopped after its sampling: `make_note` goes on from it.
+        self._unfinished: tuple[Any, np.ndarray | None, np.ndarray | None, np.ndarray | None] = (None, None, None, None)
         # Settings change on the receive thread while the worker edits: one lock over every change of state.
         self.lock = threading.RLock()
         self.save_lock = threading.Lock()  # the worker and the settings saver both write the session
@@ -266,21 +268,46 @@ class Engine:
             self.notes.move_to_end(key)
         return note
 
-    def make_note(self, pitch: int, progress: Progress | None = None, settings: Settings | None = None) -> Note:
+    def make_note(
+        self,
+        pitch: int,
+        progress: Progress | None = None,
+        settings: Settings | None = None,
+        between: Callable[[], None] | None = None,
+    ) -> Note:
         """Sample and render the note for `pitch` under the current settings (or `settings`: an export holds
         one set across its keys), deterministically: the random stream comes from the note's key, so a cached
-        note is exactly what sampling again would give."""
+        note is exactly what sampling again would give.
+
+        `progress` runs after every sampled token, and `between()` (default: `progress(1.0)`) between the stages:
+        sampling, the decoder, the projection and each group of frames of the inversion. Raising from either
+        stops the note there; what was done after the sampling is kept for this key (one note), so the next call
+        for it goes on from where this one stopped: the note cache's fill gives way to a request without losing
+        its work."""
         s = settings or self.settings  # read once: the key, the conditioning and the mode must agree
         key = self.note_key(pitch, s)
-        seed = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little")
-        rng = np.random.default_rng(seed)
-        cond = s.conditioning(pitch)
-        if s.note_mode == "generate":
-            top, bottom = self.inpainter.generate(cond, rng, progress)
-        else:
-            mask = np.ones(codemaps.BOTTOM_SHAPE, bool)
-            top, bottom = self.inpainter.inpaint(self.top, self.bottom, "bottom", mask, cond, rng, progress)
-        audio = render.dsp.invert(render.decode(self.bundle, top, bottom), self.manifest.spectrogram)
+        top, bottom, spectrogram = self._unfinished[1:] if self._unfinished[0] == key else (None, None, None)
+        if top is None or bottom is None:
+            seed = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little")
+            rng = np.random.default_rng(seed)
+            cond = s.conditioning(pitch)
+            if s.note_mode == "generate":
+                top, bottom = self.inpainter.generate(cond, rng, progress)
+            else:
+                mask = np.ones(codemaps.BOTTOM_SHAPE, bool)
+                top, bottom = self.inpainter.inpaint(self.top, self.bottom, "bottom", mask, cond, rng, progress)
+        if between is None:
+            between = (lambda: progress(1.0)) if progress is not None else _nothing
+        try:
+            if spectrogram is None:
+                between()
+                spectrogram = render.decode(self.bundle, top, bottom)
+            between()
+            audio = render.dsp.invert(spectrogram, self.manifest.spectrogram, between)
+        except BaseException:
+            self._unfinished = (key, top, bottom, spectrogram)
+            raise
+        self._unfinished = (None, None, None, None)
         note = Note(top, bottom, audio)
         self.notes[key] = note
         while len(self.notes) > self.note_cache_size:
@@ -304,17 +331,25 @@ class Engine:
 
     # ---- session ------------------------------------------------------------------------------------------
 
-    def save(self, path: Path) -> None:
-        """Everything a restart needs, written atomically (a temporary file, then a rename). The state is
-        copied under `lock` (a fraction of a millisecond, so the receive thread never waits on the disk), and
-        writers take turns, so a later snapshot is never replaced by an earlier one."""
+    def save(self, path: Path, durable: bool = True) -> None:
+        """Everything a restart needs, written atomically (a temporary file, then a rename) and durably: the
+        file is fsynced before the rename and its folder after, so a save that returned survives a power cut
+        (as SQLite and PostgreSQL commit). The state is copied under `lock` (a fraction of a millisecond, so
+        the receive thread never waits on the disk; saves run on the worker and the settings saver), and
+        writers take turns, so a later snapshot is never replaced by an earlier one. `durable=False` skips the
+        two fsyncs: only the benchmark uses it, to measure what they cost."""
         with self.save_lock:
             with self.lock:
                 arrays = self._snapshot()
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())  # the bytes on disk before the name points at them
             os.replace(tmp, path)
+            if durable:
+                fsync_folder(path.parent)  # the rename itself on disk
 
     def _snapshot(self) -> dict[str, Any]:  # name → array, for np.savez
         meta = {
@@ -357,3 +392,19 @@ class Engine:
         self.top, self.bottom = maps
         self.undo_stack, self.redo_stack = stacks
         self.settings, self.version, self.draws = settings, int(meta["version"]), int(meta["draws"])
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; where folders cannot be opened (Windows), nothing."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _nothing() -> None:
+    pass

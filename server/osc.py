@@ -39,15 +39,23 @@ RENDER_MODES = ("file", "chunks", "both")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
-@dataclass
+@dataclass(eq=False)
 class Client:
-    """A sender, known by its IP and source port; replies go to (host, reply_port)."""
+    """A sender, known by its IP and source port (equal clients: the same sender, even after the server forgot
+    and met it again); replies go to (host, reply_port). `/cancel` reaches only its own sender's requests."""
 
     host: str
     reply_port: int
+    port: int = 0  # its source port: with `host`, who it is
     mode: str = "file"  # how rendered audio reaches it: file path, sample chunks, or both
     rate: int | None = None  # sample rate of its renders (/render/rate); None: the server's (--rate)
     timing: bool = False  # follow each /render/done with /render/timing
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Client) and (self.host, self.port) == (other.host, other.port)
+
+    def __hash__(self) -> int:
+        return hash((self.host, self.port))
 
 
 def bundle_problem(data: bytes, depth: int = 0) -> str:
@@ -148,6 +156,7 @@ class InstrumentServer:
         self.session = session
         self._ids = itertools.count(1 << 30)  # ids the server assigns, far from the small ones clients pick
         self._settings_dirty = threading.Event()
+        self._prefill_by: Client | None = None  # the client whose /note/prefill runs
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.udp = _UDPServer((host, port), _Dispatcher(self.handle_datagram), family=family)
         self.udp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # ride out bursts
@@ -236,7 +245,7 @@ class InstrumentServer:
         if c is not None:
             self.clients.move_to_end(key)  # the forgotten are the least recently heard, not the oldest
         else:
-            c = self.clients[key] = Client(addr[0], self.default_reply_port)
+            c = self.clients[key] = Client(addr[0], self.default_reply_port, addr[1])
             if len(self.clients) > 64:  # forget the oldest throwaway senders (oscsend, one-shot scripts)
                 self.clients.popitem(last=False)
         return c
@@ -346,13 +355,14 @@ class InstrumentServer:
         self.submit(c, r, "note", t, pitch=pitch, velocity=r.values["velocity"])
 
     def on_cancel(self, c: Client, r: Request, t: float) -> None:
-        removed, flagged = self.queue.cancel(r.request_id)
+        """This client's requests only: another performer's renders are not its to stop."""
+        removed, flagged = self.queue.cancel(c, r.request_id)
         if r.request_id is not None and not removed and not flagged:
-            raise EngineError(f"no waiting or running request {r.request_id}")
-        for job in removed:
-            for q in job.requesters:
-                self.send(q.client, "/render/cancelled", q.request_id, "cancelled by /cancel")
-        self.worker.prefill = []  # a new list: the worker may be popping from the old one
+            raise EngineError(f"no waiting or running request {r.request_id} from this client")
+        for q in removed:
+            self.send(q.client, "/render/cancelled", q.request_id, "cancelled by /cancel")
+        if self._prefill_by == c:
+            self.worker.prefill = []  # a new list: the worker may be popping from the old one
 
     # ---- answered at once -----------------------------------------------------------------------------------
 
@@ -448,6 +458,7 @@ class InstrumentServer:
         if low > high:
             raise EngineError(f"low {low} is above high {high}")
         self.worker.prefill = list(range(low, high + 1))
+        self._prefill_by = c  # whose /cancel stops it
 
     def on_program(self, c: Client, r: Request, t: float) -> None:
         program = r.values["program"]

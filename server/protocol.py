@@ -125,7 +125,9 @@ INBOUND = (
     Address("/undo", doc="back one edit", request_id=True),
     Address("/redo", doc="forward one edit", request_id=True),
     Address("/render", doc="render the current codemaps", request_id=True),
-    Address("/cancel", doc="cancel the request with this id, or all work when none is given", request_id=True),
+    Address(
+        "/cancel", doc="cancel this client's request with this id, or all its work when none is given", request_id=True
+    ),
     Address(
         "/note",
         (Arg("pitch", "i", *MIDI), Arg("velocity", "i", *MIDI)),

@@ -35,6 +35,7 @@ log = logging.getLogger("inpaint-osc")
 
 SAMPLING = {"generate", "analyze", "note", "inpaint", "resample"}  # expensive: may be superseded or cancelled
 REPLACES_ALL = {"generate", "analyze", "note"}  # their result replaces everything sampling work before did
+FILL_DECODE_QUIET = 0.25  # s without a request before the note cache's fill starts a note's decoding
 
 
 class Cancelled(Exception):
@@ -52,9 +53,10 @@ class Replies(Protocol):
 
 @dataclass
 class Requester:
-    client: Any
+    client: Any  # compared with ==: one sender (server.osc.Client), whatever object stands for it
     request_id: int
     received: float  # time.perf_counter() at arrival
+    cancelled: bool = False  # by its client's /cancel while its job runs on for another client's request
 
 
 @dataclass
@@ -85,6 +87,7 @@ class JobQueue:
         self.taken: list[Job] = []  # taken by the worker, not started yet
         self.running: Job | None = None
         self.cond = threading.Condition()
+        self.last_put = 0.0  # time.monotonic() of the latest request queued
 
     def _in_flight(self) -> list[Job]:
         return self.taken + ([self.running] if self.running is not None else [])
@@ -95,6 +98,7 @@ class JobQueue:
         Latest wins under pressure: when the queue is full, the oldest waiting sampling job gives way.
         """
         with self.cond:
+            self.last_put = time.monotonic()
             superseded: list[Job] = []
             if job.kind in REPLACES_ALL:
                 superseded = [j for j in self.pending if _supersedes(job, j)]
@@ -149,21 +153,38 @@ class JobQueue:
             gone = [
                 j
                 for j in self.pending
-                if j.kind == "note" and j.params["pitch"] == pitch and all(r.client is client for r in j.requesters)
+                if j.kind == "note" and j.params["pitch"] == pitch and all(r.client == client for r in j.requesters)
             ]
             self.pending = [j for j in self.pending if j not in gone]
             return gone
 
-    def cancel(self, request_id: int | None) -> tuple[list[Job], bool]:
-        """Cancel the jobs with this id (all when None): returns the waiting ones it removed (the caller answers
-        them), and whether it flagged a job in the worker's hands (the worker answers those)."""
+    def cancel(self, client: Any, request_id: int | None) -> tuple[list[Requester], bool]:
+        """`client`'s /cancel: its requests with this id (all of its requests when None), never another
+        client's. Returns the waiting requests it took back (the caller answers them), and whether it found any
+        in the worker's hands (the worker answers those). A job that also serves another client's request
+        (merged edits) runs on for that one; this client's part of it is answered `/render/cancelled`."""
+
+        def mine(r: Requester) -> bool:
+            return r.client == client and (request_id is None or r.request_id == request_id)
+
         with self.cond:
-            removed = [j for j in self.pending if request_id is None or request_id in j.ids()]
-            self.pending = [j for j in self.pending if j not in removed]
-            flagged = [j for j in self._in_flight() if request_id is None or request_id in j.ids()]
-            for j in flagged:
-                j.cancelled = "cancelled by /cancel"
-            return removed, bool(flagged)
+            removed: list[Requester] = []
+            for j in list(self.pending):
+                if any(mine(r) for r in j.requesters):
+                    removed += [r for r in j.requesters if mine(r)]
+                    j.requesters = [r for r in j.requesters if not mine(r)]
+                    if not j.requesters:
+                        self.pending.remove(j)
+            flagged = False
+            for j in self._in_flight():
+                ours = [r for r in j.requesters if mine(r)]
+                flagged |= bool(ours)
+                if ours and len(ours) == len(j.requesters):
+                    j.cancelled = "cancelled by /cancel"
+                else:
+                    for r in ours:
+                        r.cancelled = True
+            return removed, flagged
 
 
 def _supersedes(new: Job, old: Job) -> bool:
@@ -342,7 +363,10 @@ class Worker(threading.Thread):
         assert self.engine.last_spectrogram is not None
         path, width, height = self.out.write_png(self.engine.last_spectrogram, job.params["layer"], job.ids()[0])
         for r in job.requesters:
-            self.replies.send(r.client, "/image/done", r.request_id, str(path), width, height)
+            if r.cancelled:
+                self.replies.send(r.client, "/render/cancelled", r.request_id, "cancelled by /cancel")
+            else:
+                self.replies.send(r.client, "/image/done", r.request_id, str(path), width, height)
 
     def _export(self, job: Job) -> None:
         """The current sound as a sampler instrument (`server.instrument_export`): notes not cached yet are
@@ -418,6 +442,9 @@ class Worker(threading.Thread):
     def _done(
         self, r: Requester, wav: str, audio: np.ndarray, rate: int, lvl: level.Level, timings: dict[str, float]
     ) -> None:
+        if r.cancelled:  # its client's /cancel came while this render ran on for another client
+            self.replies.send(r.client, "/render/cancelled", r.request_id, "cancelled by /cancel")
+            return
         if lvl.silent:
             self.replies.send(r.client, "/render/silent", r.request_id, float(lvl.level_db))
         if getattr(r.client, "mode", "file") in ("chunks", "both"):
@@ -479,8 +506,11 @@ class Worker(threading.Thread):
             self.replies.broadcast("/status", status)
 
     def _prefill_one(self, pitch: int) -> None:
-        """Render one pitch into the note cache; any waiting request interrupts it at once (and it is tried
-        again later)."""
+        """Render one pitch into the note cache. It gives way to any waiting request between sampled tokens and
+        between the chunks of its decoding and inversion (the engine keeps what was done, and the fill goes on
+        from there later), so a request waits at most one of them. The decoder is one graph call that cannot
+        stop halfway (15-50 ms on 2 cores): it starts only after FILL_DECODE_QUIET s without a request, so a
+        performer's edits never queue behind it."""
         if self.engine.cached_note(pitch) is not None:
             return
 
@@ -488,8 +518,13 @@ class Worker(threading.Thread):
             if self.queue.pending:
                 raise Cancelled("a request arrived")
 
+        def between() -> None:
+            preempt(1.0)
+            if time.monotonic() - self.queue.last_put < FILL_DECODE_QUIET:
+                raise Cancelled("requests are coming")
+
         try:
-            self.engine.make_note(pitch, preempt)
+            self.engine.make_note(pitch, preempt, between=between)
         except Cancelled:
             self.prefill.insert(0, pitch)
         except Exception as exc:  # never a retry loop: the fill stops and says why

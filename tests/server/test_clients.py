@@ -165,3 +165,7 @@ def test_bench_prints_measured_round_trips(tiny_bundle):
         assert stages["server"] <= figures[key]["p99_ms"] and stages["edit"] > 0, key
     assert figures["generate"]["stages_ms"]["decoder"] > 0 and figures["note_cached"]["stages_ms"]["decoder"] == 0
     assert figures["cold_start_ms"] > 0 and figures["server_peak_rss_mb"] > 0
+    save = figures["session_save_per_edit"]  # durable saves (fsync of file and folder) against plain ones
+    assert save["fsync"]["n"] == save["no_fsync"]["n"] > 0 and save["fsync"]["p50_ms"] > 0
+    fill = figures["edits_during_fill"]
+    assert fill["fill"]["n"] == fill["no_fill"]["n"] > 0 and fill["p50_ratio"] > 0

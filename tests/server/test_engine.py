@@ -105,6 +105,36 @@ def test_a_note_is_deterministic_and_cached(engine):
     assert engine.settings.pitch == 62 and (engine.top == note.top).all()
 
 
+def test_a_note_stopped_between_its_stages_goes_on_from_there_and_sounds_the_same(engine):
+    """The note cache's fill stops between stages when a request arrives; the next call does not sample again."""
+    whole = engine.make_note(63)
+    engine.notes.clear()
+
+    class Stop(Exception):
+        pass
+
+    class Counter:
+        def __init__(self, stop_at: int = 0) -> None:
+            self.calls, self.tokens, self.stop_at = 0, 0, stop_at
+
+        def between(self) -> None:
+            self.calls += 1
+            if self.calls == self.stop_at:
+                raise Stop
+
+        def progress(self, fraction: float) -> None:
+            self.tokens += fraction < 1.0
+
+    for stop_at in (1, 2, 4):  # before the decoder, before the projection, inside the inversion
+        with pytest.raises(Stop):
+            engine.make_note(63, between=Counter(stop_at).between)
+        resumed = Counter()
+        note = engine.make_note(63, resumed.progress)
+        assert resumed.tokens == 0  # no token sampled again: it went on from the sampled codes
+        assert (note.top == whole.top).all() and np.array_equal(note.audio, whole.audio)
+        engine.notes.clear()
+
+
 def test_a_session_round_trips_and_a_corrupt_one_is_refused(engine, bundle, tmp_path):
     engine.update_settings(pitch=50, temperature=0.7, family=2, guidance=3.5, harmonic=0.5)
     engine.set_cells("bottom", [(1, 1, 3)])
@@ -120,6 +150,33 @@ def test_a_session_round_trips_and_a_corrupt_one_is_refused(engine, bundle, tmp_
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(EngineError, match="not a readable session"):
         Engine(bundle).load(path)
+
+
+def test_a_save_fsyncs_the_file_before_the_rename_and_the_folder_after(engine, tmp_path, monkeypatch):
+    import os
+    import stat
+
+    real_fsync, real_replace, calls = os.fsync, os.replace, []
+
+    def fsync(fd: int) -> None:
+        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        calls.append((kind, os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src, dst) -> None:
+        calls.append(("rename", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", rename)
+    path = tmp_path / "s.npz"
+    engine.save(path)
+    assert [kind for kind, _ in calls] == ["file", "rename", "folder"]
+    assert calls[0][1].startswith(str(tmp_path / ".s.npz.")) and calls[0][1].endswith(".tmp")  # the temporary file
+    assert calls[2][1] == str(tmp_path)
+    calls.clear()
+    engine.save(path, durable=False)  # what the benchmark compares against
+    assert [kind for kind, _ in calls] == ["rename"]
 
 
 def test_datagrams_from_outside_the_allow_list_are_dropped_unanswered(bundle, tmp_path):

@@ -264,6 +264,29 @@ def test_a_new_generate_supersedes_the_running_one_and_cancel_stops_work(live, c
     assert client.wait_for("/render/cancelled", "/render/done", timeout=60)[1][0] == 303
 
 
+def test_one_clients_cancel_never_cancels_another_clients_request(live):
+    """Two clients over real UDP: b's twenty edits are waiting or running when a sends /cancel with b's id,
+    with an id both use, and with none; every one of b's requests still ends in /render/done."""
+    a, b = live.client(), live.client()
+    ids = list(range(1, 21))
+    for i in ids:  # alternate layers: nothing merges, twenty sampling jobs wait
+        layer, t, f = ("top", i % 4, i % 32) if i % 2 else ("bottom", i % 8, i % 64)
+        b.send("/inpaint", layer, t, t + 1, f, f + 1, i)
+    a.send("/cancel", 1)  # b's id, not a's
+    a.send("/inpaint", "bottom", 0, 1, 0, 1, 3)  # a's own request 3, while b's 3 waits too
+    a.send("/cancel", 3)
+    a.send("/cancel")
+    assert a.wait_for("/error", timeout=10)[1] == ["/cancel", "no waiting or running request 1 from this client"]
+    assert a.wait_for("/render/cancelled", "/render/done", timeout=60)[1][:2] == [3, "cancelled by /cancel"]
+    endings = {}
+    while len(endings) < len(ids):
+        address, args = b.wait_for("/render/done", "/render/cancelled", "/error", timeout=60)
+        endings[args[0]] = address
+    assert endings == {i: "/render/done" for i in ids}
+    a.send("/ping")
+    assert not [r for r in a.drain(0.2) if r[0] in ("/render/done", "/render/cancelled", "/error")]
+
+
 def test_a_burst_of_edits_coalesces_and_every_request_is_answered(live, client):
     ids = list(range(401, 421))
     for i in ids:

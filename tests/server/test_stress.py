@@ -42,6 +42,30 @@ def test_sigkill_during_a_render_loses_no_acknowledged_edit(server):
     assert failures == [] and figures["rounds"] == 1
 
 
+def test_sigkill_right_after_an_acknowledgement_finds_the_acknowledged_state(server):
+    """The kill comes the moment /render/done (or the settings echo) arrives: nothing acknowledged may be
+    missing after the restart (the save is fsynced, file then folder, before either goes out)."""
+    for round_ in range(3):
+        c = server.client()
+        expected = {layer: list(codes) for layer, codes in stress.codemaps_of(c).items()}
+        pitch = 40 + round_
+        c.send("/pitch", pitch)
+        c.wait_for("/pitch", timeout=10)  # echoed once saved
+        cells = [(round_, 5, 7 + round_), (3, 60 - round_, 11)]  # (t, f, code) in the bottom map, 64 x 8
+        c.send("/codemap/set", "bottom", *(x for cell in cells for x in cell), 500 + round_)
+        c.wait_for("/render/done", timeout=60)
+        server.kill()
+        c.close()
+        for t, f, code in cells:
+            expected["bottom"][f * 8 + t] = code
+        server.restart()
+        c = server.client()
+        c.send("/state")
+        assert c.wait_for("/pitch", timeout=10)[1][0] == pitch
+        assert stress.codemaps_of(c) == expected
+        c.close()
+
+
 def test_bad_bundles_and_bad_audio_get_clear_errors_and_the_server_keeps_serving(server):
     figures, failures = stress.bad_files(server)
     assert failures == []
