@@ -247,5 +247,14 @@ class Bundle:
         layer = graph.split("_")[0]
         return self.manifest.priors[layer].n_layers if layer in self.manifest.priors else 0
 
-    def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
-        return self.sessions[graph].run(None, inputs)
+    def run(self, graph: str, run_options: Any = None, **inputs: np.ndarray) -> list[np.ndarray]:
+        """One graph call; `run_options` (from `stoppable`) lets another thread stop it between two nodes."""
+        return self.sessions[graph].run(None, inputs, run_options)
+
+    @staticmethod
+    def stoppable() -> Any:  # onnxruntime.RunOptions
+        """Run options whose `terminate = True`, set from any thread, stops the graph calls given them within a
+        node or two (a few ms); the call then raises. One use: a new one for each piece of work."""
+        import onnxruntime as ort
+
+        return ort.RunOptions()

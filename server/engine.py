@@ -274,6 +274,7 @@ class Engine:
         progress: Progress | None = None,
         settings: Settings | None = None,
         between: Callable[[], None] | None = None,
+        run_options: Any = None,
     ) -> Note:
         """Sample and render the note for `pitch` under the current settings (or `settings`: an export holds
         one set across its keys), deterministically: the random stream comes from the note's key, so a cached
@@ -283,7 +284,7 @@ class Engine:
         sampling, the decoder, the projection and each group of frames of the inversion. Raising from either
         stops the note there; what was done after the sampling is kept for this key (one note), so the next call
         for it goes on from where this one stopped: the note cache's fill gives way to a request without losing
-        its work."""
+        its work. `run_options` (`Bundle.stoppable`) lets another thread stop the decoder halfway."""
         s = settings or self.settings  # read once: the key, the conditioning and the mode must agree
         key = self.note_key(pitch, s)
         top, bottom, spectrogram = self._unfinished[1:] if self._unfinished[0] == key else (None, None, None)
@@ -301,7 +302,7 @@ class Engine:
         try:
             if spectrogram is None:
                 between()
-                spectrogram = render.decode(self.bundle, top, bottom)
+                spectrogram = render.decode(self.bundle, top, bottom, run_options)
             between()
             audio = render.dsp.invert(spectrogram, self.manifest.spectrogram, between)
         except BaseException:

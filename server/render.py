@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from server import dsp
 from server.bundle import Bundle
 
 
-def decode(bundle: Bundle, codes_top: np.ndarray, codes_bottom: np.ndarray) -> np.ndarray:
-    """(32, 4), (64, 8) codes → raw spectrogram (2, 1024, 128)."""
-    return bundle.run(
-        "vqvae_decoder", codes_top=codes_top[None].astype(np.int64), codes_bottom=codes_bottom[None].astype(np.int64)
-    )[0][0]
+def decode(bundle: Bundle, codes_top: np.ndarray, codes_bottom: np.ndarray, run_options: Any = None) -> np.ndarray:
+    """(32, 4), (64, 8) codes → raw spectrogram (2, 1024, 128). `run_options`: see `Bundle.stoppable`."""
+    top, bottom = codes_top[None].astype(np.int64), codes_bottom[None].astype(np.int64)
+    return bundle.run("vqvae_decoder", run_options, codes_top=top, codes_bottom=bottom)[0][0]
 
 
 def render(bundle: Bundle, codes_top: np.ndarray, codes_bottom: np.ndarray) -> np.ndarray:

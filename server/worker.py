@@ -35,7 +35,7 @@ log = logging.getLogger("inpaint-osc")
 
 SAMPLING = {"generate", "analyze", "note", "inpaint", "resample"}  # expensive: may be superseded or cancelled
 REPLACES_ALL = {"generate", "analyze", "note"}  # their result replaces everything sampling work before did
-FILL_DECODE_QUIET = 0.25  # s without a request before the note cache's fill starts a note's decoding
+FILL_QUIET = 0.1  # s without a request before the note cache's fill decodes a note it sampled
 
 
 class Cancelled(Exception):
@@ -87,7 +87,8 @@ class JobQueue:
         self.taken: list[Job] = []  # taken by the worker, not started yet
         self.running: Job | None = None
         self.cond = threading.Condition()
-        self.last_put = 0.0  # time.monotonic() of the latest request queued
+        self.interrupt: Callable[[], None] | None = None  # called when a request arrives: stops the fill's graph call
+        self.last_put = 0.0  # time.monotonic() of the latest request
 
     def _in_flight(self) -> list[Job]:
         return self.taken + ([self.running] if self.running is not None else [])
@@ -99,6 +100,8 @@ class JobQueue:
         """
         with self.cond:
             self.last_put = time.monotonic()
+            if self.interrupt is not None:
+                self.interrupt()
             superseded: list[Job] = []
             if job.kind in REPLACES_ALL:
                 superseded = [j for j in self.pending if _supersedes(job, j)]
@@ -506,13 +509,16 @@ class Worker(threading.Thread):
             self.replies.broadcast("/status", status)
 
     def _prefill_one(self, pitch: int) -> None:
-        """Render one pitch into the note cache. It gives way to any waiting request between sampled tokens and
-        between the chunks of its decoding and inversion (the engine keeps what was done, and the fill goes on
-        from there later), so a request waits at most one of them. The decoder is one graph call that cannot
-        stop halfway (15-50 ms on 2 cores): it starts only after FILL_DECODE_QUIET s without a request, so a
-        performer's edits never queue behind it."""
+        """Render one pitch into the note cache. It gives way to a request between sampled tokens and between the
+        stages and chunks of its decoding and inversion, and a request arriving during its decoder call stops
+        that call within a node or two (onnxruntime's terminate flag, set from the receive thread): a request
+        waits about one prior step, never a whole note. The engine keeps what was done, and the fill goes on
+        from there later. Decoding and inversion (50-100 ms on 2 busy cores) start only after FILL_QUIET s
+        without a request: between a performer's clicks the fill samples but does not start what the next click
+        would throw away."""
         if self.engine.cached_note(pitch) is not None:
             return
+        stop = self.engine.bundle.stoppable()
 
         def preempt(_fraction: float) -> None:
             if self.queue.pending:
@@ -520,16 +526,26 @@ class Worker(threading.Thread):
 
         def between() -> None:
             preempt(1.0)
-            if time.monotonic() - self.queue.last_put < FILL_DECODE_QUIET:
+            if time.monotonic() - self.queue.last_put < FILL_QUIET:
                 raise Cancelled("requests are coming")
 
+        def interrupt() -> None:
+            stop.terminate = True
+
+        self.queue.interrupt = interrupt
         try:
-            self.engine.make_note(pitch, preempt, between=between)
+            self.engine.make_note(pitch, preempt, between=between, run_options=stop)
         except Cancelled:
             self.prefill.insert(0, pitch)
-        except Exception as exc:  # never a retry loop: the fill stops and says why
+        except Exception as exc:
+            if stop.terminate:  # onnxruntime stopped the decoder for a request: not a failure
+                self.prefill.insert(0, pitch)
+                return
+            # never a retry loop: the fill stops and says why
             log.error("note cache fill stopped at pitch %d:\n%s", pitch, traceback.format_exc())
             self.prefill = []
             self.engine.update_settings(fill=False)
             self.replies.broadcast("/error", "/note/fill", f"note cache fill stopped: {type(exc).__name__}: {exc}")
             self.replies.send_settings()
+        finally:
+            self.queue.interrupt = None
