@@ -1,7 +1,7 @@
 """`inpaint-train bench --server`: the live instrument's figures, side by side with what a user of the original
 code would run, and with the hardware's floor.
 
-- The OSC figures come from `server.bench.run_bench`: a server process on the bundle, this process as the client
+- The OSC figures come from `server.tools.latency.run_bench`: a server process on the bundle, this process as the client
   over loopback (p50/p95/p99 per operation, the server's own stage times, peak RSS, cold start).
 - torch eager: the same operations in this process on the same weights, read back from the bundle's ONNX graphs
   (and checked against onnxruntime), priors through the same key/value-cached sampling loop (so the baseline
@@ -196,8 +196,8 @@ def matmul_gflops(threads: int, n: int = 1024, repeats: int = 20) -> float:
 
 
 def run_server_bench(bundle_dir: Path, threads: int = 2, repeats: int = 50, markdown: Path | None = None) -> dict:
-    from server.bench import HEAVY, operations, write_test_note
-    from server.bench import run_bench as run_osc_bench
+    from server.tools.latency import HEAVY, operations, write_test_note
+    from server.tools.latency import run_bench as run_osc_bench
 
     result: dict[str, Any] = {"osc": run_osc_bench(bundle_dir, repeats=repeats, threads=threads)}
     if _cuda_available():

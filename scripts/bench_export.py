@@ -64,18 +64,16 @@ def fluidsynth(sf2: Path, events: list[tuple[int, int]], folder: Path, held: flo
 def over_osc(bundle: Path, instrument: str, folder: Path) -> dict:
     """A server on `bundle` over real UDP: once its note cache is full, the time from /export/instrument to
     /export/done, and the /export/progress messages between."""
-    from server.bench import start_server, wait_for_pong
+    from server.tools.launcher import ServerProcess
 
-    folder.mkdir(parents=True, exist_ok=True)
-    proc, port = start_server(bundle, folder, threads=2)
-    try:
-        client = wait_for_pong(proc, port)
+    with ServerProcess(bundle, folder, threads=2, quiet=True) as server:
+        client = server.client()
         client.send("/instrument", instrument)
         t0 = time.perf_counter()
         while (cache := client.wait_for("/note/cache", timeout=300)[1])[0] < cache[1]:
             pass
         filled = time.perf_counter()
-        client.send("/export/instrument", str(folder / "osc-instrument"))
+        client.send("/export/instrument", str(server.read_dir / "osc-instrument"))
         progress = 0
         while (reply := client.wait_for("/export/progress", "/export/done", "/error", timeout=300))[0] != (
             "/export/done"
@@ -83,10 +81,6 @@ def over_osc(bundle: Path, instrument: str, folder: Path) -> dict:
             assert reply[0] == "/export/progress", reply
             progress += 1
         done = time.perf_counter()
-        client.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
     return {"cache_fill_s": round(filled - t0, 2), "export_warm_s": round(done - filled, 2), "progress": progress,
             "done": reply[1]}  # fmt: skip
 

@@ -7,6 +7,7 @@ inpaint-osc render --out note.wav ...                  generate one note to a WA
 inpaint-osc export-instrument OUT [--instrument NAME]  one note per key as a sampler instrument (SFZ + SF2)
 inpaint-osc bench [--bundle DIR]                      latency of every operation over loopback OSC, as JSON
 inpaint-osc stress [--scale ci|full]                  reliability: fuzz, flood, crash recovery, bad files
+inpaint-osc stress --soak MINUTES                     a set played that long: two clients, a restart, flat?
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ def cmd_send(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
-    from server.bench import run_bench, run_fill_bench
+    from server.tools.latency import run_bench, run_fill_bench
 
     if args.fill:
         return run_fill_bench(args.bundle, threads=args.threads)
@@ -205,17 +206,20 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
 
 def cmd_stress(args: argparse.Namespace) -> dict:
-    from server.stress import CHECKS, run_suite
+    from server.tools.stress import CHECKS, reliability_markdown, run_suite
 
-    only = tuple(args.only.split(",")) if args.only else CHECKS
-    unknown = set(only) - set(CHECKS)
-    if unknown:
-        raise ValueError(f"unknown checks {sorted(unknown)}: choose from {', '.join(CHECKS)}")
-    result = run_suite(args.bundle, args.scale, only, args.seed)
-    if args.markdown:
-        from server.stress import reliability_markdown
+    if args.soak is not None:
+        from server.tools.soak import run_soak
 
-        args.markdown.write_text(reliability_markdown(result))
+        result = run_soak(args.bundle, args.soak, args.seed, args.markdown)
+    else:
+        only = tuple(args.only.split(",")) if args.only else CHECKS
+        unknown = set(only) - set(CHECKS)
+        if unknown:
+            raise ValueError(f"unknown checks {sorted(unknown)}: choose from {', '.join(CHECKS)}")
+        result = run_suite(args.bundle, args.scale, only, args.seed)
+        if args.markdown:
+            args.markdown.write_text(reliability_markdown(result))
     if not result["passed"]:
         print(json.dumps(result, indent=2))
         raise ValueError(f"reliability checks failed: {json.dumps(result['failures'])}")
@@ -314,6 +318,11 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--only", help="comma list of checks: fuzz,flood,crash,files (default: all)")
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--markdown", type=Path, help="also write the report, e.g. docs/reliability.md")
+    st.add_argument(
+        "--soak", type=float, metavar="MINUTES",
+        help="instead: play a set for MINUTES (two clients, notes, edits, generates, instrument changes, a "
+        "restart halfway); with --markdown, its section replaces the soak section of that file",
+    )  # fmt: skip
     c = sub.add_parser("send", help="send one OSC message and print the replies")
     c.add_argument("address")
     c.add_argument("args", nargs="*", help="numbers are sent as int or float, the rest as strings")

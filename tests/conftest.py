@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -98,56 +97,12 @@ def tiny_bundle(dataset, tmp_path_factory) -> tuple[Path, Path]:
     return run, bundle
 
 
-@dataclass
-class LiveServer:
-    """`inpaint-osc serve` in its own process (torch blocked), on free ports, with its folders."""
+def start_server(bundle: Path | None, folder: Path, *extra: str):
+    """A server on `bundle` (None: the packaged default, as `serve` with no --bundle), through the one launcher
+    the tools use (`server.tools.launcher`; torch blocked)."""
+    from server.tools.launcher import ServerProcess
 
-    proc: subprocess.Popen
-    port: int
-    reply_port: int  # where replies to clients that never sent /reply_port go (liblo's oscsend)
-    out: Path
-    read_dir: Path
-    session: Path
-    log: Path
-    clients: list = field(default_factory=list)
-
-    def client(self):
-        from server.client import OscClient
-
-        c = OscClient(port=self.port)
-        self.clients.append(c)
-        return c
-
-    def stop(self, kill: bool = False) -> None:
-        for c in self.clients:
-            c.close()
-        self.proc.kill() if kill else self.proc.terminate()
-        self.proc.wait(10)
-
-
-def start_server(bundle: Path | None, folder: Path, *extra: str) -> LiveServer:
-    """A server on `bundle` (None: the packaged default, as `serve` with no --bundle)."""
-    from server.bench import free_port, wait_for_pong
-
-    folder.mkdir(parents=True, exist_ok=True)
-    port, reply_port = free_port(), free_port()
-    read_dir = folder / "sounds"
-    read_dir.mkdir(exist_ok=True)
-    live = LiveServer(None, port, reply_port, folder / "out", read_dir, folder / "session.npz", folder / "server.log")  # type: ignore[arg-type]
-    args = ["serve", *(["--bundle", str(bundle)] if bundle is not None else []), "--port", str(port)]
-    args += ["--reply-port", str(reply_port)]
-    args += ["--out", str(live.out), "--read-dir", str(read_dir), "--session", str(live.session), "--threads", "2"]
-    code = (
-        "import runpy, sys; sys.modules['torch'] = None; sys.modules['librosa'] = None; "
-        "sys.argv = ['server'] + sys.argv[1:]; runpy.run_module('server', run_name='__main__')"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(live.log, "a") as log:
-        live.proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args, *extra], stderr=log, stdout=log, env=env, cwd=ROOT
-        )
-    wait_for_pong(live.proc, port).close()
-    return live
+    return ServerProcess(bundle, folder, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import soundfile as sf
 
 from export.metrics import pitch_kept
 from server.__main__ import default_bundle
-from server.bench import held_db
 from server.bundle import Bundle
+from server.tools.latency import held_db
 from tests.conftest import start_server
 
 BUNDLE = default_bundle()

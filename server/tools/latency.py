@@ -1,4 +1,5 @@
-"""Latency of the live instrument over loopback OSC: a server process, this process as the client.
+"""Latency of the live instrument over loopback OSC (`inpaint-osc bench`): a server process, this process as the
+client.
 
 Every figure is a round trip from sending the request to receiving its reply; for renders the WAV must be on
 disk when `/render/done` arrives or the run fails. `inpaint-train bench --server` adds the torch-eager
@@ -8,9 +9,6 @@ baseline on the same weights (this module never imports torch).
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,37 +20,9 @@ from server import level
 from server.bundle import Bundle
 from server.client import OscClient
 from server.protocol import TIMING_STAGES
+from server.tools.launcher import ServerProcess
 
 PAUSE = 0.05  # s between edits, as between a performer's clicks; the idle worker uses it to warm its caches
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(bundle: Path, out: Path, threads: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "server", "serve", "--bundle", str(bundle), "--port", str(port)]
-    # With a session, as on stage: every edit is saved before it is acknowledged, and that save is timed too.
-    cmd += ["--out", str(out), "--session", str(out / "session.npz"), "--threads", str(threads), "--quiet", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return proc, port
-
-
-def wait_for_pong(proc: subprocess.Popen, port: int, timeout: float = 60.0) -> OscClient:
-    """Ping until the server answers; raises with the server's stderr if it exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-        client = OscClient(port=port, announce=False)
-        client.send("/reply_port", client.reply_port)
-        if client.receive(0.2) is not None:
-            return client
-        client.close()
-    raise TimeoutError(f"no /pong from port {port} within {timeout} s")
 
 
 def stats(ms: list[float]) -> dict[str, float]:
@@ -245,17 +215,10 @@ def edits_during_fill(port: int, blocks: int = 10, per_block: int = 10, seed: in
 
 def run_fill_bench(bundle: Path, blocks: int = 10, per_block: int = 10, threads: int = 2) -> dict[str, Any]:
     """`inpaint-osc bench --fill`: `edits_during_fill` alone, on a server of its own (fill on, as on stage)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(bundle, Path(tmp), threads)
-        try:
-            client = wait_for_pong(proc, port)
-            round_trip(client, "/generate")  # warm-up: first calls allocate
-            client.close()
-            return {"bundle": str(bundle), "threads": threads, "pause_between_edits_s": PAUSE,
-                    **edits_during_fill(port, blocks, per_block)}  # fmt: skip
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(bundle, Path(tmp), threads=threads, quiet=True) as server:
+        round_trip(server.client(), "/generate")  # warm-up: first calls allocate
+        return {"bundle": str(bundle), "threads": threads, "pause_between_edits_s": PAUSE,
+                **edits_during_fill(server.port, blocks, per_block)}  # fmt: skip
 
 
 def session_save_cost(bundle: Path, folder: Path, edits: int = 50, seed: int = 0) -> dict[str, Any]:
@@ -291,15 +254,16 @@ def run_bench(
     """Every figure of `inpaint-osc bench`: p50/p95/p99 round trips, median stages, peak RSS, cold start."""
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        note = write_test_note(Path(tmp) / "note.wav")
         t0 = time.perf_counter()
+        # With a session, as on stage: every edit is saved before it is acknowledged, and that save is timed too.
         # The note cache's background fill would compete with the edits measured here: it is measured on its own,
-        # after them (playability).
-        extra = ("--read-dir", tmp, "--provider", provider, "--no-fill")
-        proc, port = start_server(bundle, Path(tmp), threads, extra)
+        # after them (playability, edits_during_fill).
+        server = ServerProcess(bundle, Path(tmp), "--provider", provider, "--no-fill", threads=threads, quiet=True)
         try:
-            client = wait_for_pong(proc, port)
             cold = (time.perf_counter() - t0) * 1000
+            note = write_test_note(server.read_dir / "note.wav")
+            client = server.client()
+            port = server.port
             client.send("/timing", 1)
             timed(client, "/generate")  # warm-up: first calls allocate
             timed(client, "/note", 60, 100)  # fills the note cache for this pitch and instrument
@@ -322,10 +286,8 @@ def run_bench(
             )
             result["playability"] = playability(port, rounds=max(1, repeats // 10))
             result["edits_during_fill"] = edits_during_fill(port, blocks=max(2, repeats // 5))
-            result["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
+            result["server_peak_rss_mb"] = peak_rss_mb(server.proc.pid)
             result["session_save_per_edit"] = session_save_cost(bundle, Path(tmp))
-            client.close()
         finally:
-            proc.terminate()
-            proc.wait(10)
+            server.stop()
     return result

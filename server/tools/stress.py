@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -24,65 +23,16 @@ from typing import Any
 import numpy as np
 
 from server import protocol
-from server.bench import free_port, peak_rss_mb, stats, wait_for_pong, write_test_note
 from server.client import OscClient
 from server.osc import encode
+from server.tools.latency import peak_rss_mb, stats, write_test_note
+from server.tools.launcher import ServerProcess, free_port
 
 SCALES: dict[str, dict[str, Any]] = {
     "ci": {"fuzz": 3_000, "flood_rate": 1_000, "flood_seconds": 2.0, "crash_rounds": 1},
     "full": {"fuzz": 100_000, "flood_rate": 2_000, "flood_seconds": 30.0, "crash_rounds": 5},
 }
 PING_P99_LIMIT_MS = 20.0  # during a flood
-
-
-class Server:
-    """`inpaint-osc serve` in its own process on free ports, with a session file and its folders."""
-
-    def __init__(self, bundle: Path, folder: Path, threads: int = 2):
-        self.bundle, self.folder = bundle, folder
-        self.sounds = folder / "sounds"
-        self.sounds.mkdir(parents=True, exist_ok=True)
-        self.session = folder / "session.npz"
-        self.port = free_port()
-        self.threads = threads
-        self.log: Any = None  # the server's stderr file
-        self.proc = self._start()
-        wait_for_pong(self.proc, self.port).close()
-
-    def _start(self) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "server", "serve", "--bundle", str(self.bundle), "--port", str(self.port)]
-        cmd += ["--out", str(self.folder / "out"), "--session", str(self.session), "--read-dir", str(self.sounds)]
-        cmd += ["--threads", str(self.threads), "--quiet"]
-        # A file, not a pipe: nobody reads a pipe during the fuzz, and a full one would block the server's
-        # logging (python-osc warns on every unknown type tag).
-        if self.log is not None:
-            self.log.close()  # a restart after a kill
-        self.log = open(self.folder / "server.log", "a")  # noqa: SIM115 (closed in stop)
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
-
-    def client(self) -> OscClient:
-        return OscClient(port=self.port)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(status.split("VmRSS:")[1].split()[0]) / 1024
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def restart(self) -> None:
-        self.proc = self._start()
-        wait_for_pong(self.proc, self.port).close()
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.log.close()
 
 
 def codemaps_of(client: OscClient, quiet: float = 0.05) -> dict[str, list[int]]:
@@ -197,7 +147,7 @@ def noise(rng: np.random.Generator, i: int) -> bytes:
     return bundle[: int(rng.integers(16, len(bundle) + 1))] if rng.random() < 0.5 else bundle
 
 
-def fuzz(server: Server, count: int, seed: int = 0, window: int = 50) -> tuple[dict, list[str]]:
+def fuzz(server: ServerProcess, count: int, seed: int = 0, window: int = 50) -> tuple[dict, list[str]]:
     """`count` datagrams; one in three is well-formed but invalid and must get exactly one /error. After every
     `window` datagrams a /ping on the checking client confirms the server read them all (a small window: a
     burst larger than the server's socket buffer would be dropped by the kernel before the server sees it)."""
@@ -239,7 +189,7 @@ def fuzz(server: Server, count: int, seed: int = 0, window: int = 50) -> tuple[d
     seconds = time.perf_counter() - t0
     failures = []
     if not server.alive():
-        failures.append(f"the server died after {sent} datagrams: {(server.folder / 'server.log').read_text()[-2000:]}")
+        failures.append(f"the server died after {sent} datagrams: {server.log.read_text()[-2000:]}")
     else:
         checked.send("/ping")
         checked.wait_for("/pong", timeout=10)
@@ -267,7 +217,7 @@ def fuzz(server: Server, count: int, seed: int = 0, window: int = 50) -> tuple[d
 
 
 def flood(
-    server: Server, rate: int, seconds: float, seed: int = 0, ping_limit_ms: float | None = PING_P99_LIMIT_MS
+    server: ServerProcess, rate: int, seconds: float, seed: int = 0, ping_limit_ms: float | None = PING_P99_LIMIT_MS
 ) -> tuple[dict, list[str]]:
     """Bottom-cell /codemap/set and /inpaint alternately at `rate` per second; /ping every 50 ms from another
     client; RSS sampled. Every request must end exactly once and the last edit must be the final state; the
@@ -354,7 +304,7 @@ def flood(
 # ---------------------------------------------------------------- crash recovery
 
 
-def crash_recovery(server: Server, rounds: int, seed: int = 0) -> tuple[dict, list[str]]:
+def crash_recovery(server: ServerProcess, rounds: int, seed: int = 0) -> tuple[dict, list[str]]:
     """Each round: acknowledged edits (conditioning, cells, an inpaint), then SIGKILL while a /generate renders,
     restart from the session, and compare conditioning, codemaps and every step of the undo history."""
     rng = np.random.default_rng(seed)
@@ -411,13 +361,14 @@ def crash_recovery(server: Server, rounds: int, seed: int = 0) -> tuple[dict, li
 # ---------------------------------------------------------------- bad files
 
 
-def bad_files(server: Server) -> tuple[dict, list[str]]:
+def bad_files(server: ServerProcess) -> tuple[dict, list[str]]:
     """Broken bundles must stop `serve` with one clear line (no traceback); broken or forbidden audio paths
     must each get an /error from the running server, which keeps serving with its state intact."""
     failures: list[str] = []
     cases: dict[str, str] = {}
     work = server.folder / "bad"
     work.mkdir(exist_ok=True)
+    assert server.bundle is not None, "the bundle cases damage a copy of the server's bundle folder"
     for name, damage in BUNDLE_DAMAGE.items():
         broken = work / f"bundle-{name}"
         shutil.copytree(server.bundle, broken, dirs_exist_ok=True)
@@ -434,7 +385,7 @@ def bad_files(server: Server) -> tuple[dict, list[str]]:
             failures.append(f"bundle {name}: exit {proc.returncode}, stderr {proc.stderr[-500:]!r}")
     c = server.client()
     before = codemaps_of(c)
-    for name, path in audio_cases(server.sounds).items():
+    for name, path in audio_cases(server.read_dir).items():
         c.send("/analyze", str(path), 1)
         reply, values = c.wait_for("/error", "/render/done", timeout=60)
         cases[f"audio: {name}"] = values[1] if reply == "/error" else "accepted"
@@ -507,7 +458,7 @@ def run_suite(bundle: Path, scale: str = "ci", only: tuple[str, ...] = CHECKS, s
     size = SCALES[scale]
     result: dict[str, Any] = {"bundle": str(bundle), "scale": scale, "failures": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(bundle, Path(tmp))
+        server = ServerProcess(bundle, Path(tmp), quiet=True)
         try:
             runs: dict[str, Callable[[], tuple[dict, list[str]]]] = {
                 "fuzz": lambda: fuzz(server, size["fuzz"], seed),
