@@ -13,7 +13,7 @@ from typing import Any
 from pythonosc import osc_packet
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from server.osc import encode
+from server.wire import encode
 
 
 class OscClient:

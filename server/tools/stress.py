@@ -24,9 +24,9 @@ import numpy as np
 
 from server import protocol
 from server.client import OscClient
-from server.osc import encode
 from server.tools.latency import peak_rss_mb, stats, write_test_note
 from server.tools.launcher import ServerProcess, free_port
+from server.wire import encode
 
 SCALES: dict[str, dict[str, Any]] = {
     "ci": {"fuzz": 3_000, "flood_rate": 1_000, "flood_seconds": 2.0, "crash_rounds": 1},

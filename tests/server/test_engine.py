@@ -180,8 +180,9 @@ def test_a_save_fsyncs_the_file_before_the_rename_and_the_folder_after(engine, t
 
 
 def test_datagrams_from_outside_the_allow_list_are_dropped_unanswered(bundle, tmp_path):
-    from server.osc import InstrumentServer, encode
+    from server.osc import InstrumentServer
     from server.output import OutputFolder
+    from server.wire import encode
 
     server = InstrumentServer(Engine(bundle), OutputFolder(tmp_path), port=0, allow=("10.0.0.0/8",))
     try:

@@ -23,6 +23,16 @@ def test_every_server_module_imports_without_torch_or_librosa():
     assert int(result.stdout) == len(modules) >= 6
 
 
+def test_the_client_loads_the_wire_format_not_the_engine():
+    code = (
+        "import sys\nimport server.client\n"
+        "loaded = [m for m in ('server.osc', 'server.engine', 'server.worker', 'onnxruntime') if m in sys.modules]\n"
+        "assert not loaded, loaded"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
 def test_render_command_runs_with_torch_blocked(tiny_bundle, tmp_path):
     import soundfile as sf
 

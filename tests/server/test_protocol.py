@@ -6,8 +6,9 @@ from pythonosc import osc_packet
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from server import protocol
-from server.osc import HANDLERS, encode
+from server.osc import HANDLERS
 from server.protocol import ProtocolError, parse
+from server.wire import encode
 
 
 def test_every_inbound_address_has_one_handler():
