@@ -128,7 +128,7 @@ class PitchMonitor:
     def _decoder(self):
         """The run's VQ-VAE; the first call also measures the code profiles of the harmonic guidance."""
         if self._vqvae is None:
-            from export.train import load_vqvae, set_code_profiles
+            from export.run_folder import load_vqvae, set_code_profiles
 
             self._vqvae = load_vqvae(self.run, self.config).to(self.device)
             set_code_profiles(self.run, self._vqvae, [self.model])
@@ -163,7 +163,7 @@ class PitchMonitor:
         other = self.run / "bottom_prior.pt"
         if not other.is_file():
             return {}
-        from export.train import load_prior, set_code_profiles
+        from export.run_folder import load_prior, set_code_profiles
 
         bottom_prior = load_prior(self.run, self.config, "bottom")[0].to(self.device)
         set_code_profiles(self.run, self._decoder(), [bottom_prior])
