@@ -252,6 +252,8 @@ def _value(text: str) -> int | float | str:
 
 
 def parser() -> argparse.ArgumentParser:
+    from server.protocol import DEFAULTS  # the settings' defaults, written once (render and export take them too)
+
     ap = argparse.ArgumentParser(
         prog="inpaint-osc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -333,10 +335,14 @@ def parser() -> argparse.ArgumentParser:
     # What a sound is made with: render and export-instrument take the same options.
     sound = argparse.ArgumentParser(add_help=False, parents=[common])
     sound.add_argument("--instrument", default="keyboard", help="instrument family (default: %(default)s)")
-    sound.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
-    sound.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass (default: %(default)s)")
-    sound.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    sound.add_argument("--level", type=float, default=-18.0, help="RMS of the held part, dBFS (default: %(default)s)")
+    sound.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="(default: %(default)s)")
+    sound.add_argument(
+        "--top-p", type=float, default=DEFAULTS["top_p"], help="nucleus sampling mass (default: %(default)s)"
+    )
+    sound.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="(default: %(default)s)")
+    sound.add_argument(
+        "--level", type=float, default=DEFAULTS["level"], help="RMS of the held part, dBFS (default: %(default)s)"
+    )
     sound.add_argument("--rate", type=int, help="sample rate of the WAVs (default: the model's)")
     p = sub.add_parser("render", parents=[sound], help="generate one note to a WAV file")
     p.add_argument("--out", type=Path, required=True, help="WAV file to write (float32)")
@@ -347,12 +353,16 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("out", type=Path, help="folder to write (replaced whole if it holds an earlier export)")
     e.add_argument("--low", type=int, help="lowest key (default: the model's lowest pitch)")
     e.add_argument("--high", type=int, help="highest key (default: the model's highest pitch)")
-    e.add_argument("--gain", type=float, default=0.0, help="dB after normalisation, as /gain (default: %(default)s)")
     e.add_argument(
-        "--velocity-curve", type=float, default=2.0,
+        "--gain", type=float, default=DEFAULTS["gain"], help="dB after normalisation, as /gain (default: %(default)s)"
+    )
+    e.add_argument(
+        "--velocity-curve", type=float, default=DEFAULTS["velocity_curve"],
         help="level = (velocity / 127) ** curve, as /velocity/curve (default: %(default)s)",
     )  # fmt: skip
-    e.add_argument("--release", type=float, default=0.15, help="fade after note-off, s (default: %(default)s)")
+    e.add_argument(
+        "--release", type=float, default=DEFAULTS["release"], help="fade after note-off, s (default: %(default)s)"
+    )
     return ap
 
 

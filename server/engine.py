@@ -24,7 +24,8 @@ import numpy as np
 from server import codemaps, render
 from server.audio import AudioError, load_audio
 from server.bundle import Bundle
-from server.sampling import DEFAULT_GUIDANCE, DEFAULT_HARMONIC, Conditioning, Inpainter
+from server.protocol import DEFAULTS
+from server.sampling import Conditioning, Inpainter
 
 SESSION_VERSION = 1
 NOTE_MODES = ("generate", "resample")
@@ -39,20 +40,21 @@ class EngineError(ValueError):
 class Settings:
     """The conditioning and sampling parameters: set at any time, read when an operation starts."""
 
-    pitch: int = 60
-    family: int = 4  # keyboard
-    temperature: float = 1.0
-    top_p: float = 0.8  # the paper's examples: temperature 1, nucleus 0.8
-    guidance: float = DEFAULT_GUIDANCE
-    harmonic: float = DEFAULT_HARMONIC
-    seed: int = 0
-    note_mode: str = "generate"
+    # Defaults: `server.protocol.SETTINGS`, where each setting's address and default are written once.
+    pitch: int = DEFAULTS["pitch"]
+    family: int = DEFAULTS["family"]
+    temperature: float = DEFAULTS["temperature"]
+    top_p: float = DEFAULTS["top_p"]
+    guidance: float = DEFAULTS["guidance"]
+    harmonic: float = DEFAULTS["harmonic"]
+    seed: int = DEFAULTS["seed"]
+    note_mode: str = DEFAULTS["note_mode"]
     # How renders reach the performer (server.level); not part of a note's sound, so not of its cache key.
-    level: float = -18.0  # dBFS RMS over the held part
-    gain: float = 0.0  # dB
-    velocity_curve: float = 2.0
-    release: float = 0.15  # s, after a note-off
-    fill: bool = True  # fill the note cache across the pitch range when idle
+    level: float = DEFAULTS["level"]  # dBFS RMS over the held part
+    gain: float = DEFAULTS["gain"]  # dB
+    velocity_curve: float = DEFAULTS["velocity_curve"]
+    release: float = DEFAULTS["release"]  # s, after a note-off
+    fill: bool = DEFAULTS["fill"]  # fill the note cache across the pitch range when idle
 
     def conditioning(self, pitch: int | None = None) -> Conditioning:
         pitch = self.pitch if pitch is None else pitch
@@ -75,7 +77,7 @@ class Engine:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.inpainter = Inpainter.from_bundle(bundle)
-        self.settings = Settings(family=min(4, len(self.manifest.families) - 1))
+        self.settings = Settings(family=min(Settings.family, len(self.manifest.families) - 1))
         # The codes of a silent note: what `erase` writes and where a new session starts.
         silence = np.zeros(self.manifest.spectrogram.n_samples, np.float32)
         self.silence_top, self.silence_bottom = render.encode_audio(bundle, silence)

@@ -154,23 +154,14 @@ class InstrumentServer:
             self._to(client, "/codemap", layer, version, rows, cols, *codes.reshape(-1).tolist())
 
     def send_settings(self, client: Client | None = None) -> None:
+        """Every setting of `protocol.SETTINGS`, on its own address, in the table's order."""
         s, families = self.engine.settings, self.engine.manifest.families
-        for args in (
-            ("/pitch", s.pitch),
-            ("/instrument", s.family, families[s.family]),
-            ("/temperature", float(s.temperature)),
-            ("/top_p", float(s.top_p)),
-            ("/guidance", float(s.guidance)),
-            ("/harmonic", float(s.harmonic)),
-            ("/seed", s.seed),
-            ("/note/mode", s.note_mode),
-            ("/level", float(s.level)),
-            ("/gain", float(s.gain)),
-            ("/velocity/curve", float(s.velocity_curve)),
-            ("/release", float(s.release)),
-            ("/note/fill", int(s.fill)),
-        ):
-            self._to(client, *args)
+        for setting in protocol.SETTINGS:
+            value = getattr(s, setting.field)
+            if setting.field == "family":
+                self._to(client, setting.address.path, value, families[value])  # the index and the name
+            else:
+                self._to(client, setting.address.path, _wire_value(setting, value))
 
     def _to(self, client: Client | None, address: str, *args: Any) -> None:
         """To one client, or to every client when None."""
@@ -364,40 +355,10 @@ class InstrumentServer:
     def on_instrument(self, c: Client, r: Request, t: float) -> None:
         self.set_settings(family=self.engine.family_index(r.values["instrument"]))
 
-    def on_temperature(self, c: Client, r: Request, t: float) -> None:
-        self.set_settings(temperature=r.values["temperature"])
-
-    def on_top_p(self, c: Client, r: Request, t: float) -> None:
-        self.set_settings(top_p=r.values["top_p"])
-
-    def on_guidance(self, c: Client, r: Request, t: float) -> None:
-        self.set_settings(guidance=r.values["guidance"])
-
-    def on_harmonic(self, c: Client, r: Request, t: float) -> None:
-        self.set_settings(harmonic=r.values["harmonic"])
-
-    def on_seed(self, c: Client, r: Request, t: float) -> None:
-        self.set_settings(seed=r.values["seed"])
-
     def on_note_mode(self, c: Client, r: Request, t: float) -> None:
         if r.values["mode"] not in NOTE_MODES:
             raise EngineError(f"unknown note mode {r.values['mode']!r}: one of {', '.join(NOTE_MODES)}")
         self.set_settings(note_mode=r.values["mode"])
-
-    def on_level(self, c: Client, r: Request, t: float) -> None:
-        self.set_settings(level=r.values["dbfs"])
-
-    def on_gain(self, c: Client, r: Request, t: float) -> None:
-        self.set_settings(gain=r.values["db"])
-
-    def on_velocity_curve(self, c: Client, r: Request, t: float) -> None:
-        self.set_settings(velocity_curve=r.values["curve"])
-
-    def on_release(self, c: Client, r: Request, t: float) -> None:
-        self.set_settings(release=r.values["seconds"])
-
-    def on_note_fill(self, c: Client, r: Request, t: float) -> None:
-        self.set_settings(fill=bool(r.values["on"]))
 
     def on_note_prefill(self, c: Client, r: Request, t: float) -> None:
         low, high = (self.engine.check_pitch(r.values[k]) for k in ("low", "high"))
@@ -528,6 +489,30 @@ def _brief(params: list[Any]) -> str:
     return text + (" ..." if len(params) > 8 else "")
 
 
+def _wire_value(setting: protocol.Setting, value: Any) -> Any:
+    """A setting's value as its address carries it: int, float or string (a bool goes as 0 or 1)."""
+    kind = setting.address.args[0].kind
+    return int(value) if kind == "i" else float(value) if kind == "f" else value
+
+
+def _store(setting: protocol.Setting) -> Callable[[InstrumentServer, Client, Request, float], None]:
+    """The handler of a setting the address table checks whole: the value, as the `Settings` field's type."""
+    convert = type(setting.default)
+    arg = setting.address.args[0].name
+
+    def handler(server: InstrumentServer, c: Client, r: Request, t: float) -> None:
+        server.set_settings(**{setting.field: convert(r.values[arg])})
+
+    return handler
+
+
+def _handler(address: protocol.Address) -> Callable[[InstrumentServer, Client, Request, float], None]:
+    setting = next((s for s in protocol.SETTINGS if s.address is address and not s.checked), None)
+    if setting is not None:
+        return _store(setting)
+    return getattr(InstrumentServer, "on_" + address.path.strip("/").replace("/", "_"))  # type: ignore[no-any-return]
+
+
 HANDLERS: dict[str, Callable[[InstrumentServer, Client, Request, float], None]] = {
-    a.path: getattr(InstrumentServer, "on_" + a.path.strip("/").replace("/", "_")) for a in protocol.INBOUND
+    a.path: _handler(a) for a in protocol.INBOUND
 }

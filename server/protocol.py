@@ -75,42 +75,127 @@ RANGE = (Arg("t0", "i"), Arg("t1", "i"), Arg("f0", "i"), Arg("f1", "i"))
 MIDI = (0, 127)
 RATES = (8000, 192000)  # sample rates a client may ask for (Hz); 16 000 is the model's own
 
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting of the instrument's shared state: the `server.engine.Settings` field it sets, the address that
+    sets it and echoes it to every client (the one argument, or for `/instrument` the index and the name), and
+    its default, written here only. `checked`: the server resolves or checks the value against the model (a
+    handler of its own); otherwise the argument's range is the whole check and the value is stored as is."""
+
+    field: str
+    address: Address
+    default: Any
+    checked: bool = False
+
+
+LEVEL_DBFS, GAIN_DB = -18.0, 0.0
+SETTINGS = (  # in the order they are echoed
+    Setting(
+        "pitch",
+        Address("/pitch", (Arg("pitch", "i"),), "MIDI pitch of the conditioning, within the model's range"),
+        60,
+        True,
+    ),
+    Setting(
+        "family",
+        Address("/instrument", (Arg("instrument", "is", fold=True),), "instrument family, by index or name (any case)"),
+        4,  # keyboard
+        True,
+    ),
+    Setting(
+        "temperature",
+        Address("/temperature", (Arg("temperature", "f", 0.0, 10.0),), "sampling temperature (0 = most likely)"),
+        1.0,
+    ),
+    Setting(
+        "top_p", Address("/top_p", (Arg("top_p", "f", 0.0, 1.0),), "nucleus sampling mass"), 0.8
+    ),  # the paper's examples: temperature 1, nucleus 0.8
+    Setting(
+        "guidance",
+        Address(
+            "/guidance",
+            (Arg("guidance", "f", 0.0, 10.0),),
+            "classifier-free guidance on pitch and instrument: 1 off, higher follows them more strictly "
+            "(models trained with label dropout; others ignore it)",
+        ),
+        1.0,  # the plain conditional model (docs/ablations.md)
+    ),
+    Setting(
+        "harmonic",
+        Address(
+            "/harmonic",
+            (Arg("harmonic", "f", 0.0, 10.0),),
+            "harmonic guidance: 0 off, higher pulls every partial onto the harmonics of the pitch",
+        ),
+        1.0,
+    ),
+    Setting("seed", Address("/seed", (Arg("seed", "i", 0, INT32[1]),), "restart the random sequence"), 0),
+    Setting(
+        "note_mode",
+        Address(
+            "/note/mode", (Arg("mode", "s", fold=True),), "what a note does: generate | resample (keep the top map)"
+        ),
+        "generate",
+        True,
+    ),
+    Setting(
+        "level",
+        Address(
+            "/level",
+            (Arg("dbfs", "f", -60.0, 0.0),),
+            f"every render is normalised to this RMS over its held part (first 3 s), dBFS (default {LEVEL_DBFS:g})",
+        ),
+        LEVEL_DBFS,
+    ),
+    Setting(
+        "gain",
+        Address(
+            "/gain",
+            (Arg("db", "f", -60.0, 24.0),),
+            f"gain on every render after normalisation, dB (default {GAIN_DB:g})",
+        ),
+        GAIN_DB,
+    ),
+    Setting(
+        "velocity_curve",
+        Address(
+            "/velocity/curve",
+            (Arg("curve", "f", 0.0, 4.0),),
+            "note level = (velocity / 127) ^ curve: 2 the General MIDI curve (default), 1 linear, 0 ignores velocity",
+        ),
+        2.0,
+    ),
+    Setting(
+        "release",
+        Address(
+            "/release",
+            (Arg("seconds", "f", 0.0, 4.0),),
+            "fade-out after a note-off, for the patches' voices and --play",
+        ),
+        0.15,
+    ),
+    Setting(
+        "fill",
+        Address(
+            "/note/fill",
+            (Arg("on", "i", 0, 1),),
+            "1 (default): when idle, fill the note cache across the model's pitch range for the current settings",
+        ),
+        True,
+    ),
+)
+SETTING = {s.address.path: s.address for s in SETTINGS}
+DEFAULTS: dict[str, Any] = {s.field: s.default for s in SETTINGS}
+
+
 INBOUND = (
     Address("/ping", doc="answers /pong"),
     Address("/help", doc="one /help reply per inbound address"),
     Address("/reply_port", (Arg("port", "i", 1, 65535),), "replies to this client go to this UDP port"),
     Address("/model/info", doc="answers /model/info"),
     Address("/state", doc="answers the conditioning addresses and both /codemap messages"),
-    Address("/pitch", (Arg("pitch", "i"),), "MIDI pitch of the conditioning, within the model's range"),
-    Address("/instrument", (Arg("instrument", "is", fold=True),), "instrument family, by index or name (any case)"),
-    Address("/temperature", (Arg("temperature", "f", 0.0, 10.0),), "sampling temperature (0 = most likely)"),
-    Address("/top_p", (Arg("top_p", "f", 0.0, 1.0),), "nucleus sampling mass"),
-    Address(
-        "/guidance",
-        (Arg("guidance", "f", 0.0, 10.0),),
-        "classifier-free guidance on pitch and instrument: 1 off, higher follows them more strictly "
-        "(models trained with label dropout; others ignore it)",
-    ),
-    Address(
-        "/harmonic",
-        (Arg("harmonic", "f", 0.0, 10.0),),
-        "harmonic guidance: 0 off, higher pulls every partial onto the harmonics of the pitch",
-    ),
-    Address("/seed", (Arg("seed", "i", 0, INT32[1]),), "restart the random sequence"),
-    Address(
-        "/level",
-        (Arg("dbfs", "f", -60.0, 0.0),),
-        "every render is normalised to this RMS over its held part (first 3 s), dBFS (default -18)",
-    ),
-    Address("/gain", (Arg("db", "f", -60.0, 24.0),), "gain on every render after normalisation, dB (default 0)"),
-    Address(
-        "/velocity/curve",
-        (Arg("curve", "f", 0.0, 4.0),),
-        "note level = (velocity / 127) ^ curve: 2 the General MIDI curve (default), 1 linear, 0 ignores velocity",
-    ),
-    Address(
-        "/release", (Arg("seconds", "f", 0.0, 4.0),), "fade-out after a note-off, for the patches' voices and --play"
-    ),
+    *(s.address for s in SETTINGS if s.field not in ("note_mode", "fill")),
     Address("/generate", doc="a new sound: the whole top map, then the whole bottom map", request_id=True),
     Address("/analyze", (Arg("path", "s"),), "encode an audio file (under an allowed folder)", request_id=True),
     Address(
@@ -135,15 +220,11 @@ INBOUND = (
         "--play's voice; the patches release their own)",
         request_id=True,
     ),
-    Address("/note/mode", (Arg("mode", "s", fold=True),), "what a note does: generate | resample (keep the top map)"),
+    SETTING["/note/mode"],
     Address(
         "/note/prefill", (Arg("low", "i", *MIDI), Arg("high", "i", *MIDI)), "fill the cache for these pitches first"
     ),
-    Address(
-        "/note/fill",
-        (Arg("on", "i", 0, 1),),
-        "1 (default): when idle, fill the note cache across the model's pitch range for the current settings",
-    ),
+    SETTING["/note/fill"],
     Address("/program", (Arg("program", "i", *MIDI),), "General MIDI program 0-127 → instrument family"),
     Address("/cc", (Arg("controller", "i", *MIDI), Arg("value", "i", *MIDI)), "a mapped controller sets a parameter"),
     Address(

@@ -116,3 +116,20 @@ def test_the_documented_table_is_the_generated_one():
     text = (ROOT / "docs" / "osc.md").read_text()
     documented = text.split("<!-- addresses:begin -->\n")[1].split("\n<!-- addresses:end -->")[0]
     assert documented == protocol.markdown_table()
+
+
+def test_one_table_holds_each_settings_address_default_and_echo():
+    """`protocol.SETTINGS` drives the address table, the handlers, the echo and `Settings`' defaults; the
+    sampler's own defaults (sampling.Conditioning, kept as they are) must agree with it."""
+    from dataclasses import asdict, fields
+
+    from server.engine import Settings
+    from server.osc import HANDLERS
+    from server.sampling import Conditioning
+
+    assert asdict(Settings()) == protocol.DEFAULTS
+    assert {s.field for s in protocol.SETTINGS} == {f.name for f in fields(Settings)}
+    for name in ("temperature", "top_p", "guidance", "harmonic"):
+        assert getattr(Conditioning(60, 0), name) == protocol.DEFAULTS[name], name
+    for s in protocol.SETTINGS:
+        assert protocol.BY_PATH[s.address.path] is s.address and s.address.path in HANDLERS
