@@ -16,7 +16,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,37 +24,19 @@ from pythonosc import osc_packet, osc_server
 from pythonosc.dispatcher import Dispatcher
 
 from server import codemaps, instrument_export, protocol
+from server.delivery import Client, Requester
 from server.engine import NOTE_MODES, Engine, EngineError
 from server.midi import CC_PARAMETERS, DEFAULT_CC_MAP, GM_FAMILIES, cc_value
 from server.output import OutputFolder
 from server.playback import PlaybackError, Player
 from server.protocol import ProtocolError, Request
 from server.wire import bundle_problem, encode
-from server.worker import Job, JobQueue, QueueFull, Requester, Worker
+from server.worker import Job, JobQueue, QueueFull, Worker
 
 log = logging.getLogger("inpaint-osc")
 VERSION = "0.1.0"
 RENDER_MODES = ("file", "chunks", "both")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-
-
-@dataclass(eq=False)
-class Client:
-    """A sender, known by its IP and source port (equal clients: the same sender, even after the server forgot
-    and met it again); replies go to (host, reply_port). `/cancel` reaches only its own sender's requests."""
-
-    host: str
-    reply_port: int
-    port: int = 0  # its source port: with `host`, who it is
-    mode: str = "file"  # how rendered audio reaches it: file path, sample chunks, or both
-    rate: int | None = None  # sample rate of its renders (/render/rate); None: the server's (--rate)
-    timing: bool = False  # follow each /render/done with /render/timing
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Client) and (self.host, self.port) == (other.host, other.port)
-
-    def __hash__(self) -> int:
-        return hash((self.host, self.port))
 
 
 class _UDPServer(osc_server.BlockingOSCUDPServer):
@@ -336,7 +317,7 @@ class InstrumentServer:
 
     def on_state(self, c: Client, r: Request, t: float) -> None:
         self.send_settings(c)
-        self.send(c, "/render/rate", c.rate or self.worker.rate)
+        self.send(c, "/render/rate", c.rate or self.worker.delivery.rate)
         self.send(c, "/note/cache", *self.engine.fill_status()[:2])
         self.send_codemaps(c)
         self.send(c, "/status", self.worker.status)
@@ -399,7 +380,7 @@ class InstrumentServer:
         c.timing = bool(r.values["on"])
 
     def on_play(self, c: Client, r: Request, t: float) -> None:
-        last = self.worker.last_audio
+        last = self.worker.delivery.last_audio
         if last is None:
             raise EngineError("nothing rendered yet")
         (audio, rate), loop = last, bool(r.values.get("loop", 0))

@@ -7,8 +7,7 @@ Each batch is saved to the session before it is acknowledged (`/codemap`, `/rend
 gets exactly one ending: done, cancelled or an error. When idle, the worker fills the note cache across the
 model's pitch range for the current settings, so that notes play at once.
 
-Each client gets its render at its own sample rate (`/render/rate`), brought to the performer's level
-(`server.level`: normalised, velocity, `/gain`, limited).
+`server.delivery` brings each render to its requesters (level, rate, file or chunks, --play).
 """
 
 from __future__ import annotations
@@ -24,12 +23,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from server import instrument_export, level
-from server.audio import resample
+from server import instrument_export
+from server.delivery import Delivery, Requester
 from server.engine import Engine, EngineError, Note
-from server.output import OutputFolder, chunks
-from server.playback import PlaybackError, Player
-from server.protocol import TIMING_STAGES
+from server.output import OutputFolder
+from server.playback import Player
 
 log = logging.getLogger("inpaint-osc")
 
@@ -49,14 +47,6 @@ class Replies(Protocol):
     def broadcast(self, address: str, *args: Any) -> None: ...
     def send_codemaps(self, client: Any = None) -> None: ...
     def send_settings(self, client: Any = None) -> None: ...
-
-
-@dataclass
-class Requester:
-    client: Any  # compared with ==: one sender (server.osc.Client), whatever object stands for it
-    request_id: int
-    received: float  # time.perf_counter() at arrival
-    cancelled: bool = False  # by its client's /cancel while its job runs on for another client's request
 
 
 @dataclass
@@ -208,11 +198,9 @@ class Worker(threading.Thread):
         rate: int | None = None,
     ):
         super().__init__(name="render-worker", daemon=True)
-        self.engine, self.queue, self.out, self.replies = engine, queue, out, replies
-        self.session, self.player, self.play_each = session, player, play_each
-        self.model_rate = engine.manifest.spectrogram.sample_rate
-        self.rate = rate or self.model_rate  # for clients that never sent /render/rate, and for --play
-        self.last_audio: tuple[np.ndarray, int] | None = None  # the last render as delivered at self.rate
+        self.engine, self.queue, self.out, self.replies, self.session = engine, queue, out, replies, session
+        model_rate = engine.manifest.spectrogram.sample_rate
+        self.delivery = Delivery(replies.send, out, model_rate, rate, player if play_each else None)
         self.batch_started = 0.0  # perf_counter when the current batch began: requests waited until then
         self.prefill: list[int] = []  # pitches still to render into the note cache when idle
         self.stopping = threading.Event()
@@ -385,7 +373,7 @@ class Worker(threading.Thread):
 
         try:
             sfz, sf2, keys = instrument_export.export(
-                self.engine, job.params["folder"], self._rate(r), job.params["keys"], on_key, check
+                self.engine, job.params["folder"], self.delivery.rate_of(r), job.params["keys"], on_key, check
             )
         except Cancelled as exc:
             self.replies.send(r.client, "/error", job.address, f"export stopped: {exc}; nothing was written")
@@ -411,65 +399,7 @@ class Worker(threading.Thread):
         velocity: int | None = None,
         pitch: int | None = None,
     ) -> None:
-        """The model's `audio` to each requester: brought to the performer's level (and the note's velocity),
-        resampled to the client's rate, written once per rate, then sent as a file and/or chunks."""
-        s = self.engine.settings
-        extra_db = s.gain + (level.velocity_db(velocity, s.velocity_curve) if velocity is not None else 0.0)
-        t0 = time.perf_counter()
-        shaped, lvl = level.shape(audio, self.model_rate, s.level, extra_db)
-        if lvl.silent:
-            log.warning("render %d is silent (%.1f dBFS over its held part)", requesters[0].request_id, lvl.level_db)
-        files: dict[int, tuple[np.ndarray, str]] = {}  # rate → (the audio at that rate, its WAV): one per rate
-        for r in requesters:
-            rate = self._rate(r)
-            try:
-                if rate not in files:
-                    out = resample(shaped, self.model_rate, rate)
-                    files[rate] = (out, str(self.out.write_wav(out, rate, r.request_id)))
-            except Exception as exc:  # a full disk: this requester hears of it, the others still get theirs
-                log.error("delivery of %d failed:\n%s", r.request_id, traceback.format_exc())
-                self.replies.send(r.client, "/error", "/render", f"render failed: {type(exc).__name__}: {exc}")
-                continue
-            timings["wav"] = time.perf_counter() - t0
-            self._done(r, files[rate][1], files[rate][0], rate, lvl, timings)
-            t0 = time.perf_counter()
-        if self.rate not in files:  # /play and --play use the server's own rate
-            files[self.rate] = (resample(shaped, self.model_rate, self.rate), "")
-        self.last_audio = (files[self.rate][0], self.rate)
-        if self.play_each:
-            self._play(*self.last_audio, pitch, requesters[0].received if pitch is not None else None)
-
-    def _rate(self, r: Requester) -> int:
-        return getattr(r.client, "rate", None) or self.rate
-
-    def _done(
-        self, r: Requester, wav: str, audio: np.ndarray, rate: int, lvl: level.Level, timings: dict[str, float]
-    ) -> None:
-        if r.cancelled:  # its client's /cancel came while this render ran on for another client
-            self.replies.send(r.client, "/render/cancelled", r.request_id, "cancelled by /cancel")
-            return
-        if lvl.silent:
-            self.replies.send(r.client, "/render/silent", r.request_id, float(lvl.level_db))
-        if getattr(r.client, "mode", "file") in ("chunks", "both"):
-            for i, (offset, piece) in enumerate(chunks(audio)):
-                self.replies.send(r.client, "/render/chunk", r.request_id, offset, piece.size, piece)
-                if i % 8 == 7:
-                    time.sleep(0.0005)  # paced: 64 datagrams at once overflow a default 208 kB socket buffer
-            self.replies.send(r.client, "/render/end", r.request_id, audio.size)
-        seconds = time.perf_counter() - r.received
-        self.replies.send(r.client, "/render/done", r.request_id, wav, audio.size, rate, float(seconds), lvl.level_db)
-        if getattr(r.client, "timing", False):
-            stages = {**timings, "queue": max(0.0, self.batch_started - r.received), "server": seconds}
-            ms = [1000 * float(stages.get(name, 0.0)) for name in TIMING_STAGES]
-            self.replies.send(r.client, "/render/timing", r.request_id, *ms)
-
-    def _play(self, audio: np.ndarray, rate: int, pitch: int | None, struck: float | None) -> None:
-        if self.player is None:
-            return
-        try:
-            self.player.play(audio, rate, pitch=pitch, struck=struck)
-        except PlaybackError as exc:
-            log.warning("%s", exc)
+        self.delivery.deliver(requesters, audio, self.engine.settings, timings, self.batch_started, velocity, pitch)
 
     def _progress(self, job: Job) -> Callable[[float], None]:
         """Progress replies at most every 50 ms, and the cancellation check between sampled tokens."""

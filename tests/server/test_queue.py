@@ -1,6 +1,7 @@
 """The worker's queue: what supersedes what, and what a note-off takes back."""
 
-from server.worker import Job, JobQueue, Requester
+from server.delivery import Requester
+from server.worker import Job, JobQueue
 
 
 def job(kind: str, client: object, request_id: int, **params) -> Job:

@@ -1,0 +1,158 @@
+"""How a render reaches each requester: at the performer's level (`server.level`: normalised, velocity,
+`/gain`, limited), at its client's sample rate (`/render/rate`), as a WAV file and/or sample chunks
+(`/render/mode`), followed by `/render/timing` when asked, and on the server's own output with `--play`.
+`server.worker` decides what runs and when; this module delivers what it rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from server import level
+from server.audio import resample
+from server.output import OutputFolder, chunks
+from server.playback import PlaybackError, Player
+from server.protocol import TIMING_STAGES
+
+log = logging.getLogger("inpaint-osc")
+
+
+@dataclass(eq=False)
+class Client:
+    """A sender, known by its IP and source port (equal clients: the same sender, even after the server forgot
+    and met it again), and its delivery preferences; replies go to (host, reply_port). `/cancel` reaches only
+    its own sender's requests."""
+
+    host: str
+    reply_port: int
+    port: int = 0  # its source port: with `host`, who it is
+    mode: str = "file"  # how rendered audio reaches it: file path, sample chunks, or both
+    rate: int | None = None  # sample rate of its renders (/render/rate); None: the server's (--rate)
+    timing: bool = False  # follow each /render/done with /render/timing
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Client) and (self.host, self.port) == (other.host, other.port)
+
+    def __hash__(self) -> int:
+        return hash((self.host, self.port))
+
+
+@dataclass
+class Requester:
+    """One request of a job: who sent it (compared with ==: one sender), its id, when it arrived."""
+
+    client: Client
+    request_id: int
+    received: float  # time.perf_counter() at arrival
+    cancelled: bool = False  # by its client's /cancel while its job runs on for another client's request
+
+
+class Settings(Protocol):
+    """What delivery reads of the performer's settings (`server.engine.Settings`)."""
+
+    @property
+    def level(self) -> float: ...  # dBFS RMS over the held part
+    @property
+    def gain(self) -> float: ...  # dB
+    @property
+    def velocity_curve(self) -> float: ...
+
+
+class Delivery:
+    """Renders to their requesters. `send(client, address, *args)` is the transport's; `rate` the server's own
+    (`--rate`: clients that never sent /render/rate, /play, --play); `player` plays every render (`--play`)."""
+
+    def __init__(
+        self,
+        send: Callable[..., None],
+        out: OutputFolder,
+        model_rate: int,
+        rate: int | None = None,
+        player: Player | None = None,
+    ):
+        self.send, self.out, self.model_rate, self.player = send, out, model_rate, player
+        self.rate = rate or model_rate
+        self.last_audio: tuple[np.ndarray, int] | None = None  # the last render as delivered at self.rate
+
+    def rate_of(self, r: Requester) -> int:
+        return r.client.rate or self.rate
+
+    def deliver(
+        self,
+        requesters: list[Requester],
+        audio: np.ndarray,
+        settings: Settings,
+        timings: dict[str, float],
+        batch_started: float,
+        velocity: int | None = None,
+        pitch: int | None = None,
+    ) -> None:
+        """The model's `audio` to each requester: brought to the performer's level (and the note's velocity),
+        resampled to the client's rate, written once per rate, then sent as a file and/or chunks."""
+        s = settings
+        extra_db = s.gain + (level.velocity_db(velocity, s.velocity_curve) if velocity is not None else 0.0)
+        t0 = time.perf_counter()
+        shaped, lvl = level.shape(audio, self.model_rate, s.level, extra_db)
+        if lvl.silent:
+            log.warning("render %d is silent (%.1f dBFS over its held part)", requesters[0].request_id, lvl.level_db)
+        files: dict[int, tuple[np.ndarray, str]] = {}  # rate → (the audio at that rate, its WAV): one per rate
+        for r in requesters:
+            rate = self.rate_of(r)
+            try:
+                if rate not in files:
+                    out = resample(shaped, self.model_rate, rate)
+                    files[rate] = (out, str(self.out.write_wav(out, rate, r.request_id)))
+            except Exception as exc:  # a full disk: this requester hears of it, the others still get theirs
+                log.error("delivery of %d failed:\n%s", r.request_id, traceback.format_exc())
+                self.send(r.client, "/error", "/render", f"render failed: {type(exc).__name__}: {exc}")
+                continue
+            timings["wav"] = time.perf_counter() - t0
+            self._done(r, files[rate][1], files[rate][0], rate, lvl, timings, batch_started)
+            t0 = time.perf_counter()
+        if self.rate not in files:  # /play and --play use the server's own rate
+            files[self.rate] = (resample(shaped, self.model_rate, self.rate), "")
+        self.last_audio = (files[self.rate][0], self.rate)
+        if self.player is not None:
+            self._play(*self.last_audio, pitch, requesters[0].received if pitch is not None else None)
+
+    def _done(
+        self,
+        r: Requester,
+        wav: str,
+        audio: np.ndarray,
+        rate: int,
+        lvl: level.Level,
+        timings: dict[str, float],
+        batch_started: float,
+    ) -> None:
+        if r.cancelled:  # its client's /cancel came while this render ran on for another client
+            self.send(r.client, "/render/cancelled", r.request_id, "cancelled by /cancel")
+            return
+        if lvl.silent:
+            self.send(r.client, "/render/silent", r.request_id, float(lvl.level_db))
+        if r.client.mode in ("chunks", "both"):
+            for i, (offset, piece) in enumerate(chunks(audio)):
+                self.send(r.client, "/render/chunk", r.request_id, offset, piece.size, piece)
+                if i % 8 == 7:
+                    time.sleep(0.0005)  # paced: 64 datagrams at once overflow a default 208 kB socket buffer
+            self.send(r.client, "/render/end", r.request_id, audio.size)
+        seconds = time.perf_counter() - r.received
+        self.send(r.client, "/render/done", r.request_id, wav, audio.size, rate, float(seconds), lvl.level_db)
+        if r.client.timing:
+            stages = {**timings, "queue": max(0.0, batch_started - r.received), "server": seconds}
+            ms = [1000 * float(stages.get(name, 0.0)) for name in TIMING_STAGES]
+            self.send(r.client, "/render/timing", r.request_id, *ms)
+
+    def _play(self, audio: np.ndarray, rate: int, pitch: int | None, struck: float | None) -> None:
+        assert self.player is not None
+        try:
+            self.player.play(audio, rate, pitch=pitch, struck=struck)
+        except PlaybackError as exc:
+            log.warning("%s", exc)
