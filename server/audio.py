@@ -1,7 +1,8 @@
-"""Reading user audio into the model's format: any rate, any channel count, any length → 4 s mono at 16 kHz.
+"""Audio at other rates, both ways: user files read into the model's format (any rate, any channel count, any
+length → 4 s mono at 16 kHz; `server.dsp` turns it into a spectrogram) and the libsoxr resampler that does it,
+which `server.delivery` also uses to bring renders to each client's rate.
 
-numpy, soundfile and soxr only (no librosa, no scipy): the runtime installs light. `server.dsp` turns the result
-into a spectrogram.
+numpy, soundfile and soxr only (no librosa, no scipy): the runtime installs light.
 """
 
 from __future__ import annotations
