@@ -226,8 +226,8 @@ class Worker(threading.Thread):
         to_fill = to_fill if self.engine.settings.fill else None
         idle_work = self.warming or bool(self.prefill) or to_fill is not None
         # Idle work goes in small slices, each after 10 ms without a request: a burst of requests is never
-        # delayed by it, and a lone request waits at most one slice (about 2 ms; a note being filled may be
-        # past its sampling, in its 30-50 ms of decoding).
+        # delayed by it, and a lone request waits at most one slice (about 2 ms: a sampled token, a chunk of
+        # the inversion, or the few ms the decoder takes to stop, see _prefill_one).
         if self.queue.take(timeout=0.01 if idle_work else 0.1):
             self.run_batch()
             self.warming = True
