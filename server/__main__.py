@@ -219,7 +219,11 @@ def cmd_stress(args: argparse.Namespace) -> dict:
             raise ValueError(f"unknown checks {sorted(unknown)}: choose from {', '.join(CHECKS)}")
         result = run_suite(args.bundle, args.scale, only, args.seed)
         if args.markdown:
-            args.markdown.write_text(reliability_markdown(result))
+            from server.tools.soak import SECTION
+
+            old = args.markdown.read_text() if args.markdown.exists() else ""
+            kept = old[old.index(SECTION) :] if SECTION in old else ""  # the soak's and later sections stay
+            args.markdown.write_text(reliability_markdown(result) + ("\n" + kept if kept else ""))
     if not result["passed"]:
         print(json.dumps(result, indent=2))
         raise ValueError(f"reliability checks failed: {json.dumps(result['failures'])}")

@@ -84,10 +84,13 @@ def test_the_command_writes_its_report(tiny_bundle, tmp_path):
     from tests.conftest import run_cli
 
     report = tmp_path / "reliability.md"
+    soak_section = f"{soak.SECTION}\n\nan earlier soak's figures\n"
+    report.write_text(f"# Reliability\n\nan earlier run\n\n{soak_section}")
     args = ["stress", "--bundle", str(tiny_bundle[1]), "--scale", "ci", "--only", "files", "--markdown", str(report)]
     result = run_cli("server", *args, block_torch=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Result: **passed**" in report.read_text() and "| audio: empty file |" in report.read_text()
+    assert report.read_text().endswith(soak_section) and "an earlier run" not in report.read_text()
 
 
 def test_a_short_soak_ends_every_request_and_keeps_the_state_over_its_restart(server):
