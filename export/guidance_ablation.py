@@ -29,26 +29,28 @@ from server.sampling import Conditioning
 
 @dataclass(frozen=True)
 class Variant:
-    """A profile recipe, a weight baked into each prior's graph, and the runtime harmonic weight."""
+    """A profile recipe, a weight baked into each prior's graph, and the runtime harmonic and family weights."""
 
     recipe: str
     top: float
     bottom: float
     harmonic: float
+    timbre: float = 0.0
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """`recipe:top:bottom:harmonic`, e.g. `shape:1:1:1`; `recipe:harmonic` is `recipe:1:1:harmonic`."""
+        """`recipe:top:bottom:harmonic[:timbre]`, e.g. `level:1:1:1:2`; `recipe:harmonic[:timbre]` is
+        `recipe:1:1:harmonic[:timbre]`; timbre (family guidance) defaults to 0."""
         parts = text.split(":")
-        if len(parts) == 2:
-            parts = [parts[0], "1", "1", parts[1]]
-        if len(parts) != 4:
-            raise ValueError(f"{text!r}: a variant is recipe:top:bottom:harmonic or recipe:harmonic")
+        if len(parts) in (2, 3):
+            parts = [parts[0], "1", "1", *parts[1:]]
+        if len(parts) not in (4, 5):
+            raise ValueError(f"{text!r}: a variant is recipe:top:bottom:harmonic[:timbre] or recipe:harmonic[:timbre]")
         return cls(parts[0], *map(float, parts[1:]))
 
     @property
     def name(self) -> str:
-        return f"{self.recipe}:{self.top:g}:{self.bottom:g}:{self.harmonic:g}"
+        return f"{self.recipe}:{self.top:g}:{self.bottom:g}:{self.harmonic:g}:{self.timbre:g}"
 
     @property
     def graphs(self) -> str:
@@ -56,11 +58,11 @@ class Variant:
         return f"{self.recipe}-{self.top:g}-{self.bottom:g}"
 
 
-def measure(bundle_dir: Path, judge, notes, recon, reference, harmonic: float, samples: int, seed: int = 0) -> dict:
+def measure(bundle_dir: Path, judge, notes, recon, reference, v: Variant, samples: int, seed: int = 0) -> dict:
     """Pitch and timbre of one variant: inpainting on `notes` (with their reconstructions `recon`), the judge's
     ceiling on the reconstructions `reference` (more notes: a steadier ceiling)."""
     bundle = Bundle(bundle_dir)
-    settings = Conditioning(0, 0, harmonic=harmonic)
+    settings = Conditioning(0, 0, harmonic=v.harmonic, timbre=v.timbre)
     gens = generate_grid(bundle, samples, seed, settings, DEV_PITCHES)
     inpainted = inpaint_notes(bundle, notes, recon, seed, settings)
     families = sorted({g.family for g in gens})
@@ -98,8 +100,8 @@ def ablate_guidance(
             continue
         graphs = out / v.graphs
         if not (graphs / "manifest.json").is_file():
-            reguide(bundle_dir, data, graphs, v.recipe, {"top": v.top, "bottom": v.bottom}, out / "code_stats.npz")
-        results[v.name] = measure(graphs, judge, chosen, rows, recon, v.harmonic, samples)
+            reguide(bundle_dir, data, graphs, v.recipe, {"top": v.top, "bottom": v.bottom}, out / "train_codes.npz")
+        results[v.name] = measure(graphs, judge, chosen, rows, recon, v, samples)
         print(json.dumps({v.name: results[v.name]}), flush=True)
         summary = {"bundle": str(bundle_dir), "notes": len(chosen), "samples": samples, "results": results}
         results_path.write_text(json.dumps(summary, indent=2))
@@ -114,7 +116,7 @@ def guidance_markdown(summary: dict) -> str:
         return f"{100 * x:.0f} %"
 
     lines = [
-        "| recipe : top : bottom : harmonic | generation pitch (worst family) | first 2 s | lowest quarter | "
+        "| recipe : top : bottom : harmonic : family | generation pitch (worst family) | first 2 s | lowest quarter | "
         "resample bottom | family, generated (of ceiling) | worst family (of ceiling) | family, inpainted 2 s / "
         "quarter / bottom | Fréchet | diversity | priors (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from export import train
+from export.family_guidance import write_family_tables
 from export.prior import Prior
 from export.soundfont_dataset import DATASET_FILE
 from export.vqvae import VQVAE2
@@ -203,6 +204,16 @@ def _read_command_log(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
+def _family_guidance(run: Path, out: Path, config) -> dict:
+    """{'family_guidance': manifest entry} from the run's training codes, or {} for a run without codes."""
+    path = run / "codes" / "train.npz"
+    if not path.is_file():
+        return {}
+    z = np.load(path)
+    codes = {"top": z["top"], "bottom": z["bottom"], "family": z["family"]}
+    return {"family_guidance": write_family_tables(out, codes, len(config.data.families), config.vqvae.n_codes)}
+
+
 def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
     """Export every graph of `run` into `out`, check parity, write the manifest; returns the manifest."""
     config, data = train.load_run(run)
@@ -260,6 +271,7 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
             for layer, p in priors.items()
         },
         "graphs": graphs,
+        **_family_guidance(run, out, config),
         "parity": {
             "tolerance": PARITY_TOLERANCE,
             "max_abs_diff": parity,

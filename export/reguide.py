@@ -1,9 +1,10 @@
-"""`inpaint-train reguide BUNDLE --data DIR --out NEW`: the same bundle with its harmonic guidance re-measured.
+"""`inpaint-train reguide BUNDLE --data DIR --out NEW`: the same bundle with its sampling guidance re-measured.
 
-Harmonic guidance is a product of experts, never part of training: its code profiles (`export.harmonics`) are
-a constant baked into each prior's step graph, measured on 2 000 training notes through the bundle's own
-VQ-VAE. This rewrites that constant, with another profile recipe and a weight per prior, without touching a
-trained weight: what a guidance ablation changes, and how a shipped bundle takes the winner.
+Harmonic and family guidance are products of experts, never part of training. Harmonic guidance's code
+profiles (`export.harmonics`) are a constant baked into each prior's step graph, measured on 2 000 training
+notes through the bundle's own VQ-VAE; family guidance's tables (`export.family_guidance`) are counted over
+8 000. This rewrites both, with a profile recipe and a weight per prior, without touching a trained weight:
+what a guidance ablation changes, and how a shipped bundle takes the winner.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from onnx import numpy_helper
 
 from export.config import DataConfig
 from export.evaluate import read_note
+from export.family_guidance import write_family_tables
 from export.harmonics import DEFAULT_RECIPE, code_statistics, profiles_from
 from export.nsynth import load_splits
 from server import bundle as bundle_io
@@ -26,32 +28,42 @@ from server.bundle import Bundle
 from server.render import encode_audio
 
 PROFILE_NOTES = 2000  # as export.train.set_code_profiles
+FAMILY_NOTES = 8000  # training notes the family tables count codes over
 
 
-def measure_statistics(bundle: Bundle, data: Path, notes: int = PROFILE_NOTES, cache: Path | None = None) -> dict:
-    """`code_statistics` of `notes` training notes (the fixed draw the export uses) through the bundle's VQ-VAE;
-    kept in `cache` (an .npz) when given, since they depend only on the VQ-VAE and the notes."""
+def training_codes(bundle: Bundle, data: Path, notes: int, cache: Path | None = None) -> dict[str, np.ndarray]:
+    """{'top': (n, 32, 4), 'bottom': (n, 64, 8), 'family': (n,)}: the first `notes` training notes of a fixed
+    draw (the draw `export.train.set_code_profiles` takes its first 2 000 from) through the bundle's encoder;
+    kept in `cache` (an .npz) when given, and reused for as many notes as it holds."""
     if cache is not None and cache.is_file():
         z = np.load(cache)
-        return {
-            layer: {k.split("/")[1]: z[k] for k in z.files if k.startswith(f"{layer}/")} for layer in codemaps.LAYERS
-        }
+        if len(z["family"]) >= notes:
+            return {k: z[k][:notes] for k in z.files}
     m = bundle.manifest
     train = load_splits(data, DataConfig(pitch_min=m.pitch_range[0], pitch_max=m.pitch_range[1], families=m.families))
-    pick = np.sort(np.random.default_rng(0).permutation(len(train["train"]))[:notes])
+    pick = np.random.default_rng(0).permutation(len(train["train"]))[:notes]
     tops, bottoms = [], []
     for i in pick:
         top, bottom = encode_audio(bundle, read_note(train["train"][i], m.spectrogram))
         tops.append(top)
         bottoms.append(bottom)
+    codes = {
+        "top": np.stack(tops),
+        "bottom": np.stack(bottoms),
+        "family": np.array([train["train"][i].family for i in pick]),
+    }
+    if cache is not None:
+        np.savez(cache, **codes)
+    return codes
+
+
+def measure_statistics(bundle: Bundle, codes: dict[str, np.ndarray], notes: int = PROFILE_NOTES) -> dict:
+    """`code_statistics` of the first `notes` training codemaps through the bundle's decoder."""
 
     def decode(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
         return bundle.run("vqvae_decoder", codes_top=top.astype(np.int64), codes_bottom=bottom.astype(np.int64))[0]
 
-    stats = code_statistics(decode, np.stack(tops), np.stack(bottoms), m.n_codes)
-    if cache is not None:
-        np.savez(cache, **{f"{layer}/{k}": v for layer, st in stats.items() for k, v in st.items()})
-    return stats
+    return code_statistics(decode, codes["top"][:notes], codes["bottom"][:notes], bundle.manifest.n_codes)
 
 
 def _profile_constant(model: onnx.ModelProto) -> onnx.NodeProto:
@@ -79,13 +91,14 @@ def reguide(
     out: Path,
     recipe: str = DEFAULT_RECIPE,
     weights: dict[str, float] | None = None,
-    stats_cache: Path | None = None,
+    codes_cache: Path | None = None,
 ) -> dict:
     """Write `out`: `bundle_dir` with its step graphs' code profiles measured by `recipe`, each prior's scaled by
     its weight (default 1: the server's `/harmonic` then scales both). Returns the new manifest."""
     weights = {layer: 1.0 for layer in codemaps.LAYERS} | (weights or {})
     src = Bundle(bundle_dir)
-    profiles = profiles_from(measure_statistics(src, data, cache=stats_cache), recipe)
+    codes = training_codes(src, data, FAMILY_NOTES, codes_cache)
+    profiles = profiles_from(measure_statistics(src, codes), recipe)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(bundle_dir, tmp)
@@ -101,6 +114,7 @@ def reguide(
         constant.attribute[0].t.CopyFrom(numpy_helper.from_array(new, constant.attribute[0].t.name))
         onnx.save(model, str(path))
     manifest = json.loads((bundle_dir / bundle_io.MANIFEST).read_text())
+    manifest["family_guidance"] = write_family_tables(tmp, codes, len(src.manifest.families), src.manifest.n_codes)
     manifest.setdefault("provenance", {})["harmonic_guidance"] = {
         "profiles": recipe,
         "weights": weights,

@@ -89,6 +89,9 @@ class Manifest:
     priors: dict[str, PriorShape]
     graphs: dict[str, str]  # graph name → file name
     raw: dict[str, Any] = field(repr=False)
+    # Optional: an .npz of per-layer (families, sequence length, n_codes) float log-ratios for family guidance
+    # (export/family_guidance.py); a bundle without one samples without it.
+    family_guidance: str | None = None
 
 
 def _require(data: dict, key: str, where: str) -> Any:
@@ -130,6 +133,7 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
             priors=priors,
             graphs=graphs,
             raw=data,
+            family_guidance=str(data["family_guidance"]["file"]) if "family_guidance" in data else None,
         )
     except BundleError:
         raise
@@ -224,6 +228,25 @@ class Bundle:
                 self.sessions[name] if prior_threads == threads else self._open(name, single, providers)
             )
         self.provider = self.sessions["top_prior_step"].get_providers()[0]
+        self.family_bias = self._family_tables()  # layer → (families, L, n_codes) float32; empty: none
+
+    def _family_tables(self) -> dict[str, np.ndarray]:
+        name = self.manifest.family_guidance
+        if name is None:
+            return {}
+        file = self.path / name
+        try:
+            with np.load(file) as z:
+                tables = {layer: z[layer].astype(np.float32) for layer in self.manifest.priors}
+        except (OSError, KeyError, ValueError) as exc:
+            raise BundleError(f"{file}: family guidance tables unreadable ({exc})") from None
+        for layer, table in tables.items():
+            expected = (len(self.manifest.families), self.manifest.n_codes)
+            if table.ndim != 3 or (table.shape[0], table.shape[2]) != expected:
+                raise BundleError(
+                    f"{file}: {layer} table has shape {table.shape}, expected ({expected[0]}, L, {expected[1]})"
+                )
+        return tables
 
     def _open(self, name: str, options: Any, providers: list[str]) -> Any:
         import onnxruntime as ort

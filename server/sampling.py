@@ -20,6 +20,7 @@ WIDE_STEP = 32  # decoder inputs from which a step call goes to the all-threads 
 NULL_LABEL = -1  # pitch and family of the unconditional prediction (priors trained with label dropout)
 DEFAULT_GUIDANCE = 1.0  # classifier-free guidance weight; 1 is the plain conditional model (docs/ablations.md)
 DEFAULT_HARMONIC = 1.0  # harmonic guidance weight; 0 is the model alone
+DEFAULT_TIMBRE = 1.0  # family guidance weight, where the bundle has its tables; 0 is the model alone
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class Conditioning:
     # Harmonic guidance: + harmonic x (how well each code's partials sit on the pitch's harmonics in its band),
     # an output of the step graph. 0 leaves the model alone; higher pulls every partial into tune.
     harmonic: float = DEFAULT_HARMONIC
+    # Family guidance: + timbre x log p(code | position, family) / p(code | position), counted from the training
+    # codes (the bundle's optional tables). 0 leaves the model alone; higher leans towards the family's codes.
+    timbre: float = DEFAULT_TIMBRE
 
 
 def sample_logits(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
@@ -67,12 +71,19 @@ class PriorSampler:
         self._encoder = bundle.sessions[f"{layer}_prior_encoder"]
         self._step = bundle.sessions[f"{layer}_prior_step"]
         self._single_step = bundle.single_step[layer]
+        self._family_bias = bundle.family_bias.get(layer)  # (families, L, V) or None
         self._memory_names = cache_names("memory", self.shape.n_layers)
         self._past_names = cache_names("past", self.shape.n_layers)
         # The last memory, and the decoder cache over the inputs fed under it: an edit that keeps the encoder's
         # source and the start of the sequence reuses both instead of recomputing them.
         self._memory: tuple[tuple, dict[str, np.ndarray]] | None = None
         self._prefix: tuple[dict[str, np.ndarray], np.ndarray, list[np.ndarray]] | None = None
+
+    def family_bias(self, cond: Conditioning) -> np.ndarray | None:
+        """(L, V) family guidance added to the logits at each sequence position, or None."""
+        if self._family_bias is None or cond.timbre == 0 or not 0 <= cond.family < len(self._family_bias):
+            return None
+        return cond.timbre * self._family_bias[cond.family]
 
     def guided(self, cond: Conditioning) -> bool:
         return self.shape.unconditional and cond.guidance != 1
@@ -144,8 +155,9 @@ class PriorSampler:
         first = positions[0]
         inputs = np.concatenate([[self.start], seq[:first]])  # start symbol + the known prefix, one call
         logits, past = self._feed(inputs, cond, memory)
+        bias = self.family_bias(cond)
         for i, pos in enumerate(positions):
-            seq[pos] = sample_logits(logits, cond.temperature, cond.top_p, rng)
+            seq[pos] = sample_logits(logits if bias is None else logits + bias[pos], cond.temperature, cond.top_p, rng)
             if progress is not None:
                 progress(i + 1, positions.size)
             if i + 1 == positions.size:

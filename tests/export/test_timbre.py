@@ -1,15 +1,19 @@
-"""The family judge and the guidance recipes: features, classifier, Fréchet distance, re-measured profiles."""
+"""Timbre: the family judge (features, classifier, Fréchet distance), the harmonic guidance recipes, re-measured
+profiles, and family guidance from its tables to the sampler."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
+from export.family_guidance import family_tables
 from export.family_judge import FamilyJudge, frechet_distance, timbre_features
 from export.harmonics import profiles_from
 from export.metrics import midi_to_hz
 from export.reguide import read_profiles
-from server.bundle import Bundle
+from server.bundle import Bundle, BundleError
+from server.sampling import Conditioning, Inpainter
 from tests.conftest import run_cli
 
 RATE = 16_000
@@ -93,9 +97,56 @@ def test_reguide_rewrites_the_profiles_and_the_weight_reaches_the_step_graph(tin
     s = b.manifest.priors["bottom"]
     feed = {"tokens": np.array([[b.manifest.start_token]]), "pitch": np.array([60]), "family": np.array([0])}
     for kind in ("past", "memory"):
-        length = 0 if kind == "past" else s.src_len
+        length = 0 if kind == "past" else b.manifest.raw["priors"]["bottom"]["src_len"]
         for i in range(s.n_layers):
             for part in ("key", "value"):
                 feed[f"{kind}.{i}.{part}"] = np.zeros((1, s.n_heads, length, s.head_dim), np.float32)
     _, harmonic, *_ = b.sessions["bottom_prior_step"].run(None, feed)
     assert harmonic.shape[-1] == b.manifest.n_codes and not harmonic.any()
+
+
+def test_family_tables_favour_each_familys_own_codes():
+    rng = np.random.default_rng(0)
+    n = 400
+    family = np.arange(n) % 2
+    top = rng.integers(0, 16, (n, 32, 4))
+    bottom = rng.integers(0, 16, (n, 64, 8))
+    top[:, 0, 0] = np.where(family == 0, 3, 5)  # the lowest row of the first column: sequence position 0
+    tables = family_tables({"top": top, "bottom": bottom, "family": family}, 2, 16)
+    assert tables["top"].shape == (2, 128, 16) and tables["bottom"].shape == (2, 512, 16)
+    assert tables["top"][0, 0, 3] > 0.5 and tables["top"][0, 0, 5] < -2  # log 2 and far below
+    assert tables["top"][1, 0, 5] > 0.5 and tables["top"][1, 0, 3] < -2
+    assert np.abs(tables["top"][:, 1:]).mean() < 0.15  # elsewhere both families draw alike: sampling noise
+
+
+def test_family_guidance_leans_sampling_towards_the_tables_codes(tiny_bundle, tmp_path):
+    _, bundle_dir = tiny_bundle
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["family_guidance"]["file"] == "family_guidance.npz"  # the export counted the run's codes
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    b = Bundle(copy)
+    n_families, n_codes = len(b.manifest.families), b.manifest.n_codes
+    assert b.family_bias["top"].shape == (n_families, 128, n_codes)
+    # Tables that favour code 7 for family 2 everywhere, and nothing for the other families.
+    tables = {layer: np.zeros_like(t) for layer, t in b.family_bias.items()}
+    for t in tables.values():
+        t[2, :, 7] = 1.0
+    np.savez(copy / "family_guidance.npz", **tables)
+    inpainter = Inpainter.from_bundle(Bundle(copy))
+    strong = inpainter.generate(Conditioning(60, 2, timbre=40.0), np.random.default_rng(0))
+    assert (strong[0] == 7).all() and (strong[1] == 7).all()
+    off = inpainter.generate(Conditioning(60, 2, timbre=0.0), np.random.default_rng(0))
+    assert (off[0] != 7).any()
+    # For another family the tables say nothing: the same draws at any weight.
+    other = inpainter.generate(Conditioning(60, 3, timbre=40.0), np.random.default_rng(0))
+    plain = inpainter.generate(Conditioning(60, 3, timbre=0.0), np.random.default_rng(0))
+    assert (other[0] == plain[0]).all() and (other[1] == plain[1]).all()
+
+
+def test_a_corrupt_family_table_is_a_clear_bundle_error(tiny_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle[1], copy)
+    (copy / "family_guidance.npz").write_bytes(b"not an npz")
+    with pytest.raises(BundleError, match="family_guidance.npz: family guidance tables unreadable"):
+        Bundle(copy)
