@@ -65,7 +65,8 @@ def ablate_vqvae(base: Path, out: Path, variants: list[str], minutes: float, ove
             continue
         run = out / name
         shutil.rmtree(run, ignore_errors=True)
-        train.fork_run(base, run, [*overrides, *VARIANTS[name]], warm_start=True)
+        # Minutes are the budget: the step limit is lifted above wherever the base run stopped.
+        train.fork_run(base, run, ["train.vqvae_steps=100000000", *overrides, *VARIANTS[name]], warm_start=True)
         trained = train.train_vqvae(run, "cpu", minutes)
         export_bundle(run, run / "bundle", name)
         save(name, {"steps_run": trained.get("steps_run"), **measure(run / "bundle", run, notes)})

@@ -150,3 +150,20 @@ def test_a_corrupt_family_table_is_a_clear_bundle_error(tiny_bundle, tmp_path):
     (copy / "family_guidance.npz").write_bytes(b"not an npz")
     with pytest.raises(BundleError, match="family_guidance.npz: family guidance tables unreadable"):
         Bundle(copy)
+
+
+def test_ablate_vqvae_trains_each_loss_on_and_measures_what_reconstructions_keep(tiny_bundle, tmp_path):
+    run, _ = tiny_bundle
+    base = tmp_path / "base"
+    shutil.copytree(run, base, symlinks=True)
+    out = tmp_path / "ablate"
+    args = ("ablate-vqvae", str(base), "--out", str(out), "--variants", "audible", "--minutes", "0.05", "--notes", "4")
+    result = run_cli("export", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((out / "vqvae.json").read_text())
+    assert set(figures) == {"base", "audible"}
+    for row in figures.values():
+        assert row["lsd"] > 0 and row["lsd_representation"] > 0 and 0 <= row["family_ceiling"] <= 1
+    assert figures["audible"]["steps_run"] > 0
+    config = json.loads((out / "audible" / "run.json").read_text())["config"]
+    assert config["vqvae"]["audible_weight"] == 4.0
