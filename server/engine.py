@@ -47,6 +47,7 @@ class Settings:
     top_p: float = DEFAULTS["top_p"]
     guidance: float = DEFAULTS["guidance"]
     harmonic: float = DEFAULTS["harmonic"]
+    timbre: float = DEFAULTS["timbre"]
     seed: int = DEFAULTS["seed"]
     note_mode: str = DEFAULTS["note_mode"]
     # How renders reach the performer (server.level); not part of a note's sound, so not of its cache key.
@@ -58,7 +59,7 @@ class Settings:
 
     def conditioning(self, pitch: int | None = None) -> Conditioning:
         pitch = self.pitch if pitch is None else pitch
-        return Conditioning(pitch, self.family, self.temperature, self.top_p, self.guidance, self.harmonic)
+        return Conditioning(pitch, self.family, self.temperature, self.top_p, self.guidance, self.harmonic, self.timbre)
 
 
 @dataclass
@@ -258,7 +259,7 @@ class Engine:
 
     def note_key(self, pitch: int, s: Settings | None = None) -> tuple:
         s = s or self.settings
-        base = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.guidance, s.harmonic, s.seed)
+        base = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.guidance, s.harmonic, s.timbre, s.seed)
         if s.note_mode == "resample":  # keeps the top map: the sound depends on it
             return (*base, hashlib.blake2b(self.top.tobytes(), digest_size=8).hexdigest())
         return base

@@ -128,7 +128,17 @@ SETTINGS = (  # in the order they are echoed
             (Arg("harmonic", "f", 0.0, 10.0),),
             "harmonic guidance: 0 off, higher pulls every partial onto the harmonics of the pitch",
         ),
-        1.0,
+        0.5,  # with /timbre 2: the pitch kept and the family heard (docs/ablations.md)
+    ),
+    Setting(
+        "timbre",
+        Address(
+            "/timbre",
+            (Arg("timbre", "f", 0.0, 10.0),),
+            "family guidance: 0 off, higher leans every draw towards the codes the instrument family uses "
+            "(bundles with family tables; others ignore it)",
+        ),
+        2.0,
     ),
     Setting("seed", Address("/seed", (Arg("seed", "i", 0, INT32[1]),), "restart the random sequence"), 0),
     Setting(
@@ -276,6 +286,7 @@ OUTBOUND = (
     Address("/top_p", (Arg("top_p", "f"),)),
     Address("/guidance", (Arg("guidance", "f"),)),
     Address("/harmonic", (Arg("harmonic", "f"),)),
+    Address("/timbre", (Arg("timbre", "f"),)),
     Address("/seed", (Arg("seed", "i"),)),
     Address("/level", (Arg("dbfs", "f"),)),
     Address("/gain", (Arg("db", "f"),)),

@@ -15,12 +15,14 @@ import numpy as np
 
 from server import codemaps
 from server.bundle import Bundle, cache_names
+from server.protocol import DEFAULTS
 
 WIDE_STEP = 32  # decoder inputs from which a step call goes to the all-threads session (see Bundle)
 NULL_LABEL = -1  # pitch and family of the unconditional prediction (priors trained with label dropout)
-DEFAULT_GUIDANCE = 1.0  # classifier-free guidance weight; 1 is the plain conditional model (docs/ablations.md)
-DEFAULT_HARMONIC = 1.0  # harmonic guidance weight; 0 is the model alone
-DEFAULT_TIMBRE = 1.0  # family guidance weight, where the bundle has its tables; 0 is the model alone
+# The server's defaults, written once in the settings table (docs/ablations.md says why these values).
+DEFAULT_GUIDANCE = DEFAULTS["guidance"]  # classifier-free guidance weight; 1 is the plain conditional model
+DEFAULT_HARMONIC = DEFAULTS["harmonic"]  # harmonic guidance weight; 0 is the model alone
+DEFAULT_TIMBRE = DEFAULTS["timbre"]  # family guidance weight, where the bundle has its tables; 0: the model alone
 
 
 @dataclass(frozen=True)
