@@ -93,9 +93,11 @@ class Delivery:
         batch_started: float,
         velocity: int | None = None,
         pitch: int | None = None,
+        before_ack: Callable[[], None] | None = None,
     ) -> None:
         """The model's `audio` to each requester: brought to the performer's level (and the note's velocity),
-        resampled to the client's rate, written once per rate, then sent as a file and/or chunks."""
+        resampled to the client's rate, written once per rate, then sent as a file and/or chunks.
+        `before_ack()` runs before each requester's first reply (the worker's wait for the session save)."""
         s = settings
         extra_db = s.gain + (level.velocity_db(velocity, s.velocity_curve) if velocity is not None else 0.0)
         t0 = time.perf_counter()
@@ -114,6 +116,8 @@ class Delivery:
                 self.send(r.client, "/error", "/render", f"render failed: {type(exc).__name__}: {exc}")
                 continue
             timings["wav"] = time.perf_counter() - t0
+            if before_ack is not None:
+                before_ack()
             self._done(r, files[rate][1], files[rate][0], rate, lvl, timings, batch_started)
             t0 = time.perf_counter()
         if self.rate not in files:  # /play and --play use the server's own rate

@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -202,6 +203,7 @@ class Worker(threading.Thread):
         model_rate = engine.manifest.spectrogram.sample_rate
         self.delivery = Delivery(replies.send, out, model_rate, rate, player if play_each else None)
         self.batch_started = 0.0  # perf_counter when the current batch began: requests waited until then
+        self._saver = ThreadPoolExecutor(1, thread_name_prefix="session-saver")  # one save at a time, in order
         self.prefill: list[int] = []  # pitches still to render into the note cache when idle
         self.stopping = threading.Event()
         self.status = "ready"
@@ -287,24 +289,36 @@ class Worker(threading.Thread):
                 played += [(r, result, job.params) for r in job.requesters]
             elif result in ("edit", "render"):
                 to_render += job.requesters
-        if changed:
-            t0 = time.perf_counter()
-            self._save()  # before any acknowledgement
-            timings["save"] = time.perf_counter() - t0
+        # The durable save runs beside the render and the delivery (its fsyncs wait on the disk, not the CPU);
+        # nothing is acknowledged before it returns.
+        saved = self._save_meanwhile(timings) if changed else _nothing
         for r, note, p in played:
-            self._deliver([r], note.audio, timings, p["velocity"], p["pitch"])
+            self._deliver([r], note.audio, timings, p["velocity"], p["pitch"], saved)
             log.info("note %d: %.1f ms", r.request_id, (time.perf_counter() - r.received) * 1000)
         if played:
             self.replies.send_settings()  # the pitch changed: after the audio, which the performer waits for
         if to_render:
             try:
-                self._render(to_render, timings)
+                self._render(to_render, timings, saved)
             except Exception as exc:  # a failing graph: every waiting request hears of it (delivery answers its own)
                 log.error("render failed:\n%s", traceback.format_exc())
                 for r in to_render:
                     self.replies.send(r.client, "/error", "/render", f"render failed: {type(exc).__name__}: {exc}")
+        saved()
         if changed:
             self.replies.send_codemaps()  # after the audio: what the performer waits for goes out first
+
+    def _save_meanwhile(self, timings: dict[str, float]) -> Callable[[], None]:
+        """Start saving the session on the saver thread; returns the wait for it. timings["save"] is the time
+        the acknowledgements waited for it (what the render did not hide), so the stages still add up."""
+        future = self._saver.submit(self._save)
+
+        def wait() -> None:
+            t0 = time.perf_counter()
+            future.result()
+            timings["save"] = timings.get("save", 0.0) + time.perf_counter() - t0
+
+        return wait
 
     def apply(self, job: Job) -> Note | str:
         """Run one job: "edit" (state changed, render it), "render" (render only), "quiet" (nothing to render),
@@ -384,9 +398,9 @@ class Worker(threading.Thread):
             log.info("exported %d keys to %s", keys, sfz.parent)
             self.replies.send(r.client, "/export/done", str(sfz), str(sf2), keys)
 
-    def _render(self, requesters: list[Requester], timings: dict[str, float]) -> None:
+    def _render(self, requesters: list[Requester], timings: dict[str, float], saved: Callable[[], None]) -> None:
         audio = self.engine.render(timings)
-        self._deliver(requesters, audio, timings)
+        self._deliver(requesters, audio, timings, saved=saved)
         stages = " ".join(f"{k} {v * 1000:.1f}" for k, v in timings.items())
         total = (time.perf_counter() - requesters[0].received) * 1000
         log.info("render %s: %.1f ms (%s ms)", ",".join(str(r.request_id) for r in requesters), total, stages)
@@ -398,8 +412,10 @@ class Worker(threading.Thread):
         timings: dict[str, float],
         velocity: int | None = None,
         pitch: int | None = None,
+        saved: Callable[[], None] | None = None,
     ) -> None:
-        self.delivery.deliver(requesters, audio, self.engine.settings, timings, self.batch_started, velocity, pitch)
+        s, started = self.engine.settings, self.batch_started
+        self.delivery.deliver(requesters, audio, s, timings, started, velocity, pitch, before_ack=saved)
 
     def _progress(self, job: Job) -> Callable[[float], None]:
         """Progress replies at most every 50 ms, and the cancellation check between sampled tokens."""
@@ -479,3 +495,7 @@ class Worker(threading.Thread):
             self.replies.send_settings()
         finally:
             self.queue.interrupt = None
+
+
+def _nothing() -> None:
+    pass
