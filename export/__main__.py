@@ -145,9 +145,18 @@ def cmd_pipeline(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    from export.evaluate import evaluate
+    from dataclasses import replace
 
-    return evaluate(args.bundle, args.data, args.out, args.notes, args.samples, args.seed, args.test_note, args.unseen)
+    from export.evaluate import DEFAULTS, evaluate
+
+    settings = replace(
+        DEFAULTS,
+        harmonic=DEFAULTS.harmonic if args.harmonic is None else args.harmonic,
+        timbre=DEFAULTS.timbre if args.timbre is None else args.timbre,
+    )
+    return evaluate(
+        args.bundle, args.data, args.out, args.notes, args.samples, args.seed, args.test_note, args.unseen, settings
+    )
 
 
 def cmd_fork(args) -> dict:
@@ -287,6 +296,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--unseen", type=Path, help="a dataset from a soundfont never trained on: reconstruction and inpainting"
     )
+    p.add_argument("--harmonic", type=float, help="harmonic guidance weight (default: the server's)")
+    p.add_argument("--timbre", type=float, help="family guidance weight (default: the server's)")
 
     p = sub.add_parser("fork", help="a new run on another run's VQ-VAE and codes, with its own prior design")
     p.add_argument("base", type=Path, help="the run whose VQ-VAE, normaliser and codes are shared")

@@ -33,6 +33,7 @@ class TorchPriorSampler(PriorSampler):
         self.shape = PriorShape(len(prior.decoder), prior.cfg.n_heads, prior.head_dim, prior.cfg.cond_dropout > 0)
         self._memory_names = cache_names("memory", len(prior.decoder))
         self._memory = self._prefix = None  # the caches of PriorSampler
+        self._family_bias = None  # family tables are a bundle's: the baseline times the model and its graphs
 
     def empty_cache(self, memory):
         return self.prior.empty_cache(next(iter(memory.values())).shape[0])

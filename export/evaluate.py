@@ -271,8 +271,10 @@ def evaluate(
     seed: int = 0,
     test_note: str | None = None,
     unseen: Path | None = None,
+    settings: Conditioning = DEFAULTS,
 ) -> dict:
-    """Write `out` (markdown) and its media in `<out stem>/`; returns the headline figures."""
+    """Write `out` (markdown) and its media in `<out stem>/`; returns the headline figures. `settings`: the
+    sampling settings (default: the server's)."""
     bundle = Bundle(bundle_dir)
     m = bundle.manifest
     families = m.families
@@ -286,10 +288,10 @@ def evaluate(
     t0 = time.perf_counter()
     recon = reconstruct(bundle, picked)
     recon_s = time.perf_counter() - t0
-    gens = generate_grid(bundle, samples, seed)
+    gens = generate_grid(bundle, samples, seed, settings)
     pitched = [(n, r) for n, r in zip(picked, recon, strict=True) if r.input_kept]
     t0 = time.perf_counter()
-    inpainted = inpaint_notes(bundle, [n for n, _ in pitched], [r for _, r in pitched], seed)
+    inpainted = inpaint_notes(bundle, [n for n, _ in pitched], [r for _, r in pitched], seed, settings)
     inpaint_s = time.perf_counter() - t0
 
     recon_kept = float(np.mean([r.recon_kept for _, r in pitched])) if pitched else float("nan")
@@ -308,10 +310,13 @@ def evaluate(
         f"# Evaluation of the `{m.raw.get('name', bundle_dir.name)}` bundle",
         "",
         f"Produced by `inpaint-train evaluate {bundle_dir} --data {data} --notes {notes} --samples {samples} "
-        f"--seed {seed}{f' --unseen {unseen}' if unseen else ''}` on the bundle's ONNX graphs (onnxruntime, CPU). "
-        f"Dataset: `{data}`, the paper's seeded 80/20 split: {len(split['train'])} training and {len(valid)} "
-        f"validation notes. Sampling at the server's defaults: temperature {DEFAULTS.temperature:g}, top-p "
-        f"{DEFAULTS.top_p:g}, guidance {DEFAULTS.guidance:g}{_guidance_note(bundle)}.",
+        f"--seed {seed}{f' --unseen {unseen}' if unseen else ''}{_settings_flags(settings)}` on the bundle's ONNX "
+        f"graphs (onnxruntime, CPU). Dataset: `{data}`, the paper's seeded 80/20 split: {len(split['train'])} "
+        f"training and {len(valid)} validation notes. Sampling"
+        f"{' at the server' + chr(39) + 's defaults' if settings == DEFAULTS else ''}: temperature "
+        f"{settings.temperature:g}, top-p {settings.top_p:g}, guidance {settings.guidance:g}"
+        f"{_guidance_note(bundle)}, harmonic guidance {settings.harmonic:g}, family guidance {settings.timbre:g}"
+        f"{'' if bundle.family_bias else ' (this bundle has no family tables: none)'}.",
         "",
         "## Headline",
         "",
@@ -349,10 +354,10 @@ def evaluate(
     lines += timbre.timbre_section(heard, families)
     figures = {}
     if unseen is not None:
-        section, figures = _unseen_section(bundle, unseen, data_config, notes, seed)
+        section, figures = _unseen_section(bundle, unseen, data_config, notes, seed, settings)
         lines += section
     lines += _usage_section(usage, m.n_codes, len(recon))
-    lines += _inpainting_section(bundle, choose_test_note(valid, families, test_note), media, seed)
+    lines += _inpainting_section(bundle, choose_test_note(valid, families, test_note), media, seed, settings)
     lines += _speed_section(gens, bundle)
     lines += _provenance_section(m.raw.get("provenance", {}))
     out.write_text("\n".join(lines) + "\n")
@@ -420,7 +425,18 @@ def _inpainting_kept_section(rows: list[Inpainted], families, n_notes: int, seco
     return [*lines, "", what + ".", ""]
 
 
-def _unseen_section(bundle: Bundle, data: Path, data_config: DataConfig, notes: int, seed: int):
+def _settings_flags(settings: Conditioning) -> str:
+    """The evaluate flags that differ from the server's defaults, for the report's command line."""
+    return "".join(
+        f" --{name} {getattr(settings, name):g}"
+        for name in ("harmonic", "timbre")
+        if getattr(settings, name) != getattr(DEFAULTS, name)
+    )
+
+
+def _unseen_section(
+    bundle: Bundle, data: Path, data_config: DataConfig, notes: int, seed: int, settings: Conditioning = DEFAULTS
+):
     """Reconstruction and inpainting on notes of a dataset the model never trained on (all its notes count)."""
     from export.nsynth import read_notes
 
@@ -428,7 +444,7 @@ def _unseen_section(bundle: Bundle, data: Path, data_config: DataConfig, notes: 
     picked = [every[i] for i in sorted(np.random.default_rng(seed).permutation(len(every))[: notes // 2])]
     recon = reconstruct(bundle, picked)
     pitched = [(n, r) for n, r in zip(picked, recon, strict=True) if r.input_kept]
-    inpainted = inpaint_notes(bundle, [n for n, _ in pitched], [r for _, r in pitched], seed)
+    inpainted = inpaint_notes(bundle, [n for n, _ in pitched], [r for _, r in pitched], seed, settings)
     kept = _rate([r.recon_kept for _, r in pitched])
     inpaint = {kind: _rate([x.kept for x in inpainted if x.kind == kind]) for kind, _ in INPAINTING}
     lines = [
@@ -528,12 +544,14 @@ def _usage_section(usage, n_codes: int, n_notes: int) -> list[str]:
     return [*lines, ""]
 
 
-def _inpainting_section(bundle: Bundle, note: Note, media: Path, seed: int) -> list[str]:
+def _inpainting_section(
+    bundle: Bundle, note: Note, media: Path, seed: int, settings: Conditioning = DEFAULTS
+) -> list[str]:
     m = bundle.manifest
     rate = m.spectrogram.sample_rate
     audio = read_note(note, m.spectrogram)
     top, bottom = render.encode_audio(bundle, audio)
-    cond = replace(DEFAULTS, pitch=note.pitch, family=note.family)
+    cond = replace(settings, pitch=note.pitch, family=note.family)
     inpainter = Inpainter.from_bundle(bundle)
     lines = [
         "## Inpainting: the paper's three experiments",

@@ -146,17 +146,22 @@ def timbre_figures(
     }
 
 
+def of_ceiling(accuracy: float | np.ndarray, ceiling: float | np.ndarray):
+    """Accuracy as a fraction of the judge's ceiling; NaN where the ceiling is 0 (a judge that hears nothing)."""
+    return np.divide(accuracy, ceiling, out=np.full(np.shape(accuracy), np.nan), where=np.asarray(ceiling) > 0)[()]
+
+
 def summary(figures: dict) -> dict:
     """The figures a table row or a JSON report needs, as plain floats."""
     ceiling = figures["ceiling"].accuracy
     gen = figures["generation"]
-    ratio_by_family = gen.by_family / np.maximum(figures["ceiling"].by_family, 1e-9)
+    ratio_by_family = of_ceiling(gen.by_family, figures["ceiling"].by_family)
     return {
         "family_ceiling_real": figures["ceiling_real"].accuracy,
         "family_ceiling": ceiling,
         "generation_family": gen.accuracy,
-        "generation_family_of_ceiling": gen.accuracy / ceiling,
-        "worst_family_of_ceiling": float(np.nanmin(ratio_by_family)),
+        "generation_family_of_ceiling": float(of_ceiling(gen.accuracy, ceiling)),
+        "worst_family_of_ceiling": float(np.nanmin(ratio_by_family)) if np.isfinite(ratio_by_family).any() else np.nan,
         **{f"inpainting_family_{k}": v.accuracy for k, v in figures["inpainting"].items()},
         "frechet_generated": figures["frechet_generated"],
         "frechet_real": figures["frechet_real"],
@@ -187,7 +192,7 @@ def timbre_section(figures: dict, families: tuple[str, ...]) -> list[str]:
         "",
         "| notes judged | family recognised | of the ceiling |",
         "|---|---|---|",
-        *(f"| {name} | {pct(j.accuracy)} | {j.accuracy / ceiling.accuracy:.2f} |" for name, j in rows),
+        *(f"| {name} | {pct(j.accuracy)} | {of_ceiling(j.accuracy, ceiling.accuracy):.2f} |" for name, j in rows),
         "",
         "| family | " + " | ".join(name for name, _ in rows) + " |",
         "|---|" + "---|" * len(rows),

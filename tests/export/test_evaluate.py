@@ -54,9 +54,15 @@ def test_evaluate_writes_a_report_with_its_figures(tiny_bundle, dataset, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout)
     assert 0 <= figures["generation_pitch_accuracy"] <= 1 and figures["reconstruction_lsd_db"] > 0
+    heard = figures["timbre"]  # the family judge's figures, beside pitch
+    assert 0 <= heard["family_ceiling"] <= 1 and 0 <= heard["generation_family"] <= 1  # a tiny judge may hear nothing
+    assert set(heard) >= {"inpainting_family_time", "inpainting_family_frequency", "inpainting_family_bottom",
+                          "frechet_generated", "diversity"}  # fmt: skip
     report = out.read_text()
-    for heading in ("Reconstruction", "Generation pitch accuracy", "Codebook usage", "Inpainting", "Sampling speed"):
+    for heading in ("Reconstruction", "Generation pitch accuracy", "Codebook usage", "Inpainting", "Sampling speed",
+                    "Timbre: is the family heard?"):  # fmt: skip
         assert f"## {heading}" in report
+    assert "harmonic guidance 0.5, family guidance 2" in report  # the server's defaults, said
     # Every family has its row in the pitch table, and every linked file exists and is what it says.
     rows = re.findall(r"^\| \**(\w+)\** \| (?:\d+ \| ){9}\*\*", report, re.M)
     assert rows == ["bass", "brass", "flute", "guitar", "keyboard", "mallet", "organ", "reed", "string",
