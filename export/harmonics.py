@@ -93,7 +93,7 @@ def guidance_bands(params: dsp.SpectrogramParams, pitch_min: int, pitch_max: int
 
 
 PROFILE_RECIPES = ("level", "shape")
-DEFAULT_RECIPE = "level"  # what the shipped bundle was exported with
+DEFAULT_RECIPE = "level"  # kept: `shape` measured worse on pitch and no better on timbre (docs/ablations.md)
 
 
 def code_statistics(decode, top: np.ndarray, bottom: np.ndarray, n_codes: int, batch: int = 50) -> dict:
@@ -135,7 +135,8 @@ def profiles_from(stats: dict, recipe: str = DEFAULT_RECIPE) -> dict[str, np.nda
       bright tone (measured: the families' long-term spectra 8.6 dB apart without it, 5.3 dB with it).
     - `shape`: the same slice at unit norm (where its partials are, not how loud or how peaky) and the phasor
       divided by the mean loudness (how steadily the phase advances as the pitch asks, not how loud): the
-      score says nothing about level, so the envelope over the partials stays the model's."""
+      score says nothing about level. Measured (docs/ablations.md), it does not give the timbre back and
+      keeps the pitch worse: a near-silent code whose slice looks harmonic scores as well as a loud one."""
     if recipe not in PROFILE_RECIPES:
         raise ValueError(f"unknown profile recipe {recipe!r}; known: {', '.join(PROFILE_RECIPES)}")
     out = {}
