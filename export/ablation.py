@@ -34,10 +34,8 @@ VARIANTS = {  # name → changes to both priors' config (--measure-only also tak
 }
 
 
-def measure(bundle_dir: Path, notes, recon, settings: Conditioning, seed: int = 0) -> dict:
-    bundle = Bundle(bundle_dir)
-    gens = generate_grid(bundle, 1, seed, settings, DEV_PITCHES)
-    inpainted = inpaint_notes(bundle, notes, recon, seed, settings)
+def pitch_figures(gens, inpainted) -> dict:
+    """Generation pitch accuracy (overall, worst family), inpainting pitch kept per experiment, sampling time."""
     families = sorted({g.family for g in gens})
     return {
         "generation": float(np.mean([g.kept for g in gens])),
@@ -45,6 +43,12 @@ def measure(bundle_dir: Path, notes, recon, settings: Conditioning, seed: int = 
         **{kind: float(np.mean([x.kept for x in inpainted if x.kind == kind])) for kind, _ in INPAINTING},
         "priors_ms": 1000 * float(np.median([g.priors_s for g in gens])),
     }
+
+
+def measure(bundle_dir: Path, notes, recon, settings: Conditioning, seed: int = 0) -> dict:
+    bundle = Bundle(bundle_dir)
+    gens = generate_grid(bundle, 1, seed, settings, DEV_PITCHES)
+    return pitch_figures(gens, inpaint_notes(bundle, notes, recon, seed, settings))
 
 
 def settings_for(design: dict, harmonic: tuple[float, ...] = (0.0, DEFAULT_HARMONIC)) -> list[tuple[float, float]]:

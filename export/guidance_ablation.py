@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from export import timbre
+from export.ablation import pitch_figures
 from export.config import DataConfig
-from export.evaluate import INPAINTING, generate_grid, inpaint_notes, reconstruct, timbre_of
+from export.evaluate import generate_grid, inpaint_notes, reconstruct, timbre_of
 from export.monitor import DEV_PITCHES
 from export.nsynth import load_splits
 from export.reguide import reguide
@@ -65,14 +66,7 @@ def measure(bundle_dir: Path, judge, notes, recon, reference, v: Variant, sample
     settings = Conditioning(0, 0, harmonic=v.harmonic, timbre=v.timbre)
     gens = generate_grid(bundle, samples, seed, settings, DEV_PITCHES)
     inpainted = inpaint_notes(bundle, notes, recon, seed, settings)
-    families = sorted({g.family for g in gens})
-    return {
-        "generation": float(np.mean([g.kept for g in gens])),
-        "worst_family": float(min(np.mean([g.kept for g in gens if g.family == f]) for f in families)),
-        **{kind: float(np.mean([x.kept for x in inpainted if x.kind == kind])) for kind, _ in INPAINTING},
-        **timbre.summary(timbre_of(judge, reference, gens, inpainted)),
-        "priors_ms": 1000 * float(np.median([g.priors_s for g in gens])),
-    }
+    return {**pitch_figures(gens, inpainted), **timbre.summary(timbre_of(judge, reference, gens, inpainted))}
 
 
 def ablate_guidance(
