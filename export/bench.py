@@ -28,12 +28,12 @@ from server.sampling import Conditioning, Inpainter, PriorSampler
 class TorchPriorSampler(PriorSampler):
     """The server's sampling loop driven by torch eager instead of onnxruntime: the baseline."""
 
-    def __init__(self, prior: Prior):
+    def __init__(self, prior: Prior, family_bias: np.ndarray | None = None):
         self.prior, self.start = prior, prior.start_token
         self.shape = PriorShape(len(prior.decoder), prior.cfg.n_heads, prior.head_dim, prior.cfg.cond_dropout > 0)
         self._memory_names = cache_names("memory", len(prior.decoder))
         self._memory = self._prefix = None  # the caches of PriorSampler
-        self._family_bias = None  # family tables are a bundle's: the baseline times the model and its graphs
+        self._family_bias = family_bias  # (families, L, V): a bundle's family tables, as the server samples
 
     def empty_cache(self, memory):
         return self.prior.empty_cache(next(iter(memory.values())).shape[0])

@@ -290,12 +290,14 @@ class Worker(threading.Thread):
             elif result in ("edit", "render"):
                 to_render += job.requesters
         # The durable save runs beside the render and the delivery (its fsyncs wait on the disk, not the CPU);
-        # nothing is acknowledged before it returns.
+        # no state is acknowledged (/render/done of an edit, /pitch, /codemap) before it returns. A note's audio
+        # is not an acknowledgement: it goes out at once (a disk's fsync can take longer than a cached note).
         saved = self._save_meanwhile(timings) if changed else _nothing
         for r, note, p in played:
-            self._deliver([r], note.audio, timings, p["velocity"], p["pitch"], saved)
+            self._deliver([r], note.audio, timings, p["velocity"], p["pitch"])
             log.info("note %d: %.1f ms", r.request_id, (time.perf_counter() - r.received) * 1000)
         if played:
+            saved()
             self.replies.send_settings()  # the pitch changed: after the audio, which the performer waits for
         if to_render:
             try:

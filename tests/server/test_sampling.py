@@ -96,8 +96,11 @@ def test_onnx_sampling_matches_torch_eager_token_for_token(tiny_bundle, engine):
     config, _ = train.load_run(run)
     priors = {layer: train.load_prior(run, config, layer)[0] for layer in codemaps.LAYERS}
     train.set_code_profiles(run, train.load_vqvae(run, config), list(priors.values()))  # as the export does
+    tables = engine[0].family_bias  # family guidance: the same tables on both sides
     eager = Inpainter(
-        TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]), engine[0].manifest.mask_token
+        TorchPriorSampler(priors["top"], tables.get("top")),
+        TorchPriorSampler(priors["bottom"], tables.get("bottom")),
+        engine[0].manifest.mask_token,
     )
     for seed in range(3):
         a = engine[1].generate(COND, np.random.default_rng(seed))
