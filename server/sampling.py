@@ -82,10 +82,10 @@ class PriorSampler:
         self._prefix: tuple[dict[str, np.ndarray], np.ndarray, list[np.ndarray]] | None = None
 
     def family_bias(self, cond: Conditioning) -> np.ndarray | None:
-        """(L, V) family guidance added to the logits at each sequence position, or None."""
+        """(L, V) family log-ratios (a view, unscaled: `sample` scales the one row each draw needs), or None."""
         if self._family_bias is None or cond.timbre == 0 or not 0 <= cond.family < len(self._family_bias):
             return None
-        return cond.timbre * self._family_bias[cond.family]
+        return self._family_bias[cond.family]
 
     def guided(self, cond: Conditioning) -> bool:
         return self.shape.unconditional and cond.guidance != 1
@@ -159,7 +159,8 @@ class PriorSampler:
         logits, past = self._feed(inputs, cond, memory)
         bias = self.family_bias(cond)
         for i, pos in enumerate(positions):
-            seq[pos] = sample_logits(logits if bias is None else logits + bias[pos], cond.temperature, cond.top_p, rng)
+            z = logits if bias is None else logits + cond.timbre * bias[pos]
+            seq[pos] = sample_logits(z, cond.temperature, cond.top_p, rng)
             if progress is not None:
                 progress(i + 1, positions.size)
             if i + 1 == positions.size:
