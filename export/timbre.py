@@ -19,7 +19,7 @@ import numpy as np
 
 from export.family_judge import FamilyJudge, frechet_distance, per_family_accuracy, timbre_features
 from export.nsynth import Note
-from server import render
+from server import vqvae_audio
 from server.bundle import Bundle
 
 JUDGE_NOTES = 6000  # real training notes the judge learns from (seeded draw)
@@ -73,7 +73,7 @@ def train_judge(train: list[Note], bundle: Bundle, data: Path, n: int = JUDGE_NO
     recon = _features(
         recon_notes,
         data / f"timbre-recon-{_vqvae_id(bundle)}.npz",
-        lambda note: render.render(bundle, *render.encode_audio(bundle, read_note(note, p))),
+        lambda note: vqvae_audio.render(bundle, *vqvae_audio.encode_audio(bundle, read_note(note, p))),
     )
     labels = np.array([note.family for note in notes + recon_notes])
     judge = FamilyJudge.train(np.concatenate([real, recon]), labels, bundle.manifest.families)

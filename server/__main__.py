@@ -46,8 +46,8 @@ def cmd_render(args: argparse.Namespace) -> dict:
     from server import level
     from server.audio import resample
     from server.bundle import Bundle
-    from server.render import render
     from server.sampling import Conditioning, Inpainter
+    from server.vqvae_audio import render
 
     t0 = time.perf_counter()
     b = Bundle(args.bundle, args.provider)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from server import codemaps, render
+from server import codemaps, dsp, vqvae_audio
 from server.audio import AudioError, load_audio
 from server.bundle import Bundle
 from server.protocol import DEFAULTS
@@ -81,7 +81,7 @@ class Engine:
         self.settings = Settings(family=min(Settings.family, len(self.manifest.families) - 1))
         # The codes of a silent note: what `erase` writes and where a new session starts.
         silence = np.zeros(self.manifest.spectrogram.n_samples, np.float32)
-        self.silence_top, self.silence_bottom = render.encode_audio(bundle, silence)
+        self.silence_top, self.silence_bottom = vqvae_audio.encode_audio(bundle, silence)
         self.top, self.bottom = self.silence_top.copy(), self.silence_bottom.copy()
         self.last_spectrogram: np.ndarray | None = None  # of the last render, for pictures
         self.rendered_version = -1  # the version that spectrogram shows
@@ -234,7 +234,7 @@ class Engine:
             audio = load_audio(path, self.manifest.spectrogram)
         except AudioError as exc:
             raise EngineError(str(exc)) from None
-        self._commit(*render.encode_audio(self.bundle, audio))
+        self._commit(*vqvae_audio.encode_audio(self.bundle, audio))
 
     def warm(self) -> bool:
         """Idle-time work, about 2 ms per call: extend the bottom prior's key/value cache over the current maps so
@@ -248,9 +248,9 @@ class Engine:
         `timings` (s) receives the decoder's and the inversion's time."""
         self.rendered_version = self.version
         t0 = time.perf_counter()
-        self.last_spectrogram = render.decode(self.bundle, self.top, self.bottom)
+        self.last_spectrogram = vqvae_audio.decode(self.bundle, self.top, self.bottom)
         t1 = time.perf_counter()
-        audio = render.dsp.invert(self.last_spectrogram, self.manifest.spectrogram)
+        audio = dsp.invert(self.last_spectrogram, self.manifest.spectrogram)
         if timings is not None:
             timings.update(decoder=t1 - t0, inversion=time.perf_counter() - t1)
         return audio
@@ -305,9 +305,9 @@ class Engine:
         try:
             if spectrogram is None:
                 between()
-                spectrogram = render.decode(self.bundle, top, bottom, run_options)
+                spectrogram = vqvae_audio.decode(self.bundle, top, bottom, run_options)
             between()
-            audio = render.dsp.invert(spectrogram, self.manifest.spectrogram, between)
+            audio = dsp.invert(spectrogram, self.manifest.spectrogram, between)
         except BaseException:
             self._unfinished = (key, top, bottom, spectrogram)
             raise

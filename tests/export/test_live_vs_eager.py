@@ -5,7 +5,7 @@ import json
 import numpy as np
 import torch
 
-from export.server_bench import EagerOps, _module_path, check_parity, matmul_gflops, torch_models_from_bundle
+from export.live_vs_eager import EagerOps, _module_path, check_parity, matmul_gflops, torch_models_from_bundle
 from server.bundle import Bundle
 from tests.conftest import run_cli
 

@@ -82,7 +82,7 @@ def test_two_process_ddp_with_gloo_on_cpu(dataset, tmp_path):
 
 
 def test_bench_prints_onnxruntime_and_torch_figures(capsys):
-    from export.bench import run_bench
+    from export.sampling_speed import run_bench
 
     summary = run_bench("tiny", threads=1, repeats=1, cache_length=50)
     printed = capsys.readouterr().out
