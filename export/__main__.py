@@ -189,8 +189,10 @@ def cmd_ablate(args) -> dict:
 def cmd_reguide(args) -> dict:
     from export.reguide import reguide
 
-    manifest = reguide(args.bundle, args.data, args.out, args.recipe, {"top": args.top, "bottom": args.bottom})
-    return {"bundle": str(args.out), "harmonic_guidance": manifest["provenance"]["harmonic_guidance"]}
+    weights = {"top": args.top, "bottom": args.bottom}
+    manifest = reguide(args.bundle, args.data, args.out, args.recipe, weights, region_width=args.pitch_region)
+    guidance = manifest["provenance"]["harmonic_guidance"]
+    return {"bundle": str(args.out), "harmonic_guidance": guidance, "family_guidance": manifest["family_guidance"]}
 
 
 def cmd_ablate_guidance(args) -> dict:
@@ -207,10 +209,10 @@ def cmd_ablate_vqvae(args) -> dict:
 
 
 def cmd_bench(args) -> dict:
-    from export.bench import run_bench
+    from export.sampling_speed import run_bench
 
     if args.server:
-        from export.server_bench import run_server_bench
+        from export.live_vs_eager import run_server_bench
         from server.__main__ import default_bundle
 
         return run_server_bench(args.bundle or default_bundle(), args.threads, args.repeats or 50, args.markdown)
@@ -340,6 +342,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=PROFILE_RECIPES, default=DEFAULT_RECIPE, help="(default %(default)s)")
     p.add_argument("--top", type=float, default=1.0, help="weight baked into the top prior (default 1)")
     p.add_argument("--bottom", type=float, default=1.0, help="weight baked into the bottom prior (default 1)")
+    p.add_argument(
+        "--pitch-region",
+        type=int,
+        default=0,
+        help="family tables counted per pitch region this many semitones wide (default 0: one table)",
+    )
 
     p = sub.add_parser("ablate-guidance", help="harmonic guidance recipes on one bundle, by pitch and family")
     p.add_argument("bundle", type=Path)

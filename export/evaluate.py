@@ -32,7 +32,7 @@ from export.metrics import (
     stft_magnitudes,
 )
 from export.nsynth import Note, load_splits
-from server import codemaps, dsp, render
+from server import codemaps, dsp, vqvae_audio
 from server.bundle import Bundle
 from server.output import encode_png, spectrogram_picture
 from server.sampling import Conditioning, Inpainter
@@ -104,8 +104,8 @@ def reconstruct(bundle: Bundle, notes: list[Note]) -> list[Reconstruction]:
     rows = []
     for note in notes:
         audio = read_note(note, p)
-        top, bottom = render.encode_audio(bundle, audio)
-        recon = render.render(bundle, top, bottom)
+        top, bottom = vqvae_audio.encode_audio(bundle, audio)
+        recon = vqvae_audio.render(bundle, top, bottom)
         rows.append(
             Reconstruction(
                 note.family,
@@ -152,7 +152,7 @@ def generate_grid(
                 t0 = time.perf_counter()
                 top, bottom = inpainter.generate(cond, np.random.default_rng([seed, family, pitch, s]))
                 t1 = time.perf_counter()
-                spec = render.decode(bundle, top, bottom)
+                spec = vqvae_audio.decode(bundle, top, bottom)
                 t2 = time.perf_counter()
                 audio = dsp.invert(spec, bundle.manifest.spectrogram)
                 t3 = time.perf_counter()
@@ -192,7 +192,7 @@ def inpaint_notes(
         for j, (kind, _) in enumerate(INPAINTING):
             layer, mask = inpainting_masks(kind)
             top, bottom = inpainter.inpaint(row.top, row.bottom, layer, mask, cond, np.random.default_rng([seed, i, j]))
-            audio = render.render(bundle, top, bottom)
+            audio = vqvae_audio.render(bundle, top, bottom)
             out.append(Inpainted(note.family, kind, _cents_off(audio, note.pitch), timbre_features(audio, note.pitch)))
     return out
 
@@ -316,7 +316,7 @@ def evaluate(
         f"{' at the server' + chr(39) + 's defaults' if settings == DEFAULTS else ''}: temperature "
         f"{settings.temperature:g}, top-p {settings.top_p:g}, guidance {settings.guidance:g}"
         f"{_guidance_note(bundle)}, harmonic guidance {settings.harmonic:g}, family guidance {settings.timbre:g}"
-        f"{'' if bundle.family_bias else ' (this bundle has no family tables: none)'}.",
+        f"{'' if bundle.family_tables else ' (this bundle has no family tables: none)'}.",
         "",
         "## Headline",
         "",
@@ -550,7 +550,7 @@ def _inpainting_section(
     m = bundle.manifest
     rate = m.spectrogram.sample_rate
     audio = read_note(note, m.spectrogram)
-    top, bottom = render.encode_audio(bundle, audio)
+    top, bottom = vqvae_audio.encode_audio(bundle, audio)
     cond = replace(settings, pitch=note.pitch, family=note.family)
     inpainter = Inpainter.from_bundle(bundle)
     lines = [
@@ -576,7 +576,7 @@ def _inpainting_section(
         new_top, new_bottom = inpainter.inpaint(top, bottom, layer, mask, cond, np.random.default_rng([seed, i]))
         results.append((kind, what, new_top, new_bottom, layer, mask))
     for kind, what, t, b, layer, mask in results:
-        spec = render.decode(bundle, t, b)
+        spec = vqvae_audio.decode(bundle, t, b)
         sound = dsp.invert(spec, m.spectrogram)
         top_changed = t != top
         bottom_changed = b != bottom

@@ -16,6 +16,7 @@ does for the pitch. It shifts which codes are drawn, not how a code sounds, so t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,28 +28,54 @@ FILE = "family_guidance.npz"  # in the bundle, named by the manifest's `family_g
 
 
 def family_tables(
-    codes: dict[str, np.ndarray], n_families: int, n_codes: int, smoothing: float = SMOOTHING
+    codes: dict[str, np.ndarray],
+    n_families: int,
+    n_codes: int,
+    smoothing: float = SMOOTHING,
+    regions: Sequence[int] = (0,),
 ) -> dict[str, np.ndarray]:
-    """codes: {'top': (N, 32, 4), 'bottom': (N, 64, 8), 'family': (N,)} → {layer: (n_families, L, n_codes)
-    float32 log-ratios, L the layer's sequence length, in the priors' order}."""
+    """codes: {'top': (N, 32, 4), 'bottom': (N, 64, 8), 'family': (N,), 'pitch': (N,) when `regions` has more
+    than one} → {layer: (n_families, len(regions), L, n_codes) float32 log-ratios}, L the layer's sequence
+    length in the priors' order. `regions`: the lowest pitch of each pitch region, ascending; each region's
+    table is counted over its own notes, against its own code histogram: what tells the families apart at
+    that register, not what tells registers apart (the prior and harmonic guidance see to the pitch)."""
     families = codes["family"].astype(np.int64)
+    region = region_of(codes["pitch"], regions) if len(regions) > 1 else np.zeros_like(families)
     out = {}
     for layer in codemaps.LAYERS:
         seq = codemaps.to_sequence(codes[layer].astype(np.int64), layer)  # (N, L)
-        n, length = seq.shape
-        counts = np.zeros((n_families, length, n_codes))
-        np.add.at(counts, (families[:, None], np.arange(length)[None, :], seq), 1.0)
-        # p(code | position): every family pooled, with one pseudo-count spread over the codebook.
-        marginal = (counts.sum(0) + 1.0 / n_codes) / (n + 1.0)  # (L, V)
-        per_family = counts.sum(-1, keepdims=True)  # (F, L, 1): notes of each family
+        length = seq.shape[1]
+        counts = np.zeros((n_families, len(regions), length, n_codes))  # (F, R, L, V)
+        np.add.at(counts, (families[:, None], region[:, None], np.arange(length)[None, :], seq), 1.0)
+        # p(code | region, position): every family pooled, with one pseudo-count spread over the codebook.
+        pooled = counts.sum(0)  # (R, L, V)
+        marginal = (pooled + 1.0 / n_codes) / (pooled.sum(-1, keepdims=True) + 1.0)
+        per_family = counts.sum(-1, keepdims=True)  # (F, R, L, 1): notes of each family in each region
         conditional = (counts + smoothing * marginal) / (per_family + smoothing)
         out[layer] = (np.log(conditional) - np.log(marginal)).astype(np.float32)
     return out
 
 
-def write_family_tables(bundle_dir: Path, codes: dict[str, np.ndarray], n_families: int, n_codes: int) -> dict:
-    """The tables of `codes` into the bundle folder, float16 compressed (2.8 MB for 11 families at 512 codes);
-    returns the manifest entry."""
-    tables = family_tables(codes, n_families, n_codes)
-    np.savez_compressed(Path(bundle_dir) / FILE, **{layer: t.astype(np.float16) for layer, t in tables.items()})
-    return {"file": FILE, "notes": int(len(codes["family"])), "smoothing": SMOOTHING}
+def region_of(pitch: np.ndarray, regions: Sequence[int]) -> np.ndarray:
+    """The pitch region of each pitch: the last region whose lowest pitch is at or below it (the first for any
+    pitch below them all). The server picks its table row the same way (`server.bundle.FamilyTables`)."""
+    return np.maximum(np.searchsorted(np.asarray(regions), np.asarray(pitch), side="right") - 1, 0)
+
+
+def pitch_regions(pitch_range: Sequence[int], width: int) -> tuple[int, ...]:
+    """The lowest pitch of each region `width` semitones wide from the bottom of `pitch_range`; width 0: one."""
+    return tuple(range(pitch_range[0], pitch_range[1] + 1, width)) if width > 0 else (pitch_range[0],)
+
+
+def write_family_tables(
+    bundle_dir: Path, codes: dict[str, np.ndarray], n_families: int, n_codes: int, regions: Sequence[int] = (0,)
+) -> dict:
+    """The tables of `codes` into the bundle folder, float16 compressed (2.8 MB per pitch region for 11 families
+    at 512 codes); returns the manifest entry."""
+    tables = family_tables(codes, n_families, n_codes, regions=regions)
+    np.savez_compressed(
+        Path(bundle_dir) / FILE,
+        pitch_regions=np.asarray(regions, np.int64),
+        **{layer: t.astype(np.float16) for layer, t in tables.items()},
+    )
+    return {"file": FILE, "notes": int(len(codes["family"])), "smoothing": SMOOTHING, "pitch_regions": list(regions)}

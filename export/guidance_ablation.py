@@ -30,33 +30,39 @@ from server.sampling import Conditioning
 
 @dataclass(frozen=True)
 class Variant:
-    """A profile recipe, a weight baked into each prior's graph, and the runtime harmonic and family weights."""
+    """A profile recipe, a weight baked into each prior's graph, the runtime harmonic and family weights, and the
+    width in semitones of the family tables' pitch regions (0: one table over every pitch)."""
 
     recipe: str
     top: float
     bottom: float
     harmonic: float
     timbre: float = 0.0
+    region: int = 0
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """`recipe:top:bottom:harmonic[:timbre]`, e.g. `level:1:1:1:2`; `recipe:harmonic[:timbre]` is
-        `recipe:1:1:harmonic[:timbre]`; timbre (family guidance) defaults to 0."""
+        """`recipe:top:bottom:harmonic[:timbre[:region]]`, e.g. `level:1:1:1:2` or `level:1:1:0.5:2:12`;
+        `recipe:harmonic[:timbre]` is `recipe:1:1:harmonic[:timbre]`; timbre and region default to 0."""
         parts = text.split(":")
         if len(parts) in (2, 3):
             parts = [parts[0], "1", "1", *parts[1:]]
-        if len(parts) not in (4, 5):
-            raise ValueError(f"{text!r}: a variant is recipe:top:bottom:harmonic[:timbre] or recipe:harmonic[:timbre]")
-        return cls(parts[0], *map(float, parts[1:]))
+        if len(parts) not in (4, 5, 6):
+            raise ValueError(
+                f"{text!r}: a variant is recipe:top:bottom:harmonic[:timbre[:region]] or recipe:harmonic[:timbre]"
+            )
+        region = int(parts[5]) if len(parts) == 6 else 0
+        return cls(parts[0], *map(float, parts[1:5]), region=region)  # type: ignore[arg-type]
 
     @property
     def name(self) -> str:
-        return f"{self.recipe}:{self.top:g}:{self.bottom:g}:{self.harmonic:g}:{self.timbre:g}"
+        name = f"{self.recipe}:{self.top:g}:{self.bottom:g}:{self.harmonic:g}:{self.timbre:g}"
+        return name + (f":{self.region}" if self.region else "")
 
     @property
     def graphs(self) -> str:
-        """The folder name of its reguided bundle (variants that differ in `harmonic` alone share one)."""
-        return f"{self.recipe}-{self.top:g}-{self.bottom:g}"
+        """The folder name of its reguided bundle (variants that differ in the runtime weights alone share one)."""
+        return f"{self.recipe}-{self.top:g}-{self.bottom:g}" + (f"-r{self.region}" if self.region else "")
 
 
 def measure(bundle_dir: Path, judge, notes, recon, reference, v: Variant, samples: int, seed: int = 0) -> dict:
@@ -94,7 +100,8 @@ def ablate_guidance(
             continue
         graphs = out / v.graphs
         if not (graphs / "manifest.json").is_file():
-            reguide(bundle_dir, data, graphs, v.recipe, {"top": v.top, "bottom": v.bottom}, out / "train_codes.npz")
+            weights = {"top": v.top, "bottom": v.bottom}
+            reguide(bundle_dir, data, graphs, v.recipe, weights, out / "train_codes.npz", v.region)
         results[v.name] = measure(graphs, judge, chosen, rows, recon, v, samples)
         print(json.dumps({v.name: results[v.name]}), flush=True)
         summary = {"bundle": str(bundle_dir), "notes": len(chosen), "samples": samples, "results": results}

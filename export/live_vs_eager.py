@@ -27,8 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from export import config as cfg
 from export import train
-from export.bench import TorchPriorSampler
 from export.prior import Prior
+from export.sampling_speed import TorchPriorSampler
 from export.spectrogram_torch import MelIF
 from export.vqvae import VQVAE2
 from server import codemaps, dsp
@@ -112,7 +112,7 @@ def check_parity(bundle: Bundle, vqvae: VQVAE2, priors: dict[str, Prior]) -> flo
     src = codemaps.to_sequence(top, "top")
     tokens = np.concatenate([[bundle.manifest.start_token], src[:9]])
     for layer, prior in priors.items():
-        sampler, eager = PriorSampler(bundle, layer), TorchPriorSampler(prior)
+        sampler, eager = PriorSampler(bundle, layer), TorchPriorSampler(prior, layer)
         mine, theirs = sampler.encode(src, COND), eager.encode(src, COND)
         a, _ = sampler.step(tokens, COND, sampler.empty_cache(mine), mine)
         b, _ = eager.step(tokens, COND, eager.empty_cache(theirs), theirs)
@@ -128,7 +128,9 @@ class EagerOps:
     def __init__(self, vqvae: VQVAE2, priors: dict[str, Prior], mask_token: int, spec: dsp.SpectrogramParams):
         self.vqvae, self.spec = vqvae, spec
         self.melif = MelIF(spec)
-        self.inpainter = Inpainter(TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]), mask_token)
+        self.inpainter = Inpainter(
+            TorchPriorSampler(priors["top"], "top"), TorchPriorSampler(priors["bottom"], "bottom"), mask_token
+        )
         self.top, self.bottom = self.inpainter.generate(COND, np.random.default_rng(0))
 
     def edit(self, name: str, rng: np.random.Generator, note: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -210,8 +210,22 @@ def _family_guidance(run: Path, out: Path, config) -> dict:
     if not path.is_file():
         return {}
     z = np.load(path)
-    codes = {"top": z["top"], "bottom": z["bottom"], "family": z["family"]}
+    codes = {"top": z["top"], "bottom": z["bottom"], "family": z["family"], "pitch": z["pitch"]}
     return {"family_guidance": write_family_tables(out, codes, len(config.data.families), config.vqvae.n_codes)}
+
+
+def export_checked(graph: str, vqvae: VQVAE2, priors: dict[str, Prior], out: Path) -> tuple[dict, float]:
+    """Export one graph into `out` and check it against torch: (its manifest entry, its parity)."""
+    module = graph_module(graph, vqvae, priors)
+    path = out / f"{graph}.onnx"
+    n = n_layers(graph, priors)
+    export_graph(graph, module, example_inputs(graph, vqvae, priors), path, n)
+    # Check on inputs other than the tracing ones: batch 1, another cache length, another N.
+    parity = check_parity(graph, module, path, example_inputs(graph, vqvae, priors, 1, 11, 5, seed=1))
+    if parity > PARITY_TOLERANCE:
+        raise ParityError(f"{graph}: onnxruntime differs from torch by {parity:.3g} (tolerance {PARITY_TOLERANCE})")
+    names_in, names_out = bundle.graph_io(graph, n)
+    return {"file": path.name, "inputs": list(names_in), "outputs": list(names_out)}, parity
 
 
 def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
@@ -228,18 +242,7 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
     (out / bundle.MANIFEST).unlink(missing_ok=True)
     graphs, parity = {}, {}
     for graph in bundle.GRAPHS:
-        module = graph_module(graph, vqvae, priors)
-        path = out / f"{graph}.onnx"
-        n = n_layers(graph, priors)
-        export_graph(graph, module, example_inputs(graph, vqvae, priors), path, n)
-        # Check on inputs other than the tracing ones: batch 1, another cache length, another N.
-        parity[graph] = check_parity(graph, module, path, example_inputs(graph, vqvae, priors, 1, 11, 5, seed=1))
-        if parity[graph] > PARITY_TOLERANCE:
-            raise ParityError(
-                f"{graph}: onnxruntime differs from torch by {parity[graph]:.3g} (tolerance {PARITY_TOLERANCE})"
-            )
-        names_in, names_out = bundle.graph_io(graph, n)
-        graphs[graph] = {"file": path.name, "inputs": list(names_in), "outputs": list(names_out)}
+        graphs[graph], parity[graph] = export_checked(graph, vqvae, priors, out)
     manifest = {
         "format_version": bundle.FORMAT_VERSION,
         "name": name or run.name,

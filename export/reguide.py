@@ -19,13 +19,13 @@ from onnx import numpy_helper
 
 from export.config import DataConfig
 from export.evaluate import read_note
-from export.family_guidance import write_family_tables
+from export.family_guidance import pitch_regions, write_family_tables
 from export.harmonics import DEFAULT_RECIPE, code_statistics, profiles_from
 from export.nsynth import load_splits
 from server import bundle as bundle_io
 from server import codemaps
 from server.bundle import Bundle
-from server.render import encode_audio
+from server.vqvae_audio import encode_audio
 
 PROFILE_NOTES = 2000  # as export.train.set_code_profiles
 FAMILY_NOTES = 8000  # training notes the family tables count codes over
@@ -37,7 +37,7 @@ def training_codes(bundle: Bundle, data: Path, notes: int, cache: Path | None = 
     kept in `cache` (an .npz) when given, and reused for as many notes as it holds."""
     if cache is not None and cache.is_file():
         z = np.load(cache)
-        if len(z["family"]) >= notes:
+        if len(z["family"]) >= notes and "pitch" in z.files:
             return {k: z[k][:notes] for k in z.files}
     m = bundle.manifest
     train = load_splits(data, DataConfig(pitch_min=m.pitch_range[0], pitch_max=m.pitch_range[1], families=m.families))
@@ -51,6 +51,7 @@ def training_codes(bundle: Bundle, data: Path, notes: int, cache: Path | None = 
         "top": np.stack(tops),
         "bottom": np.stack(bottoms),
         "family": np.array([train["train"][i].family for i in pick]),
+        "pitch": np.array([train["train"][i].pitch for i in pick]),
     }
     if cache is not None:
         np.savez(cache, **codes)
@@ -92,6 +93,7 @@ def reguide(
     recipe: str = DEFAULT_RECIPE,
     weights: dict[str, float] | None = None,
     codes_cache: Path | None = None,
+    region_width: int = 0,
 ) -> dict:
     """Write `out`: `bundle_dir` with its step graphs' code profiles measured by `recipe`, each prior's scaled by
     its weight (default 1: the server's `/harmonic` then scales both). Returns the new manifest."""
@@ -114,7 +116,9 @@ def reguide(
         constant.attribute[0].t.CopyFrom(numpy_helper.from_array(new, constant.attribute[0].t.name))
         onnx.save(model, str(path))
     manifest = json.loads((bundle_dir / bundle_io.MANIFEST).read_text())
-    manifest["family_guidance"] = write_family_tables(tmp, codes, len(src.manifest.families), src.manifest.n_codes)
+    regions = pitch_regions(src.manifest.pitch_range, region_width)
+    n_families, n_codes = len(src.manifest.families), src.manifest.n_codes
+    manifest["family_guidance"] = write_family_tables(tmp, codes, n_families, n_codes, regions)
     manifest.setdefault("provenance", {})["harmonic_guidance"] = {
         "profiles": recipe,
         "weights": weights,

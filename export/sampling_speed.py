@@ -21,19 +21,19 @@ from export import train
 from export.onnx_export import export_bundle
 from export.prior import Prior
 from export.vqvae import VQVAE2
-from server.bundle import Bundle, PriorShape, cache_names
+from server.bundle import Bundle, FamilyTables, PriorShape, cache_names
 from server.sampling import Conditioning, Inpainter, PriorSampler
 
 
 class TorchPriorSampler(PriorSampler):
     """The server's sampling loop driven by torch eager instead of onnxruntime: the baseline."""
 
-    def __init__(self, prior: Prior, family_bias: np.ndarray | None = None):
+    def __init__(self, prior: Prior, layer: str, family_tables: FamilyTables | None = None):
         self.prior, self.start = prior, prior.start_token
         self.shape = PriorShape(len(prior.decoder), prior.cfg.n_heads, prior.head_dim, prior.cfg.cond_dropout > 0)
         self._memory_names = cache_names("memory", len(prior.decoder))
         self._memory = self._prefix = None  # the caches of PriorSampler
-        self._family_bias = family_bias  # (families, L, V): a bundle's family tables, as the server samples
+        self._layer, self._family_tables = layer, family_tables  # a bundle's family tables, as the server samples
 
     def empty_cache(self, memory):
         return self.prior.empty_cache(next(iter(memory.values())).shape[0])
@@ -109,7 +109,9 @@ def run_bench(preset: str = "small", threads: int = 2, repeats: int = 3, cache_l
         results["onnxruntime"] = _time_sampler(Inpainter.from_bundle(bundle), src, cache_length, repeats)
         priors = {layer: train.load_prior(run, config, layer)[0] for layer in ("top", "bottom")}
         eager = Inpainter(
-            TorchPriorSampler(priors["top"]), TorchPriorSampler(priors["bottom"]), bundle.manifest.mask_token
+            TorchPriorSampler(priors["top"], "top"),
+            TorchPriorSampler(priors["bottom"], "bottom"),
+            bundle.manifest.mask_token,
         )
         for n in sorted({1, threads}):
             torch.set_num_threads(n)

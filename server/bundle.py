@@ -197,6 +197,23 @@ def resolve_providers(choice: str) -> list[str]:
     return PROVIDERS[choice]
 
 
+@dataclass(frozen=True)
+class FamilyTables:
+    """Family guidance's log-ratios (export/family_guidance.py): per layer (families, pitch regions, L, n_codes),
+    float16 as stored; region r holds the pitches from regions[r] up to the next region's lowest."""
+
+    layers: dict[str, np.ndarray]
+    regions: np.ndarray  # (R,) int64, ascending
+
+    def bias(self, layer: str, family: int, pitch: int) -> np.ndarray | None:
+        """(L, n_codes) log-ratios for this family at this pitch (a view), or None for a family it lacks."""
+        table = self.layers.get(layer)
+        if table is None or not 0 <= family < table.shape[0]:
+            return None
+        region = max(int(np.searchsorted(self.regions, pitch, side="right")) - 1, 0)
+        return table[family, region]
+
+
 class Bundle:
     """An opened bundle: the manifest plus one onnxruntime session per graph.
 
@@ -228,25 +245,31 @@ class Bundle:
                 self.sessions[name] if prior_threads == threads else self._open(name, single, providers)
             )
         self.provider = self.sessions["top_prior_step"].get_providers()[0]
-        self.family_bias = self._family_tables()  # layer → (families, L, n_codes) float32; empty: none
+        self.family_tables = self._family_tables()  # None: a bundle without family guidance
 
-    def _family_tables(self) -> dict[str, np.ndarray]:
+    def _family_tables(self) -> FamilyTables | None:
         name = self.manifest.family_guidance
         if name is None:
-            return {}
+            return None
         file = self.path / name
         try:
             with np.load(file) as z:
-                tables = {layer: z[layer].astype(np.float32) for layer in self.manifest.priors}
+                tables = {layer: z[layer].astype(np.float16) for layer in self.manifest.priors}
+                regions = z["pitch_regions"].astype(np.int64) if "pitch_regions" in z.files else np.zeros(1, np.int64)
         except (OSError, KeyError, ValueError) as exc:
             raise BundleError(f"{file}: family guidance tables unreadable ({exc})") from None
         for layer, table in tables.items():
-            expected = (len(self.manifest.families), self.manifest.n_codes)
-            if table.ndim != 3 or (table.shape[0], table.shape[2]) != expected:
+            if table.ndim == 3:  # tables of one pitch region (the first format)
+                tables[layer] = table = table[:, None]
+            expected = (len(self.manifest.families), len(regions), self.manifest.n_codes)
+            if table.ndim != 4 or (table.shape[0], table.shape[1], table.shape[3]) != expected:
                 raise BundleError(
-                    f"{file}: {layer} table has shape {table.shape}, expected ({expected[0]}, L, {expected[1]})"
+                    f"{file}: {layer} table has shape {table.shape}, expected "
+                    f"({expected[0]}, {expected[1]}, L, {expected[2]}) for {len(regions)} pitch regions"
                 )
-        return tables
+        if regions.ndim != 1 or (np.diff(regions) <= 0).any():
+            raise BundleError(f"{file}: pitch_regions must be ascending lowest pitches, got {regions.tolist()}")
+        return FamilyTables(tables, regions)
 
     def _open(self, name: str, options: Any, providers: list[str]) -> Any:
         import onnxruntime as ort

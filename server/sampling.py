@@ -73,7 +73,7 @@ class PriorSampler:
         self._encoder = bundle.sessions[f"{layer}_prior_encoder"]
         self._step = bundle.sessions[f"{layer}_prior_step"]
         self._single_step = bundle.single_step[layer]
-        self._family_bias = bundle.family_bias.get(layer)  # (families, L, V) or None
+        self._layer, self._family_tables = layer, bundle.family_tables
         self._memory_names = cache_names("memory", self.shape.n_layers)
         self._past_names = cache_names("past", self.shape.n_layers)
         # The last memory, and the decoder cache over the inputs fed under it: an edit that keeps the encoder's
@@ -82,10 +82,11 @@ class PriorSampler:
         self._prefix: tuple[dict[str, np.ndarray], np.ndarray, list[np.ndarray]] | None = None
 
     def family_bias(self, cond: Conditioning) -> np.ndarray | None:
-        """(L, V) family log-ratios (a view, unscaled: `sample` scales the one row each draw needs), or None."""
-        if self._family_bias is None or cond.timbre == 0 or not 0 <= cond.family < len(self._family_bias):
+        """(L, V) family log-ratios at this pitch (a float16 view, unscaled: `sample` scales the one row each draw
+        needs), or None."""
+        if self._family_tables is None or cond.timbre == 0:
             return None
-        return self._family_bias[cond.family]
+        return self._family_tables.bias(self._layer, cond.family, cond.pitch)
 
     def guided(self, cond: Conditioning) -> bool:
         return self.shape.unconditional and cond.guidance != 1
@@ -122,7 +123,7 @@ class PriorSampler:
         logits = last[1] + cond.guidance * (last[0] - last[1]) if last.shape[0] == 2 else last[0]
         return logits + cond.harmonic * harmonic[0], present
 
-    # The two graph calls; the torch baseline (export.bench) overrides these and nothing else.
+    # The two graph calls; the torch baseline (export.sampling_speed) overrides these and nothing else.
 
     def _run_encoder(self, src: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._memory_names, self._encoder.run(None, {"src": src, **labels}), strict=True))
@@ -159,7 +160,7 @@ class PriorSampler:
         logits, past = self._feed(inputs, cond, memory)
         bias = self.family_bias(cond)
         for i, pos in enumerate(positions):
-            z = logits if bias is None else logits + cond.timbre * bias[pos]
+            z = logits if bias is None else logits + cond.timbre * bias[pos].astype(np.float32)
             seq[pos] = sample_logits(z, cond.temperature, cond.top_p, rng)
             if progress is not None:
                 progress(i + 1, positions.size)

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from export.family_guidance import family_tables
+from export.family_guidance import family_tables, region_of
 from export.family_judge import FamilyJudge, frechet_distance, timbre_features
 from export.harmonics import profiles_from
 from export.metrics import midi_to_hz
@@ -113,10 +113,29 @@ def test_family_tables_favour_each_familys_own_codes():
     bottom = rng.integers(0, 16, (n, 64, 8))
     top[:, 0, 0] = np.where(family == 0, 3, 5)  # the lowest row of the first column: sequence position 0
     tables = family_tables({"top": top, "bottom": bottom, "family": family}, 2, 16)
-    assert tables["top"].shape == (2, 128, 16) and tables["bottom"].shape == (2, 512, 16)
-    assert tables["top"][0, 0, 3] > 0.5 and tables["top"][0, 0, 5] < -2  # log 2 and far below
-    assert tables["top"][1, 0, 5] > 0.5 and tables["top"][1, 0, 3] < -2
-    assert np.abs(tables["top"][:, 1:]).mean() < 0.15  # elsewhere both families draw alike: sampling noise
+    assert tables["top"].shape == (2, 1, 128, 16) and tables["bottom"].shape == (2, 1, 512, 16)
+    top_table = tables["top"][:, 0]
+    assert top_table[0, 0, 3] > 0.5 and top_table[0, 0, 5] < -2  # log 2 and far below
+    assert top_table[1, 0, 5] > 0.5 and top_table[1, 0, 3] < -2
+    assert np.abs(top_table[:, 1:]).mean() < 0.15  # elsewhere both families draw alike: sampling noise
+
+
+def test_family_tables_per_pitch_region_tell_families_apart_within_each_register():
+    # Family 0 uses code 3 low and code 5 high, family 1 the reverse: pooled over pitch the code says nothing
+    # about the family, within each register it says everything.
+    rng = np.random.default_rng(0)
+    n = 800
+    family, pitch = np.arange(n) % 2, np.where(np.arange(n) % 4 < 2, 40, 70)
+    top, bottom = rng.integers(0, 16, (n, 32, 4)), rng.integers(0, 16, (n, 64, 8))
+    top[:, 0, 0] = np.where((family == 0) == (pitch < 60), 3, 5)
+    codes = {"top": top, "bottom": bottom, "family": family, "pitch": pitch}
+    pooled = family_tables(codes, 2, 16)["top"][:, 0, 0]  # (families, codes) at position 0
+    assert np.abs(pooled[:, [3, 5]]).max() < 0.15
+    split = family_tables(codes, 2, 16, regions=(24, 60))["top"][:, :, 0]  # (families, regions, codes)
+    assert split.shape == (2, 2, 16)
+    assert split[0, 0, 3] > 0.5 and split[0, 0, 5] < -2 and split[0, 1, 5] > 0.5 and split[0, 1, 3] < -2
+    assert split[1, 0, 5] > 0.5 and split[1, 1, 3] > 0.5
+    assert list(region_of(np.array([10, 24, 59, 60, 84]), (24, 60))) == [0, 0, 0, 1, 1]
 
 
 def test_family_guidance_leans_sampling_towards_the_tables_codes(tiny_bundle, tmp_path):
@@ -127,11 +146,11 @@ def test_family_guidance_leans_sampling_towards_the_tables_codes(tiny_bundle, tm
     shutil.copytree(bundle_dir, copy)
     b = Bundle(copy)
     n_families, n_codes = len(b.manifest.families), b.manifest.n_codes
-    assert b.family_bias["top"].shape == (n_families, 128, n_codes)
+    assert b.family_tables is not None and b.family_tables.layers["top"].shape == (n_families, 1, 128, n_codes)
     # Tables that favour code 7 for family 2 everywhere, and nothing for the other families.
-    tables = {layer: np.zeros_like(t) for layer, t in b.family_bias.items()}
+    tables = {layer: np.zeros_like(t) for layer, t in b.family_tables.layers.items()}
     for t in tables.values():
-        t[2, :, 7] = 1.0
+        t[2, :, :, 7] = 1.0
     np.savez(copy / "family_guidance.npz", **tables)
     inpainter = Inpainter.from_bundle(Bundle(copy))
     strong = inpainter.generate(Conditioning(60, 2, timbre=40.0), np.random.default_rng(0))
@@ -142,6 +161,30 @@ def test_family_guidance_leans_sampling_towards_the_tables_codes(tiny_bundle, tm
     other = inpainter.generate(Conditioning(60, 3, timbre=40.0), np.random.default_rng(0))
     plain = inpainter.generate(Conditioning(60, 3, timbre=0.0), np.random.default_rng(0))
     assert (other[0] == plain[0]).all() and (other[1] == plain[1]).all()
+
+
+def test_family_tables_per_pitch_region_are_picked_by_the_notes_pitch(tiny_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle[1], copy)
+    b = Bundle(copy)
+    assert b.family_tables is not None
+    # Two regions, lowest pitches 24 and 60: code 7 favoured for family 2 in the upper one only.
+    tables = {layer: np.zeros((t.shape[0], 2, *t.shape[2:]), np.float16) for layer, t in b.family_tables.layers.items()}
+    for t in tables.values():
+        t[2, 1, :, 7] = 1.0
+    np.savez(copy / "family_guidance.npz", pitch_regions=np.array([24, 60]), **tables)
+    inpainter = Inpainter.from_bundle(Bundle(copy))
+    high = inpainter.generate(Conditioning(72, 2, timbre=40.0), np.random.default_rng(0))
+    assert (high[0] == 7).all() and (high[1] == 7).all()
+    low = inpainter.generate(Conditioning(48, 2, timbre=40.0), np.random.default_rng(0))
+    plain = inpainter.generate(Conditioning(48, 2, timbre=0.0), np.random.default_rng(0))
+    assert (low[0] == plain[0]).all() and (low[1] == plain[1]).all()
+    # The first format, (families, L, n_codes) without regions, still loads as one region.
+    np.savez(copy / "family_guidance.npz", **{layer: t[:, 1] for layer, t in tables.items()})
+    assert Bundle(copy).family_tables.layers["top"].shape == (tables["top"].shape[0], 1, 128, tables["top"].shape[3])
+    np.savez(copy / "family_guidance.npz", pitch_regions=np.array([60, 24]), **tables)
+    with pytest.raises(BundleError, match="pitch_regions must be ascending"):
+        Bundle(copy)
 
 
 def test_a_corrupt_family_table_is_a_clear_bundle_error(tiny_bundle, tmp_path):

@@ -5,8 +5,8 @@ import pytest
 
 from server import codemaps
 from server.bundle import Bundle
-from server.render import encode_audio, render
 from server.sampling import Conditioning, Inpainter, sample_logits
+from server.vqvae_audio import encode_audio, render
 
 
 def test_temperature_zero_is_argmax_and_tiny_top_p_keeps_only_the_best():
@@ -90,16 +90,16 @@ def test_onnx_sampling_matches_torch_eager_token_for_token(tiny_bundle, engine):
     """The whole sampling loop, run by onnxruntime and by torch on the same weights and seed."""
     pytest.importorskip("torch")
     from export import train
-    from export.bench import TorchPriorSampler
+    from export.sampling_speed import TorchPriorSampler
 
     run = tiny_bundle[0]
     config, _ = train.load_run(run)
     priors = {layer: train.load_prior(run, config, layer)[0] for layer in codemaps.LAYERS}
     train.set_code_profiles(run, train.load_vqvae(run, config), list(priors.values()))  # as the export does
-    tables = engine[0].family_bias  # family guidance: the same tables on both sides
+    tables = engine[0].family_tables  # family guidance: the same tables on both sides
     eager = Inpainter(
-        TorchPriorSampler(priors["top"], tables.get("top")),
-        TorchPriorSampler(priors["bottom"], tables.get("bottom")),
+        TorchPriorSampler(priors["top"], "top", tables),
+        TorchPriorSampler(priors["bottom"], "bottom", tables),
         engine[0].manifest.mask_token,
     )
     for seed in range(3):
