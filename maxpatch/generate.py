@@ -170,7 +170,7 @@ NOTE_ID = "10 * $3 + $2"  # of the list "velocity voice pitch", in [expr]'s synt
 VOICE_OF_ID = "($1 >= 240 && $1 < 850) * ($1 % 10)"  # the voice of a note's id (1-8); 0 or 9: not a note
 MAX_ROUTES = (  # what the Max patch listens to, in its [route]'s outlet order
     "/pong", "/status", "/error", "/render/done", "/image/done", "/codemap", "/model/info", "/pitch",
-    "/instrument", "/temperature", "/top_p", "/guidance", "/harmonic", "/level", "/gain", "/velocity/curve",
+    "/instrument", "/temperature", "/top_p", "/guidance", "/harmonic", "/timbre", "/level", "/gain", "/velocity/curve",
     "/release", "/note/cache", "/export/progress", "/export/done",
 )  # fmt: skip
 
@@ -341,9 +341,19 @@ def max_patch() -> MaxPatch:
     pitch_echo = echo("/pitch", 1000, 320)
     p.connect(pitch_echo, 0, pitch_box)
     p.connect(pitch_echo, 0, keys)
-    knobs = ("/temperature", "/top_p", "/guidance", "/harmonic", "/level", "/gain", "/velocity/curve", "/release")
+    knobs = (
+        "/temperature",
+        "/top_p",
+        "/guidance",
+        "/harmonic",
+        "/timbre",
+        "/level",
+        "/gain",
+        "/velocity/curve",
+        "/release",
+    )
     for i, address in enumerate(knobs):
-        row, col = i % 4, i // 4
+        row, col = i % 5, i // 5
         c("comment", 520 + 160 * col, 80 + 30 * row, address[1:], show=(546 + 170 * col, 70 + 30 * row, 100, 22))
         low = -60.0 if address in ("/level", "/gain") else 0.0
         knob = c(
@@ -733,7 +743,7 @@ def pd_patch() -> PdPatch:
     p.chain(p.obj(760, 10, "r inpaint-osc-listen"), p.msg(760, 40, "listen $1"), rx)
     outbound = (
         "pong status error render codemap pitch instrument temperature top_p guidance harmonic level gain "
-        "velocity release note export"
+        "velocity release note export timbre"
     )
     route = p.chain(rx, p.obj(620, 100, "oscparse"), p.obj(620, 125, "list trim"), p.obj(620, 150, "route " + outbound))
     log = p.obj(900, 675, "list trim")  # the console line: status, errors, each loaded render, the note cache
@@ -795,6 +805,7 @@ def pd_patch() -> PdPatch:
         ("top_p", 1, 8),
         ("guidance", 10, 9),
         ("harmonic", 10, 10),
+        ("timbre", 10, 17),
         ("level", 0, 11),
         ("gain", 24, 12),
         ("release", 4, 14),
@@ -806,13 +817,13 @@ def pd_patch() -> PdPatch:
         p.connect(knob, 0, p.send(x, 455 + 25 * (i % 2), "/" + name, 1))  # staggered: the sends are wide
         p.connect(route, outlet, p.msg(x, 405 - 25 * (i % 2), "set $1"))
         p.connect(p.count - 1, 0, knob)
-    p.connect(route, 14, p.obj(940, 405, "s inpaint-osc-release"))  # the voices' fade-out
-    p.text(940, 430, "velocity curve")
-    curve = p.atom(940, 455, 5, 0, 4)
-    p.connect(curve, 0, p.send(940, 480, "/velocity/curve", 1))
-    curve_echo = p.obj(1040, 430, "route curve")  # /velocity/curve arrives as "velocity curve x"
+    p.connect(route, 14, p.obj(1025, 405, "s inpaint-osc-release"))  # the voices' fade-out
+    p.text(1025, 430, "velocity curve")
+    curve = p.atom(1025, 455, 5, 0, 4)
+    p.connect(curve, 0, p.send(1025, 480, "/velocity/curve", 1))
+    curve_echo = p.obj(1125, 430, "route curve")  # /velocity/curve arrives as "velocity curve x"
     p.connect(route, 13, curve_echo)
-    p.chain(curve_echo, p.msg(1040, 455, "set $1"), curve)
+    p.chain(curve_echo, p.msg(1125, 455, "set $1"), curve)
     note_route = p.obj(900, 620, "route cache")
     p.connect(route, 15, note_route)
     p.chain(note_route, p.obj(900, 645, "list prepend cache"), log)

@@ -85,8 +85,9 @@
      "id": "obj-4",
      "maxclass": "newobj",
      "numinlets": 2,
-     "numoutlets": 21,
+     "numoutlets": 22,
      "outlettype": [
+      "",
       "",
       "",
       "",
@@ -115,7 +116,7 @@
       900,
       22
      ],
-     "text": "route /pong /status /error /render/done /image/done /codemap /model/info /pitch /instrument /temperature /top_p /guidance /harmonic /level /gain /velocity/curve /release /note/cache /export/progress /export/done"
+     "text": "route /pong /status /error /render/done /image/done /codemap /model/info /pitch /instrument /temperature /top_p /guidance /harmonic /timbre /level /gain /velocity/curve /release /note/cache /export/progress /export/done"
     }
    },
    {
@@ -1082,16 +1083,16 @@
      "numoutlets": 0,
      "outlettype": [],
      "patching_rect": [
-      680,
-      80,
-      47.0,
+      520,
+      200,
+      54.0,
       22
      ],
-     "text": "level",
+     "text": "timbre",
      "presentation": 1,
      "presentation_rect": [
-      716,
-      70,
+      546,
+      190,
       100,
       22
      ]
@@ -1115,13 +1116,13 @@
      ],
      "presentation": 1,
      "presentation_rect": [
-      820,
-      70,
+      650,
+      190,
       60,
       22
      ],
      "parameter_enable": 0,
-     "minimum": -60.0
+     "minimum": 0.0
     }
    },
    {
@@ -1136,10 +1137,10 @@
      "patching_rect": [
       670,
       500,
-      110.0,
+      117.0,
       22
      ],
-     "text": "prepend /level"
+     "text": "prepend /timbre"
     }
    },
    {
@@ -1169,15 +1170,15 @@
      "outlettype": [],
      "patching_rect": [
       680,
-      110,
-      40.0,
+      80,
+      47.0,
       22
      ],
-     "text": "gain",
+     "text": "level",
      "presentation": 1,
      "presentation_rect": [
       716,
-      100,
+      70,
       100,
       22
      ]
@@ -1202,7 +1203,7 @@
      "presentation": 1,
      "presentation_rect": [
       820,
-      100,
+      70,
       60,
       22
      ],
@@ -1222,10 +1223,10 @@
      "patching_rect": [
       670,
       530,
-      103.0,
+      110.0,
       22
      ],
-     "text": "prepend /gain"
+     "text": "prepend /level"
     }
    },
    {
@@ -1255,15 +1256,15 @@
      "outlettype": [],
      "patching_rect": [
       680,
-      140,
-      110.0,
+      110,
+      40.0,
       22
      ],
-     "text": "velocity/curve",
+     "text": "gain",
      "presentation": 1,
      "presentation_rect": [
       716,
-      130,
+      100,
       100,
       22
      ]
@@ -1288,12 +1289,12 @@
      "presentation": 1,
      "presentation_rect": [
       820,
-      130,
+      100,
       60,
       22
      ],
      "parameter_enable": 0,
-     "minimum": 0.0
+     "minimum": -60.0
     }
    },
    {
@@ -1308,10 +1309,10 @@
      "patching_rect": [
       670,
       560,
-      173.0,
+      103.0,
       22
      ],
-     "text": "prepend /velocity/curve"
+     "text": "prepend /gain"
     }
    },
    {
@@ -1341,15 +1342,15 @@
      "outlettype": [],
      "patching_rect": [
       680,
-      170,
-      61.0,
+      140,
+      110.0,
       22
      ],
-     "text": "release",
+     "text": "velocity/curve",
      "presentation": 1,
      "presentation_rect": [
       716,
-      160,
+      130,
       100,
       22
      ]
@@ -1374,7 +1375,7 @@
      "presentation": 1,
      "presentation_rect": [
       820,
-      160,
+      130,
       60,
       22
      ],
@@ -1394,10 +1395,10 @@
      "patching_rect": [
       670,
       590,
-      124.0,
+      173.0,
       22
      ],
-     "text": "prepend /release"
+     "text": "prepend /velocity/curve"
     }
    },
    {
@@ -1421,6 +1422,92 @@
    {
     "box": {
      "id": "obj-66",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      680,
+      170,
+      61.0,
+      22
+     ],
+     "text": "release",
+     "presentation": 1,
+     "presentation_rect": [
+      716,
+      160,
+      100,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-67",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      "bang"
+     ],
+     "patching_rect": [
+      600,
+      620,
+      60,
+      22
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      820,
+      160,
+      60,
+      22
+     ],
+     "parameter_enable": 0,
+     "minimum": 0.0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-68",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      670,
+      620,
+      124.0,
+      22
+     ],
+     "text": "prepend /release"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-69",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      760,
+      620,
+      89.0,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-70",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1436,7 +1523,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-71",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1461,7 +1548,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-72",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1479,7 +1566,7 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-73",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1504,7 +1591,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-74",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1527,7 +1614,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-75",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1552,7 +1639,7 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-76",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1575,7 +1662,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-77",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1600,7 +1687,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-78",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1623,7 +1710,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-79",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1648,7 +1735,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-80",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1671,7 +1758,7 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-81",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1689,7 +1776,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-82",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 3,
@@ -1709,7 +1796,7 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-83",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1734,7 +1821,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-84",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1757,7 +1844,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-85",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1775,7 +1862,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-86",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1794,7 +1881,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-87",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1820,7 +1907,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-88",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1839,7 +1926,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-89",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1857,7 +1944,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-90",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1875,7 +1962,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-91",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1909,7 +1996,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-92",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1929,7 +2016,7 @@
    },
    {
     "box": {
-     "id": "obj-89",
+     "id": "obj-93",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1947,7 +2034,7 @@
    },
    {
     "box": {
-     "id": "obj-90",
+     "id": "obj-94",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1965,7 +2052,7 @@
    },
    {
     "box": {
-     "id": "obj-91",
+     "id": "obj-95",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1983,7 +2070,7 @@
    },
    {
     "box": {
-     "id": "obj-92",
+     "id": "obj-96",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2002,7 +2089,7 @@
    },
    {
     "box": {
-     "id": "obj-93",
+     "id": "obj-97",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2027,7 +2114,7 @@
    },
    {
     "box": {
-     "id": "obj-94",
+     "id": "obj-98",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2050,7 +2137,7 @@
    },
    {
     "box": {
-     "id": "obj-95",
+     "id": "obj-99",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2068,7 +2155,7 @@
    },
    {
     "box": {
-     "id": "obj-96",
+     "id": "obj-100",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2086,7 +2173,7 @@
    },
    {
     "box": {
-     "id": "obj-97",
+     "id": "obj-101",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2112,7 +2199,7 @@
    },
    {
     "box": {
-     "id": "obj-98",
+     "id": "obj-102",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2131,7 +2218,7 @@
    },
    {
     "box": {
-     "id": "obj-99",
+     "id": "obj-103",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2149,7 +2236,7 @@
    },
    {
     "box": {
-     "id": "obj-100",
+     "id": "obj-104",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2167,7 +2254,7 @@
    },
    {
     "box": {
-     "id": "obj-101",
+     "id": "obj-105",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2201,7 +2288,7 @@
    },
    {
     "box": {
-     "id": "obj-102",
+     "id": "obj-106",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2221,7 +2308,7 @@
    },
    {
     "box": {
-     "id": "obj-103",
+     "id": "obj-107",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2239,7 +2326,7 @@
    },
    {
     "box": {
-     "id": "obj-104",
+     "id": "obj-108",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2257,7 +2344,7 @@
    },
    {
     "box": {
-     "id": "obj-105",
+     "id": "obj-109",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2275,7 +2362,7 @@
    },
    {
     "box": {
-     "id": "obj-106",
+     "id": "obj-110",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2294,7 +2381,7 @@
    },
    {
     "box": {
-     "id": "obj-107",
+     "id": "obj-111",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2319,7 +2406,7 @@
    },
    {
     "box": {
-     "id": "obj-108",
+     "id": "obj-112",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2342,7 +2429,7 @@
    },
    {
     "box": {
-     "id": "obj-109",
+     "id": "obj-113",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2360,7 +2447,7 @@
    },
    {
     "box": {
-     "id": "obj-110",
+     "id": "obj-114",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2378,7 +2465,7 @@
    },
    {
     "box": {
-     "id": "obj-111",
+     "id": "obj-115",
      "maxclass": "umenu",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2410,7 +2497,7 @@
    },
    {
     "box": {
-     "id": "obj-112",
+     "id": "obj-116",
      "maxclass": "newobj",
      "numinlets": 5,
      "numoutlets": 1,
@@ -2428,7 +2515,7 @@
    },
    {
     "box": {
-     "id": "obj-113",
+     "id": "obj-117",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2455,7 +2542,7 @@
    },
    {
     "box": {
-     "id": "obj-114",
+     "id": "obj-118",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2478,7 +2565,7 @@
    },
    {
     "box": {
-     "id": "obj-115",
+     "id": "obj-119",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2505,7 +2592,7 @@
    },
    {
     "box": {
-     "id": "obj-116",
+     "id": "obj-120",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2528,7 +2615,7 @@
    },
    {
     "box": {
-     "id": "obj-117",
+     "id": "obj-121",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2555,7 +2642,7 @@
    },
    {
     "box": {
-     "id": "obj-118",
+     "id": "obj-122",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2578,7 +2665,7 @@
    },
    {
     "box": {
-     "id": "obj-119",
+     "id": "obj-123",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2605,7 +2692,7 @@
    },
    {
     "box": {
-     "id": "obj-120",
+     "id": "obj-124",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2628,7 +2715,7 @@
    },
    {
     "box": {
-     "id": "obj-121",
+     "id": "obj-125",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2653,7 +2740,7 @@
    },
    {
     "box": {
-     "id": "obj-122",
+     "id": "obj-126",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2676,7 +2763,7 @@
    },
    {
     "box": {
-     "id": "obj-123",
+     "id": "obj-127",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2695,7 +2782,7 @@
    },
    {
     "box": {
-     "id": "obj-124",
+     "id": "obj-128",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2713,7 +2800,7 @@
    },
    {
     "box": {
-     "id": "obj-125",
+     "id": "obj-129",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2738,7 +2825,7 @@
    },
    {
     "box": {
-     "id": "obj-126",
+     "id": "obj-130",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2761,7 +2848,7 @@
    },
    {
     "box": {
-     "id": "obj-127",
+     "id": "obj-131",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2780,7 +2867,7 @@
    },
    {
     "box": {
-     "id": "obj-128",
+     "id": "obj-132",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2798,7 +2885,7 @@
    },
    {
     "box": {
-     "id": "obj-129",
+     "id": "obj-133",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2823,7 +2910,7 @@
    },
    {
     "box": {
-     "id": "obj-130",
+     "id": "obj-134",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2846,7 +2933,7 @@
    },
    {
     "box": {
-     "id": "obj-131",
+     "id": "obj-135",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2865,7 +2952,7 @@
    },
    {
     "box": {
-     "id": "obj-132",
+     "id": "obj-136",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2883,7 +2970,7 @@
    },
    {
     "box": {
-     "id": "obj-133",
+     "id": "obj-137",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2903,7 +2990,7 @@
    },
    {
     "box": {
-     "id": "obj-134",
+     "id": "obj-138",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 3,
@@ -2923,7 +3010,7 @@
    },
    {
     "box": {
-     "id": "obj-135",
+     "id": "obj-139",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 1,
@@ -2941,7 +3028,7 @@
    },
    {
     "box": {
-     "id": "obj-136",
+     "id": "obj-140",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2959,7 +3046,7 @@
    },
    {
     "box": {
-     "id": "obj-137",
+     "id": "obj-141",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2978,7 +3065,7 @@
    },
    {
     "box": {
-     "id": "obj-138",
+     "id": "obj-142",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2996,7 +3083,7 @@
    },
    {
     "box": {
-     "id": "obj-139",
+     "id": "obj-143",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3014,7 +3101,7 @@
    },
    {
     "box": {
-     "id": "obj-140",
+     "id": "obj-144",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3033,7 +3120,7 @@
    },
    {
     "box": {
-     "id": "obj-141",
+     "id": "obj-145",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3051,7 +3138,7 @@
    },
    {
     "box": {
-     "id": "obj-142",
+     "id": "obj-146",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3069,7 +3156,7 @@
    },
    {
     "box": {
-     "id": "obj-143",
+     "id": "obj-147",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3088,7 +3175,7 @@
    },
    {
     "box": {
-     "id": "obj-144",
+     "id": "obj-148",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 1,
@@ -3106,7 +3193,7 @@
    },
    {
     "box": {
-     "id": "obj-145",
+     "id": "obj-149",
      "maxclass": "newobj",
      "numinlets": 4,
      "numoutlets": 1,
@@ -3124,7 +3211,7 @@
    },
    {
     "box": {
-     "id": "obj-146",
+     "id": "obj-150",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3143,7 +3230,7 @@
    },
    {
     "box": {
-     "id": "obj-147",
+     "id": "obj-151",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3161,7 +3248,7 @@
    },
    {
     "box": {
-     "id": "obj-148",
+     "id": "obj-152",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3179,7 +3266,7 @@
    },
    {
     "box": {
-     "id": "obj-149",
+     "id": "obj-153",
      "maxclass": "ezdac~",
      "numinlets": 2,
      "numoutlets": 0,
@@ -3202,7 +3289,7 @@
    },
    {
     "box": {
-     "id": "obj-150",
+     "id": "obj-154",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3221,7 +3308,7 @@
    },
    {
     "box": {
-     "id": "obj-151",
+     "id": "obj-155",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3240,7 +3327,7 @@
    },
    {
     "box": {
-     "id": "obj-152",
+     "id": "obj-156",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3259,7 +3346,7 @@
    },
    {
     "box": {
-     "id": "obj-153",
+     "id": "obj-157",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3277,7 +3364,7 @@
    },
    {
     "box": {
-     "id": "obj-154",
+     "id": "obj-158",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 9,
@@ -3303,7 +3390,7 @@
    },
    {
     "box": {
-     "id": "obj-155",
+     "id": "obj-159",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3321,7 +3408,7 @@
    },
    {
     "box": {
-     "id": "obj-156",
+     "id": "obj-160",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3339,7 +3426,7 @@
    },
    {
     "box": {
-     "id": "obj-157",
+     "id": "obj-161",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3357,7 +3444,7 @@
    },
    {
     "box": {
-     "id": "obj-158",
+     "id": "obj-162",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3375,7 +3462,7 @@
    },
    {
     "box": {
-     "id": "obj-159",
+     "id": "obj-163",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3393,7 +3480,7 @@
    },
    {
     "box": {
-     "id": "obj-160",
+     "id": "obj-164",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3411,7 +3498,7 @@
    },
    {
     "box": {
-     "id": "obj-161",
+     "id": "obj-165",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3429,7 +3516,7 @@
    },
    {
     "box": {
-     "id": "obj-162",
+     "id": "obj-166",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3447,7 +3534,7 @@
    },
    {
     "box": {
-     "id": "obj-163",
+     "id": "obj-167",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3466,7 +3553,7 @@
    },
    {
     "box": {
-     "id": "obj-164",
+     "id": "obj-168",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3485,7 +3572,7 @@
    },
    {
     "box": {
-     "id": "obj-165",
+     "id": "obj-169",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3504,7 +3591,7 @@
    },
    {
     "box": {
-     "id": "obj-166",
+     "id": "obj-170",
      "maxclass": "waveform~",
      "numinlets": 5,
      "numoutlets": 6,
@@ -3535,7 +3622,7 @@
    },
    {
     "box": {
-     "id": "obj-167",
+     "id": "obj-171",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 2,
@@ -3554,7 +3641,7 @@
    },
    {
     "box": {
-     "id": "obj-168",
+     "id": "obj-172",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3579,7 +3666,7 @@
    },
    {
     "box": {
-     "id": "obj-169",
+     "id": "obj-173",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3604,7 +3691,7 @@
    },
    {
     "box": {
-     "id": "obj-170",
+     "id": "obj-174",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3622,7 +3709,7 @@
    },
    {
     "box": {
-     "id": "obj-171",
+     "id": "obj-175",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3640,7 +3727,7 @@
    },
    {
     "box": {
-     "id": "obj-172",
+     "id": "obj-176",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -3663,7 +3750,7 @@
    },
    {
     "box": {
-     "id": "obj-173",
+     "id": "obj-177",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3689,7 +3776,7 @@
    },
    {
     "box": {
-     "id": "obj-174",
+     "id": "obj-178",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3708,7 +3795,7 @@
    },
    {
     "box": {
-     "id": "obj-175",
+     "id": "obj-179",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3726,7 +3813,7 @@
    },
    {
     "box": {
-     "id": "obj-176",
+     "id": "obj-180",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -3749,7 +3836,7 @@
    },
    {
     "box": {
-     "id": "obj-177",
+     "id": "obj-181",
      "maxclass": "textedit",
      "numinlets": 1,
      "numoutlets": 4,
@@ -3777,7 +3864,7 @@
    },
    {
     "box": {
-     "id": "obj-178",
+     "id": "obj-182",
      "maxclass": "button",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3802,7 +3889,7 @@
    },
    {
     "box": {
-     "id": "obj-179",
+     "id": "obj-183",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3821,7 +3908,7 @@
    },
    {
     "box": {
-     "id": "obj-180",
+     "id": "obj-184",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3839,7 +3926,7 @@
    },
    {
     "box": {
-     "id": "obj-181",
+     "id": "obj-185",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -3862,7 +3949,7 @@
    },
    {
     "box": {
-     "id": "obj-182",
+     "id": "obj-186",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3887,7 +3974,7 @@
    },
    {
     "box": {
-     "id": "obj-183",
+     "id": "obj-187",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3905,7 +3992,7 @@
    },
    {
     "box": {
-     "id": "obj-184",
+     "id": "obj-188",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3930,7 +4017,7 @@
    },
    {
     "box": {
-     "id": "obj-185",
+     "id": "obj-189",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3948,7 +4035,7 @@
    },
    {
     "box": {
-     "id": "obj-186",
+     "id": "obj-190",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3967,7 +4054,7 @@
    },
    {
     "box": {
-     "id": "obj-187",
+     "id": "obj-191",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3985,7 +4072,7 @@
    },
    {
     "box": {
-     "id": "obj-188",
+     "id": "obj-192",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -4003,7 +4090,7 @@
    },
    {
     "box": {
-     "id": "obj-189",
+     "id": "obj-193",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -4023,7 +4110,7 @@
    },
    {
     "box": {
-     "id": "obj-190",
+     "id": "obj-194",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4041,7 +4128,7 @@
    },
    {
     "box": {
-     "id": "obj-191",
+     "id": "obj-195",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4059,7 +4146,7 @@
    },
    {
     "box": {
-     "id": "obj-192",
+     "id": "obj-196",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -4077,7 +4164,7 @@
    },
    {
     "box": {
-     "id": "obj-193",
+     "id": "obj-197",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -4931,11 +5018,23 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      16
+      "obj-67",
+      0
      ],
      "destination": [
-      "obj-66",
+      "obj-68",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-68",
+      0
+     ],
+     "destination": [
+      "obj-2",
       0
      ]
     }
@@ -4947,19 +5046,7 @@
       17
      ],
      "destination": [
-      "obj-68",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-68",
-      0
-     ],
-     "destination": [
-      "obj-67",
+      "obj-69",
       0
      ]
     }
@@ -4971,7 +5058,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-67",
       0
      ]
     }
@@ -4979,11 +5066,35 @@
    {
     "patchline": {
      "source": [
-      "obj-71",
+      "obj-4",
+      17
+     ],
+     "destination": [
+      "obj-70",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      18
+     ],
+     "destination": [
+      "obj-72",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-72",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-71",
       0
      ]
     }
@@ -5015,34 +5126,34 @@
    {
     "patchline": {
      "source": [
+      "obj-77",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-79",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-4",
       4
      ],
      "destination": [
-      "obj-78",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-79",
-      0
-     ],
-     "destination": [
-      "obj-81",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-79",
-      0
-     ],
-     "destination": [
       "obj-82",
       0
      ]
@@ -5051,43 +5162,19 @@
    {
     "patchline": {
      "source": [
-      "obj-78",
-      0
-     ],
-     "destination": [
-      "obj-84",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-84",
-      0
-     ],
-     "destination": [
-      "obj-85",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-85",
-      0
-     ],
-     "destination": [
       "obj-83",
       0
+     ],
+     "destination": [
+      "obj-85",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-81",
+      "obj-83",
       0
      ],
      "destination": [
@@ -5103,7 +5190,43 @@
       0
      ],
      "destination": [
-      "obj-86",
+      "obj-88",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-88",
+      0
+     ],
+     "destination": [
+      "obj-89",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-89",
+      0
+     ],
+     "destination": [
+      "obj-87",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-85",
+      0
+     ],
+     "destination": [
+      "obj-90",
       0
      ]
     }
@@ -5112,6 +5235,18 @@
     "patchline": {
      "source": [
       "obj-86",
+      0
+     ],
+     "destination": [
+      "obj-90",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-90",
       0
      ],
      "destination": [
@@ -5123,71 +5258,23 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
-      0
-     ],
-     "destination": [
-      "obj-88",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-88",
-      1
-     ],
-     "destination": [
-      "obj-89",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-89",
-      0
-     ],
-     "destination": [
-      "obj-90",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-88",
-      0
-     ],
-     "destination": [
       "obj-91",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-91",
-      0
-     ],
-     "destination": [
-      "obj-90",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-90",
       0
      ],
      "destination": [
       "obj-92",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-92",
+      1
+     ],
+     "destination": [
+      "obj-93",
       0
      ]
     }
@@ -5199,8 +5286,8 @@
       0
      ],
      "destination": [
-      "obj-92",
-      0
+      "obj-94",
+      1
      ]
     }
    },
@@ -5223,7 +5310,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-94",
       0
      ]
     }
@@ -5231,7 +5318,7 @@
    {
     "patchline": {
      "source": [
-      "obj-93",
+      "obj-94",
       0
      ],
      "destination": [
@@ -5243,59 +5330,59 @@
    {
     "patchline": {
      "source": [
-      "obj-96",
-      0
-     ],
-     "destination": [
-      "obj-87",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-78",
-      1
-     ],
-     "destination": [
-      "obj-98",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-98",
-      0
-     ],
-     "destination": [
-      "obj-99",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-99",
-      0
-     ],
-     "destination": [
       "obj-97",
       0
+     ],
+     "destination": [
+      "obj-96",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-81",
+      "obj-96",
+      0
+     ],
+     "destination": [
+      "obj-99",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-99",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-97",
       0
      ],
      "destination": [
       "obj-100",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-100",
+      0
+     ],
+     "destination": [
+      "obj-91",
       0
      ]
     }
@@ -5304,10 +5391,10 @@
     "patchline": {
      "source": [
       "obj-82",
-      0
+      1
      ],
      "destination": [
-      "obj-100",
+      "obj-102",
       0
      ]
     }
@@ -5315,7 +5402,55 @@
    {
     "patchline": {
      "source": [
-      "obj-100",
+      "obj-102",
+      0
+     ],
+     "destination": [
+      "obj-103",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-103",
+      0
+     ],
+     "destination": [
+      "obj-101",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-85",
+      0
+     ],
+     "destination": [
+      "obj-104",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-86",
+      0
+     ],
+     "destination": [
+      "obj-104",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-104",
       0
      ],
      "destination": [
@@ -5327,71 +5462,23 @@
    {
     "patchline": {
      "source": [
-      "obj-101",
-      0
-     ],
-     "destination": [
-      "obj-102",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-102",
-      1
-     ],
-     "destination": [
-      "obj-103",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-103",
-      0
-     ],
-     "destination": [
-      "obj-104",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-102",
-      0
-     ],
-     "destination": [
       "obj-105",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-105",
-      0
-     ],
-     "destination": [
-      "obj-104",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-104",
       0
      ],
      "destination": [
       "obj-106",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-106",
+      1
+     ],
+     "destination": [
+      "obj-107",
       0
      ]
     }
@@ -5403,8 +5490,8 @@
       0
      ],
      "destination": [
-      "obj-106",
-      0
+      "obj-108",
+      1
      ]
     }
    },
@@ -5427,7 +5514,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-108",
       0
      ]
     }
@@ -5435,23 +5522,11 @@
    {
     "patchline": {
      "source": [
-      "obj-107",
+      "obj-108",
       0
      ],
      "destination": [
       "obj-110",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-110",
-      0
-     ],
-     "destination": [
-      "obj-101",
       0
      ]
     }
@@ -5460,10 +5535,22 @@
     "patchline": {
      "source": [
       "obj-111",
-      1
+      0
      ],
      "destination": [
-      "obj-112",
+      "obj-110",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-110",
+      0
+     ],
+     "destination": [
+      "obj-113",
       0
      ]
     }
@@ -5475,8 +5562,32 @@
       0
      ],
      "destination": [
-      "obj-112",
-      1
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-111",
+      0
+     ],
+     "destination": [
+      "obj-114",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-114",
+      0
+     ],
+     "destination": [
+      "obj-105",
+      0
      ]
     }
    },
@@ -5484,11 +5595,11 @@
     "patchline": {
      "source": [
       "obj-115",
-      0
+      1
      ],
      "destination": [
-      "obj-112",
-      2
+      "obj-116",
+      0
      ]
     }
    },
@@ -5499,8 +5610,8 @@
       0
      ],
      "destination": [
-      "obj-112",
-      3
+      "obj-116",
+      1
      ]
     }
    },
@@ -5511,7 +5622,31 @@
       0
      ],
      "destination": [
-      "obj-112",
+      "obj-116",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-121",
+      0
+     ],
+     "destination": [
+      "obj-116",
+      3
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-123",
+      0
+     ],
+     "destination": [
+      "obj-116",
       4
      ]
     }
@@ -5523,7 +5658,7 @@
       0
      ],
      "destination": [
-      "obj-112",
+      "obj-116",
       0
      ]
     }
@@ -5531,55 +5666,7 @@
    {
     "patchline": {
      "source": [
-      "obj-112",
-      0
-     ],
-     "destination": [
-      "obj-123",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-121",
-      0
-     ],
-     "destination": [
-      "obj-123",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-123",
-      0
-     ],
-     "destination": [
-      "obj-124",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-124",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-112",
+      "obj-116",
       0
      ],
      "destination": [
@@ -5627,7 +5714,7 @@
    {
     "patchline": {
      "source": [
-      "obj-112",
+      "obj-116",
       0
      ],
      "destination": [
@@ -5675,60 +5762,24 @@
    {
     "patchline": {
      "source": [
+      "obj-116",
+      0
+     ],
+     "destination": [
+      "obj-135",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-133",
       0
      ],
      "destination": [
-      "obj-134",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-133",
-      1
-     ],
-     "destination": [
-      "obj-134",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-134",
-      0
-     ],
-     "destination": [
       "obj-135",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-134",
-      1
-     ],
-     "destination": [
-      "obj-135",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-134",
-      2
-     ],
-     "destination": [
-      "obj-135",
-      2
      ]
     }
    },
@@ -5748,18 +5799,6 @@
     "patchline": {
      "source": [
       "obj-136",
-      0
-     ],
-     "destination": [
-      "obj-137",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-139",
       0
      ],
      "destination": [
@@ -5775,54 +5814,6 @@
       0
      ],
      "destination": [
-      "obj-140",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-140",
-      1
-     ],
-     "destination": [
-      "obj-141",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-141",
-      0
-     ],
-     "destination": [
-      "obj-139",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-140",
-      0
-     ],
-     "destination": [
-      "obj-142",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-142",
-      0
-     ],
-     "destination": [
       "obj-138",
       0
      ]
@@ -5835,99 +5826,15 @@
       1
      ],
      "destination": [
-      "obj-143",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-143",
-      1
-     ],
-     "destination": [
-      "obj-144",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-144",
-      0
-     ],
-     "destination": [
-      "obj-145",
-      3
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-143",
-      0
-     ],
-     "destination": [
-      "obj-145",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-145",
-      0
-     ],
-     "destination": [
-      "obj-146",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-146",
-      1
-     ],
-     "destination": [
-      "obj-147",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-147",
-      0
-     ],
-     "destination": [
       "obj-138",
-      0
+      1
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-146",
-      0
-     ],
-     "destination": [
-      "obj-148",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-148",
+      "obj-138",
       0
      ],
      "destination": [
@@ -5940,11 +5847,11 @@
     "patchline": {
      "source": [
       "obj-138",
-      0
+      1
      ],
      "destination": [
-      "obj-149",
-      0
+      "obj-139",
+      1
      ]
     }
    },
@@ -5952,11 +5859,167 @@
     "patchline": {
      "source": [
       "obj-138",
+      2
+     ],
+     "destination": [
+      "obj-139",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-139",
+      0
+     ],
+     "destination": [
+      "obj-140",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-140",
+      0
+     ],
+     "destination": [
+      "obj-141",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-143",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-141",
+      0
+     ],
+     "destination": [
+      "obj-144",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-144",
+      1
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-145",
+      0
+     ],
+     "destination": [
+      "obj-143",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-144",
+      0
+     ],
+     "destination": [
+      "obj-146",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-146",
+      0
+     ],
+     "destination": [
+      "obj-142",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-141",
+      1
+     ],
+     "destination": [
+      "obj-147",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      1
+     ],
+     "destination": [
+      "obj-148",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-148",
       0
      ],
      "destination": [
       "obj-149",
-      1
+      3
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-147",
+      0
+     ],
+     "destination": [
+      "obj-149",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-149",
+      0
+     ],
+     "destination": [
+      "obj-150",
+      0
      ]
     }
    },
@@ -5968,7 +6031,19 @@
      ],
      "destination": [
       "obj-151",
-      1
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-151",
+      0
+     ],
+     "destination": [
+      "obj-142",
+      0
      ]
     }
    },
@@ -5991,6 +6066,18 @@
       0
      ],
      "destination": [
+      "obj-143",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-142",
+      0
+     ],
+     "destination": [
       "obj-153",
       0
      ]
@@ -5999,11 +6086,59 @@
    {
     "patchline": {
      "source": [
-      "obj-153",
+      "obj-142",
       0
      ],
      "destination": [
-      "obj-151",
+      "obj-153",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-154",
+      1
+     ],
+     "destination": [
+      "obj-155",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-154",
+      0
+     ],
+     "destination": [
+      "obj-156",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-156",
+      0
+     ],
+     "destination": [
+      "obj-157",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-157",
+      0
+     ],
+     "destination": [
+      "obj-155",
       0
      ]
     }
@@ -6015,31 +6150,7 @@
       3
      ],
      "destination": [
-      "obj-150",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-151",
-      0
-     ],
-     "destination": [
       "obj-154",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-154",
-      0
-     ],
-     "destination": [
-      "obj-155",
       0
      ]
     }
@@ -6051,7 +6162,7 @@
       0
      ],
      "destination": [
-      "obj-138",
+      "obj-158",
       0
      ]
     }
@@ -6059,11 +6170,35 @@
    {
     "patchline": {
      "source": [
-      "obj-154",
+      "obj-158",
+      0
+     ],
+     "destination": [
+      "obj-159",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-159",
+      0
+     ],
+     "destination": [
+      "obj-142",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-158",
       1
      ],
      "destination": [
-      "obj-156",
+      "obj-160",
       0
      ]
     }
@@ -6071,11 +6206,11 @@
    {
     "patchline": {
      "source": [
-      "obj-156",
+      "obj-160",
       0
      ],
      "destination": [
-      "obj-138",
+      "obj-142",
       0
      ]
     }
@@ -6083,11 +6218,11 @@
    {
     "patchline": {
      "source": [
-      "obj-154",
+      "obj-158",
       2
      ],
      "destination": [
-      "obj-157",
+      "obj-161",
       0
      ]
     }
@@ -6095,11 +6230,11 @@
    {
     "patchline": {
      "source": [
-      "obj-157",
+      "obj-161",
       0
      ],
      "destination": [
-      "obj-138",
+      "obj-142",
       0
      ]
     }
@@ -6107,11 +6242,11 @@
    {
     "patchline": {
      "source": [
-      "obj-154",
+      "obj-158",
       3
      ],
      "destination": [
-      "obj-158",
+      "obj-162",
       0
      ]
     }
@@ -6119,11 +6254,11 @@
    {
     "patchline": {
      "source": [
-      "obj-158",
+      "obj-162",
       0
      ],
      "destination": [
-      "obj-138",
+      "obj-142",
       0
      ]
     }
@@ -6131,11 +6266,11 @@
    {
     "patchline": {
      "source": [
-      "obj-154",
+      "obj-158",
       4
      ],
      "destination": [
-      "obj-159",
+      "obj-163",
       0
      ]
     }
@@ -6143,11 +6278,11 @@
    {
     "patchline": {
      "source": [
-      "obj-159",
+      "obj-163",
       0
      ],
      "destination": [
-      "obj-138",
+      "obj-142",
       0
      ]
     }
@@ -6155,11 +6290,11 @@
    {
     "patchline": {
      "source": [
-      "obj-154",
+      "obj-158",
       5
      ],
      "destination": [
-      "obj-160",
+      "obj-164",
       0
      ]
     }
@@ -6167,11 +6302,11 @@
    {
     "patchline": {
      "source": [
-      "obj-160",
+      "obj-164",
       0
      ],
      "destination": [
-      "obj-138",
+      "obj-142",
       0
      ]
     }
@@ -6179,11 +6314,11 @@
    {
     "patchline": {
      "source": [
-      "obj-154",
+      "obj-158",
       6
      ],
      "destination": [
-      "obj-161",
+      "obj-165",
       0
      ]
     }
@@ -6191,11 +6326,11 @@
    {
     "patchline": {
      "source": [
-      "obj-161",
+      "obj-165",
       0
      ],
      "destination": [
-      "obj-138",
+      "obj-142",
       0
      ]
     }
@@ -6203,11 +6338,11 @@
    {
     "patchline": {
      "source": [
-      "obj-154",
+      "obj-158",
       7
      ],
      "destination": [
-      "obj-162",
+      "obj-166",
       0
      ]
     }
@@ -6215,11 +6350,11 @@
    {
     "patchline": {
      "source": [
-      "obj-162",
+      "obj-166",
       0
      ],
      "destination": [
-      "obj-138",
+      "obj-142",
       0
      ]
     }
@@ -6227,11 +6362,11 @@
    {
     "patchline": {
      "source": [
-      "obj-154",
+      "obj-158",
       8
      ],
      "destination": [
-      "obj-163",
+      "obj-167",
       0
      ]
     }
@@ -6239,47 +6374,11 @@
    {
     "patchline": {
      "source": [
-      "obj-163",
+      "obj-167",
       1
      ],
      "destination": [
-      "obj-164",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-164",
-      0
-     ],
-     "destination": [
-      "obj-77",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-154",
-      8
-     ],
-     "destination": [
-      "obj-81",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-77",
-      0
-     ],
-     "destination": [
-      "obj-165",
+      "obj-168",
       0
      ]
     }
@@ -6291,7 +6390,7 @@
       0
      ],
      "destination": [
-      "obj-167",
+      "obj-81",
       0
      ]
     }
@@ -6299,60 +6398,36 @@
    {
     "patchline": {
      "source": [
+      "obj-158",
+      8
+     ],
+     "destination": [
+      "obj-85",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-81",
+      0
+     ],
+     "destination": [
       "obj-169",
       0
-     ],
-     "destination": [
-      "obj-170",
-      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-170",
+      "obj-172",
       0
      ],
      "destination": [
-      "obj-167",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-171",
       0
-     ],
-     "destination": [
-      "obj-167",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-167",
-      0
-     ],
-     "destination": [
-      "obj-149",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-167",
-      0
-     ],
-     "destination": [
-      "obj-149",
-      1
      ]
     }
    },
@@ -6375,7 +6450,7 @@
       0
      ],
      "destination": [
-      "obj-175",
+      "obj-171",
       0
      ]
     }
@@ -6387,7 +6462,43 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-171",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-171",
+      0
+     ],
+     "destination": [
+      "obj-153",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-171",
+      0
+     ],
+     "destination": [
+      "obj-153",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-177",
+      0
+     ],
+     "destination": [
+      "obj-178",
       0
      ]
     }
@@ -6399,18 +6510,6 @@
       0
      ],
      "destination": [
-      "obj-177",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-177",
-      0
-     ],
-     "destination": [
       "obj-179",
       0
      ]
@@ -6420,18 +6519,6 @@
     "patchline": {
      "source": [
       "obj-179",
-      0
-     ],
-     "destination": [
-      "obj-180",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-180",
       0
      ],
      "destination": [
@@ -6443,35 +6530,11 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      18
-     ],
-     "destination": [
-      "obj-183",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-183",
-      0
-     ],
-     "destination": [
       "obj-182",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-4",
-      19
      ],
      "destination": [
-      "obj-185",
+      "obj-181",
       0
      ]
     }
@@ -6479,7 +6542,19 @@
    {
     "patchline": {
      "source": [
-      "obj-185",
+      "obj-181",
+      0
+     ],
+     "destination": [
+      "obj-183",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-183",
       0
      ],
      "destination": [
@@ -6491,31 +6566,7 @@
    {
     "patchline": {
      "source": [
-      "obj-186",
-      0
-     ],
-     "destination": [
-      "obj-187",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-187",
-      0
-     ],
-     "destination": [
-      "obj-188",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-188",
+      "obj-184",
       0
      ],
      "destination": [
@@ -6527,12 +6578,36 @@
    {
     "patchline": {
      "source": [
-      "obj-189",
-      1
+      "obj-4",
+      19
      ],
      "destination": [
-      "obj-190",
-      1
+      "obj-187",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-187",
+      0
+     ],
+     "destination": [
+      "obj-186",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      20
+     ],
+     "destination": [
+      "obj-189",
+      0
      ]
     }
    },
@@ -6543,7 +6618,7 @@
       0
      ],
      "destination": [
-      "obj-190",
+      "obj-188",
       0
      ]
     }
@@ -6576,6 +6651,66 @@
     "patchline": {
      "source": [
       "obj-192",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-193",
+      1
+     ],
+     "destination": [
+      "obj-194",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-193",
+      0
+     ],
+     "destination": [
+      "obj-194",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-194",
+      0
+     ],
+     "destination": [
+      "obj-195",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-195",
+      0
+     ],
+     "destination": [
+      "obj-196",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-196",
       0
      ],
      "destination": [
