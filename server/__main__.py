@@ -202,6 +202,12 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
     if args.fill:
         return run_fill_bench(args.bundle, threads=args.threads)
+    if args.before is not None:
+        from server.tools.before_after import before_after_markdown, run_before_after
+
+        result = run_before_after(args.before, args.before_bundle, args.bundle, args.repeats, args.threads)
+        print(before_after_markdown(result), flush=True)
+        return result
     return run_bench(args.bundle, repeats=args.repeats, threads=args.threads, provider=args.provider)
 
 
@@ -315,6 +321,12 @@ def parser() -> argparse.ArgumentParser:
     bp.add_argument("--threads", type=int, default=2, help="the server's onnxruntime threads")
     bp.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "coreml"], help="the server's provider")
     bp.add_argument("--fill", action="store_true", help="only edits with the note cache's fill running vs off")
+    bp.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout of this project: its server and this one side by side, asked in turn (ratios)",
+    )
+    bp.add_argument("--before-bundle", type=Path, help="the before side's bundle (default: its own default_bundle)")
     st = sub.add_parser(
         "stress", help="the reliability suite: fuzz, flood, crash recovery, bad files (JSON)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -49,8 +49,18 @@ class ServerProcess:
     sounds it may read (`--read-dir`) and its log under `folder`, on free ports; `extra` arguments go to serve
     (e.g. `--no-fill`). Started at once; answers `/ping` when this returns."""
 
-    def __init__(self, bundle: Path | None, folder: Path, *extra: str, threads: int = 2, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        bundle: Path | None,
+        folder: Path,
+        *extra: str,
+        threads: int = 2,
+        quiet: bool = False,
+        code: Path = PACKAGE_ROOT,
+    ) -> None:
+        folder = Path(folder).resolve()  # the server runs in `code`: every path it is given is absolute
         self.bundle, self.folder, self.extra, self.threads, self.quiet = bundle, folder, extra, threads, quiet
+        self.code = code  # the checkout whose `server` runs: another one for a before/after benchmark
         folder.mkdir(parents=True, exist_ok=True)
         self.out, self.read_dir = folder / "out", folder / "sounds"
         self.read_dir.mkdir(exist_ok=True)
@@ -62,20 +72,25 @@ class ServerProcess:
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen:
-        args = ["serve", *(["--bundle", str(self.bundle)] if self.bundle is not None else [])]
+        args = ["serve", *(["--bundle", str(Path(self.bundle).resolve())] if self.bundle is not None else [])]
         args += ["--port", str(self.port), "--reply-port", str(self.reply_port), "--out", str(self.out)]
         args += ["--read-dir", str(self.read_dir), "--session", str(self.session), "--threads", str(self.threads)]
         args += ["--quiet"] * self.quiet + list(self.extra)
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(self.code), os.environ.get("PYTHONPATH")])),
         }
         if self._log is not None:
             self._log.close()  # a restart after a kill
         # A file, not a pipe: nobody reads a pipe during a fuzz, and a full one would block the server's logging.
         self._log = open(self.log, "a")  # noqa: SIM115 (closed in stop)
         proc = subprocess.Popen(
-            [sys.executable, "-c", BLOCKED_TORCH, *args], stdout=self._log, stderr=self._log, env=env, text=True
+            [sys.executable, "-c", BLOCKED_TORCH, *args],
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
+            text=True,
+            cwd=self.code,  # `python -c` looks in its working folder first
         )
         wait_for_pong(proc, self.port, log=self.log).close()
         return proc
