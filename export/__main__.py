@@ -10,6 +10,7 @@
   inpaint-train reguide BUNDLE --data DATA --out NEW       re-measure a bundle's harmonic guidance (no training)
   inpaint-train ablate-guidance BUNDLE --data DATA --out DIR   guidance recipes, by pitch and family side by side
   inpaint-train ablate-vqvae RUN --out DIR                 VQ-VAE losses on the same minutes, by what it gives back
+  inpaint-train finetune-decoder BUNDLE --data DATA --out DIR --minutes M   train a bundle's decoder on (codes kept)
   inpaint-train bench [--server [--markdown docs/benchmarks.md]]   onnxruntime vs torch eager; --server: over OSC
 
 Every training stage resumes from its checkpoint. For several GPUs or nodes, start a stage with torchrun:
@@ -208,6 +209,12 @@ def cmd_ablate_vqvae(args) -> dict:
     return ablate_vqvae(args.run, args.out, args.variants.split(","), args.minutes, args.set, args.notes)
 
 
+def cmd_finetune_decoder(args) -> dict:
+    from export.decoder_finetune import finetune_decoder
+
+    return finetune_decoder(args.bundle, args.data, args.run, args.minutes, args.set, args.notes, args.device)
+
+
 def cmd_bench(args) -> dict:
     from export.sampling_speed import run_bench
 
@@ -370,6 +377,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", type=int, default=150, help="validation notes reconstructed (default %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="e.g. train.lr=1e-4")
 
+    p = sub.add_parser("finetune-decoder", help="a bundle's VQ-VAE decoder trained on, encoder and codebooks frozen")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="the dataset it was trained on (its training split)")
+    p.add_argument(
+        "--out", dest="run", metavar="DIR", type=Path, required=True, help="run folder (a rerun resumes); DIR/bundle"
+    )
+    p.add_argument("--minutes", type=float, required=True, help="training time of this session")
+    p.add_argument(
+        "--notes", type=int, default=100, help="validation notes measured before and after (%(default)s; 0: none)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="train.* or vqvae.audible_weight"
+    )
+    p.add_argument("--device", **device)
+
     p = sub.add_parser("bench", help="prior decoding step: onnxruntime vs torch eager, and full sampling time")
     p.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both runtimes (default %(default)s)")
@@ -392,6 +414,7 @@ COMMANDS = {
     "reguide": cmd_reguide,
     "ablate-guidance": cmd_ablate_guidance,
     "ablate-vqvae": cmd_ablate_vqvae,
+    "finetune-decoder": cmd_finetune_decoder,
     "fork": cmd_fork,
     "bench": cmd_bench,
 }
@@ -404,7 +427,7 @@ def _log_command(args, argv: list[str] | None) -> None:
     run = getattr(args, "run", None)
     if run is None or args.command == "ablate" or not is_main_process():
         return
-    if not (run.is_dir() or args.command in ("vqvae", "pipeline", "fork")):
+    if not (run.is_dir() or args.command in ("vqvae", "pipeline", "fork", "finetune-decoder")):
         return
     run.mkdir(parents=True, exist_ok=True)
     line = {

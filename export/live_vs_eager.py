@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from export import config as cfg
 from export import train
+from export.onnx_export import code_gap, example_inputs
 from export.prior import Prior
 from export.sampling_speed import TorchPriorSampler
 from export.spectrogram_torch import MelIF
@@ -50,9 +51,10 @@ def _module_path(scope: str) -> str:
     return ".".join(kept)
 
 
-def torch_models_from_bundle(bundle_dir: Path) -> tuple[cfg.RunConfig, VQVAE2, dict[str, Prior]]:
+def torch_models_from_bundle(bundle_dir: Path, priors: bool = True) -> tuple[cfg.RunConfig, VQVAE2, dict[str, Prior]]:
     """The torch models of a bundle, weights read back from its ONNX graphs (the export keeps parameter names):
-    the baseline runs exactly the weights the server runs, with no run folder needed."""
+    the baseline runs exactly the weights the server runs, with no run folder needed. Without `priors`, the
+    VQ-VAE alone (the priors' dict is empty; building them takes seconds)."""
     import onnx
     from onnx import numpy_helper
 
@@ -61,13 +63,16 @@ def torch_models_from_bundle(bundle_dir: Path) -> tuple[cfg.RunConfig, VQVAE2, d
 
     manifest = read_manifest(bundle_dir)
     config = cfg.from_dict(cfg.RunConfig, manifest.raw["config"])
+    built = {layer: train.build_prior(config, layer) for layer in (("top", "bottom") if priors else ())}
     models: dict[str, torch.nn.Module] = {
         "vqvae": VQVAE2(config.vqvae, config.spectrogram, Normalizer.from_dict(manifest.raw["normalizer"])),
-        **{f"{layer}_prior": train.build_prior(config, layer) for layer in ("top", "bottom")},
+        **{f"{layer}_prior": prior for layer, prior in built.items()},
     }
     found: dict[str, dict[str, torch.Tensor]] = {name: {} for name in models}
     for graph in GRAPHS:
         owner = "vqvae" if graph.startswith("vqvae") else graph.rsplit("_", 1)[0]
+        if owner not in models:
+            continue
         prefix = "vqvae." if owner == "vqvae" else "prior."
         proto = onnx.load(str(bundle_dir / manifest.graphs[graph]))
         arrays = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
@@ -94,11 +99,14 @@ def torch_models_from_bundle(bundle_dir: Path) -> tuple[cfg.RunConfig, VQVAE2, d
             raise ValueError(f"{bundle_dir}: {name} weights not found in its graphs: {', '.join(missing[:5])}")
         model.load_state_dict({k: found[name].get(k, v).to(v.dtype) for k, v in expected.items()})
         model.eval()
-    return config, models["vqvae"], {layer: models[f"{layer}_prior"] for layer in ("top", "bottom")}  # type: ignore[return-value]
+    return config, models["vqvae"], built  # type: ignore[return-value]
 
 
 def check_parity(bundle: Bundle, vqvae: VQVAE2, priors: dict[str, Prior]) -> float:
-    """Largest difference between torch and onnxruntime on one decode and one prior step per layer."""
+    """Largest difference between torch and onnxruntime on one encode (the codes' excess distance over the
+    nearest, `export.onnx_export.code_gap`), one decode and one prior step per layer of `priors`."""
+    spectrogram = example_inputs("vqvae_encoder", vqvae, priors, batch=1)["spectrogram"]
+    worst = code_gap(vqvae, spectrogram, bundle.run("vqvae_encoder", spectrogram=spectrogram.numpy()))
     rng = np.random.default_rng(0)
     top = rng.integers(0, bundle.manifest.n_codes, codemaps.TOP_SHAPE)
     bottom = rng.integers(0, bundle.manifest.n_codes, codemaps.BOTTOM_SHAPE)
@@ -108,7 +116,8 @@ def check_parity(bundle: Bundle, vqvae: VQVAE2, priors: dict[str, Prior]) -> flo
     # The IF is zeroed below the phase threshold: where the log-mel sits on it (float32's last bit), the two
     # runtimes may gate differently. Those cells are a threshold decision, not a weight difference.
     on_threshold = np.abs(theirs[:, 0] - vqvae.spec.phase_threshold) < 1e-4
-    worst = float(max(np.abs(ours[:, 0] - theirs[:, 0]).max(), np.abs(ours[:, 1] - theirs[:, 1])[~on_threshold].max()))
+    decoded = max(np.abs(ours[:, 0] - theirs[:, 0]).max(), np.abs(ours[:, 1] - theirs[:, 1])[~on_threshold].max())
+    worst = max(worst, float(decoded))
     src = codemaps.to_sequence(top, "top")
     tokens = np.concatenate([[bundle.manifest.start_token], src[:9]])
     for layer, prior in priors.items():

@@ -39,15 +39,17 @@ class JudgeData:
 
 
 def _features(notes: list[Note], cache: Path, audio_of) -> np.ndarray:
-    """(N, D) features of `audio_of(note)` for each note, kept in `cache` (.npz) for the same notes."""
-    names = np.array([note.note_str for note in notes])
+    """(N, D) features of `audio_of(note)` for each note, kept in `cache` (.npz) by note name: a note already
+    there (from this draw or a larger one) is not measured again, and the cache keeps every note it held."""
+    known: dict[str, np.ndarray] = {}
     if cache.is_file():
         z = np.load(cache)
-        if z["names"].shape == names.shape and (z["names"] == names).all():
-            return z["features"]
-    features = np.stack([timbre_features(audio_of(note), note.pitch) for note in notes])
-    np.savez(cache, names=names, features=features)
-    return features
+        known = dict(zip(z["names"].tolist(), z["features"], strict=True))
+    missing = [note for note in notes if note.note_str not in known]
+    if missing:
+        known.update({note.note_str: timbre_features(audio_of(note), note.pitch) for note in missing})
+        np.savez(cache, names=np.array(list(known)), features=np.stack(list(known.values())))
+    return np.stack([known[note.note_str] for note in notes])
 
 
 def _vqvae_id(bundle: Bundle) -> str:

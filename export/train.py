@@ -310,24 +310,31 @@ def fit_normalizer(audio: torch.Tensor, config: RunConfig) -> Normalizer:
 
 
 @torch.no_grad()
-def evaluate_vqvae(model: VQVAE2, notes, config: RunConfig, device, max_notes: int = 64) -> dict:
-    """Validation MSE (normalised) and codebook usage on up to `max_notes` held-out notes."""
+def evaluate_vqvae(
+    model: VQVAE2, notes: list[Note], config: RunConfig, device: torch.device, max_notes: int = 64, split: str = "valid"
+) -> dict:
+    """MSE (normalised), the reconstruction loss (`VQVAE2.reconstruction_error`) and codebook usage on up to
+    `max_notes` notes (held-out ones: `split` names them in the keys), in eval mode (no codebook update); the
+    model is left in the mode it came in."""
+    was_training = model.training
     model.eval()
     melif = MelIF(config.spectrogram).to(device)
-    mse, used_t, used_b, n = 0.0, set(), set(), 0
+    mse, reconstruction, used_t, used_b, n = 0.0, 0.0, set(), set(), 0
     for audio, _, _ in DataLoader(NoteAudio(notes[:max_notes], config.spectrogram), batch_size=8):
         out = model(melif(audio.to(device)))
         mse += out["mse"].item() * audio.shape[0]
+        reconstruction += out["reconstruction"].item() * audio.shape[0]
         used_t.update(out["codes_top"].unique().tolist())
         used_b.update(out["codes_bottom"].unique().tolist())
         n += audio.shape[0]
-    model.train()
+    model.train(was_training)
     k = config.vqvae.n_codes
     return {
-        "valid_mse": mse / max(n, 1),
-        "valid_codes_used_top": len(used_t) / k,
-        "valid_codes_used_bottom": len(used_b) / k,
-        "valid_notes": n,
+        f"{split}_mse": mse / max(n, 1),
+        f"{split}_reconstruction": reconstruction / max(n, 1),
+        f"{split}_codes_used_top": len(used_t) / k,
+        f"{split}_codes_used_bottom": len(used_b) / k,
+        f"{split}_notes": n,
     }
 
 

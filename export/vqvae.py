@@ -177,25 +177,35 @@ class VQVAE2(nn.Module):
         mel_if = torch.where(quiet, torch.zeros_like(mel_if), mel_if)
         return torch.stack([log_mel, mel_if], 1)
 
+    def quantized(self, codes_top: torch.Tensor, codes_bottom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 32, 4), (B, 64, 8) int → their codebook vectors (B, D, 32, 4), (B, D, 64, 8)."""
+        return (
+            self.quantize_t.lookup(codes_top).permute(0, 3, 1, 2),
+            self.quantize_b.lookup(codes_bottom).permute(0, 3, 1, 2),
+        )
+
     def decode_codes(self, codes_top: torch.Tensor, codes_bottom: torch.Tensor) -> torch.Tensor:
         """(B, 32, 4), (B, 64, 8) int → raw spectrogram (B, 2, 1024, 128)."""
-        q_t = self.quantize_t.lookup(codes_top).permute(0, 3, 1, 2)
-        q_b = self.quantize_b.lookup(codes_bottom).permute(0, 3, 1, 2)
-        return self.postprocess(self.decode_normalized(q_t, q_b))
+        return self.postprocess(self.decode_normalized(*self.quantized(codes_top, codes_bottom)))
+
+    def reconstruction_error(self, recon: torch.Tensor, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the reconstruction loss, the plain MSE) of a normalised reconstruction against the raw spectrogram
+        it came from; with `audible_weight`, each cell's squared error weighted by 1 + w x its loudness."""
+        error = (recon - self.normalize(spec)).pow(2)  # (B, 2, F, T)
+        mse = error.mean()
+        if not self.cfg.audible_weight:
+            return mse, mse
+        weight = 1 + self.cfg.audible_weight * ((spec[:, :1] + 10) / 10).clamp(0, 1)  # (B, 1, F, T)
+        return (weight * error).mean() / weight.mean(), mse
 
     def forward(self, spec: torch.Tensor):
         """Training pass: loss terms on the normalised spectrogram, plus codes and perplexities."""
         q_t, q_b, commitment, codes_t, codes_b, perplexity = self.encode(spec)
         recon = self.decode_normalized(q_t, q_b)
-        error = (recon - self.normalize(spec)).pow(2)  # (B, 2, F, T)
-        mse = error.mean()
-        if self.cfg.audible_weight:
-            weight = 1 + self.cfg.audible_weight * ((spec[:, :1] + 10) / 10).clamp(0, 1)  # (B, 1, F, T)
-            reconstruction = (weight * error).mean() / weight.mean()
-        else:
-            reconstruction = mse
+        reconstruction, mse = self.reconstruction_error(recon, spec)
         return {
             "loss": reconstruction + self.cfg.commitment * commitment,
+            "reconstruction": reconstruction.detach(),
             "mse": mse.detach(),
             "commitment": commitment.detach(),
             "perplexity_top": perplexity[0],

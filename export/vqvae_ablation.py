@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from export import timbre, train
+from export.config import RunConfig, from_dict
 from export.evaluate import reconstruct
 from export.nsynth import load_splits
 from export.onnx_export import export_bundle
@@ -28,12 +29,13 @@ VARIANTS = {  # name → VQ-VAE config changes
 }
 
 
-def measure(bundle_dir: Path, run: Path, notes: int, seed: int = 1) -> dict:
-    config, data = train.load_run(run)
-    split = load_splits(data, config.data)
+def measure(bundle_dir: Path, data: Path, notes: int, seed: int = 1) -> dict:
+    """What the bundle's VQ-VAE gives back of `notes` validation notes of `data` (a seeded draw; the split the
+    bundle's config names), through onnxruntime."""
+    bundle = Bundle(bundle_dir)
+    split = load_splits(data, from_dict(RunConfig, bundle.manifest.raw["config"]).data)
     valid = split["valid"]
     picked = [valid[i] for i in sorted(np.random.default_rng(seed).permutation(len(valid))[:notes])]
-    bundle = Bundle(bundle_dir)
     rows = reconstruct(bundle, picked)
     judge = timbre.train_judge(split["train"], bundle, data, n_recon=1000).judge
     families = np.array([r.family for r in rows])
@@ -51,6 +53,7 @@ def ablate_vqvae(base: Path, out: Path, variants: list[str], minutes: float, ove
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "vqvae.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    data = train.load_run(base)[1]
 
     def save(name: str, figures: dict) -> None:
         results[name] = figures
@@ -59,7 +62,7 @@ def ablate_vqvae(base: Path, out: Path, variants: list[str], minutes: float, ove
 
     if "base" not in results:
         export_bundle(base, out / "base-bundle", "base")
-        save("base", measure(out / "base-bundle", base, notes))
+        save("base", measure(out / "base-bundle", data, notes))
     for name in variants:
         if name in results:
             continue
@@ -69,5 +72,5 @@ def ablate_vqvae(base: Path, out: Path, variants: list[str], minutes: float, ove
         train.fork_run(base, run, ["train.vqvae_steps=100000000", *overrides, *VARIANTS[name]], warm_start=True)
         trained = train.train_vqvae(run, "cpu", minutes)
         export_bundle(run, run / "bundle", name)
-        save(name, {"steps_run": trained.get("steps_run"), **measure(run / "bundle", run, notes)})
+        save(name, {"steps_run": trained.get("steps_run"), **measure(run / "bundle", data, notes)})
     return results
