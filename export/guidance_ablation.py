@@ -23,15 +23,16 @@ from export.config import DataConfig
 from export.evaluate import generate_grid, inpaint_notes, reconstruct, timbre_of
 from export.monitor import DEV_PITCHES
 from export.nsynth import load_splits
-from export.reguide import reguide
+from export.reguide import FAMILY_NOTES, reguide
 from server.bundle import Bundle
 from server.sampling import Conditioning
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A profile recipe, a weight baked into each prior's graph, the runtime harmonic and family weights, and the
-    width in semitones of the family tables' pitch regions (0: one table over every pitch)."""
+    """A profile recipe, a weight baked into each prior's graph, the runtime harmonic and family weights, the
+    width in semitones of the family tables' pitch regions (0: one table over every pitch) and the training notes
+    they count."""
 
     recipe: str
     top: float
@@ -39,30 +40,37 @@ class Variant:
     harmonic: float
     timbre: float = 0.0
     region: int = 0
+    notes: int = FAMILY_NOTES
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """`recipe:top:bottom:harmonic[:timbre[:region]]`, e.g. `level:1:1:1:2` or `level:1:1:0.5:2:12`;
-        `recipe:harmonic[:timbre]` is `recipe:1:1:harmonic[:timbre]`; timbre and region default to 0."""
+        """`recipe:top:bottom:harmonic[:timbre[:region[:notes]]]`, e.g. `level:1:1:1:2` or `level:1:1:0.5:2:12`;
+        `recipe:harmonic[:timbre]` is `recipe:1:1:harmonic[:timbre]`; timbre and region default to 0, notes to
+        `export.reguide.FAMILY_NOTES`."""
         parts = text.split(":")
         if len(parts) in (2, 3):
             parts = [parts[0], "1", "1", *parts[1:]]
-        if len(parts) not in (4, 5, 6):
+        if len(parts) not in (4, 5, 6, 7):
             raise ValueError(
-                f"{text!r}: a variant is recipe:top:bottom:harmonic[:timbre[:region]] or recipe:harmonic[:timbre]"
+                f"{text!r}: a variant is recipe:top:bottom:harmonic[:timbre[:region[:notes]]]"
+                " or recipe:harmonic[:timbre]"
             )
-        region = int(parts[5]) if len(parts) == 6 else 0
-        return cls(parts[0], *map(float, parts[1:5]), region=region)  # type: ignore[arg-type]
+        region = int(parts[5]) if len(parts) > 5 else 0
+        notes = int(parts[6]) if len(parts) > 6 else FAMILY_NOTES
+        return cls(parts[0], *map(float, parts[1:5]), region=region, notes=notes)  # type: ignore[arg-type]
 
     @property
     def name(self) -> str:
         name = f"{self.recipe}:{self.top:g}:{self.bottom:g}:{self.harmonic:g}:{self.timbre:g}"
+        if self.notes != FAMILY_NOTES:
+            return f"{name}:{self.region}:{self.notes}"
         return name + (f":{self.region}" if self.region else "")
 
     @property
     def graphs(self) -> str:
         """The folder name of its reguided bundle (variants that differ in the runtime weights alone share one)."""
-        return f"{self.recipe}-{self.top:g}-{self.bottom:g}" + (f"-r{self.region}" if self.region else "")
+        name = f"{self.recipe}-{self.top:g}-{self.bottom:g}" + (f"-r{self.region}" if self.region else "")
+        return name + (f"-n{self.notes}" if self.notes != FAMILY_NOTES else "")
 
 
 def measure(bundle_dir: Path, judge, notes, recon, reference, v: Variant, samples: int, seed: int = 0) -> dict:
@@ -101,7 +109,7 @@ def ablate_guidance(
         graphs = out / v.graphs
         if not (graphs / "manifest.json").is_file():
             weights = {"top": v.top, "bottom": v.bottom}
-            reguide(bundle_dir, data, graphs, v.recipe, weights, out / "train_codes.npz", v.region)
+            reguide(bundle_dir, data, graphs, v.recipe, weights, out / "train_codes.npz", v.region, v.notes)
         results[v.name] = measure(graphs, judge, chosen, rows, recon, v, samples)
         print(json.dumps({v.name: results[v.name]}), flush=True)
         summary = {"bundle": str(bundle_dir), "notes": len(chosen), "samples": samples, "results": results}

@@ -32,27 +32,32 @@ FAMILY_NOTES = 8000  # training notes the family tables count codes over
 
 
 def training_codes(bundle: Bundle, data: Path, notes: int, cache: Path | None = None) -> dict[str, np.ndarray]:
-    """{'top': (n, 32, 4), 'bottom': (n, 64, 8), 'family': (n,)}: the first `notes` training notes of a fixed
-    draw (the draw `export.train.set_code_profiles` takes its first 2 000 from) through the bundle's encoder;
-    kept in `cache` (an .npz) when given, and reused for as many notes as it holds."""
+    """{'top': (n, 32, 4), 'bottom': (n, 64, 8), 'family': (n,), 'pitch': (n,)}: the first `notes` training notes
+    of a fixed draw (the draw `export.train.set_code_profiles` takes its first 2 000 from) through the bundle's
+    encoder; kept in `cache` (an .npz) when given: a later call encodes only the notes the cache lacks."""
+    have: dict[str, np.ndarray] = {}
     if cache is not None and cache.is_file():
-        z = np.load(cache)
-        if len(z["family"]) >= notes and "pitch" in z.files:
-            return {k: z[k][:notes] for k in z.files}
+        with np.load(cache) as z:
+            if "pitch" in z.files:
+                have = {k: z[k] for k in z.files}
+    done = len(have["family"]) if have else 0
+    if done >= notes:
+        return {k: v[:notes] for k, v in have.items()}
     m = bundle.manifest
     train = load_splits(data, DataConfig(pitch_min=m.pitch_range[0], pitch_max=m.pitch_range[1], families=m.families))
-    pick = np.random.default_rng(0).permutation(len(train["train"]))[:notes]
+    pick = np.random.default_rng(0).permutation(len(train["train"]))[done:notes]
     tops, bottoms = [], []
     for i in pick:
         top, bottom = encode_audio(bundle, read_note(train["train"][i], m.spectrogram))
         tops.append(top)
         bottoms.append(bottom)
-    codes = {
+    new = {
         "top": np.stack(tops),
         "bottom": np.stack(bottoms),
         "family": np.array([train["train"][i].family for i in pick]),
         "pitch": np.array([train["train"][i].pitch for i in pick]),
     }
+    codes = {k: np.concatenate([have[k], v]) if have else v for k, v in new.items()}
     if cache is not None:
         np.savez(cache, **codes)
     return codes
@@ -94,12 +99,13 @@ def reguide(
     weights: dict[str, float] | None = None,
     codes_cache: Path | None = None,
     region_width: int = 0,
+    family_notes: int = FAMILY_NOTES,
 ) -> dict:
     """Write `out`: `bundle_dir` with its step graphs' code profiles measured by `recipe`, each prior's scaled by
     its weight (default 1: the server's `/harmonic` then scales both). Returns the new manifest."""
     weights = {layer: 1.0 for layer in codemaps.LAYERS} | (weights or {})
     src = Bundle(bundle_dir)
-    codes = training_codes(src, data, FAMILY_NOTES, codes_cache)
+    codes = training_codes(src, data, family_notes, codes_cache)
     profiles = profiles_from(measure_statistics(src, codes), recipe)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

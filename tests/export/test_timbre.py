@@ -79,6 +79,19 @@ def test_the_shape_recipe_scores_where_the_partials_are_not_how_loud_or_peaky():
     assert not shape[2].any() and not level[2].any()  # an unseen code: no score
 
 
+def test_training_codes_grow_their_cache_by_the_notes_it_lacks(tiny_bundle, dataset, tmp_path):
+    from export.reguide import training_codes
+
+    b, cache = Bundle(tiny_bundle[1]), tmp_path / "codes.npz"
+    first = training_codes(b, dataset, 3, cache)
+    grown = training_codes(b, dataset, 6, cache)  # encodes notes 4-6 of the same draw only
+    direct = training_codes(b, dataset, 6)
+    for key in ("top", "bottom", "family", "pitch"):
+        np.testing.assert_array_equal(grown[key], direct[key])
+        np.testing.assert_array_equal(grown[key][:3], first[key])
+    assert len(np.load(cache)["family"]) == 6 and len(training_codes(b, dataset, 2, cache)["pitch"]) == 2
+
+
 def test_reguide_rewrites_the_profiles_and_the_weight_reaches_the_step_graph(tiny_bundle, dataset, tmp_path):
     _, bundle = tiny_bundle
     out = tmp_path / "reguided"
