@@ -191,7 +191,9 @@ def cmd_reguide(args) -> dict:
     from export.reguide import reguide
 
     weights = {"top": args.top, "bottom": args.bottom}
-    manifest = reguide(args.bundle, args.data, args.out, args.recipe, weights, region_width=args.pitch_region)
+    manifest = reguide(
+        args.bundle, args.data, args.out, args.recipe, weights, args.codes_cache, args.pitch_region, args.family_notes
+    )
     guidance = manifest["provenance"]["harmonic_guidance"]
     return {"bundle": str(args.out), "harmonic_guidance": guidance, "family_guidance": manifest["family_guidance"]}
 
@@ -340,6 +342,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="e.g. train.prior_lr=1e-4")
     p.add_argument("--device", **device)
 
+    from export.family_guidance import FAMILY_NOTES
     from export.harmonics import DEFAULT_RECIPE, PROFILE_RECIPES
 
     p = sub.add_parser("reguide", help="a bundle with its harmonic guidance re-measured (no training)")
@@ -355,6 +358,13 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="family tables counted per pitch region this many semitones wide (default 0: one table)",
     )
+    p.add_argument(
+        "--family-notes",
+        type=int,
+        default=FAMILY_NOTES,
+        help="training notes the family tables count (default %(default)s)",
+    )
+    p.add_argument("--codes-cache", type=Path, help="an .npz keeping the training notes' codes between runs")
 
     p = sub.add_parser("ablate-guidance", help="harmonic guidance recipes on one bundle, by pitch and family")
     p.add_argument("bundle", type=Path)

@@ -24,6 +24,7 @@ import numpy as np
 from server import codemaps
 
 SMOOTHING = 30.0  # pseudo-counts of the position's own histogram added to each family's counts
+FAMILY_NOTES = 8000  # training notes `inpaint-train reguide` counts codes over (the export counts all of a run's)
 FILE = "family_guidance.npz"  # in the bundle, named by the manifest's `family_guidance.file`
 
 

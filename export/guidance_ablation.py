@@ -21,9 +21,10 @@ from export import timbre
 from export.ablation import pitch_figures
 from export.config import DataConfig
 from export.evaluate import generate_grid, inpaint_notes, reconstruct, timbre_of
+from export.family_guidance import FAMILY_NOTES
 from export.monitor import DEV_PITCHES
 from export.nsynth import load_splits
-from export.reguide import FAMILY_NOTES, reguide
+from export.reguide import reguide
 from server.bundle import Bundle
 from server.sampling import Conditioning
 

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from export.config import DataConfig
 from export.evaluate import read_note
-from export.family_guidance import pitch_regions, write_family_tables
+from export.family_guidance import FAMILY_NOTES, pitch_regions, write_family_tables
 from export.harmonics import DEFAULT_RECIPE, code_statistics, profiles_from
 from export.nsynth import load_splits
 from server import bundle as bundle_io
@@ -28,7 +28,6 @@ from server.bundle import Bundle
 from server.vqvae_audio import encode_audio
 
 PROFILE_NOTES = 2000  # as export.train.set_code_profiles
-FAMILY_NOTES = 8000  # training notes the family tables count codes over
 
 
 def training_codes(bundle: Bundle, data: Path, notes: int, cache: Path | None = None) -> dict[str, np.ndarray]:
