@@ -191,8 +191,17 @@ def cmd_reguide(args) -> dict:
     from export.reguide import reguide
 
     weights = {"top": args.top, "bottom": args.bottom}
+    command = shlex.join(["inpaint-train", *sys.argv[1:]])
     manifest = reguide(
-        args.bundle, args.data, args.out, args.recipe, weights, args.codes_cache, args.pitch_region, args.family_notes
+        args.bundle,
+        args.data,
+        args.out,
+        args.recipe,
+        weights,
+        args.codes_cache,
+        args.pitch_region,
+        args.family_notes,
+        command,
     )
     guidance = manifest["provenance"]["harmonic_guidance"]
     return {"bundle": str(args.out), "harmonic_guidance": guidance, "family_guidance": manifest["family_guidance"]}

@@ -64,8 +64,10 @@ def region_of(pitch: np.ndarray, regions: Sequence[int]) -> np.ndarray:
 
 
 def pitch_regions(pitch_range: Sequence[int], width: int) -> tuple[int, ...]:
-    """The lowest pitch of each region `width` semitones wide from the bottom of `pitch_range`; width 0: one."""
-    return tuple(range(pitch_range[0], pitch_range[1] + 1, width)) if width > 0 else (pitch_range[0],)
+    """The lowest pitch of each region `width` semitones wide from the bottom of `pitch_range`, the last one
+    taking what is left over (24-84 by 12: 24, 36, 48, 60, 72, the last 13 wide); width 0: one region."""
+    low, high = pitch_range[0], pitch_range[1]
+    return tuple(range(low, max(low + 1, high - width + 2), width)) if width > 0 else (low,)
 
 
 def write_family_tables(

@@ -99,6 +99,7 @@ def reguide(
     codes_cache: Path | None = None,
     region_width: int = 0,
     family_notes: int = FAMILY_NOTES,
+    command: str = "inpaint-train reguide",
 ) -> dict:
     """Write `out`: `bundle_dir` with its step graphs' code profiles measured by `recipe`, each prior's scaled by
     its weight (default 1: the server's `/harmonic` then scales both). Returns the new manifest."""
@@ -129,7 +130,7 @@ def reguide(
         "weights": weights,
         "notes": PROFILE_NOTES,
         "data": str(data),
-        "command": "inpaint-train reguide",
+        "command": command,
     }
     bundle_io.write_manifest(tmp, manifest)
     shutil.rmtree(out, ignore_errors=True)

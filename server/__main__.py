@@ -205,7 +205,11 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     if args.before is not None:
         from server.tools.before_after import before_after_markdown, run_before_after
 
-        result = run_before_after(args.before, args.before_bundle, args.bundle, args.repeats, args.threads)
+        only = tuple(args.only.split(",")) if args.only else ()
+        settings = tuple((a, float(v)) for a, v in (s.split("=", 1) for s in args.set))
+        result = run_before_after(
+            args.before, args.before_bundle, args.bundle, args.repeats, args.threads, only=only, settings=settings
+        )
         print(before_after_markdown(result), flush=True)
         return result
     return run_bench(args.bundle, repeats=args.repeats, threads=args.threads, provider=args.provider)
@@ -327,6 +331,14 @@ def parser() -> argparse.ArgumentParser:
         help="another checkout of this project: its server and this one side by side, asked in turn (ratios)",
     )
     bp.add_argument("--before-bundle", type=Path, help="the before side's bundle (default: its own default_bundle)")
+    bp.add_argument("--only", help="with --before: a comma list of operations, e.g. inpaint_top_cell,generate")
+    bp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ADDRESS=VALUE",
+        help="with --before: sent to both, e.g. /harmonic=1",
+    )
     st = sub.add_parser(
         "stress", help="the reliability suite: fuzz, flood, crash recovery, bad files (JSON)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -27,7 +27,13 @@ def run_before_after(
     repeats: int = 30,
     threads: int = 2,
     seed: int = 0,
+    only: tuple[str, ...] = (),
+    settings: tuple[tuple[str, float], ...] = (),
 ) -> dict[str, Any]:
+    """`only`: the operations to measure (names of `server.tools.latency.operations`); empty: all. `settings`:
+    (address, value) sent to both sides first, e.g. ("/harmonic", 1.0) where their defaults differ: what a
+    setting changes in the sound can change the work (a redrawn top cell that keeps its code leaves the bottom
+    map alone), and a code change is compared on the same work."""
     before_bundle = before_bundle or before_code / "server" / "default_bundle"
     with tempfile.TemporaryDirectory() as tmp:
         servers = {
@@ -38,20 +44,28 @@ def run_before_after(
         try:
             clients = {side: server.client() for side, server in servers.items()}
             for c in clients.values():
+                for address, value in settings:
+                    c.send(address, value)
+                    c.wait_for(address, timeout=10)  # its echo
                 round_trip(c, "/note", 60, 100)  # the cached-note figure needs the note in the cache
             # The same requests on both sides: one generator per side from one seed.
             ops = {
                 side: operations(np.random.default_rng(seed), write_test_note(servers[side].read_dir / "note.wav"))
                 for side in SIDES
             }
-            times: dict[str, dict[str, list[float]]] = {name: {side: [] for side in SIDES} for name in ops["after"]}
+            unknown = set(only) - set(ops["after"])
+            if unknown:
+                raise ValueError(f"unknown operations {sorted(unknown)}: choose from {', '.join(ops['after'])}")
+            names = [name for name in ops["after"] if not only or name in only]
+            times: dict[str, dict[str, list[float]]] = {name: {side: [] for side in SIDES} for name in names}
             for name in times:
                 n = repeats if "cell" in name or name == "note_cached" else max(4, repeats // 2)
                 for i in range(n):
                     for side in SIDES if i % 2 == 0 else SIDES[::-1]:
                         address, *args = ops[side][name]()
                         times[name][side].append(round_trip(clients[side], address, *args, pause=PAUSE))
-            result: dict[str, Any] = {"before": str(before_code), "repeats": repeats, "threads": threads}
+            result: dict[str, Any] = {"before": str(before_code), "repeats": repeats, "threads": threads,
+                                      "settings": dict(settings)}  # fmt: skip
             for name, by_side in times.items():
                 before, after = stats(by_side["before"]), stats(by_side["after"])
                 result[name] = {
@@ -68,13 +82,14 @@ def run_before_after(
 
 def before_after_markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"Before: `{result['before']}`; after: this checkout. {result['repeats']} requests per edit, alternating.",
+        f"Before: `{result['before']}`; after: this checkout. {result['repeats']} requests per edit, alternating"
+        + (f"; both at {result['settings']}." if result["settings"] else "."),
         "",
         "| operation | before p50 / p99 (ms) | after p50 / p99 (ms) | ratio p50 / p99 |",
         "|---|---|---|---|",
     ]
     for name, row in result.items():
-        if isinstance(row, dict):
+        if isinstance(row, dict) and "p50_ratio" in row:
             b, a = row["before"], row["after"]
             lines.append(
                 f"| {name} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {a['p50_ms']:.1f} / {a['p99_ms']:.1f} "

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from export.family_guidance import family_tables, region_of
+from export.family_guidance import family_tables, pitch_regions, region_of
 from export.family_judge import FamilyJudge, frechet_distance, timbre_features
 from export.harmonics import profiles_from
 from export.metrics import midi_to_hz
@@ -149,6 +149,8 @@ def test_family_tables_per_pitch_region_tell_families_apart_within_each_register
     assert split[0, 0, 3] > 0.5 and split[0, 0, 5] < -2 and split[0, 1, 5] > 0.5 and split[0, 1, 3] < -2
     assert split[1, 0, 5] > 0.5 and split[1, 1, 3] > 0.5
     assert list(region_of(np.array([10, 24, 59, 60, 84]), (24, 60))) == [0, 0, 0, 1, 1]
+    # Octaves over the model's range, the last taking the leftover top note: no region of one pitch.
+    assert pitch_regions((24, 84), 12) == (24, 36, 48, 60, 72) and pitch_regions((24, 84), 0) == (24,)
 
 
 def test_family_guidance_leans_sampling_towards_the_tables_codes(tiny_bundle, tmp_path):
