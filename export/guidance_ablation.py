@@ -126,7 +126,7 @@ def guidance_markdown(summary: dict) -> str:
         return f"{100 * x:.0f} %"
 
     lines = [
-        "| recipe : top : bottom : harmonic : family | generation pitch (worst family) | first 2 s | lowest quarter | "
+        "| recipe : top : bottom : harmonic : family [: region [: notes]] | generation pitch (worst family) | first 2 s | lowest quarter | "
         "resample bottom | family, generated (of ceiling) | worst family (of ceiling) | family, inpainted 2 s / "
         "quarter / bottom | Fréchet | diversity | priors (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
