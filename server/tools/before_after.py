@@ -34,6 +34,10 @@ def run_before_after(
     (address, value) sent to both sides first, e.g. ("/harmonic", 1.0) where their defaults differ: what a
     setting changes in the sound can change the work (a redrawn top cell that keeps its code leaves the bottom
     map alone), and a code change is compared on the same work."""
+    known = list(operations(np.random.default_rng(), Path()))
+    unknown = set(only) - set(known)
+    if unknown:
+        raise ValueError(f"unknown operations {sorted(unknown)}: choose from {', '.join(known)}")
     before_bundle = before_bundle or before_code / "server" / "default_bundle"
     with tempfile.TemporaryDirectory() as tmp:
         servers = {
@@ -53,9 +57,6 @@ def run_before_after(
                 side: operations(np.random.default_rng(seed), write_test_note(servers[side].read_dir / "note.wav"))
                 for side in SIDES
             }
-            unknown = set(only) - set(ops["after"])
-            if unknown:
-                raise ValueError(f"unknown operations {sorted(unknown)}: choose from {', '.join(ops['after'])}")
             names = [name for name in ops["after"] if not only or name in only]
             times: dict[str, dict[str, list[float]]] = {name: {side: [] for side in SIDES} for name in names}
             for name in times:

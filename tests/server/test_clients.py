@@ -169,3 +169,25 @@ def test_bench_prints_measured_round_trips(tiny_bundle):
     assert save["fsync"]["n"] == save["no_fsync"]["n"] > 0 and save["fsync"]["p50_ms"] > 0
     fill = figures["edits_during_fill"]
     assert fill["fill"]["n"] == fill["no_fill"]["n"] > 0 and fill["p50_ratio"] > 0
+
+
+def test_bench_before_after_asks_two_checkouts_in_turn(tiny_bundle, tmp_path):
+    before = tmp_path / "before"  # another checkout: here a copy of this one's runtime
+    shutil.copytree(ROOT / "server", before / "server", ignore=shutil.ignore_patterns("default_bundle", "__pycache__"))
+    bundle = str(tiny_bundle[1])
+    args = ["bench", "--before", str(before), "--before-bundle", bundle, "--bundle", bundle, "--repeats", "2",
+            "--only", "inpaint_top_cell,note_cached", "--set", "/harmonic=1"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| inpaint_top_cell |" in result.stdout and "both at {'/harmonic': 1.0}" in result.stdout
+    figures = json.loads(result.stdout[result.stdout.index("\n{") :])
+    assert set(figures) == {"before", "repeats", "threads", "settings", "inpaint_top_cell", "note_cached"}
+    for name in ("inpaint_top_cell", "note_cached"):
+        row = figures[name]
+        assert row["before"]["n"] == row["after"]["n"] == 2 and row["p50_ratio"] > 0, name
+    bad = subprocess.run(
+        [sys.executable, "-m", "server", *args[:-4], "--only", "nothing"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert bad.returncode != 0 and "unknown operations ['nothing']" in bad.stderr
