@@ -126,9 +126,9 @@ def guidance_markdown(summary: dict) -> str:
         return f"{100 * x:.0f} %"
 
     lines = [
-        "| recipe : top : bottom : harmonic : family [: region [: notes]] | generation pitch (worst family) | first 2 s | lowest quarter | "
-        "resample bottom | family, generated (of ceiling) | worst family (of ceiling) | family, inpainted 2 s / "
-        "quarter / bottom | Fréchet | diversity | priors (ms) |",
+        "| recipe : top : bottom : harmonic : family [: region [: notes]] | generation pitch (worst family) "
+        "| first 2 s | lowest quarter | resample bottom | family, generated (of ceiling) | worst family (of ceiling) "
+        "| family, inpainted 2 s / quarter / bottom | Fréchet | diversity | priors (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in summary["results"].items():
