@@ -211,7 +211,9 @@ def cmd_ablate_guidance(args) -> dict:
     from export.guidance_ablation import Variant, ablate_guidance
 
     variants = [Variant.parse(v) for v in args.variants.split(",")]
-    return ablate_guidance(args.bundle, args.data, args.out, variants, args.notes, args.samples, args.markdown)
+    return ablate_guidance(
+        args.bundle, args.data, args.out, variants, args.notes, args.samples, args.markdown, args.seed
+    )
 
 
 def cmd_ablate_vqvae(args) -> dict:
@@ -387,6 +389,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", type=int, default=40, help="validation notes for inpainting (default %(default)s)")
     p.add_argument("--samples", type=int, default=2, help="notes per family and pitch (default %(default)s)")
     p.add_argument("--markdown", type=Path, help="also write the table")
+    p.add_argument("--seed", type=int, default=0, help="of the notes generated and inpainted (default 0)")
 
     p = sub.add_parser("ablate-vqvae", help="VQ-VAE training choices, same minutes, by what reconstructions keep")
     p.add_argument("run", type=Path, help="the base run: its VQ-VAE is trained on in each variant")

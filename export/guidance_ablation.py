@@ -92,7 +92,10 @@ def ablate_guidance(
     notes: int = 40,
     samples: int = 2,
     markdown: Path | None = None,
+    seed: int = 0,
 ) -> dict:
+    """Measure each variant (resumable: `out/guidance.json` keeps what was measured); `seed` draws the notes
+    generated and inpainted (another seed: an independent sample of the same variants)."""
     out.mkdir(parents=True, exist_ok=True)
     m = Bundle(bundle_dir).manifest
     split = load_splits(data, DataConfig(pitch_min=m.pitch_range[0], pitch_max=m.pitch_range[1], families=m.families))
@@ -111,11 +114,17 @@ def ablate_guidance(
         if not (graphs / "manifest.json").is_file():
             weights = {"top": v.top, "bottom": v.bottom}
             reguide(bundle_dir, data, graphs, v.recipe, weights, out / "train_codes.npz", v.region, v.notes)
-        results[v.name] = measure(graphs, judge, chosen, rows, recon, v, samples)
+        results[v.name] = measure(graphs, judge, chosen, rows, recon, v, samples, seed)
         print(json.dumps({v.name: results[v.name]}), flush=True)
-        summary = {"bundle": str(bundle_dir), "notes": len(chosen), "samples": samples, "results": results}
+        summary = {
+            "bundle": str(bundle_dir),
+            "notes": len(chosen),
+            "samples": samples,
+            "seed": seed,
+            "results": results,
+        }
         results_path.write_text(json.dumps(summary, indent=2))
-    summary = {"bundle": str(bundle_dir), "notes": len(chosen), "samples": samples, "results": results}
+    summary = dict(bundle=str(bundle_dir), notes=len(chosen), samples=samples, seed=seed, results=results)
     if markdown is not None:
         markdown.write_text(guidance_markdown(summary))
     return summary
