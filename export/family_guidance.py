@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from server import codemaps
+from server.bundle import pitch_region
 
 SMOOTHING = 30.0  # pseudo-counts of the position's own histogram added to each family's counts
 FAMILY_NOTES = 8000  # training notes `inpaint-train reguide` counts codes over (the export counts all of a run's)
@@ -41,7 +42,7 @@ def family_tables(
     table is counted over its own notes, against its own code histogram: what tells the families apart at
     that register, not what tells registers apart (the prior and harmonic guidance see to the pitch)."""
     families = codes["family"].astype(np.int64)
-    region = region_of(codes["pitch"], regions) if len(regions) > 1 else np.zeros_like(families)
+    region = pitch_region(codes["pitch"], np.asarray(regions)) if len(regions) > 1 else np.zeros_like(families)
     out = {}
     for layer in codemaps.LAYERS:
         seq = codemaps.to_sequence(codes[layer].astype(np.int64), layer)  # (N, L)
@@ -55,12 +56,6 @@ def family_tables(
         conditional = (counts + smoothing * marginal) / (per_family + smoothing)
         out[layer] = (np.log(conditional) - np.log(marginal)).astype(np.float32)
     return out
-
-
-def region_of(pitch: np.ndarray, regions: Sequence[int]) -> np.ndarray:
-    """The pitch region of each pitch: the last region whose lowest pitch is at or below it (the first for any
-    pitch below them all). The server picks its table row the same way (`server.bundle.FamilyTables`)."""
-    return np.maximum(np.searchsorted(np.asarray(regions), np.asarray(pitch), side="right") - 1, 0)
 
 
 def pitch_regions(pitch_range: Sequence[int], width: int) -> tuple[int, ...]:

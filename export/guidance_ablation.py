@@ -47,7 +47,7 @@ class Variant:
     def parse(cls, text: str) -> Variant:
         """`recipe:top:bottom:harmonic[:timbre[:region[:notes]]]`, e.g. `level:1:1:1:2` or `level:1:1:0.5:2:12`;
         `recipe:harmonic[:timbre]` is `recipe:1:1:harmonic[:timbre]`; timbre and region default to 0, notes to
-        `export.reguide.FAMILY_NOTES`."""
+        `export.family_guidance.FAMILY_NOTES`."""
         parts = text.split(":")
         if len(parts) in (2, 3):
             parts = [parts[0], "1", "1", *parts[1:]]
@@ -56,9 +56,11 @@ class Variant:
                 f"{text!r}: a variant is recipe:top:bottom:harmonic[:timbre[:region[:notes]]]"
                 " or recipe:harmonic[:timbre]"
             )
+        top, bottom, harmonic = map(float, parts[1:4])
+        timbre = float(parts[4]) if len(parts) > 4 else 0.0
         region = int(parts[5]) if len(parts) > 5 else 0
         notes = int(parts[6]) if len(parts) > 6 else FAMILY_NOTES
-        return cls(parts[0], *map(float, parts[1:5]), region=region, notes=notes)  # type: ignore[arg-type]
+        return cls(parts[0], top, bottom, harmonic, timbre, region, notes)
 
     @property
     def name(self) -> str:
@@ -107,6 +109,7 @@ def ablate_guidance(
     chosen, rows = [picked[i] for i in keep], [recon[i] for i in keep]
     results_path = out / "guidance.json"
     results = json.loads(results_path.read_text())["results"] if results_path.is_file() else {}
+    summary = {"bundle": str(bundle_dir), "notes": len(chosen), "samples": samples, "seed": seed, "results": results}
     for v in variants:
         if v.name in results:  # resumable: a variant measured before is kept
             continue
@@ -116,15 +119,7 @@ def ablate_guidance(
             reguide(bundle_dir, data, graphs, v.recipe, weights, out / "train_codes.npz", v.region, v.notes)
         results[v.name] = measure(graphs, judge, chosen, rows, recon, v, samples, seed)
         print(json.dumps({v.name: results[v.name]}), flush=True)
-        summary = {
-            "bundle": str(bundle_dir),
-            "notes": len(chosen),
-            "samples": samples,
-            "seed": seed,
-            "results": results,
-        }
-        results_path.write_text(json.dumps(summary, indent=2))
-    summary = dict(bundle=str(bundle_dir), notes=len(chosen), samples=samples, seed=seed, results=results)
+        results_path.write_text(json.dumps(summary, indent=2))  # `results` is in it: each variant as it ends
     if markdown is not None:
         markdown.write_text(guidance_markdown(summary))
     return summary

@@ -197,6 +197,12 @@ def resolve_providers(choice: str) -> list[str]:
     return PROVIDERS[choice]
 
 
+def pitch_region(pitch: Any, regions: np.ndarray) -> Any:
+    """The region of each pitch (an int or an array): the last whose lowest pitch is at or below it, the first for
+    any pitch below them all. The one rule for the tables' counting (export) and their use (sampling)."""
+    return np.maximum(np.searchsorted(regions, pitch, side="right") - 1, 0)
+
+
 @dataclass(frozen=True)
 class FamilyTables:
     """Family guidance's log-ratios (export/family_guidance.py): per layer (families, pitch regions, L, n_codes),
@@ -210,8 +216,7 @@ class FamilyTables:
         table = self.layers.get(layer)
         if table is None or not 0 <= family < table.shape[0]:
             return None
-        region = max(int(np.searchsorted(self.regions, pitch, side="right")) - 1, 0)
-        return table[family, region]
+        return table[family, int(pitch_region(pitch, self.regions))]
 
 
 class Bundle:

@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
-from export.family_guidance import family_tables, pitch_regions, region_of
+from export.family_guidance import family_tables, pitch_regions
 from export.family_judge import FamilyJudge, frechet_distance, timbre_features
 from export.harmonics import profiles_from
 from export.metrics import midi_to_hz
 from export.reguide import read_profiles
-from server.bundle import Bundle, BundleError
+from server.bundle import Bundle, BundleError, pitch_region
 from server.sampling import Conditioning, Inpainter
 from tests.conftest import run_cli
 
@@ -148,7 +148,7 @@ def test_family_tables_per_pitch_region_tell_families_apart_within_each_register
     assert split.shape == (2, 2, 16)
     assert split[0, 0, 3] > 0.5 and split[0, 0, 5] < -2 and split[0, 1, 5] > 0.5 and split[0, 1, 3] < -2
     assert split[1, 0, 5] > 0.5 and split[1, 1, 3] > 0.5
-    assert list(region_of(np.array([10, 24, 59, 60, 84]), (24, 60))) == [0, 0, 0, 1, 1]
+    assert list(pitch_region(np.array([10, 24, 59, 60, 84]), np.array([24, 60]))) == [0, 0, 0, 1, 1]
     # Octaves over the model's range, the last taking the leftover top note: no region of one pitch.
     assert pitch_regions((24, 84), 12) == (24, 36, 48, 60, 72) and pitch_regions((24, 84), 0) == (24,)
 
