@@ -188,21 +188,13 @@ def cmd_ablate(args) -> dict:
 
 
 def cmd_reguide(args) -> dict:
+    from export.family_guidance import FamilyRecipe
     from export.reguide import reguide
 
     weights = {"top": args.top, "bottom": args.bottom}
+    family = FamilyRecipe(args.pitch_region, args.family_notes, tuple(args.family_layers), args.family_floor)
     command = shlex.join(["inpaint-train", *sys.argv[1:]])
-    manifest = reguide(
-        args.bundle,
-        args.data,
-        args.out,
-        args.recipe,
-        weights,
-        args.codes_cache,
-        args.pitch_region,
-        args.family_notes,
-        command,
-    )
+    manifest = reguide(args.bundle, args.data, args.out, args.recipe, weights, args.codes_cache, family, command)
     guidance = manifest["provenance"]["harmonic_guidance"]
     return {"bundle": str(args.out), "harmonic_guidance": guidance, "family_guidance": manifest["family_guidance"]}
 
@@ -355,6 +347,7 @@ def parser() -> argparse.ArgumentParser:
 
     from export.family_guidance import FAMILY_NOTES
     from export.harmonics import DEFAULT_RECIPE, PROFILE_RECIPES
+    from server.codemaps import LAYERS
 
     p = sub.add_parser("reguide", help="a bundle with its harmonic guidance re-measured (no training)")
     p.add_argument("bundle", type=Path)
@@ -375,6 +368,14 @@ def parser() -> argparse.ArgumentParser:
         default=FAMILY_NOTES,
         help="training notes the family tables count (default %(default)s)",
     )
+    p.add_argument(
+        "--family-layers",
+        nargs="+",
+        choices=LAYERS,
+        default=list(LAYERS),
+        help="the priors family guidance leans (default: both)",
+    )
+    p.add_argument("--family-floor", type=float, help="the lowest log-ratio the family tables keep (default: all)")
     p.add_argument("--codes-cache", type=Path, help="an .npz keeping the training notes' codes between runs")
 
     p = sub.add_parser("ablate-guidance", help="harmonic guidance recipes on one bundle, by pitch and family")

@@ -17,6 +17,7 @@ does for the pitch. It shifts which codes are drawn, not how a code sounds, so t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +30,42 @@ FAMILY_NOTES = 8000  # training notes `inpaint-train reguide` counts codes over 
 FILE = "family_guidance.npz"  # in the bundle, named by the manifest's `family_guidance.file`
 
 
+@dataclass(frozen=True)
+class FamilyRecipe:
+    """How the tables are counted and what of them the bundle keeps.
+
+    region: width in semitones of the pitch regions counted apart (0: one table over every pitch);
+    notes: training notes counted; layers: the priors the tables guide (a layer left out samples unguided);
+    floor: the lowest log-ratio kept (None: all). A floor keeps the tables from all but banning a code the
+    family seldom used at that position (with 30 pseudo-counts over ~700 notes a code it never used there is
+    at -3.2, x `/timbre` 2 on the logits), which may be the very code the requested pitch needs."""
+
+    region: int = 0
+    notes: int = FAMILY_NOTES
+    layers: tuple[str, ...] = codemaps.LAYERS
+    floor: float | None = None
+
+    def __post_init__(self):
+        if not self.layers or set(self.layers) - set(codemaps.LAYERS):
+            raise ValueError(f"family guidance layers {self.layers}: some of {codemaps.LAYERS}")
+        if self.region < 0 or self.notes <= 0:
+            raise ValueError(f"family tables: region {self.region} must be >= 0 and notes {self.notes} > 0")
+
+
 def family_tables(
     codes: dict[str, np.ndarray],
     n_families: int,
     n_codes: int,
     smoothing: float = SMOOTHING,
     regions: Sequence[int] = (0,),
+    floor: float | None = None,
 ) -> dict[str, np.ndarray]:
     """codes: {'top': (N, 32, 4), 'bottom': (N, 64, 8), 'family': (N,), 'pitch': (N,) when `regions` has more
     than one} → {layer: (n_families, len(regions), L, n_codes) float32 log-ratios}, L the layer's sequence
     length in the priors' order. `regions`: the lowest pitch of each pitch region, ascending; each region's
     table is counted over its own notes, against its own code histogram: what tells the families apart at
-    that register, not what tells registers apart (the prior and harmonic guidance see to the pitch)."""
+    that register, not what tells registers apart (the prior and harmonic guidance see to the pitch). `floor`:
+    log-ratios below it are raised to it."""
     families = codes["family"].astype(np.int64)
     region = pitch_region(codes["pitch"], np.asarray(regions)) if len(regions) > 1 else np.zeros_like(families)
     out = {}
@@ -54,7 +79,8 @@ def family_tables(
         marginal = (pooled + 1.0 / n_codes) / (pooled.sum(-1, keepdims=True) + 1.0)
         per_family = counts.sum(-1, keepdims=True)  # (F, R, L, 1): notes of each family in each region
         conditional = (counts + smoothing * marginal) / (per_family + smoothing)
-        out[layer] = (np.log(conditional) - np.log(marginal)).astype(np.float32)
+        ratio = np.log(conditional) - np.log(marginal)
+        out[layer] = (ratio if floor is None else np.maximum(ratio, floor)).astype(np.float32)
     return out
 
 
@@ -66,14 +92,21 @@ def pitch_regions(pitch_range: Sequence[int], width: int) -> tuple[int, ...]:
 
 
 def write_family_tables(
-    bundle_dir: Path, codes: dict[str, np.ndarray], n_families: int, n_codes: int, regions: Sequence[int] = (0,)
+    bundle_dir: Path,
+    codes: dict[str, np.ndarray],
+    n_families: int,
+    n_codes: int,
+    pitch_range: Sequence[int],
+    recipe: FamilyRecipe = FamilyRecipe(),
 ) -> dict:
-    """The tables of `codes` into the bundle folder, float16 compressed (2.8 MB per pitch region for 11 families
-    at 512 codes); returns the manifest entry."""
-    tables = family_tables(codes, n_families, n_codes, regions=regions)
+    """The tables of `codes` (counted by `recipe`) into the bundle folder, float16 compressed (2.8 MB per pitch
+    region for 11 families at 512 codes); returns the manifest entry."""
+    regions = pitch_regions(pitch_range, recipe.region)
+    tables = family_tables(codes, n_families, n_codes, regions=regions, floor=recipe.floor)
     np.savez_compressed(
         Path(bundle_dir) / FILE,
         pitch_regions=np.asarray(regions, np.int64),
-        **{layer: t.astype(np.float16) for layer, t in tables.items()},
+        **{layer: tables[layer].astype(np.float16) for layer in recipe.layers},
     )
-    return {"file": FILE, "notes": int(len(codes["family"])), "smoothing": SMOOTHING, "pitch_regions": list(regions)}
+    entry = {"file": FILE, "notes": int(len(codes["family"])), "smoothing": SMOOTHING, "pitch_regions": list(regions)}
+    return entry | {"layers": list(recipe.layers), "floor": recipe.floor}

@@ -21,59 +21,73 @@ from export import timbre
 from export.ablation import pitch_figures
 from export.config import DataConfig
 from export.evaluate import generate_grid, inpaint_notes, reconstruct, timbre_of
-from export.family_guidance import FAMILY_NOTES
+from export.family_guidance import FAMILY_NOTES, FamilyRecipe
 from export.monitor import DEV_PITCHES
 from export.nsynth import load_splits
 from export.reguide import reguide
 from server.bundle import Bundle
+from server.codemaps import LAYERS
 from server.sampling import Conditioning
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A profile recipe, a weight baked into each prior's graph, the runtime harmonic and family weights, the
-    width in semitones of the family tables' pitch regions (0: one table over every pitch) and the training notes
-    they count."""
+    """A profile recipe, a weight baked into each prior's graph, the runtime harmonic and family weights, and how
+    the family tables are counted and kept."""
 
     recipe: str
     top: float
     bottom: float
     harmonic: float
     timbre: float = 0.0
-    region: int = 0
-    notes: int = FAMILY_NOTES
+    family: FamilyRecipe = FamilyRecipe()
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """`recipe:top:bottom:harmonic[:timbre[:region[:notes]]]`, e.g. `level:1:1:1:2` or `level:1:1:0.5:2:12`;
-        `recipe:harmonic[:timbre]` is `recipe:1:1:harmonic[:timbre]`; timbre and region default to 0, notes to
-        `export.family_guidance.FAMILY_NOTES`."""
-        parts = text.split(":")
+        """`recipe:top:bottom:harmonic[:timbre[:region[:notes]]][:layers=top+bottom][:floor=F]`, e.g.
+        `level:1:1:1:2`, `level:1:1:0.5:2:12` or `level:1:1:0.5:2:layers=top`; `recipe:harmonic[:timbre]` is
+        `recipe:1:1:harmonic[:timbre]`. The fields of `export.family_guidance.FamilyRecipe` default as there."""
+        fields = text.split(":")
+        parts = [f for f in fields if "=" not in f]
+        keywords = dict(f.split("=", 1) for f in fields if "=" in f)
         if len(parts) in (2, 3):
             parts = [parts[0], "1", "1", *parts[1:]]
-        if len(parts) not in (4, 5, 6, 7):
+        if len(parts) not in (4, 5, 6, 7) or set(keywords) - {"layers", "floor"}:
             raise ValueError(
-                f"{text!r}: a variant is recipe:top:bottom:harmonic[:timbre[:region[:notes]]]"
+                f"{text!r}: a variant is recipe:top:bottom:harmonic[:timbre[:region[:notes]]][:layers=..][:floor=..]"
                 " or recipe:harmonic[:timbre]"
             )
         top, bottom, harmonic = map(float, parts[1:4])
         timbre = float(parts[4]) if len(parts) > 4 else 0.0
-        region = int(parts[5]) if len(parts) > 5 else 0
-        notes = int(parts[6]) if len(parts) > 6 else FAMILY_NOTES
-        return cls(parts[0], top, bottom, harmonic, timbre, region, notes)
+        family = FamilyRecipe(
+            region=int(parts[5]) if len(parts) > 5 else 0,
+            notes=int(parts[6]) if len(parts) > 6 else FAMILY_NOTES,
+            layers=tuple(keywords["layers"].split("+")) if "layers" in keywords else LAYERS,
+            floor=float(keywords["floor"]) if "floor" in keywords else None,
+        )
+        return cls(parts[0], top, bottom, harmonic, timbre, family)
 
     @property
     def name(self) -> str:
+        f = self.family
         name = f"{self.recipe}:{self.top:g}:{self.bottom:g}:{self.harmonic:g}:{self.timbre:g}"
-        if self.notes != FAMILY_NOTES:
-            return f"{name}:{self.region}:{self.notes}"
-        return name + (f":{self.region}" if self.region else "")
+        if f.notes != FAMILY_NOTES:
+            name += f":{f.region}:{f.notes}"
+        elif f.region:
+            name += f":{f.region}"
+        return name + self._keywords(":{}={}")
 
     @property
     def graphs(self) -> str:
         """The folder name of its reguided bundle (variants that differ in the runtime weights alone share one)."""
-        name = f"{self.recipe}-{self.top:g}-{self.bottom:g}" + (f"-r{self.region}" if self.region else "")
-        return name + (f"-n{self.notes}" if self.notes != FAMILY_NOTES else "")
+        f = self.family
+        name = f"{self.recipe}-{self.top:g}-{self.bottom:g}" + (f"-r{f.region}" if f.region else "")
+        return name + (f"-n{f.notes}" if f.notes != FAMILY_NOTES else "") + self._keywords("-{}{}")
+
+    def _keywords(self, form: str) -> str:
+        f = self.family
+        layers = form.format("layers", "+".join(f.layers)) if f.layers != LAYERS else ""
+        return layers + (form.format("floor", f"{f.floor:g}") if f.floor is not None else "")
 
 
 def measure(bundle_dir: Path, judge, notes, recon, reference, v: Variant, samples: int, seed: int = 0) -> dict:
@@ -116,7 +130,7 @@ def ablate_guidance(
         graphs = out / v.graphs
         if not (graphs / "manifest.json").is_file():
             weights = {"top": v.top, "bottom": v.bottom}
-            reguide(bundle_dir, data, graphs, v.recipe, weights, out / "train_codes.npz", v.region, v.notes)
+            reguide(bundle_dir, data, graphs, v.recipe, weights, out / "train_codes.npz", v.family)
         results[v.name] = measure(graphs, judge, chosen, rows, recon, v, samples, seed)
         print(json.dumps({v.name: results[v.name]}), flush=True)
         results_path.write_text(json.dumps(summary, indent=2))  # `results` is in it: each variant as it ends

@@ -211,7 +211,9 @@ def _family_guidance(run: Path, out: Path, config) -> dict:
         return {}
     z = np.load(path)
     codes = {"top": z["top"], "bottom": z["bottom"], "family": z["family"], "pitch": z["pitch"]}
-    return {"family_guidance": write_family_tables(out, codes, len(config.data.families), config.vqvae.n_codes)}
+    pitch_range = (config.data.pitch_min, config.data.pitch_max)
+    entry = write_family_tables(out, codes, len(config.data.families), config.vqvae.n_codes, pitch_range)
+    return {"family_guidance": entry}
 
 
 def export_checked(graph: str, vqvae: VQVAE2, priors: dict[str, Prior], out: Path) -> tuple[dict, float]:

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from export.config import DataConfig
 from export.evaluate import read_note
-from export.family_guidance import FAMILY_NOTES, pitch_regions, write_family_tables
+from export.family_guidance import FamilyRecipe, write_family_tables
 from export.harmonics import DEFAULT_RECIPE, code_statistics, profiles_from
 from export.nsynth import load_splits
 from server import bundle as bundle_io
@@ -97,15 +97,15 @@ def reguide(
     recipe: str = DEFAULT_RECIPE,
     weights: dict[str, float] | None = None,
     codes_cache: Path | None = None,
-    region_width: int = 0,
-    family_notes: int = FAMILY_NOTES,
+    family: FamilyRecipe = FamilyRecipe(),
     command: str = "inpaint-train reguide",
 ) -> dict:
     """Write `out`: `bundle_dir` with its step graphs' code profiles measured by `recipe`, each prior's scaled by
-    its weight (default 1: the server's `/harmonic` then scales both). Returns the new manifest."""
+    its weight (default 1: the server's `/harmonic` then scales both), and family tables counted by `family`.
+    Returns the new manifest."""
     weights = {layer: 1.0 for layer in codemaps.LAYERS} | (weights or {})
     src = Bundle(bundle_dir)
-    codes = training_codes(src, data, family_notes, codes_cache)
+    codes = training_codes(src, data, family.notes, codes_cache)
     profiles = profiles_from(measure_statistics(src, codes), recipe)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -122,9 +122,8 @@ def reguide(
         constant.attribute[0].t.CopyFrom(numpy_helper.from_array(new, constant.attribute[0].t.name))
         onnx.save(model, str(path))
     manifest = json.loads((bundle_dir / bundle_io.MANIFEST).read_text())
-    regions = pitch_regions(src.manifest.pitch_range, region_width)
     n_families, n_codes = len(src.manifest.families), src.manifest.n_codes
-    manifest["family_guidance"] = write_family_tables(tmp, codes, n_families, n_codes, regions)
+    manifest["family_guidance"] = write_family_tables(tmp, codes, n_families, n_codes, src.manifest.pitch_range, family)
     manifest.setdefault("provenance", {})["harmonic_guidance"] = {
         "profiles": recipe,
         "weights": weights,

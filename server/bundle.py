@@ -259,10 +259,13 @@ class Bundle:
         file = self.path / name
         try:
             with np.load(file) as z:
-                tables = {layer: z[layer].astype(np.float16) for layer in self.manifest.priors}
+                # A prior whose table the bundle leaves out samples without family guidance.
+                tables = {layer: z[layer].astype(np.float16) for layer in self.manifest.priors if layer in z.files}
                 regions = z["pitch_regions"].astype(np.int64) if "pitch_regions" in z.files else np.zeros(1, np.int64)
         except (OSError, KeyError, ValueError) as exc:
             raise BundleError(f"{file}: family guidance tables unreadable ({exc})") from None
+        if not tables:
+            raise BundleError(f"{file}: family guidance tables for none of the priors {list(self.manifest.priors)}")
         for layer, table in tables.items():
             if table.ndim == 3:  # tables of one pitch region (the first format)
                 tables[layer] = table = table[:, None]

@@ -96,12 +96,19 @@ def test_reguide_rewrites_the_profiles_and_the_weight_reaches_the_step_graph(tin
     _, bundle = tiny_bundle
     out = tmp_path / "reguided"
     result = run_cli("export", "reguide", str(bundle), "--data", str(dataset), "--out", str(out), "--recipe", "shape",
-                     "--top", "2", "--bottom", "0")  # fmt: skip
+                     "--top", "2", "--bottom", "0", "--family-layers", "top", "--family-floor", "-1")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert not out.with_name(out.name + ".tmp").exists()
-    provenance = json.loads((out / "manifest.json").read_text())["provenance"]["harmonic_guidance"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    provenance = manifest["provenance"]["harmonic_guidance"]
     assert provenance["profiles"] == "shape" and provenance["weights"] == {"top": 2.0, "bottom": 0.0}
+    assert manifest["family_guidance"]["layers"] == ["top"] and manifest["family_guidance"]["floor"] == -1.0
     b = Bundle(out)
+    # Family guidance on the top prior only, no log-ratio below the floor; the bottom prior samples unguided.
+    assert b.family_tables is not None and set(b.family_tables.layers) == {"top"}
+    assert b.family_tables.layers["top"].min() >= -1 and b.family_tables.bias("bottom", 0, 60) is None
+    top_map, bottom_map = Inpainter.from_bundle(b).generate(Conditioning(60, 0, timbre=2.0), np.random.default_rng(0))
+    assert top_map.shape == (32, 4) and bottom_map.shape == (64, 8)
     top = read_profiles(out, "top")
     assert top.shape[0] == b.manifest.n_codes and np.abs(top).max() > 0
     assert np.allclose(np.linalg.norm(top[np.abs(top).sum(1) > 0, : top.shape[1] // 3], axis=1), 2, atol=1e-4)
@@ -131,6 +138,8 @@ def test_family_tables_favour_each_familys_own_codes():
     assert top_table[0, 0, 3] > 0.5 and top_table[0, 0, 5] < -2  # log 2 and far below
     assert top_table[1, 0, 5] > 0.5 and top_table[1, 0, 3] < -2
     assert np.abs(top_table[:, 1:]).mean() < 0.15  # elsewhere both families draw alike: sampling noise
+    floored = family_tables({"top": top, "bottom": bottom, "family": family}, 2, 16, floor=-1.0)["top"][:, 0]
+    assert floored[0, 0, 5] == -1 and floored[0, 0, 3] == top_table[0, 0, 3]  # raised to the floor; the rest kept
 
 
 def test_family_tables_per_pitch_region_tell_families_apart_within_each_register():
@@ -151,6 +160,26 @@ def test_family_tables_per_pitch_region_tell_families_apart_within_each_register
     assert list(pitch_region(np.array([10, 24, 59, 60, 84]), np.array([24, 60]))) == [0, 0, 0, 1, 1]
     # Octaves over the model's range, the last taking the leftover top note: no region of one pitch.
     assert pitch_regions((24, 84), 12) == (24, 36, 48, 60, 72) and pitch_regions((24, 84), 0) == (24,)
+
+
+def test_a_guidance_variant_names_what_it_changes_and_parses_back():
+    from export.guidance_ablation import Variant
+
+    for text in ("level:1:1:0.5:2", "level:1:1:0.5:3:12", "level:1:1:0.5:3:12:24000", "level:1:1:0.5:2:layers=top",
+                 "level:1:1:0.5:3:12:floor=-1", "shape:1:0:1:2:layers=bottom:floor=-0.5"):  # fmt: skip
+        variant = Variant.parse(text)
+        assert variant.name == text and Variant.parse(variant.name) == variant
+    v = Variant.parse("level:1:1:0.5:3:12:floor=-1")
+    assert (v.family.region, v.family.floor, v.family.layers, v.graphs) == (
+        12,
+        -1.0,
+        ("top", "bottom"),
+        "level-1-1-r12-floor-1",
+    )
+    assert Variant.parse("level:0.5:2") == Variant.parse("level:1:1:0.5:2")
+    for bad in ("level:1:1:0.5:2:layers=middle", "level:1:1:0.5:2:depth=3", "level:1:1:0.5:2:12:8000:3:4"):
+        with pytest.raises(ValueError):
+            Variant.parse(bad)
 
 
 def test_family_guidance_leans_sampling_towards_the_tables_codes(tiny_bundle, tmp_path):
