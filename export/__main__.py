@@ -227,7 +227,8 @@ def cmd_bench(args) -> dict:
         from export.live_vs_eager import run_server_bench
         from server.__main__ import default_bundle
 
-        return run_server_bench(args.bundle or default_bundle(), args.threads, args.repeats or 50, args.markdown)
+        bundle = args.bundle or default_bundle()
+        return run_server_bench(bundle, args.threads, args.repeats or 50, args.markdown, args.osc)
     return run_bench(args.preset, args.threads, args.repeats or 7)
 
 
@@ -422,6 +423,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server", action="store_true", help="every operation over OSC, against torch eager and the floor")
     p.add_argument("--bundle", type=Path, help="with --server: the bundle (default: the shipped one)")
     p.add_argument("--markdown", type=Path, help="with --server: also write the report, e.g. docs/benchmarks.md")
+    p.add_argument(
+        "--osc",
+        type=Path,
+        help="with --server: the figures of an earlier `inpaint-osc bench` (its JSON), not re-measured",
+    )
     return ap
 
 

@@ -12,6 +12,7 @@ code would run, and with the hardware's floor.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -206,12 +207,19 @@ def matmul_gflops(threads: int, n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def run_server_bench(bundle_dir: Path, threads: int = 2, repeats: int = 50, markdown: Path | None = None) -> dict:
+def run_server_bench(
+    bundle_dir: Path, threads: int = 2, repeats: int = 50, markdown: Path | None = None, osc: Path | None = None
+) -> dict:
+    """The server's figures over OSC (measured now, or read from `osc`: an earlier `inpaint-osc bench` run's
+    JSON on the same bundle and threads) against torch eager running the same operations, and the floor."""
     from server.tools.latency import HEAVY, operations, write_test_note
     from server.tools.latency import run_bench as run_osc_bench
 
-    result: dict[str, Any] = {"osc": run_osc_bench(bundle_dir, repeats=repeats, threads=threads)}
-    if _cuda_available():
+    if osc is None:
+        result: dict[str, Any] = {"osc": run_osc_bench(bundle_dir, repeats=repeats, threads=threads)}
+    else:
+        result = {"osc": earlier_osc_figures(osc, bundle_dir, threads)}
+    if osc is None and _cuda_available():
         result["osc_cuda"] = run_osc_bench(bundle_dir, repeats=repeats, threads=threads, provider="cuda")
     torch.set_num_threads(threads)
     bundle = Bundle(bundle_dir, "cpu", threads=threads)
@@ -242,9 +250,28 @@ def run_server_bench(bundle_dir: Path, threads: int = 2, repeats: int = 50, mark
             }
     result["machine"] = machine(threads)
     result["command"] = f"inpaint-train bench --server --bundle {bundle_dir} --threads {threads} --repeats {repeats}"
+    if osc is not None:
+        result["command"] += f" --osc {osc}"
     if markdown is not None:
         markdown.write_text(benchmarks_markdown(result))
     return result
+
+
+def earlier_osc_figures(path: Path, bundle_dir: Path, threads: int) -> dict[str, Any]:
+    """An `inpaint-osc bench` JSON, checked to be of this bundle at these threads: torch is compared with it."""
+    try:
+        figures = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--osc {path}: not an inpaint-osc bench JSON ({exc})") from None
+    if not isinstance(figures, dict) or "generate" not in figures or "playability" not in figures:
+        raise ValueError(f"--osc {path}: not an inpaint-osc bench JSON (no generate or playability figures)")
+    same_bundle = Path(figures.get("bundle", "")).resolve() == Path(bundle_dir).resolve()
+    if not same_bundle or figures.get("threads") != threads or figures.get("provider") != "cpu":
+        raise ValueError(
+            f"--osc {path}: measured {figures.get('bundle')} on {figures.get('threads')} {figures.get('provider')} "
+            f"threads, not {bundle_dir} on {threads} cpu threads"
+        )
+    return figures
 
 
 def _cuda_available() -> bool:

@@ -256,31 +256,78 @@ def analyze(audio: np.ndarray, p: SpectrogramParams = SpectrogramParams()) -> np
     return threshold_phase(spec, p).astype(np.float32)
 
 
+PHASES = ("peaks", "if")  # how `invert` finds the phase; the first is the default
+
+
+def peak_frequencies(magnitude: np.ndarray, floor_db: float = -70.0) -> np.ndarray:
+    """(n_bins, T) linear magnitudes → (n_bins, T) float32 frequency, in bins, of the spectral peak each bin
+    belongs to. Peaks are local maxima within `floor_db` of the frame's strongest, placed between bins by a
+    parabola through the log magnitudes; each bin takes its nearest peak (a frame without one: the bin's own
+    centre). Worked frame by frame along contiguous rows (T, n_bins): 3x faster than along columns."""
+    x = np.log(np.ascontiguousarray(magnitude.T, np.float32) + np.float32(1e-9))  # (T, n_bins)
+    n_bins = x.shape[1]
+    left, mid, right = x[:, :-2], x[:, 1:-1], x[:, 2:]
+    is_peak = np.zeros(x.shape, bool)
+    is_peak[:, 1:-1] = (mid > left) & (mid >= right) & (mid > x.max(1, keepdims=True) + np.float32(floor_db / 8.686))
+    t, b = np.nonzero(is_peak)  # the parabola's vertex, at the peaks only (a few % of the bins)
+    a, c = x[t, b - 1], x[t, b + 1]
+    offset = np.zeros(x.shape, np.float32)
+    offset[t, b] = np.clip(0.5 * (a - c) / (a - 2 * x[t, b] + c), -0.5, 0.5)  # the denominator is < 0 at a peak
+    k = np.arange(n_bins, dtype=np.int32)
+    below = np.maximum.accumulate(np.where(is_peak, k, np.int32(-n_bins)), axis=1)  # nearest peak at or below
+    above = np.minimum.accumulate(np.where(is_peak, k, np.int32(2 * n_bins))[:, ::-1], axis=1)[:, ::-1]  # above
+    nearest = np.where(k - below <= above - k, below, above)
+    has_peak = (nearest >= 0) & (nearest < n_bins)
+    nearest = np.where(has_peak, nearest, k)
+    return np.where(has_peak, nearest + np.take_along_axis(offset, nearest, axis=1), k).T.astype(np.float32)
+
+
 def invert(
     spec: np.ndarray,
     p: SpectrogramParams = SpectrogramParams(),
     between: Callable[[], None] | None = None,
     chunk: int = 32,
+    phase: str = PHASES[0],
 ) -> np.ndarray:
     """(2, n_mels, n_frames) → (n_samples,) float32 audio, without Griffin-Lim.
 
-    Mel power → linear magnitude through the pseudo-inverse; phase from the cumulative sum of IF, projected
-    back to linear bins. (GANSynth then recomputes a linear IF and sums it again: unwrap-diff-cumsum only
-    adds multiples of 2π, so that detour is skipped.) After the projection, the frames go through in groups of
-    `chunk` (the same numbers as all at once), and `between()` runs after the projection and after each group:
-    the note cache's fill stops there when a request arrives (by raising).
+    Mel power → linear magnitude through the pseudo-inverse. The phase, one pass, no iterations:
+    - "peaks" (default): phase-locked to the magnitude's own spectral peaks, as a phase vocoder does. Each bin
+      advances each hop by its peak's frequency, and the bins of one peak keep the alternating start phases
+      (π k mod 2π) of a sinusoid under a Hann window, so a partial comes out as one sinusoid. The IF channel is not
+      read: a decoder's IF is the least faithful part of its output (measured on the shipped VQ-VAE, 60
+      validation notes: log-spectral distance 6.25 dB with its IF, 4.94 with peaks; on the analysis itself
+      3.94 and 3.90).
+    - "if": the paper's: the cumulative sum of IF, projected back to linear bins (GANSynth then recomputes a
+      linear IF and sums it again: unwrap-diff-cumsum only adds multiples of 2π, so that detour is skipped).
+    After the projection, the frames go through in groups of `chunk` (the same numbers as all at once), and
+    `between()` runs after the projection and after each group: the note cache's fill stops there when a
+    request arrives (by raising).
     """
+    if phase not in PHASES:
+        raise ValueError(f"phase {phase!r}: one of {PHASES}")
     spec = threshold_phase(np.asarray(spec, np.float32), p)
-    both = sparse_pseudo_inverse(p) @ np.concatenate([np.exp(spec[0]) - p.eps, np.cumsum(spec[1] * np.pi, axis=-1)], 1)
+    power = np.exp(spec[0]) - p.eps
+    if phase == "if":
+        both = sparse_pseudo_inverse(p) @ np.concatenate([power, np.cumsum(spec[1] * np.pi, axis=-1)], 1)
+        magnitudes, phases = np.sqrt(np.maximum(both[:, : p.n_frames], 0.0)), both[:, p.n_frames :]
+    else:
+        magnitudes = np.sqrt(np.maximum(sparse_pseudo_inverse(p) @ power, 0.0))  # (n_bins, n_frames)
+        # A bin's phase turns by 2π hop / n_fft per bin of frequency each hop: taken modulo 2π (frequency modulo
+        # n_fft / hop bins) first, the float32 sum over 128 frames stays within 2π x 128, exact to 1e-4 rad.
+        period = np.float32(p.n_fft / p.hop)
+        frequency = peak_frequencies(magnitudes)
+        advance = np.float32(2 * np.pi / period) * (frequency - period * np.floor(frequency / period))
+        start = np.float32(np.pi) * (np.arange(magnitudes.shape[0], dtype=np.float32)[:, None] % 2)
+        phases = start + np.cumsum(advance, axis=1) - advance[:, :1]  # (n_bins, n_frames) float32
     if between is not None:
         between()
     frames = []  # (chunk, n_fft) each
     window = hann(p.n_fft).astype(np.float32)
     for t0 in range(0, p.n_frames, chunk):
         t1 = min(t0 + chunk, p.n_frames)
-        magnitude = np.sqrt(np.maximum(both[:, t0:t1], 0.0))  # (n_bins, t1 - t0)
-        phase = both[:, p.n_frames + t0 : p.n_frames + t1]
-        frames.append(_irfft_frames(magnitude * (np.cos(phase) + 1j * np.sin(phase)).astype(np.complex64), p, window))
+        magnitude, phase_ = magnitudes[:, t0:t1], phases[:, t0:t1]
+        frames.append(_irfft_frames(magnitude * (np.cos(phase_) + 1j * np.sin(phase_)).astype(np.complex64), p, window))
         if between is not None:
             between()
     return (overlap_add(np.concatenate(frames), p) * overlap_norm(p)).astype(np.float32)

@@ -3,6 +3,7 @@ stage and exported, built once per session (about 20 s on 2 cores)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,17 @@ def tiny_bundle(dataset, tmp_path_factory) -> tuple[Path, Path]:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run, bundle
+
+
+@pytest.fixture(scope="session")
+def osc_bench(tiny_bundle, tmp_path_factory) -> tuple[Path, dict]:
+    """`inpaint-osc bench` on the tiny bundle, run once: its JSON file and figures (the OSC benchmark's own test
+    reads the figures; `inpaint-train bench --server --osc` compares torch against the file)."""
+    result = run_cli("server", "bench", "--bundle", str(tiny_bundle[1]), "--repeats", "5", "--threads", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = tmp_path_factory.mktemp("osc-bench") / "bench.json"
+    path.write_text(result.stdout)
+    return path, json.loads(result.stdout)
 
 
 def start_server(bundle: Path | None, folder: Path, *extra: str):

@@ -145,16 +145,8 @@ def test_send_command_prints_the_replies(live):
     c.send("/note/fill", 1)
 
 
-def test_bench_prints_measured_round_trips(tiny_bundle):
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "bench", "--bundle", str(tiny_bundle[1]), "--repeats", "5"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout)
+def test_bench_prints_measured_round_trips(osc_bench):
+    _, figures = osc_bench
     operations = ["inpaint_top_cell", "inpaint_bottom_cell", "inpaint_time_range", "inpaint_frequency_band",
                   "resample_bottom", "generate", "analyze_4s_file", "note_cached"]  # fmt: skip
     for key in ["ping", "ping_during_generate", *operations]:
