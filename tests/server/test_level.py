@@ -86,3 +86,10 @@ def test_a_note_released_before_its_render_is_not_played():
     assert [v.pitch for v in m.voices] == [62]
     m.add(np.full(RATE, 0.25, np.float32), pitch=60, struck=time.perf_counter())  # struck again: plays
     assert [v.pitch for v in m.voices] == [62, 60]
+
+
+@pytest.mark.parametrize(("n", "width"), [(64_000, 161), (100, 7), (7, 7), (10, 3), (300, 161)])
+def test_the_running_minimum_is_every_windows_minimum(n, width):
+    x = np.random.default_rng(n).random(n)
+    expected = np.lib.stride_tricks.sliding_window_view(x, width).min(axis=1)
+    np.testing.assert_array_equal(level.running_min(x, width), expected)
