@@ -38,7 +38,9 @@ class FamilyRecipe:
     notes: training notes counted; layers: the priors the tables guide (a layer left out samples unguided);
     floor: the lowest log-ratio kept (None: all). A floor keeps the tables from all but banning a code the
     family seldom used at that position (with 30 pseudo-counts over ~700 notes a code it never used there is
-    at -3.2, x `/timbre` 2 on the logits), which may be the very code the requested pitch needs."""
+    at -3.2, x `/timbre` 2 on the logits), which may be the very code the requested pitch needs. Measured,
+    neither a floor nor one prior alone moves the pitch-family front (docs/ablations.md): both stay for the
+    ablations that showed it."""
 
     region: int = 0
     notes: int = FAMILY_NOTES

@@ -293,15 +293,15 @@ def invert(
     Mel power → linear magnitude through the pseudo-inverse. The phase, one pass, no iterations:
     - "peaks" (default): phase-locked to the magnitude's own spectral peaks, as a phase vocoder does. Each bin
       advances each hop by its peak's frequency, and the bins of one peak keep the alternating start phases
-      (π k mod 2π) of a sinusoid under a Hann window, so a partial comes out as one sinusoid. The IF channel is not
-      read: a decoder's IF is the least faithful part of its output (measured on the shipped VQ-VAE, 60
+      (π k mod 2π) of a sinusoid under a Hann window, so a partial comes out as one sinusoid. The IF channel is
+      not read: a decoder's IF is the least faithful part of its output (measured on the shipped VQ-VAE, 60
       validation notes: log-spectral distance 6.25 dB with its IF, 4.75 with peaks; on the analysis itself
       3.94 and 3.92).
     - "if": the paper's: the cumulative sum of IF, projected back to linear bins (GANSynth then recomputes a
       linear IF and sums it again: unwrap-diff-cumsum only adds multiples of 2π, so that detour is skipped).
     After the projection, the frames go through in groups of `chunk` (the same numbers as all at once), and
-    `between()` runs after the projection and after each group: the note cache's fill stops there when a
-    request arrives (by raising).
+    `between()` runs after the projection (and after the peaks), and after each group: the note cache's fill
+    stops there when a request arrives (by raising).
     """
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r}: one of {PHASES}")
@@ -312,6 +312,8 @@ def invert(
         magnitudes, phases = np.sqrt(np.maximum(both[:, : p.n_frames], 0.0)), both[:, p.n_frames :]
     else:
         magnitudes = np.sqrt(np.maximum(sparse_pseudo_inverse(p) @ power, 0.0))  # (n_bins, n_frames)
+        if between is not None:
+            between()
         # A bin's phase turns by 2π hop / n_fft per bin of frequency each hop: taken modulo 2π (frequency modulo
         # n_fft / hop bins) first, the float32 sum over 128 frames stays within 2π x 128, exact to 1e-4 rad.
         period = np.float32(p.n_fft / p.hop)
@@ -325,8 +327,8 @@ def invert(
     window = hann(p.n_fft).astype(np.float32)
     for t0 in range(0, p.n_frames, chunk):
         t1 = min(t0 + chunk, p.n_frames)
-        magnitude, phase_ = magnitudes[:, t0:t1], phases[:, t0:t1]
-        frames.append(_irfft_frames(magnitude * (np.cos(phase_) + 1j * np.sin(phase_)).astype(np.complex64), p, window))
+        magnitude, angle = magnitudes[:, t0:t1], phases[:, t0:t1]
+        frames.append(_irfft_frames(magnitude * (np.cos(angle) + 1j * np.sin(angle)).astype(np.complex64), p, window))
         if between is not None:
             between()
     return (overlap_add(np.concatenate(frames), p) * overlap_norm(p)).astype(np.float32)
