@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from server.dsp import PHASES
+
 
 def cmd_info(args: argparse.Namespace) -> dict:
     from server.bundle import Bundle
@@ -62,7 +64,7 @@ def cmd_render(args: argparse.Namespace) -> dict:
     top, bottom = Inpainter.from_bundle(b).generate(cond, np.random.default_rng(args.seed))
     sampled = time.perf_counter()
     rate = args.rate or m.spectrogram.sample_rate
-    audio, lvl = level.shape(render(b, top, bottom), m.spectrogram.sample_rate, args.level)
+    audio, lvl = level.shape(render(b, top, bottom, args.phase), m.spectrogram.sample_rate, args.level)
     audio = resample(audio, m.spectrogram.sample_rate, rate)
     rendered = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,7 @@ def cmd_export_instrument(args: argparse.Namespace) -> dict:
     from server.engine import Engine
 
     t0 = time.perf_counter()
-    engine = Engine(Bundle(args.bundle, args.provider))
+    engine = Engine(Bundle(args.bundle, args.provider), phase=args.phase)
     m = engine.manifest
     _check_rate(args.rate)
     engine.update_settings(
@@ -127,7 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     log = logging.getLogger("inpaint-osc")
     # The receive thread must get the interpreter back quickly while the worker runs Python between graph calls.
     sys.setswitchinterval(0.0005)
-    engine = Engine(Bundle(args.bundle, args.provider, threads=args.threads))
+    engine = Engine(Bundle(args.bundle, args.provider, threads=args.threads), phase=args.phase)
     _check_rate(args.rate)
     if args.session is not None and args.session.exists():
         try:
@@ -283,7 +285,15 @@ def parser() -> argparse.ArgumentParser:
         help="onnxruntime execution provider (default: %(default)s)",
     )
     sub.add_parser("info", parents=[common], help="describe a bundle")
-    s = sub.add_parser("serve", help="the OSC server", formatter_class=_Help)
+    phase = argparse.ArgumentParser(add_help=False)  # how renders are inverted, for serve, render, export-instrument
+    phase.add_argument(
+        "--phase",
+        default=PHASES[0],
+        choices=PHASES,
+        help="the phase of renders: peaks (locked to the spectral peaks) or if (the decoder's IF, the paper's; "
+        "default: %(default)s)",
+    )
+    s = sub.add_parser("serve", help="the OSC server", formatter_class=_Help, parents=[phase])
     s.add_argument("--bundle", type=Path, default=default_bundle(), help="model bundle folder")
     s.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "coreml", "auto"], help="execution provider")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback opens a network")
@@ -361,7 +371,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--wait", type=float, default=0.5, help="seconds of silence that end the replies")
     c.add_argument("--timeout", type=float, default=60.0, help="longest wait for work to finish")
     # What a sound is made with: render and export-instrument take the same options.
-    sound = argparse.ArgumentParser(add_help=False, parents=[common])
+    sound = argparse.ArgumentParser(add_help=False, parents=[common, phase])
     sound.add_argument("--instrument", default="keyboard", help="instrument family (default: %(default)s)")
     sound.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="(default: %(default)s)")
     sound.add_argument(

@@ -74,8 +74,11 @@ class Note:
 class Engine:
     """Codemaps, settings and history over one bundle. Every edit goes through `_commit`, which records undo."""
 
-    def __init__(self, bundle: Bundle, history_limit: int = 100, note_cache: int = 128):
+    def __init__(self, bundle: Bundle, history_limit: int = 100, note_cache: int = 128, phase: str = dsp.PHASES[0]):
+        if phase not in dsp.PHASES:
+            raise ValueError(f"phase {phase!r}: one of {dsp.PHASES}")
         self.bundle = bundle
+        self.phase = phase  # how renders are inverted (dsp.invert): for the whole session, so cached notes agree
         self.manifest = bundle.manifest
         self.inpainter = Inpainter.from_bundle(bundle)
         self.settings = Settings(family=min(Settings.family, len(self.manifest.families) - 1))
@@ -250,7 +253,7 @@ class Engine:
         t0 = time.perf_counter()
         self.last_spectrogram = vqvae_audio.decode(self.bundle, self.top, self.bottom)
         t1 = time.perf_counter()
-        audio = dsp.invert(self.last_spectrogram, self.manifest.spectrogram)
+        audio = dsp.invert(self.last_spectrogram, self.manifest.spectrogram, phase=self.phase)
         if timings is not None:
             timings.update(decoder=t1 - t0, inversion=time.perf_counter() - t1)
         return audio
@@ -307,7 +310,7 @@ class Engine:
                 between()
                 spectrogram = vqvae_audio.decode(self.bundle, top, bottom, run_options)
             between()
-            audio = dsp.invert(spectrogram, self.manifest.spectrogram, between)
+            audio = dsp.invert(spectrogram, self.manifest.spectrogram, between, phase=self.phase)
         except BaseException:
             self._unfinished = (key, top, bottom, spectrogram)
             raise

@@ -16,9 +16,9 @@ def decode(bundle: Bundle, codes_top: np.ndarray, codes_bottom: np.ndarray, run_
     return bundle.run("vqvae_decoder", run_options, codes_top=top, codes_bottom=bottom)[0][0]
 
 
-def render(bundle: Bundle, codes_top: np.ndarray, codes_bottom: np.ndarray) -> np.ndarray:
-    """(32, 4), (64, 8) codes → (64 000,) float32 audio at the bundle's sample rate."""
-    return dsp.invert(decode(bundle, codes_top, codes_bottom), bundle.manifest.spectrogram)
+def render(bundle: Bundle, codes_top: np.ndarray, codes_bottom: np.ndarray, phase: str = dsp.PHASES[0]) -> np.ndarray:
+    """(32, 4), (64, 8) codes → (64 000,) float32 audio at the bundle's sample rate (`phase`: see dsp.invert)."""
+    return dsp.invert(decode(bundle, codes_top, codes_bottom), bundle.manifest.spectrogram, phase=phase)
 
 
 def encode_audio(bundle: Bundle, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

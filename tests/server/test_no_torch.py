@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import server
 from tests.conftest import ROOT, require, run_cli
 
@@ -42,6 +44,12 @@ def test_render_command_runs_with_torch_blocked(tiny_bundle, tmp_path):
     assert result.returncode == 0, result.stderr
     audio, rate = sf.read(str(out))
     assert rate == 16_000 and audio.shape == (64_000,)
+    # The same codes inverted with the decoder's IF (the paper's phase): the same length, other samples.
+    args[args.index(str(out))] = str(tmp_path / "if.wav")
+    result = run_cli("server", *args, "--phase", "if", block_torch=True)
+    assert result.returncode == 0, result.stderr
+    with_if, _ = sf.read(str(tmp_path / "if.wav"))
+    assert with_if.shape == audio.shape and not np.allclose(with_if, audio)
 
 
 def test_render_command_reports_user_errors_without_a_traceback(tiny_bundle, tmp_path):
