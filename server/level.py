@@ -61,7 +61,8 @@ def limit(audio: np.ndarray, rate: int, ceiling_db: float = CEILING_DBFS) -> np.
     # Padded with the edge values, not with 1: a window that runs past either end still sees the edge's need.
     floor = running_min(np.pad(need, w, mode="edge"), 2 * w + 1)  # (n,)
     half = w // 2
-    summed = np.cumsum(np.pad(floor, (half + 1, w - 1 - half), mode="edge"))  # a moving average in O(n)
+    # A moving average in O(n), summed in float64: float32 sums of 64 000 gains lose 1e-3 in the difference.
+    summed = np.concatenate([[0.0], np.cumsum(np.pad(floor, (half, w - 1 - half), mode="edge"), dtype=np.float64)])
     smooth = (summed[w:] - summed[:-w]) / w
     return (audio * np.minimum(smooth, need)).astype(np.float32)  # the minimum only guards float rounding
 
@@ -72,6 +73,8 @@ def running_min(x: np.ndarray, width: int) -> np.ndarray:
     blocks, so its minimum is the backward one where it starts and the forward one where it ends). 161 samples
     wide over 4 s at 16 kHz: 1.5 ms, against 5.5 ms for the minimum over every window."""
     n = x.size
+    if not 0 < width <= n:
+        raise ValueError(f"running minimum: width {width} must be within 1..{n}")
     blocks = -(-n // width)
     padded = np.pad(x, (0, blocks * width - n), mode="edge").reshape(blocks, width)
     forward = np.minimum.accumulate(padded, axis=1).reshape(-1)

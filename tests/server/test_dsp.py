@@ -84,13 +84,14 @@ def test_peak_frequencies_find_partials_between_bins():
     t = np.arange(P.n_samples) / P.sample_rate
     f0 = 221.3
     audio = sum(np.sin(2 * np.pi * h * f0 * t + h) / h for h in range(1, 13)) * 0.05
-    frequencies = dsp.peak_frequencies(np.abs(dsp.stft(audio, P)))  # (n_bins, n_frames)
-    assert frequencies.shape == (P.n_bins, P.n_frames) and frequencies.dtype == np.float32
+    frequencies, owner = dsp.peak_frequencies(np.abs(dsp.stft(audio, P)))  # (n_bins, n_frames) each
+    assert frequencies.shape == owner.shape == (P.n_bins, P.n_frames) and frequencies.dtype == np.float32
     bins_per_hz = P.n_fft / P.sample_rate
     for h in range(1, 13):
         centre = h * f0 * bins_per_hz
         near = slice(round(centre) - 2, round(centre) + 3)
         assert np.abs(frequencies[near, 8:-8] - centre).max() < 0.05, h  # the held frames, not the edges
+        assert (owner[near, 8:-8] == round(centre)).all(), h  # and belongs to the partial's peak bin
 
 
 def test_peak_locked_phase_reads_the_power_only_and_keeps_the_pitch(dataset):
