@@ -186,19 +186,20 @@ class EagerOps:
         next (they share most of their steps: a whole generate's, 640, counted the first time)."""
         self._flops = 0
         samplers = (self.inpainter.top, self.inpainter.bottom)
-        for sampler in samplers:
-            sampler._run_encoder = self._counting(sampler, "encoder", type(sampler)._run_encoder.__get__(sampler))
-            sampler._run_step = self._counting(sampler, "step", type(sampler)._run_step.__get__(sampler))
         counter = FlopCounterMode(display=False)
         try:
-            top, bottom = self.edit(name, np.random.default_rng(0), note)  # the priors counted by shape
-            with counter:  # the VQ-VAE: one call each
-                if name == "analyze_4s_file":
-                    self.edit(name, np.random.default_rng(0), note)
+            for sampler in samplers:
+                sampler._run_encoder = self._counting(sampler, "encoder", type(sampler)._run_encoder.__get__(sampler))
+                sampler._run_step = self._counting(sampler, "step", type(sampler)._run_step.__get__(sampler))
+            analyze = name == "analyze_4s_file"  # the VQ-VAE encoder, no prior: counted directly
+            codes = None if analyze else self.edit(name, np.random.default_rng(0), note)  # priors, by shape
+            with counter:  # one context: entering a FlopCounterMode clears its counts
+                top, bottom = self.edit(name, np.random.default_rng(0), note) if codes is None else codes
                 self.decode(top, bottom)
         finally:
             for sampler in samplers:
-                del sampler._run_encoder, sampler._run_step
+                sampler.__dict__.pop("_run_encoder", None)
+                sampler.__dict__.pop("_run_step", None)
         return self._flops + int(counter.get_total_flops())
 
     def _counting(self, sampler: TorchPriorSampler, call: str, run: Callable) -> Callable:
