@@ -302,8 +302,8 @@ def invert(
       advances each hop by its peak's frequency, and the bins of one peak take the peak bin's phase with the
       alternation (π per bin) of a sinusoid under a Hann window, so a partial comes out as one sinusoid. The IF
       channel is not read: a decoder's IF is the least faithful part of its output (measured on the shipped VQ-VAE, 60
-      validation notes: log-spectral distance 6.25 dB with its IF, 4.75 with peaks; on the analysis itself
-      3.94 and 3.92).
+      validation notes: log-spectral distance 6.25 dB with its IF, 4.74 with peaks; on the analysis itself
+      3.94 and 3.63).
     - "if": the paper's: the cumulative sum of IF, projected back to linear bins (GANSynth then recomputes a
       linear IF and sums it again: unwrap-diff-cumsum only adds multiples of 2π, so that detour is skipped).
     After the projection, the frames go through in groups of `chunk` (the same numbers as all at once), and
