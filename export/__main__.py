@@ -10,6 +10,7 @@
   inpaint-train reguide BUNDLE --data DATA --out NEW       re-measure a bundle's harmonic guidance (no training)
   inpaint-train ablate-guidance BUNDLE --data DATA --out DIR   guidance recipes, by pitch and family side by side
   inpaint-train ablate-vqvae RUN --out DIR                 VQ-VAE losses on the same minutes, by what it gives back
+  inpaint-train unpack BUNDLE --data DATA --out RUN         a run folder from a bundle, to train its priors on
   inpaint-train finetune-decoder BUNDLE --data DATA --out DIR --minutes M   train a bundle's decoder on (codes kept)
   inpaint-train bench [--server [--markdown docs/benchmarks.md]]   onnxruntime vs torch eager; --server: over OSC
 
@@ -167,6 +168,12 @@ def cmd_fork(args) -> dict:
     return {"run": str(args.run), "top_prior": config.top_prior, "bottom_prior": config.bottom_prior}
 
 
+def cmd_unpack(args) -> dict:
+    from export.unpack import unpack
+
+    return unpack(args.bundle, args.data, args.run, args.set)
+
+
 def cmd_ablate(args) -> dict:
     from export.ablation import ablate
 
@@ -322,6 +329,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--warm-start", action="store_true", help="the priors start from the base run's (grafted)")
 
+    p = sub.add_parser("unpack", help="a run folder from a bundle: its models as checkpoints, the data's codes")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="the dataset it was trained on (codes of both splits)")
+    p.add_argument("--out", dest="run", metavar="RUN", type=Path, required=True, help="the new run folder")
+    p.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE", help="e.g. train.num_workers=2")
+
     p = sub.add_parser("ablate", help="prior designs on the same codes and budget, measured by pitch")
     p.add_argument("run", type=Path, help="the base run: its VQ-VAE and codes are shared")
     p.add_argument("--out", type=Path, required=True, help="folder of the variants' runs and ablation.json")
@@ -445,6 +458,7 @@ COMMANDS = {
     "ablate-vqvae": cmd_ablate_vqvae,
     "finetune-decoder": cmd_finetune_decoder,
     "fork": cmd_fork,
+    "unpack": cmd_unpack,
     "bench": cmd_bench,
 }
 
@@ -456,7 +470,7 @@ def _log_command(args, argv: list[str] | None) -> None:
     run = getattr(args, "run", None)
     if run is None or args.command == "ablate" or not is_main_process():
         return
-    if not (run.is_dir() or args.command in ("vqvae", "pipeline", "fork", "finetune-decoder")):
+    if not (run.is_dir() or args.command in ("vqvae", "pipeline", "fork", "unpack", "finetune-decoder")):
         return
     run.mkdir(parents=True, exist_ok=True)
     line = {

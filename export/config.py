@@ -49,6 +49,10 @@ class PriorConfig:
     # Classifier-free guidance: in training, an example's pitch and family are both replaced by a learned null
     # label with this probability, so the same model also predicts unconditionally. 0: no null label.
     cond_dropout: float = 0.0
+    # Classifier-free guidance on the family alone: in training (after `cond_dropout`) the family alone becomes
+    # the null family with this probability, the pitch kept; the unconditional row then keeps the pitch, so
+    # `/guidance` amplifies the instrument without loosening the pitch.
+    family_dropout: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,14 @@ from export.nsynth import load_splits
 from export.reguide import reguide
 from server.bundle import Bundle
 from server.codemaps import LAYERS
-from server.sampling import Conditioning
+from server.sampling import DEFAULT_GUIDANCE, Conditioning
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A profile recipe, a weight baked into each prior's graph, the runtime harmonic and family weights, and how
-    the family tables are counted and kept."""
+    """A profile recipe, a weight baked into each prior's graph, the runtime harmonic and family weights, how
+    the family tables are counted and kept, and the classifier-free guidance weight (`/guidance`; it acts on
+    bundles whose priors have null labels)."""
 
     recipe: str
     top: float
@@ -41,21 +42,23 @@ class Variant:
     harmonic: float
     timbre: float = 0.0
     family: FamilyRecipe = FamilyRecipe()
+    guidance: float = DEFAULT_GUIDANCE
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """`recipe:top:bottom:harmonic[:timbre[:region[:notes]]][:layers=top+bottom][:floor=F]`, e.g.
-        `level:1:1:1:2`, `level:1:1:0.5:2:12` or `level:1:1:0.5:2:layers=top`; `recipe:harmonic[:timbre]` is
-        `recipe:1:1:harmonic[:timbre]`. The fields of `export.family_guidance.FamilyRecipe` default as there."""
+        """`recipe:top:bottom:harmonic[:timbre[:region[:notes]]][:layers=top+bottom][:floor=F][:cfg=W]`, e.g.
+        `level:1:1:1:2`, `level:1:1:0.5:2:12`, `level:1:1:0.5:2:layers=top` or `level:1:1:1:0:cfg=3`;
+        `recipe:harmonic[:timbre]` is `recipe:1:1:harmonic[:timbre]`. The fields of
+        `export.family_guidance.FamilyRecipe` default as there, `cfg` as the server's `/guidance`."""
         fields = text.split(":")
         parts = [f for f in fields if "=" not in f]
         keywords = dict(f.split("=", 1) for f in fields if "=" in f)
         if len(parts) in (2, 3):
             parts = [parts[0], "1", "1", *parts[1:]]
-        if len(parts) not in (4, 5, 6, 7) or set(keywords) - {"layers", "floor"}:
+        if len(parts) not in (4, 5, 6, 7) or set(keywords) - {"layers", "floor", "cfg"}:
             raise ValueError(
                 f"{text!r}: a variant is recipe:top:bottom:harmonic[:timbre[:region[:notes]]][:layers=..][:floor=..]"
-                " or recipe:harmonic[:timbre]"
+                "[:cfg=..] or recipe:harmonic[:timbre]"
             )
         top, bottom, harmonic = map(float, parts[1:4])
         timbre = float(parts[4]) if len(parts) > 4 else 0.0
@@ -65,7 +68,8 @@ class Variant:
             layers=tuple(keywords["layers"].split("+")) if "layers" in keywords else LAYERS,
             floor=float(keywords["floor"]) if "floor" in keywords else None,
         )
-        return cls(parts[0], top, bottom, harmonic, timbre, family)
+        guidance = float(keywords.get("cfg", DEFAULT_GUIDANCE))
+        return cls(parts[0], top, bottom, harmonic, timbre, family, guidance)
 
     @property
     def name(self) -> str:
@@ -75,7 +79,8 @@ class Variant:
             name += f":{f.region}:{f.notes}"
         elif f.region:
             name += f":{f.region}"
-        return name + self._keywords(":{}={}")
+        cfg = f":cfg={self.guidance:g}" if self.guidance != DEFAULT_GUIDANCE else ""
+        return name + self._keywords(":{}={}") + cfg
 
     @property
     def graphs(self) -> str:
@@ -94,7 +99,7 @@ def measure(bundle_dir: Path, judge, notes, recon, reference, v: Variant, sample
     """Pitch and timbre of one variant: inpainting on `notes` (with their reconstructions `recon`), the judge's
     ceiling on the reconstructions `reference` (more notes: a steadier ceiling)."""
     bundle = Bundle(bundle_dir)
-    settings = Conditioning(0, 0, harmonic=v.harmonic, timbre=v.timbre)
+    settings = Conditioning(0, 0, guidance=v.guidance, harmonic=v.harmonic, timbre=v.timbre)
     gens = generate_grid(bundle, samples, seed, settings, DEV_PITCHES)
     inpainted = inpaint_notes(bundle, notes, recon, seed, settings)
     return {**pitch_figures(gens, inpainted), **timbre.summary(timbre_of(judge, reference, gens, inpainted))}

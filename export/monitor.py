@@ -64,10 +64,10 @@ def sample_all(
     """
     b = src.shape[0]
     requested = pitch
-    guided = guidance != 1 and prior.cfg.cond_dropout > 0
+    guided = guidance != 1 and bool(prior.null_labels)
     if guided:
-        null = torch.full_like(pitch, -1)
-        src, pitch, family = torch.cat([src, src]), torch.cat([pitch, null]), torch.cat([family, null])
+        null_pitch, null_family = prior.unconditional(pitch, family)
+        src, pitch, family = torch.cat([src, src]), torch.cat([pitch, null_pitch]), torch.cat([family, null_family])
     memory = prior.encode(src, pitch, family)
     past = prior.empty_cache(src.shape[0], src.device)
     tokens = torch.full((src.shape[0], 1), prior.start_token, dtype=torch.long, device=src.device)

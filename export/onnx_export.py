@@ -270,7 +270,8 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
                 "head_dim": p.head_dim,
                 "src_len": p.src_len,
                 "tgt_len": p.tgt_len,
-                "unconditional": p.cfg.cond_dropout > 0,
+                "unconditional": bool(p.null_labels),
+                "null_labels": list(p.null_labels),
                 "harmonic_conditioning": p.cfg.harmonic,
             }
             for layer, p in priors.items()

@@ -115,8 +115,8 @@ class DecoderLayer(nn.Module):
 
 class Prior(nn.Module):
     """Shapes: src (B, S) top-order tokens with vocabulary n_codes + 1 (the last is the mask token); target
-    (B, T) codes in `layer`'s order; pitch (B,) MIDI numbers; family (B,) ids. A pitch and family of -1 (both)
-    ask for the unconditional prediction when the model was trained with `cond_dropout`."""
+    (B, T) codes in `layer`'s order; pitch (B,) MIDI numbers; family (B,) ids. A label of -1 is its null label:
+    pitch and family both with `cond_dropout`, the family alone with `family_dropout` (`null_labels`)."""
 
     def __init__(
         self,
@@ -138,9 +138,12 @@ class Prior(nn.Module):
         self.mask_token = self.start_token = n_codes  # src: mask token; target input: start symbol
         self.src_embed = nn.Embedding(n_codes + 1, d_token)
         self.tgt_embed = nn.Embedding(n_codes + 1, d_token)
-        null = int(cfg.cond_dropout > 0)  # the null label is the last row of each table
-        self.pitch_embed = nn.Embedding(self.n_pitches + null, cfg.d_condition)
-        self.family_embed = nn.Embedding(n_families + null, cfg.d_condition)
+        # The labels the unconditional prediction drops; each one's null label is the last row of its table.
+        self.null_labels: tuple[str, ...] = (
+            ("pitch", "family") if cfg.cond_dropout > 0 else ("family",) if cfg.family_dropout > 0 else ()
+        )
+        self.pitch_embed = nn.Embedding(self.n_pitches + ("pitch" in self.null_labels), cfg.d_condition)
+        self.family_embed = nn.Embedding(n_families + ("family" in self.null_labels), cfg.d_condition)
         self.src_pos = nn.Parameter(torch.randn(src_len, cfg.d_model) * 0.02)
         self.tgt_pos = nn.Parameter(torch.randn(tgt_len, cfg.d_model) * 0.02)
         template = harmonic_template(spectrogram, pitch_min, pitch_max)  # (P, n_mels)
@@ -175,10 +178,16 @@ class Prior(nn.Module):
         """MIDI pitch and family id (B,) → embedding rows; -1 is the null label when there is one."""
         p = (pitch - self.pitch_min).clamp(0, self.n_pitches - 1)
         f = family.clamp(0, self.n_families - 1)
-        if self.cfg.cond_dropout > 0:
+        if "pitch" in self.null_labels:
             p = torch.where(pitch < 0, torch.full_like(p, self.n_pitches), p)
+        if "family" in self.null_labels:
             f = torch.where(family < 0, torch.full_like(f, self.n_families), f)
         return p, f
+
+    def unconditional(self, pitch: torch.Tensor, family: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labels of the unconditional row under guidance: (B,) each, -1 where `null_labels` drops it."""
+        null = torch.full_like(family, -1)
+        return (null if "pitch" in self.null_labels else pitch), null
 
     def _embed(self, side: str, tokens, pitch, family, positions) -> torch.Tensor:
         """Token ‖ pitch ‖ family, plus position (and the harmonic template of each token's row).

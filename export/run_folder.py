@@ -114,8 +114,8 @@ def fork_run(base: Path, run: Path, overrides: list[str], warm_start: bool = Fal
 
 def graft(target: dict, source: dict) -> dict:
     """`source`'s weights wherever they fit `target`'s design: an embedding one row longer gets the mean row
-    (a new null label), a parameter the source lacks (a harmonic projection) starts at zero, so the new model
-    first computes exactly what the source did."""
+    (a new null label), one row shorter loses its last (a null label no longer used), a parameter the source
+    lacks (a harmonic projection) starts at zero, so the new model first computes exactly what the source did."""
     out = {}
     for key, value in target.items():
         old = source.get(key)
@@ -123,6 +123,8 @@ def graft(target: dict, source: dict) -> dict:
             out[key] = old
         elif old is not None and old.shape[1:] == value.shape[1:] and old.shape[0] + 1 == value.shape[0]:
             out[key] = torch.cat([old, old.mean(0, keepdim=True)])
+        elif old is not None and old.shape[1:] == value.shape[1:] and old.shape[0] - 1 == value.shape[0]:
+            out[key] = old[:-1]
         else:
             out[key] = torch.zeros_like(value)
     return out

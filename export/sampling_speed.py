@@ -30,7 +30,7 @@ class TorchPriorSampler(PriorSampler):
 
     def __init__(self, prior: Prior, layer: str, family_tables: FamilyTables | None = None):
         self.prior, self.start = prior, prior.start_token
-        self.shape = PriorShape(len(prior.decoder), prior.cfg.n_heads, prior.head_dim, prior.cfg.cond_dropout > 0)
+        self.shape = PriorShape(len(prior.decoder), prior.cfg.n_heads, prior.head_dim, prior.null_labels)
         self._memory_names = cache_names("memory", len(prior.decoder))
         self._memory = self._prefix = None  # the caches of PriorSampler
         self._layer, self._family_tables = layer, family_tables  # a bundle's family tables, as the server samples

@@ -19,7 +19,7 @@ import numpy as np
 
 from export.family_judge import FamilyJudge, frechet_distance, per_family_accuracy, timbre_features
 from export.nsynth import Note
-from server import vqvae_audio
+from server import dsp, vqvae_audio
 from server.bundle import Bundle
 
 JUDGE_NOTES = 6000  # real training notes the judge learns from (seeded draw)
@@ -52,20 +52,23 @@ def _features(notes: list[Note], cache: Path, audio_of) -> np.ndarray:
     return np.stack([known[note.note_str] for note in notes])
 
 
-def _vqvae_id(bundle: Bundle) -> str:
-    """What a reconstruction depends on: the VQ-VAE graphs and the spectrogram settings."""
+def _vqvae_id(bundle: Bundle, phase: str) -> str:
+    """What a reconstruction depends on: the VQ-VAE graphs, the spectrogram settings and the inversion."""
     h = hashlib.blake2b(digest_size=6)
     for graph in ("vqvae_encoder", "vqvae_decoder"):
         h.update((bundle.path / bundle.manifest.graphs[graph]).read_bytes())
     h.update(repr(bundle.manifest.spectrogram).encode())
+    if phase != "if":  # the inversion every cache made before the peak-locked phase existed keeps its name
+        h.update(phase.encode())
     return h.hexdigest()
 
 
 def train_judge(train: list[Note], bundle: Bundle, data: Path, n: int = JUDGE_NOTES,
-                n_recon: int = JUDGE_RECON_NOTES) -> JudgeData:  # fmt: skip
+                n_recon: int = JUDGE_RECON_NOTES, phase: str = dsp.PHASES[0]) -> JudgeData:  # fmt: skip
     """The judge of `n` real training notes (a seeded draw) and of the first `n_recon` of them after the
-    bundle's VQ-VAE: it knows what this model's reconstructions of each family sound like, so the decoder's
-    artefacts are no cue. Features are cached in the dataset folder (per VQ-VAE for the reconstructions)."""
+    bundle's VQ-VAE and the `phase` inversion: it knows what this model's reconstructions of each family sound
+    like, so the decoder's and the inversion's artefacts are no cue. Features are cached in the dataset folder
+    (per VQ-VAE and inversion for the reconstructions)."""
     from export.evaluate import read_note  # evaluate imports this module
 
     p = bundle.manifest.spectrogram
@@ -74,8 +77,8 @@ def train_judge(train: list[Note], bundle: Bundle, data: Path, n: int = JUDGE_NO
     recon_notes = [notes[i] for i in sorted(np.random.default_rng(1).permutation(len(notes))[:n_recon])]
     recon = _features(
         recon_notes,
-        data / f"timbre-recon-{_vqvae_id(bundle)}.npz",
-        lambda note: vqvae_audio.render(bundle, *vqvae_audio.encode_audio(bundle, read_note(note, p))),
+        data / f"timbre-recon-{_vqvae_id(bundle, phase)}.npz",
+        lambda note: vqvae_audio.render(bundle, *vqvae_audio.encode_audio(bundle, read_note(note, p)), phase),
     )
     labels = np.array([note.family for note in notes + recon_notes])
     judge = FamilyJudge.train(np.concatenate([real, recon]), labels, bundle.manifest.families)

@@ -436,12 +436,17 @@ def prior_batch(layer: str, top, bottom, mask_token: int, generator: torch.Gener
     return top, bottom
 
 
-def drop_labels(pitch: torch.Tensor, family: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classifier-free guidance training: each example's labels become the null label (-1) with probability p."""
-    if p <= 0:
-        return pitch, family
-    drop = torch.rand(pitch.shape, device=pitch.device) < p
-    return pitch.masked_fill(drop, -1), family.masked_fill(drop, -1)
+def drop_labels(
+    pitch: torch.Tensor, family: torch.Tensor, p: float, p_family: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classifier-free guidance training: each example's labels become the null label (-1) with probability p,
+    then its family alone with probability `p_family`."""
+    if p > 0:
+        drop = torch.rand(pitch.shape, device=pitch.device) < p
+        pitch, family = pitch.masked_fill(drop, -1), family.masked_fill(drop, -1)
+    if p_family > 0:
+        family = family.masked_fill(torch.rand(family.shape, device=family.device) < p_family, -1)
+    return pitch, family
 
 
 @torch.no_grad()
@@ -493,7 +498,7 @@ def train_prior(run: Path, layer: str, device: str = "auto", minutes: float | No
         def train_step(wrapped, batch) -> StepResult:
             top, bottom, pitch, family = batch
             src, target = prior_batch(layer, top, bottom, model.mask_token)
-            pitch, family = drop_labels(pitch, family, cfg.cond_dropout)
+            pitch, family = drop_labels(pitch, family, cfg.cond_dropout, cfg.family_dropout)
             logits = wrapped(src, target, pitch, family).float()  # (B, T, n_codes)
             loss = F.cross_entropy(logits.transpose(1, 2), target)
             return StepResult(

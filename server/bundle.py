@@ -74,7 +74,13 @@ class PriorShape:
     n_layers: int
     n_heads: int
     head_dim: int
-    unconditional: bool = False  # pitch = family = -1 gives the unconditional prediction (guidance possible)
+    # The labels the unconditional prediction drops (-1): ("pitch", "family"), ("family",) for guidance on the
+    # family alone, or () for a prior trained without label dropout (no guidance possible).
+    null_labels: tuple[str, ...] = ()
+
+    @property
+    def unconditional(self) -> bool:
+        return bool(self.null_labels)
 
 
 @dataclass
@@ -100,6 +106,16 @@ def _require(data: dict, key: str, where: str) -> Any:
     return data[key]
 
 
+def _null_labels(prior: dict, where: str) -> tuple[str, ...]:
+    """A prior's `null_labels`; bundles before it say only `unconditional` (both labels dropped)."""
+    labels = prior.get("null_labels", ["pitch", "family"] if prior.get("unconditional") else [])
+    if not isinstance(labels, list) or not set(labels) <= {"pitch", "family"}:
+        raise BundleError(f"{where}: null_labels must list 'pitch' and/or 'family', not {labels!r}")
+    if labels and "family" not in labels:
+        raise BundleError(f"{where}: null_labels {labels!r} drops the pitch but keeps the family (not a trained mode)")
+    return tuple(labels)
+
+
 def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
     """Validate a manifest dictionary; any problem raises BundleError naming the key."""
     if not isinstance(data, dict):
@@ -116,7 +132,7 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
         priors = {
             layer: PriorShape(
                 **{k: int(v[k]) for k in ("n_layers", "n_heads", "head_dim")},
-                unconditional=bool(v.get("unconditional", False)),
+                null_labels=_null_labels(v, f"{where}: priors.{layer}"),
             )
             for layer, v in _require(data, "priors", where).items()
         }

@@ -18,7 +18,7 @@ from server.bundle import Bundle, cache_names
 from server.protocol import DEFAULTS
 
 WIDE_STEP = 32  # decoder inputs from which a step call goes to the all-threads session (see Bundle)
-NULL_LABEL = -1  # pitch and family of the unconditional prediction (priors trained with label dropout)
+NULL_LABEL = -1  # a label the unconditional prediction drops (priors trained with label dropout)
 # The server's defaults, written once in the settings table (docs/ablations.md says why these values).
 DEFAULT_GUIDANCE = DEFAULTS["guidance"]  # classifier-free guidance weight; 1 is the plain conditional model
 DEFAULT_HARMONIC = DEFAULTS["harmonic"]  # harmonic guidance weight; 0 is the model alone
@@ -104,7 +104,8 @@ class PriorSampler:
 
     def _labels(self, cond: Conditioning) -> dict[str, np.ndarray]:
         """(B,) pitch and family: the conditional row, then the unconditional one under guidance."""
-        rows = [(cond.pitch, cond.family)] + [(NULL_LABEL, NULL_LABEL)] * self.guided(cond)
+        unconditional = (NULL_LABEL if "pitch" in self.shape.null_labels else cond.pitch, NULL_LABEL)
+        rows = [(cond.pitch, cond.family)] + [unconditional] * self.guided(cond)
         pitch, family = np.array(rows, np.int64).T
         return {"pitch": pitch, "family": family}
 

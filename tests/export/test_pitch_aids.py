@@ -73,6 +73,24 @@ def test_null_labels_are_their_own_rows_and_dropout_uses_them():
     assert dropped.float().mean().item() == pytest.approx(0.2, abs=0.03)
 
 
+def test_family_dropout_drops_the_family_alone_and_the_unconditional_row_keeps_the_pitch():
+    design = dataclasses.replace(TINY.top_prior, cond_dropout=0.0, family_dropout=0.3)
+    prior = build_prior(dataclasses.replace(TINY, top_prior=design), "top")
+    assert prior.null_labels == ("family",)
+    assert prior.pitch_embed.num_embeddings == 61 and prior.family_embed.num_embeddings == 12
+    p, f = prior.label_index(torch.tensor([60, 60]), torch.tensor([3, -1]))
+    assert p.tolist() == [36, 36] and f.tolist() == [3, 11]
+    pitch, family = prior.unconditional(torch.tensor([60, 72]), torch.tensor([3, 4]))
+    assert pitch.tolist() == [60, 72] and family.tolist() == [-1, -1]
+    torch.manual_seed(0)
+    pitch, family = drop_labels(torch.full((4000,), 60), torch.full((4000,), 3), 0.0, 0.3)
+    assert (pitch == 60).all()
+    assert (family == -1).float().mean().item() == pytest.approx(0.3, abs=0.03)
+    both = build_prior(TINY, "top")  # label dropout on both: the unconditional row drops both
+    assert both.null_labels == ("pitch", "family")
+    assert both.unconditional(torch.tensor([60]), torch.tensor([3]))[0].tolist() == [-1]
+
+
 def test_nucleus_keeps_the_top_p_mass_like_the_server():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
     draws = nucleus(logits, 1.0, 0.7, torch.Generator().manual_seed(0))

@@ -1,11 +1,14 @@
 """Sampling and inpainting through the bundle's graphs: what is kept stays, what is masked is redrawn."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
 from server import codemaps
-from server.bundle import Bundle
-from server.sampling import Conditioning, Inpainter, sample_logits
+from server.bundle import Bundle, BundleError
+from server.sampling import Conditioning, Inpainter, PriorSampler, sample_logits
 from server.vqvae_audio import encode_audio, render
 
 
@@ -125,6 +128,33 @@ def test_a_mask_of_the_wrong_shape_or_layer_is_refused(engine):
         inpainter.inpaint(top, bottom, "bottom", np.ones((32, 4), bool), COND, np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown layer 'middle'"):
         inpainter.inpaint(top, bottom, "middle", np.ones((32, 4), bool), COND, np.random.default_rng(0))
+
+
+def test_a_bundle_guided_on_the_family_alone_keeps_the_pitch_in_its_unconditional_row(tiny_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle[1], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["priors"]["top"]["null_labels"] = ["family"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    bundle = Bundle(copy)
+    assert bundle.manifest.priors["top"].null_labels == ("family",)
+    assert bundle.manifest.priors["bottom"].null_labels == ("pitch", "family")
+    sampler = PriorSampler(bundle, "top")
+    src = np.full(128, bundle.manifest.mask_token)
+    start = np.array([bundle.manifest.start_token, 5, 9])
+
+    def logits(cond):
+        memory = sampler.encode(src, cond)
+        return sampler.step(start, cond, sampler.empty_cache(memory), memory)[0]
+
+    c, u = logits(Conditioning(60, 4, guidance=1, harmonic=0)), logits(Conditioning(60, -1, guidance=1, harmonic=0))
+    np.testing.assert_allclose(logits(Conditioning(60, 4, guidance=3, harmonic=0)), u + 3 * (c - u), atol=1e-4)
+    no_pitch = logits(Conditioning(-1, -1, guidance=1, harmonic=0))
+    assert np.abs(u - no_pitch).max() > 1e-3  # the pitch was kept, not dropped
+    manifest["priors"]["top"]["null_labels"] = ["pitch"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="drops the pitch but keeps the family"):
+        Bundle(copy)
 
 
 def test_guidance_combines_conditional_and_unconditional_rows_and_harmonic_guidance_adds(engine):

@@ -1,0 +1,39 @@
+"""A run folder from a bundle: train on from exactly what the server plays.
+
+A shipped bundle is all that is left of a GPU run (its checkpoints stay on the machine that trained it). Its
+graphs keep the parameter names, so the torch models read back from them (`live_vs_eager`) are the weights the
+server runs; written as checkpoints beside the bundle's config and the dataset's codemaps, they make a run
+folder that `fork --warm-start`, `prior` and `export` take like any other.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from export import train
+from export.config import override
+from export.live_vs_eager import torch_models_from_bundle
+from server import codemaps
+from server.bundle import read_manifest
+
+
+def unpack(bundle_dir: Path, data: Path, run: Path, overrides: list[str]) -> dict:
+    """RUN: the bundle's config (changed by `overrides`, train.* only), its VQ-VAE and priors as model-only
+    checkpoints at step 0 (a stage trained on starts a fresh optimizer), and the codes of DATA's both splits."""
+    if (run / train.RUN_FILE).is_file():
+        raise ValueError(f"{run} exists already; unpack into a new folder")
+    for item in overrides:
+        if not item.startswith("train."):
+            raise ValueError(f"--set {item}: only train.* (the models are the bundle's; fork to change a design)")
+    base, vqvae, priors = torch_models_from_bundle(bundle_dir)
+    config = override(base, overrides)
+    train.create_run(run, config, data)
+    normalizer = read_manifest(bundle_dir).raw["normalizer"]
+    (run / "stats.json").write_text(json.dumps(normalizer, indent=2))
+    train.save_checkpoint(run / "vqvae.pt", model=vqvae.state_dict(), step=0, normalizer=normalizer)
+    for layer in codemaps.LAYERS:
+        state = priors[layer].state_dict()
+        train.save_checkpoint(run / f"{layer}_prior.pt", model=state, step=0, config=config.to_dict())
+    counts = train.extract_codes(run)
+    return {"run": str(run), "bundle": str(bundle_dir), "codes": counts}
