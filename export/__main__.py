@@ -153,6 +153,7 @@ def cmd_evaluate(args) -> dict:
 
     settings = replace(
         DEFAULTS,
+        guidance=DEFAULTS.guidance if args.guidance is None else args.guidance,
         harmonic=DEFAULTS.harmonic if args.harmonic is None else args.harmonic,
         timbre=DEFAULTS.timbre if args.timbre is None else args.timbre,
     )
@@ -171,7 +172,7 @@ def cmd_fork(args) -> dict:
 def cmd_unpack(args) -> dict:
     from export.unpack import unpack
 
-    return unpack(args.bundle, args.data, args.run, args.set)
+    return unpack(args.bundle, args.data, args.run, args.set, args.train_notes, args.codes_cache)
 
 
 def cmd_ablate(args) -> dict:
@@ -318,6 +319,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--unseen", type=Path, help="a dataset from a soundfont never trained on: reconstruction and inpainting"
     )
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the server's)")
     p.add_argument("--harmonic", type=float, help="harmonic guidance weight (default: the server's)")
     p.add_argument("--timbre", type=float, help="family guidance weight (default: the server's)")
 
@@ -334,6 +336,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="the dataset it was trained on (codes of both splits)")
     p.add_argument("--out", dest="run", metavar="RUN", type=Path, required=True, help="the new run folder")
     p.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE", help="e.g. train.num_workers=2")
+    p.add_argument("--train-notes", type=int, help="training codes of this many notes (reguide's draw; default all)")
+    p.add_argument("--codes-cache", type=Path, help="with --train-notes: reguide's cache of training codes (.npz)")
 
     p = sub.add_parser("ablate", help="prior designs on the same codes and budget, measured by pitch")
     p.add_argument("run", type=Path, help="the base run: its VQ-VAE and codes are shared")

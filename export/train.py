@@ -393,8 +393,10 @@ def train_vqvae(run: Path, device: str = "auto", minutes: float | None = None) -
 
 
 @torch.no_grad()
-def extract_codes(run: Path, device: str = "auto", batch_size: int = 32) -> dict:
-    """Encode every note of both splits → codes/{split}.npz: top (N, 32, 4), bottom (N, 64, 8) uint16, labels."""
+def extract_codes(
+    run: Path, device: str = "auto", batch_size: int = 32, splits: tuple[str, ...] = ("train", "valid")
+) -> dict:
+    """Encode every note of `splits` → codes/{split}.npz: top (N, 32, 4), bottom (N, 64, 8) uint16, labels."""
     from tqdm import tqdm
 
     config, data = load_run(run)
@@ -404,6 +406,8 @@ def extract_codes(run: Path, device: str = "auto", batch_size: int = 32) -> dict
     (run / "codes").mkdir(exist_ok=True)
     counts = {}
     for name, notes in load_splits(data, config.data).items():
+        if name not in splits:
+            continue
         tops, bottoms, pitches, families = [], [], [], []
         loader = DataLoader(
             NoteAudio(notes, config.spectrogram), batch_size=batch_size, num_workers=config.train.num_workers

@@ -11,16 +11,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from export import train
 from export.config import override
 from export.live_vs_eager import torch_models_from_bundle
+from export.reguide import training_codes
 from server import codemaps
-from server.bundle import read_manifest
+from server.bundle import Bundle, read_manifest
 
 
-def unpack(bundle_dir: Path, data: Path, run: Path, overrides: list[str]) -> dict:
+def unpack(
+    bundle_dir: Path,
+    data: Path,
+    run: Path,
+    overrides: list[str],
+    train_notes: int | None = None,
+    codes_cache: Path | None = None,
+) -> dict:
     """RUN: the bundle's config (changed by `overrides`, train.* only), its VQ-VAE and priors as model-only
-    checkpoints at step 0 (a stage trained on starts a fresh optimizer), and the codes of DATA's both splits."""
+    checkpoints at step 0 (a stage trained on starts a fresh optimizer), and the codes of DATA's both splits.
+    With `train_notes`, the training codes are the first that many of `reguide`'s fixed draw, read from (and
+    added to) its `codes_cache` when given: a bundle reguided before needs no training note encoded again."""
     if (run / train.RUN_FILE).is_file():
         raise ValueError(f"{run} exists already; unpack into a new folder")
     for item in overrides:
@@ -35,5 +47,12 @@ def unpack(bundle_dir: Path, data: Path, run: Path, overrides: list[str]) -> dic
     for layer in codemaps.LAYERS:
         state = priors[layer].state_dict()
         train.save_checkpoint(run / f"{layer}_prior.pt", model=state, step=0, config=config.to_dict())
-    counts = train.extract_codes(run)
+    if train_notes is None:
+        counts = train.extract_codes(run)
+    else:
+        codes = training_codes(Bundle(bundle_dir), data, train_notes, codes_cache)
+        typed = {"top": np.uint16, "bottom": np.uint16, "pitch": np.int16, "family": np.int16}
+        (run / "codes").mkdir()
+        np.savez(run / "codes" / "train.npz", **{k: codes[k].astype(t) for k, t in typed.items()})
+        counts = {"train": len(codes["family"]), **train.extract_codes(run, splits=("valid",))}
     return {"run": str(run), "bundle": str(bundle_dir), "codes": counts}

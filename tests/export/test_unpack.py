@@ -1,11 +1,12 @@
 """A run folder from a bundle: the weights the server plays, trained on with the family alone dropped."""
 
-import json
-
 import numpy as np
+import pytest
 import torch
 
 from export import train
+from export.onnx_export import export_bundle
+from export.unpack import unpack
 from tests.conftest import run_cli
 
 
@@ -24,18 +25,11 @@ def test_unpack_gives_the_bundles_weights_and_codes_and_a_family_guided_fork_exp
         for field in ("top", "bottom", "pitch", "family"):
             np.testing.assert_array_equal(ours[field], theirs[field])
 
-    forked = tmp_path / "family"
-    steps = ("--set", "train.prior_steps=2", "--set", "train.monitor_every=0")
+    forked = tmp_path / "family"  # in process from here: the CLI's path was taken above
     designs = [f"{layer}_prior.{k}" for layer in ("top", "bottom") for k in ("cond_dropout=0", "family_dropout=0.2")]
-    args = [x for d in designs for x in ("--set", d)]
-    assert run_cli("export", "fork", str(unpacked), str(forked), "--warm-start", *args, *steps).returncode == 0
-    for layer in ("top", "bottom"):
-        result = run_cli("export", "prior", str(forked), "--layer", layer, "--device", "cpu")
-        assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "bundle"
-    result = run_cli("export", "export", str(forked), "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    train.fork_run(unpacked, forked, [*designs, "train.prior_steps=2", "train.monitor_every=0"], warm_start=True)
+    assert train.train_prior(forked, "top", device="cpu")["step"] == 2  # the bottom prior stays as forked
+    manifest = export_bundle(forked, tmp_path / "bundle")
     assert [p["null_labels"] for p in manifest["priors"].values()] == [["family"], ["family"]]
-    unpack_again = run_cli("export", "unpack", str(bundle), "--data", str(run), "--out", str(unpacked))
-    assert unpack_again.returncode == 1 and "exists already" in unpack_again.stderr
+    with pytest.raises(ValueError, match="exists already"):
+        unpack(bundle, run, unpacked, [])
