@@ -10,6 +10,8 @@
 # A smoke test before a long run (a few notes, STEPS=30, EVALUATE=0) catches a device problem in a minute.
 # Folders: DATA (rendered notes), RUN (the run folder), OUT (bundle/, evaluation/, the packed results, log).
 # PACK=0 leaves the bundle and the run where they are (a machine you keep) instead of packing them to come back.
+# DESIGN adds settings of a new run's design, e.g. classifier-free guidance on the family:
+#   DESIGN="top_prior.family_dropout=0.2 bottom_prior.family_dropout=0.2"
 set -uo pipefail
 T0=$(date +%s)
 MINUTES=${MINUTES:-8.5}   # the whole command, rendering and evaluation included
@@ -27,6 +29,7 @@ GPU_SETTINGS=(--set train.vqvae_batch_size=${VQ_BATCH:-128} --set train.lr=${VQ_
   --set train.vqvae_steps=${STEPS:-10000000} --set train.prior_steps=${STEPS:-10000000} --set train.num_workers=$(nproc)
   --set train.checkpoint_every=1000 --set train.log_every=100 --set train.image_every=1000
   --set train.monitor_every=${MONITOR_EVERY:-2000} --set train.monitor_notes=88)
+for setting in ${DESIGN:-}; do GPU_SETTINGS+=(--set "$setting"); done
 LOGS="$OUT/logs"
 mkdir -p "$LOGS"
 exec > >(tee -a "$OUT/log.txt") 2>&1

@@ -116,8 +116,8 @@ SETTINGS = (  # in the order they are echoed
         Address(
             "/guidance",
             (Arg("guidance", "f", 0.0, 10.0),),
-            "classifier-free guidance on pitch and instrument: 1 off, higher follows them more strictly "
-            "(models trained with label dropout; others ignore it)",
+            "classifier-free guidance: 1 off, higher follows the pitch and instrument (or the instrument alone, as "
+            "the bundle was trained) more strictly (models trained with label dropout; others ignore it)",
         ),
         1.0,  # the plain conditional model (docs/ablations.md)
     ),
