@@ -41,7 +41,12 @@ def unpack(
     base, vqvae, priors = torch_models_from_bundle(bundle_dir)
     config = override(base, overrides)
     train.create_run(run, config, data)
-    normalizer = read_manifest(bundle_dir).raw["normalizer"]
+    manifest = read_manifest(bundle_dir).raw
+    # The run's history starts with the bundle's: a bundle exported from it names every command behind it.
+    log = run / train.COMMAND_LOG
+    earlier = "".join(json.dumps(c) + "\n" for c in manifest.get("provenance", {}).get("commands", []))
+    log.write_text(earlier + (log.read_text() if log.is_file() else ""))
+    normalizer = manifest["normalizer"]
     (run / "stats.json").write_text(json.dumps(normalizer, indent=2))
     train.save_checkpoint(run / "vqvae.pt", model=vqvae.state_dict(), step=0, normalizer=normalizer)
     for layer in codemaps.LAYERS:

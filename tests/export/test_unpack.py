@@ -1,5 +1,7 @@
 """A run folder from a bundle: the weights the server plays, trained on with the family alone dropped."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,9 @@ def test_unpack_gives_the_bundles_weights_and_codes_and_a_family_guided_fork_exp
     result = run_cli("export", "unpack", str(bundle), "--data", str(train.load_run(run)[1]), "--out", str(unpacked))
     assert result.returncode == 0, result.stderr[-3000:]
     config, _ = train.load_run(run)
+    history = [json.loads(line)["command"] for line in (unpacked / train.COMMAND_LOG).read_text().splitlines()]
+    bundled = [c["command"] for c in json.loads((bundle / "manifest.json").read_text())["provenance"]["commands"]]
+    assert history[: len(bundled)] == bundled and "inpaint-train unpack" in history[-1]
     for layer in ("top", "bottom"):
         trained, read_back = train.load_prior(run, config, layer)[0], train.load_prior(unpacked, config, layer)[0]
         for key, value in trained.state_dict().items():
@@ -33,3 +38,19 @@ def test_unpack_gives_the_bundles_weights_and_codes_and_a_family_guided_fork_exp
     assert [p["null_labels"] for p in manifest["priors"].values()] == [["family"], ["family"]]
     with pytest.raises(ValueError, match="exists already"):
         unpack(bundle, run, unpacked, [])
+
+    # Training codes from reguide's draw (and its cache), the validation split encoded as before.
+    cache, data = tmp_path / "codes.npz", train.load_run(run)[1]
+    unpack(bundle, data, tmp_path / "from-cache", [], train_notes=5, codes_cache=cache)
+    ours, theirs = np.load(tmp_path / "from-cache" / "codes" / "train.npz"), np.load(run / "codes" / "train.npz")
+    pick = np.random.default_rng(0).permutation(len(theirs["top"]))[:5]  # reguide.training_codes' draw
+    for field in ("pitch", "family"):
+        np.testing.assert_array_equal(ours[field], theirs[field][pick])
+    # The codes are the cache's (onnxruntime's encoder: on this barely trained codebook, near ties between codes
+    # can go the other way than in torch's, so they are not compared with the run's).
+    cached = np.load(cache)
+    for field in ("top", "bottom"):
+        assert ours[field].dtype == np.uint16 and ours[field].shape == (5, *theirs[field].shape[1:])
+        np.testing.assert_array_equal(ours[field], cached[field])
+    valid = np.load(tmp_path / "from-cache" / "codes" / "valid.npz")
+    np.testing.assert_array_equal(valid["pitch"], np.load(run / "codes" / "valid.npz")["pitch"])

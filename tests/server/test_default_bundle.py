@@ -26,8 +26,13 @@ def test_the_default_bundle_ships_in_the_package_under_40_mb():
 def test_its_manifest_says_how_to_make_it_again():
     provenance = json.loads((BUNDLE / "manifest.json").read_text())["provenance"]
     # scripts/train_gpu.sh: one `pipeline` (every stage, then the export) within a time budget, preset `small`
-    [command] = [c["command"].split() for c in provenance["commands"]]
+    command, *since = [c["command"].split() for c in provenance["commands"]]
     assert command[:2] == ["inpaint-train", "pipeline"] and "--minutes" in command and "small" in command
+    # Its top prior was trained on since (docs/ablations.md): unpacked, forked with family dropout, exported.
+    steps = [c[1] for c in since if c[0] == "inpaint-train"]
+    assert steps[0] == "unpack" and {"fork", "prior", "export"} <= set(steps)
+    assert any("top_prior.family_dropout=0.2" in c for c in since)
+    assert provenance["prior_finetune"]["top_prior"]["steps"] > 0
     assert {f["file"] for f in provenance["dataset"]["soundfonts"]} == {"FluidR3Mono_GM.sf3", "TimGM6mb.sf2"}
     assert provenance["dataset"]["pitches"] == list(range(24, 85)) and len(provenance["dataset"]["velocities"]) >= 3
     assert provenance["steps"]["vqvae"] > 0 and provenance["steps"]["top_prior"] > 0
