@@ -27,6 +27,7 @@ from export.nsynth import load_splits
 from export.reguide import reguide
 from server.bundle import Bundle
 from server.codemaps import LAYERS
+from server.protocol import DEFAULTS
 from server.sampling import DEFAULT_GUIDANCE, Conditioning
 
 
@@ -43,22 +44,25 @@ class Variant:
     timbre: float = 0.0
     family: FamilyRecipe = FamilyRecipe()
     guidance: float = DEFAULT_GUIDANCE
+    temperature: float = DEFAULTS["temperature"]
+    top_p: float = DEFAULTS["top_p"]
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """`recipe:top:bottom:harmonic[:timbre[:region[:notes]]][:layers=top+bottom][:floor=F][:cfg=W]`, e.g.
-        `level:1:1:1:2`, `level:1:1:0.5:2:12`, `level:1:1:0.5:2:layers=top` or `level:1:1:1:0:cfg=3`;
-        `recipe:harmonic[:timbre]` is `recipe:1:1:harmonic[:timbre]`. The fields of
-        `export.family_guidance.FamilyRecipe` default as there, `cfg` as the server's `/guidance`."""
+        """`recipe:top:bottom:harmonic[:timbre[:region[:notes]]][:layers=top+bottom][:floor=F][:cfg=W][:t=T][:p=P]`,
+        e.g. `level:1:1:1:2`, `level:1:1:0.5:2:12`, `level:1:1:0.5:2:layers=top`, `level:1:1:1:0:cfg=3` or
+        `level:1:1:0.5:2:p=0.5`; `recipe:harmonic[:timbre]` is `recipe:1:1:harmonic[:timbre]`. The fields of
+        `export.family_guidance.FamilyRecipe` default as there; `cfg`, `t` and `p` as the server's `/guidance`,
+        `/temperature` and `/top_p`."""
         fields = text.split(":")
         parts = [f for f in fields if "=" not in f]
         keywords = dict(f.split("=", 1) for f in fields if "=" in f)
         if len(parts) in (2, 3):
             parts = [parts[0], "1", "1", *parts[1:]]
-        if len(parts) not in (4, 5, 6, 7) or set(keywords) - {"layers", "floor", "cfg"}:
+        if len(parts) not in (4, 5, 6, 7) or set(keywords) - {"layers", "floor", "cfg", "t", "p"}:
             raise ValueError(
                 f"{text!r}: a variant is recipe:top:bottom:harmonic[:timbre[:region[:notes]]][:layers=..][:floor=..]"
-                "[:cfg=..] or recipe:harmonic[:timbre]"
+                "[:cfg=..][:t=..][:p=..] or recipe:harmonic[:timbre]"
             )
         top, bottom, harmonic = map(float, parts[1:4])
         timbre = float(parts[4]) if len(parts) > 4 else 0.0
@@ -69,7 +73,9 @@ class Variant:
             floor=float(keywords["floor"]) if "floor" in keywords else None,
         )
         guidance = float(keywords.get("cfg", DEFAULT_GUIDANCE))
-        return cls(parts[0], top, bottom, harmonic, timbre, family, guidance)
+        temperature = float(keywords.get("t", DEFAULTS["temperature"]))
+        top_p = float(keywords.get("p", DEFAULTS["top_p"]))
+        return cls(parts[0], top, bottom, harmonic, timbre, family, guidance, temperature, top_p)
 
     @property
     def name(self) -> str:
@@ -79,8 +85,10 @@ class Variant:
             name += f":{f.region}:{f.notes}"
         elif f.region:
             name += f":{f.region}"
-        cfg = f":cfg={self.guidance:g}" if self.guidance != DEFAULT_GUIDANCE else ""
-        return name + self._keywords(":{}={}") + cfg
+        sampling = f":cfg={self.guidance:g}" if self.guidance != DEFAULT_GUIDANCE else ""
+        sampling += f":t={self.temperature:g}" if self.temperature != DEFAULTS["temperature"] else ""
+        sampling += f":p={self.top_p:g}" if self.top_p != DEFAULTS["top_p"] else ""
+        return name + self._keywords(":{}={}") + sampling
 
     @property
     def graphs(self) -> str:
@@ -99,7 +107,7 @@ def measure(bundle_dir: Path, judge, notes, recon, reference, v: Variant, sample
     """Pitch and timbre of one variant: inpainting on `notes` (with their reconstructions `recon`), the judge's
     ceiling on the reconstructions `reference` (more notes: a steadier ceiling)."""
     bundle = Bundle(bundle_dir)
-    settings = Conditioning(0, 0, guidance=v.guidance, harmonic=v.harmonic, timbre=v.timbre)
+    settings = Conditioning(0, 0, v.temperature, v.top_p, guidance=v.guidance, harmonic=v.harmonic, timbre=v.timbre)
     gens = generate_grid(bundle, samples, seed, settings, DEV_PITCHES)
     inpainted = inpaint_notes(bundle, notes, recon, seed, settings)
     return {**pitch_figures(gens, inpainted), **timbre.summary(timbre_of(judge, reference, gens, inpainted))}

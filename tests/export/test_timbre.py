@@ -167,7 +167,7 @@ def test_a_guidance_variant_names_what_it_changes_and_parses_back():
 
     for text in ("level:1:1:0.5:2", "level:1:1:0.5:3:12", "level:1:1:0.5:3:12:24000", "level:1:1:0.5:2:layers=top",
                  "level:1:1:0.5:3:12:floor=-1", "shape:1:0:1:2:layers=bottom:floor=-0.5",
-                 "level:1:1:1:0:cfg=3"):  # fmt: skip
+                 "level:1:1:1:0:cfg=3", "level:1:1:0.5:2:p=0.5", "level:1:1:0.5:2:cfg=2:t=0.8:p=0.6"):  # fmt: skip
         variant = Variant.parse(text)
         assert variant.name == text and Variant.parse(variant.name) == variant
     v = Variant.parse("level:1:1:0.5:3:12:floor=-1")
@@ -180,6 +180,8 @@ def test_a_guidance_variant_names_what_it_changes_and_parses_back():
     assert Variant.parse("level:0.5:2") == Variant.parse("level:1:1:0.5:2")
     cfg = Variant.parse("level:1:1:1:2:cfg=2.5")
     assert cfg.guidance == 2.5 and cfg.graphs == "level-1-1" and Variant.parse("level:1:1:1:2").guidance == 1
+    truncated = Variant.parse("level:1:1:0.5:2:t=0.9:p=0.5")  # sampling only: the graphs are shared
+    assert (truncated.temperature, truncated.top_p, truncated.graphs) == (0.9, 0.5, "level-1-1")
     for bad in ("level:1:1:0.5:2:layers=middle", "level:1:1:0.5:2:depth=3", "level:1:1:0.5:2:12:8000:3:4"):
         with pytest.raises(ValueError):
             Variant.parse(bad)
