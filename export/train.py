@@ -453,6 +453,21 @@ def drop_labels(
     return pitch, family
 
 
+def family_hinge(wrapped, model: Prior, src, target, pitch, family, token_loss, margin: float) -> torch.Tensor | None:
+    """The family margin (`PriorConfig.family_margin`): the same batch under a wrong family (each real family
+    moved by 1 to n-1 places, at random), mean over the examples with a real family of max(0, margin - (its loss
+    per token under the wrong family - under its own)); None when off or no example has a real family."""
+    real = family >= 0
+    if margin <= 0 or not bool(real.any()):
+        return None
+    shift = torch.randint(1, model.n_families, family.shape, device=family.device)
+    wrong = torch.where(real, (family + shift) % model.n_families, family)
+    wrong_logits = wrapped(src, target, pitch, wrong).float()
+    wrong_loss = F.cross_entropy(wrong_logits.transpose(1, 2), target, reduction="none").mean(1)  # (B,)
+    gap = wrong_loss - token_loss.mean(1)
+    return F.relu(margin - gap)[real].mean()
+
+
 @torch.no_grad()
 def prior_loss(model: Prior, layer: str, codes: CodeSet, batch_size: int = 256, pitch_shift: int = 0, seed: int = 0):
     """Teacher-forced (summed cross-entropy, correct tokens, tokens) over `codes`, the same top-prior masks at
@@ -504,9 +519,17 @@ def train_prior(run: Path, layer: str, device: str = "auto", minutes: float | No
             src, target = prior_batch(layer, top, bottom, model.mask_token)
             pitch, family = drop_labels(pitch, family, cfg.cond_dropout, cfg.family_dropout)
             logits = wrapped(src, target, pitch, family).float()  # (B, T, n_codes)
-            loss = F.cross_entropy(logits.transpose(1, 2), target)
+            token_loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (B, T)
+            loss = token_loss.mean()
+            hinge = family_hinge(wrapped, model, src, target, pitch, family, token_loss, cfg.family_margin)
+            total = loss if hinge is None else loss + hinge
             return StepResult(
-                loss, lambda: {"loss": loss.item(), "accuracy": (logits.argmax(-1) == target).float().mean().item()}
+                total,
+                lambda: {
+                    "loss": loss.item(),
+                    "accuracy": (logits.argmax(-1) == target).float().mean().item(),
+                    **({} if hinge is None else {"family_hinge": hinge.item()}),
+                },
             )
 
         from export.monitor import PitchMonitor

@@ -9,7 +9,7 @@ import torch
 from export.config import preset
 from export.harmonics import band_template, harmonic_template
 from export.monitor import nucleus, sample_all
-from export.train import build_prior, drop_labels
+from export.train import build_prior, drop_labels, family_hinge
 from server import dsp
 
 TINY = preset("tiny")
@@ -89,6 +89,37 @@ def test_family_dropout_drops_the_family_alone_and_the_unconditional_row_keeps_t
     both = build_prior(TINY, "top")  # label dropout on both: the unconditional row drops both
     assert both.null_labels == ("pitch", "family")
     assert both.unconditional(torch.tensor([60]), torch.tensor([3]))[0].tolist() == [-1]
+
+
+def test_the_family_margin_teaches_the_prior_to_follow_its_family_label():
+    torch.manual_seed(0)
+    prior = build_prior(TINY, "top").eval()  # eval: no dropout, so the gap is the labels' alone
+    n = 8
+    src = torch.randint(0, prior.n_codes, (n, prior.src_len))
+    target = torch.randint(0, prior.n_codes, (n, prior.tgt_len))
+    pitch, family = torch.full((n,), 60), torch.arange(n) % prior.n_families
+    family[0] = -1  # a dropped family is left out of the hinge
+
+    def token_loss(fam):
+        logits = prior(src, target, pitch, fam).transpose(1, 2)
+        return torch.nn.functional.cross_entropy(logits, target, reduction="none")
+
+    def gap() -> float:
+        with torch.no_grad():
+            other = torch.where(family >= 0, (family + 1) % prior.n_families, family)
+            return (token_loss(other).mean(1) - token_loss(family).mean(1))[1:].mean().item()
+
+    assert family_hinge(prior, prior, src, target, pitch, family, token_loss(family), 0.0) is None
+    assert family_hinge(prior, prior, src, target, pitch, torch.full((n,), -1), token_loss(family), 1.0) is None
+    before = gap()
+    optimiser = torch.optim.Adam(prior.parameters(), lr=3e-3)
+    for _ in range(20):
+        hinge = family_hinge(prior, prior, src, target, pitch, family, token_loss(family), 1.0)
+        assert hinge is not None and hinge.item() >= 0
+        optimiser.zero_grad()
+        hinge.backward()
+        optimiser.step()
+    assert abs(before) < 0.05 and gap() > 0.3  # random targets: only the label can tell them apart
 
 
 def test_nucleus_keeps_the_top_p_mass_like_the_server():
