@@ -453,19 +453,17 @@ def drop_labels(
     return pitch, family
 
 
-def family_hinge(wrapped, model: Prior, src, target, pitch, family, token_loss, margin: float) -> torch.Tensor | None:
-    """The family margin (`PriorConfig.family_margin`): the same batch under a wrong family (each real family
-    moved by 1 to n-1 places, at random), mean over the examples with a real family of max(0, margin - (its loss
-    per token under the wrong family - under its own)); None when off or no example has a real family."""
-    real = family >= 0
-    if margin <= 0 or not bool(real.any()):
-        return None
-    shift = torch.randint(1, model.n_families, family.shape, device=family.device)
-    wrong = torch.where(real, (family + shift) % model.n_families, family)
-    wrong_logits = wrapped(src, target, pitch, wrong).float()
-    wrong_loss = F.cross_entropy(wrong_logits.transpose(1, 2), target, reduction="none").mean(1)  # (B,)
-    gap = wrong_loss - token_loss.mean(1)
-    return F.relu(margin - gap)[real].mean()
+def wrong_families(family: torch.Tensor, n_families: int) -> torch.Tensor:
+    """(B,) families, each real one moved by 1 to n-1 places at random; the null family (-1) stays."""
+    shift = torch.randint(1, n_families, family.shape, device=family.device)
+    return torch.where(family >= 0, (family + shift) % n_families, family)
+
+
+def family_hinge(token_loss: torch.Tensor, wrong_loss: torch.Tensor, family: torch.Tensor, margin: float):
+    """The family margin (`PriorConfig.family_margin`): over the examples with a real family, the mean of
+    max(0, margin - (loss per token under a wrong family - under its own)). Losses (B, T) per token."""
+    gap = wrong_loss.mean(1) - token_loss.mean(1)
+    return F.relu(margin - gap)[family >= 0].mean()
 
 
 @torch.no_grad()
@@ -518,10 +516,19 @@ def train_prior(run: Path, layer: str, device: str = "auto", minutes: float | No
             top, bottom, pitch, family = batch
             src, target = prior_batch(layer, top, bottom, model.mask_token)
             pitch, family = drop_labels(pitch, family, cfg.cond_dropout, cfg.family_dropout)
-            logits = wrapped(src, target, pitch, family).float()  # (B, T, n_codes)
+            margin = cfg.family_margin if bool((family >= 0).any()) else 0.0
+            if margin > 0:  # one forward of the batch under its own families and under wrong ones (DDP-safe)
+                labels = torch.cat([family, wrong_families(family, model.n_families)])
+                both = wrapped(src.repeat(2, 1), target.repeat(2, 1), pitch.repeat(2), labels).float()
+                logits, wrong_logits = both.chunk(2)  # (B, T, n_codes) each
+            else:
+                logits = wrapped(src, target, pitch, family).float()  # (B, T, n_codes)
             token_loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (B, T)
             loss = token_loss.mean()
-            hinge = family_hinge(wrapped, model, src, target, pitch, family, token_loss, cfg.family_margin)
+            hinge = None
+            if margin > 0:
+                wrong_loss = F.cross_entropy(wrong_logits.transpose(1, 2), target, reduction="none")
+                hinge = family_hinge(token_loss, wrong_loss, family, margin)
             total = loss if hinge is None else loss + hinge
             return StepResult(
                 total,

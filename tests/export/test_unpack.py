@@ -32,6 +32,7 @@ def test_unpack_gives_the_bundles_weights_and_codes_and_a_family_guided_fork_exp
 
     forked = tmp_path / "family"  # in process from here: the CLI's path was taken above
     designs = [f"{layer}_prior.{k}" for layer in ("top", "bottom") for k in ("cond_dropout=0", "family_dropout=0.2")]
+    designs.append("top_prior.family_margin=0.3")  # and the family margin: one forward of both label sets a step
     train.fork_run(unpacked, forked, [*designs, "train.prior_steps=2", "train.monitor_every=0"], warm_start=True)
     assert train.train_prior(forked, "top", device="cpu")["step"] == 2  # the bottom prior stays as forked
     manifest = export_bundle(forked, tmp_path / "bundle")
