@@ -418,15 +418,23 @@ def extract_codes(
             bottoms.append(codes_b.cpu().numpy().astype(np.uint16))
             pitches.append(pitch.numpy())
             families.append(family.numpy())
-        np.savez(
-            run / "codes" / f"{name}.npz",
-            top=np.concatenate(tops),
-            bottom=np.concatenate(bottoms),
-            pitch=np.concatenate(pitches).astype(np.int16),
-            family=np.concatenate(families).astype(np.int16),
-        )
-        counts[name] = sum(len(t) for t in tops)
+        codes = (np.concatenate(tops), np.concatenate(bottoms), np.concatenate(pitches), np.concatenate(families))
+        counts[name] = write_codes(run, name, *codes)
     return counts
+
+
+def write_codes(run: Path, split: str, top, bottom, pitch, family) -> int:
+    """RUN/codes/{split}.npz, the one layout of a code set: top (N, 32, 4) and bottom (N, 64, 8) uint16, pitch and
+    family (N,) int16. Returns N."""
+    (run / "codes").mkdir(exist_ok=True)
+    np.savez(
+        run / "codes" / f"{split}.npz",
+        top=np.asarray(top).astype(np.uint16),
+        bottom=np.asarray(bottom).astype(np.uint16),
+        pitch=np.asarray(pitch).astype(np.int16),
+        family=np.asarray(family).astype(np.int16),
+    )
+    return len(family)
 
 
 # ---------------------------------------------------------------- priors

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from export import train
 from export.config import override
 from export.live_vs_eager import torch_models_from_bundle
@@ -56,8 +54,6 @@ def unpack(
         counts = train.extract_codes(run)
     else:
         codes = training_codes(Bundle(bundle_dir), data, train_notes, codes_cache)
-        typed = {"top": np.uint16, "bottom": np.uint16, "pitch": np.int16, "family": np.int16}
-        (run / "codes").mkdir()
-        np.savez(run / "codes" / "train.npz", **{k: codes[k].astype(t) for k, t in typed.items()})
-        counts = {"train": len(codes["family"]), **train.extract_codes(run, splits=("valid",))}
+        fields = (codes[k] for k in ("top", "bottom", "pitch", "family"))
+        counts = {"train": train.write_codes(run, "train", *fields), **train.extract_codes(run, splits=("valid",))}
     return {"run": str(run), "bundle": str(bundle_dir), "codes": counts}
