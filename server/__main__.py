@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import json
 import sys
 import tempfile
@@ -118,6 +119,7 @@ def cmd_export_instrument(args: argparse.Namespace) -> dict:
 def cmd_serve(args: argparse.Namespace) -> dict:
     import logging
 
+    from server.access import default_roots, is_system
     from server.bundle import Bundle
     from server.engine import Engine, EngineError
     from server.osc import InstrumentServer
@@ -129,18 +131,35 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     log = logging.getLogger("inpaint-osc")
     # The receive thread must get the interpreter back quickly while the worker runs Python between graph calls.
     sys.setswitchinterval(0.0005)
+    if args.reply_port == args.port:
+        raise SystemExit(f"--reply-port {args.reply_port} is --port too: the server would answer itself")
     engine = Engine(Bundle(args.bundle, args.provider, threads=args.threads), phase=args.phase)
     _check_rate(args.rate)
     if args.session is not None and args.session.exists():
         try:
             engine.load(args.session)
             log.info("restored %s (version %d, %d undo steps)", args.session, engine.version, len(engine.undo_stack))
-        except EngineError as exc:
-            aside = args.session.with_name(f"{args.session.name}.unreadable-{int(time.time())}")
-            args.session.rename(aside)
-            log.error("%s; kept it as %s and started a new session", exc, aside)
+        except EngineError as exc:  # set aside, never lost, never a reason not to start
+            aside = args.session.with_name(f"{args.session.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                args.session.rename(aside)
+                log.error("%s; kept it as %s and started a new session", exc, aside)
+            except OSError as err:
+                log.error("%s; could not set it aside (%s): starting a new session that will replace it", exc, err)
     if not args.fill:
         engine.update_settings(fill=False)
+    if args.read_dir:
+        roots = tuple(args.read_dir)
+        for root in roots:
+            if is_system(root.expanduser().resolve()):
+                log.warning("--read-dir %s: a system folder; clients may read and export under it", root)
+    else:
+        roots, dropped = default_roots(Path.home(), Path.cwd())
+        for why in dropped:
+            log.warning("not a folder clients may use: %s; name folders with --read-dir", why)
+    if not _is_loopback(args.host):
+        log.warning("listening on %s: anyone who can reach this machine on port %d may play it (--allow %s)",
+                    args.host, args.port, ", ".join(args.allow) or "none: loopback only still")  # fmt: skip
     server = InstrumentServer(
         engine,
         OutputFolder(args.out, keep=args.keep),
@@ -148,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         port=args.port,
         reply_port=args.reply_port,
         allow=tuple(args.allow),
-        read_dirs=tuple(args.read_dir or [Path.home(), Path.cwd()]),
+        read_dirs=roots,
         session=args.session,
         play=args.play,
         rate=args.rate,
@@ -165,6 +184,13 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     except KeyboardInterrupt:
         pass
     return {"stopped": True, "session": str(args.session) if args.session else None}
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def cmd_send(args: argparse.Namespace) -> dict:
@@ -296,9 +322,16 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="the OSC server", formatter_class=_Help, parents=[phase])
     s.add_argument("--bundle", type=Path, default=default_bundle(), help="model bundle folder")
     s.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "coreml", "auto"], help="execution provider")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback opens a network")
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; anything but loopback lets other machines send to the server, and those in "
+        "--allow may then edit the sound, read audio files under --read-dir and export there",
+    )
     s.add_argument("--port", type=int, default=9000, help="UDP port to listen on")
-    s.add_argument("--reply-port", type=int, default=9001, help="replies go to this port at the sender's address")
+    s.add_argument(
+        "--reply-port", type=int, default=9001, help="replies go to this port at the sender's address (not --port)"
+    )
     s.add_argument("--allow", action="append", default=[], metavar="NET", help="client network besides loopback")
     out = Path(tempfile.gettempdir()) / f"inpaint-osc-{getpass.getuser()}"
     s.add_argument("--out", type=Path, default=out, help="output folder (private to you)")
@@ -307,7 +340,8 @@ def parser() -> argparse.ArgumentParser:
         "--read-dir",
         action="append",
         type=Path,
-        help="a folder /analyze may read; repeat for more (default: your home and the current folder)",
+        help="a folder clients may read (/analyze) and export into (/export/instrument); repeat for more (default: "
+        "your home and the current folder, except the filesystem's root, system folders and folders above home)",
     )
     s.add_argument("--session", type=Path, help="save the performer's state here after every edit; restore it")
     s.add_argument("--play", action="store_true", help="play every render on this machine's audio output")

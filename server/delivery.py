@@ -37,6 +37,10 @@ class Client:
     rate: int | None = None  # sample rate of its renders (/render/rate); None: the server's (--rate)
     timing: bool = False  # follow each /render/done with /render/timing
 
+    def has_preferences(self, default_reply_port: int) -> bool:
+        """Whether it told the server anything worth remembering about itself."""
+        return (self.reply_port, self.mode, self.rate, self.timing) != (default_reply_port, "file", None, False)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Client) and (self.host, self.port) == (other.host, other.port)
 
@@ -105,6 +109,9 @@ class Delivery:
         if lvl.silent:
             log.warning("render %d is silent (%.1f dBFS over its held part)", requesters[0].request_id, lvl.level_db)
         files: dict[int, tuple[np.ndarray, str]] = {}  # rate → (the audio at that rate, its WAV): one per rate
+        # A client's merged requests share one render: its samples are sent once, as the last request's chunks
+        # (each request still gets its /render/done), so a bundle of renders costs about what one does.
+        chunked = {r.client: r for r in requesters if not r.cancelled}
         for r in requesters:
             rate = self.rate_of(r)
             try:
@@ -118,7 +125,7 @@ class Delivery:
             timings["wav"] = time.perf_counter() - t0
             if before_ack is not None:
                 before_ack()
-            self._done(r, files[rate][1], files[rate][0], rate, lvl, timings, batch_started)
+            self._done(r, files[rate][1], files[rate][0], rate, lvl, timings, batch_started, chunked.get(r.client) is r)
             t0 = time.perf_counter()
         if self.rate not in files:  # /play and --play use the server's own rate
             files[self.rate] = (resample(shaped, self.model_rate, self.rate), "")
@@ -135,13 +142,14 @@ class Delivery:
         lvl: level.Level,
         timings: dict[str, float],
         batch_started: float,
+        with_chunks: bool = True,
     ) -> None:
         if r.cancelled:  # its client's /cancel came while this render ran on for another client
             self.send(r.client, "/render/cancelled", r.request_id, "cancelled by /cancel")
             return
         if lvl.silent:
             self.send(r.client, "/render/silent", r.request_id, float(lvl.level_db))
-        if r.client.mode in ("chunks", "both"):
+        if r.client.mode in ("chunks", "both") and with_chunks:
             for i, (offset, piece) in enumerate(chunks(audio)):
                 self.send(r.client, "/render/chunk", r.request_id, offset, piece.size, piece)
                 if i % 8 == 7:

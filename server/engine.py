@@ -8,14 +8,14 @@ here and raise EngineError with a message fit for an `/error` reply; a failed op
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
+import math
 import threading
 import time
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 from server import codemaps, dsp, vqvae_audio
 from server.audio import AudioError, load_audio
 from server.bundle import Bundle
+from server.files import atomic_write
 from server.protocol import DEFAULTS
 from server.sampling import Conditioning, Inpainter
 
@@ -346,15 +347,9 @@ class Engine:
         with self.save_lock:
             with self.lock:
                 arrays = self._snapshot()
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-                if durable:
-                    fh.flush()
-                    os.fsync(fh.fileno())  # the bytes on disk before the name points at them
-            os.replace(tmp, path)
-            if durable:
-                fsync_folder(path.parent)  # the rename itself on disk
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            atomic_write(path, buffer.getvalue(), durable=durable)  # a random temporary name: none to plant
 
     def _snapshot(self) -> dict[str, Any]:  # name → array, for np.savez
         meta = {
@@ -371,10 +366,13 @@ class Engine:
         return arrays
 
     def load(self, path: Path) -> None:
-        """Restore a saved session; raises EngineError (and changes nothing) if the file is not one."""
+        """Restore a saved session; raises EngineError (and changes nothing) if the file is not one this model
+        can play: every field is checked for its type and range before anything is kept."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
+                if not isinstance(meta, dict):
+                    raise EngineError(f"{path}: session meta is a {type(meta).__name__}, not an object")
                 if meta.get("session_version") != SESSION_VERSION:
                     raise EngineError(f"{path}: session version {meta.get('session_version')!r} is not supported")
                 maps = [data[k].astype(np.int64) for k in ("top", "bottom")]
@@ -382,11 +380,12 @@ class Engine:
                     list(zip(data[f"{n}_top"].astype(np.int64), data[f"{n}_bottom"].astype(np.int64), strict=True))
                     for n in ("undo", "redo")
                 ]
-                settings = Settings(**meta["settings"])
         except EngineError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        except Exception as exc:  # numpy and zipfile raise many kinds on a damaged file; none may stop a start
             raise EngineError(f"{path}: not a readable session ({type(exc).__name__}: {exc})") from None
+        settings = _settings_from(meta.get("settings"), path)
+        version, draws = (_count(meta.get(k), k, path) for k in ("version", "draws"))
         for top, bottom in [maps, *stacks[0], *stacks[1]]:
             if top.shape != codemaps.TOP_SHAPE or bottom.shape != codemaps.BOTTOM_SHAPE:
                 raise EngineError(f"{path}: codemaps of the wrong shape")
@@ -394,21 +393,37 @@ class Engine:
                 raise EngineError(f"{path}: codes outside this model's 0..{self.manifest.n_codes - 1}")
         self.check_pitch(settings.pitch)
         self.family_index(settings.family)
+        if settings.note_mode not in NOTE_MODES:
+            raise EngineError(f"{path}: unknown note mode {settings.note_mode!r}")
         self.top, self.bottom = maps
         self.undo_stack, self.redo_stack = stacks
-        self.settings, self.version, self.draws = settings, int(meta["version"]), int(meta["draws"])
+        self.settings, self.version, self.draws = settings, version, draws
 
 
-def fsync_folder(folder: Path) -> None:
-    """Flush a folder's entries (a rename into it) to disk; where folders cannot be opened (Windows), nothing."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _settings_from(stored: object, path: Path) -> Settings:
+    """Settings from a session's JSON, each field of its default's type (an int where an int belongs: `4.0` is
+    not a family; a float may be written as an int); a field left out takes its default."""
+    if not isinstance(stored, dict):
+        raise EngineError(f"{path}: session settings missing or not an object")
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if f.name not in stored:
+            continue
+        value, kind = stored[f.name], type(getattr(Settings, f.name))  # bool, int, float or str
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            raise EngineError(f"{path}: setting {f.name} is {value!r}, not a {kind.__name__}")
+        values[f.name] = kind(value)
+    return Settings(**values)  # a setting this version does not know is left out, not a reason to refuse
+
+
+def _count(value: object, name: str, path: Path) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise EngineError(f"{path}: session {name} is {value!r}, not a count")
+    return value
 
 
 def _nothing() -> None:

@@ -10,6 +10,7 @@ standard library only: the SF2 writer is here, tested against FluidSynth.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -28,11 +29,12 @@ from server import level
 from server.audio import resample
 from server.engine import Engine, Progress, Settings
 
-MARKER = "instrument.json"  # what an export folder holds besides its files: an earlier export may be replaced
+MARKER = "instrument.json"  # an export's description and the list of its files: what proves a folder is one
 LOOP_START_S = 1.0  # the loop runs over the later part of the held 3 s: past the attack, before the release
 LOOP_END_S = 2.9
 CROSSFADE_S = 0.05  # the loop's last 50 ms fade into the 50 ms before its start
 ZERO_SEARCH_S = 0.02  # loop points move to the nearest rising zero crossing within this distance
+log = logging.getLogger("inpaint-osc")
 VELOCITY_POINTS = (1, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 127)  # SFZ curve points
 
 
@@ -63,26 +65,6 @@ class Instrument:
 
 
 # ---- notes → samples ------------------------------------------------------------------------------------
-
-
-def render_notes(
-    engine: Engine,
-    keys: range,
-    settings: Settings,
-    on_key: Callable[[int, int], None] | None = None,
-    progress: Progress | None = None,
-) -> list[tuple[int, np.ndarray]]:
-    """(key, the model's audio) for every key under `settings`: from the note cache, or rendered into it (as
-    a `/note` would be). `on_key(done, total)` after each key; `progress` may raise to stop the export."""
-    out = []
-    for i, key in enumerate(keys):
-        note = engine.notes.get(engine.note_key(key, settings))
-        if note is None:
-            note = engine.make_note(key, progress, settings)
-        out.append((key, note.audio))
-        if on_key is not None:
-            on_key(i + 1, len(keys))
-    return out
 
 
 def rising_zero(audio: np.ndarray, target: int, radius: int) -> int:
@@ -126,12 +108,15 @@ def samples(notes: list[tuple[int, np.ndarray]], model_rate: int, rate: int, set
 
 def check_folder(folder: Path) -> Path:
     """`folder` resolved, if an export can be written there: a new folder (its parents are created), an empty
-    one, or an earlier export (replaced whole). Raises ExportError naming the problem."""
+    one, or an earlier export that holds exactly the files its `instrument.json` lists, at their sizes (then
+    replaced whole). A folder with anything else in it is never written: raises ExportError naming why."""
     folder = Path(os.path.expanduser(folder)).resolve()
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"{folder} is a file, not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
-        raise ExportError(f"{folder} is a folder with other files in it (not an earlier export): choose another")
+    if folder.is_dir() and any(folder.iterdir()):
+        problem = not_an_export(folder)
+        if problem:
+            raise ExportError(f"{folder} is not empty and not an earlier export ({problem}): choose another folder")
     parent = folder.parent
     while not parent.exists():
         parent = parent.parent
@@ -142,14 +127,68 @@ def check_folder(folder: Path) -> Path:
     return folder
 
 
+def written_files(folder: Path) -> dict[str, int]:
+    """Every entry under `folder`, links not followed: relative path → size, folders as "name/" → 0, and any
+    link → -1 (never something an export wrote)."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                out[rel] = -1
+            elif name in dirs:
+                out[rel + "/"] = 0
+            else:
+                out[rel] = path.lstat().st_size
+    return out
+
+
+def not_an_export(folder: Path) -> str:
+    """ "" if `folder` is exactly an earlier export (its instrument.json's "files", nothing more, nothing
+    changed in size), else what is wrong: an export removes nothing it cannot prove it wrote."""
+    if (folder / MARKER).is_symlink():
+        return f"its {MARKER} is a link"
+    try:
+        listed = json.loads((folder / MARKER).read_text())["files"]
+    except FileNotFoundError:
+        return f"no {MARKER}"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its {MARKER} lists no files ({type(exc).__name__})"
+    if not isinstance(listed, dict):
+        return f"its {MARKER} lists no files"
+    present = written_files(folder)
+    present.pop(MARKER, None)
+    extra = sorted(set(present) - set(listed))
+    if extra:
+        return f"{len(extra)} entr{'y' if len(extra) == 1 else 'ies'} it did not write, such as {extra[0]}"
+    changed = sorted(k for k in listed if present.get(k) != listed[k])
+    if changed:
+        return f"{changed[0]} changed or missing since it was written"
+    return ""
+
+
+def _remove_export(folder: Path, files: dict[str, int]) -> None:
+    """Remove what an export wrote (the listed files, then its folders if empty), nothing else: anything found
+    besides is left where it is and logged."""
+    for rel in sorted((k for k in files if not k.endswith("/")), reverse=True):
+        (folder / rel).unlink(missing_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)
+    for rel in sorted((k for k in files if k.endswith("/")), key=len, reverse=True) + [""]:
+        try:
+            (folder / rel).rmdir()
+        except OSError:
+            log.warning("left %s in place: it holds files no export wrote", folder / rel)
+
+
 def write(folder: Path, inst: Instrument) -> tuple[Path, Path]:
-    """Write the instrument into `folder` atomically: everything goes into a temporary sibling folder that is
-    then renamed, so `folder` is never half-written (an earlier export there is replaced whole). Returns
-    (the .sfz, the .sf2)."""
+    """Write the instrument into `folder` atomically: everything goes into a fresh temporary sibling folder
+    (random name, created exclusively) that is then renamed, so `folder` is never half-written. An earlier
+    export there (proven by `not_an_export`) is set aside and its own files removed. Returns (.sfz, .sf2)."""
     folder = check_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+    old: Path | None = None
     try:
         (tmp / "samples").mkdir()
         for s in inst.samples:
@@ -157,16 +196,24 @@ def write(folder: Path, inst: Instrument) -> tuple[Path, Path]:
         base = file_stem(inst.name)
         (tmp / f"{base}.sfz").write_text(sfz_text(inst))
         (tmp / f"{base}.sf2").write_bytes(sf2_bytes(inst))
-        (tmp / MARKER).write_text(json.dumps(_manifest(inst), indent=2) + "\n")
-        if folder.exists():  # an empty folder or an earlier export: set aside, replaced, then removed
-            os.replace(folder, old)
-        os.replace(tmp, folder)
+        files = written_files(tmp)
+        (tmp / MARKER).write_text(json.dumps({**_manifest(inst), "files": files}, indent=2) + "\n")
+        earlier: dict[str, int] | None = None
+        if folder.is_dir() and any(folder.iterdir()):  # checked again now: it may have changed since the request
+            problem = not_an_export(folder)
+            if problem:
+                raise ExportError(f"{folder} is not empty and not an earlier export ({problem}): nothing written")
+            earlier = json.loads((folder / MARKER).read_text())["files"]
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+            os.replace(folder, old)  # a folder renamed over an empty one: atomic
+        os.replace(tmp, folder)  # over an empty folder, or where none is; fails if files appeared meanwhile
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not folder.exists():
+        shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder is ours alone
+        if old is not None and not folder.exists():
             os.replace(old, folder)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old is not None and earlier is not None:
+        _remove_export(old, earlier)
     return folder / f"{base}.sfz", folder / f"{base}.sf2"
 
 
@@ -179,6 +226,11 @@ def _manifest(inst: Instrument) -> dict[str, Any]:
         "keys": [{"key": s.key, "wav": f"samples/{wav_name(s.key)}", "loop": [s.loop_start, s.loop_end]}
                  for s in inst.samples],
     }  # fmt: skip
+
+
+def estimated_bytes(keys: int, model_samples: int, model_rate: int, rate: int) -> int:
+    """What an export of `keys` notes at `rate` writes: 24-bit WAVs and the SF2's 16-bit copy of them."""
+    return keys * (model_samples * rate // model_rate) * (3 + 2) + 4096 * (keys + 1)
 
 
 def wav_name(key: int) -> str:
@@ -196,7 +248,8 @@ def file_stem(name: str) -> str:
 def sfz_text(inst: Instrument) -> str:
     """The SFZ mapping: one region per key, its sample at its own pitch, looped while held (loop_sustain),
     released over `release`, velocity on the amplitude curve (velocity / 127) ** velocity_curve."""
-    lines = [f"// {inst.name}: written by inpaint-osc export-instrument", f"// {json.dumps(inst.about)}", ""]
+    name = " ".join(inst.name.split())  # one line: a name with a newline must not write its own <region>
+    lines = [f"// {name}: written by inpaint-osc export-instrument", f"// {json.dumps(inst.about)}", ""]
     lines += ["<control>", "default_path=samples/", "", "<global>", "loop_mode=loop_sustain"]
     lines.append(f"ampeg_release={inst.release:.4g}")
     if inst.velocity_curve == 0:
@@ -329,31 +382,57 @@ def sf2_bytes(inst: Instrument) -> bytes:
 # ---- the whole export -------------------------------------------------------------------------------------
 
 
+class InstrumentExport:
+    """The engine's current sound (its settings when the export starts, and its top map in the resample note
+    mode) as an instrument in `folder`, in steps: `step()` gets one key's note (from the note cache, or
+    rendered into it as a `/note` would be), so the worker answers requests between keys; `finish()` writes
+    the folder. A bad folder is refused at construction, before any rendering."""
+
+    def __init__(self, engine: Engine, folder: Path, rate: int | None = None, keys: range | None = None):
+        self.engine, self.folder = engine, check_folder(folder)
+        self.settings = engine.settings  # one set of settings for every key, even if they change meanwhile
+        lo, hi = engine.manifest.pitch_range
+        self.keys = keys if keys is not None else range(lo, hi + 1)
+        self.model_rate = engine.manifest.spectrogram.sample_rate
+        self.rate = rate or self.model_rate
+        self.notes: list[tuple[int, np.ndarray]] = []  # (key, the model's audio) of the keys done
+
+    @property
+    def done(self) -> bool:
+        return len(self.notes) == len(self.keys)
+
+    def step(self, progress: Progress | None = None) -> None:
+        """The next key; `progress` may raise to stop it (nothing is lost: the next call starts it again)."""
+        e, key = self.engine, self.keys[len(self.notes)]
+        note = e.notes.get(e.note_key(key, self.settings)) or e.make_note(key, progress, self.settings)
+        self.notes.append((key, note.audio))
+
+    def finish(self) -> tuple[Path, Path, int]:
+        """Write the folder: (the .sfz, the .sf2, the number of keys)."""
+        e, s = self.engine, self.settings
+        about = {
+            "model": str(e.manifest.raw.get("name") or e.bundle.path.name),
+            "family": e.manifest.families[s.family],
+            "settings": {k: v for k, v in asdict(s).items() if k not in ("fill", "pitch")},
+        }
+        looped = samples(self.notes, self.model_rate, self.rate, s)
+        inst = Instrument(self.folder.name, self.rate, looped, s.velocity_curve, s.release, about)
+        sfz_path, sf2_path = write(self.folder, inst)
+        return sfz_path, sf2_path, len(self.notes)
+
+
 def export(
     engine: Engine,
     folder: Path,
     rate: int | None = None,
     keys: range | None = None,
     on_key: Callable[[int, int], None] | None = None,
-    progress: Progress | None = None,
 ) -> tuple[Path, Path, int]:
-    """The engine's current sound (its settings, and its top map in the resample note mode) as an instrument
-    in `folder`: (the .sfz, the .sf2, the number of keys)."""
-    folder = check_folder(folder)  # before any rendering: a bad folder is refused at once
-    s = engine.settings  # one set of settings for every key, even if they change meanwhile
-    lo, hi = engine.manifest.pitch_range
-    keys = keys if keys is not None else range(lo, hi + 1)
-    model_rate = engine.manifest.spectrogram.sample_rate
-    notes = render_notes(engine, keys, s, on_key, progress)
-    family = engine.manifest.families[s.family]
-    about = {
-        "model": str(engine.manifest.raw.get("name") or engine.bundle.path.name),
-        "family": family,
-        "settings": {k: v for k, v in asdict(s).items() if k not in ("fill", "pitch")},
-    }
-    inst = Instrument(
-        folder.name, rate or model_rate, samples(notes, model_rate, rate or model_rate, s), s.velocity_curve,
-        s.release, about,
-    )  # fmt: skip
-    sfz_path, sf2_path = write(folder, inst)
-    return sfz_path, sf2_path, len(notes)
+    """The whole export at once (the CLI's): (the .sfz, the .sf2, the number of keys); `on_key(done, total)`
+    after each key."""
+    task = InstrumentExport(engine, folder, rate, keys)
+    while not task.done:
+        task.step()
+        if on_key is not None:
+            on_key(len(task.notes), len(task.keys))
+    return task.finish()

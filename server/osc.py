@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -24,19 +25,26 @@ from pythonosc import osc_packet, osc_server
 from pythonosc.dispatcher import Dispatcher
 
 from server import codemaps, instrument_export, protocol
+from server.access import Access, AccessError
 from server.delivery import Client, Requester
 from server.engine import NOTE_MODES, Engine, EngineError
 from server.midi import CC_PARAMETERS, DEFAULT_CC_MAP, GM_FAMILIES, cc_value
 from server.output import OutputFolder
 from server.playback import PlaybackError, Player
 from server.protocol import ProtocolError, Request
-from server.wire import bundle_problem, encode
+from server.wire import bundle_problem, encode, type_tag_problem
 from server.worker import Job, JobQueue, QueueFull, Worker
 
 log = logging.getLogger("inpaint-osc")
 VERSION = "0.1.0"
 RENDER_MODES = ("file", "chunks", "both")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+CLIENTS_KEPT = 64  # senders remembered with default preferences (oscsend and one-shot scripts come and go)
+CLIENTS_WITH_PREFERENCES = 1024  # senders that set /reply_port, /render/rate, /render/mode or /timing
+CLIENT_SHARE = 0.25  # of the receive thread's time one client may use, in the long run
+CLIENT_BURST = 0.5  # s of handling one client may spend at once before CLIENT_SHARE applies
+ONCE_PER_DATAGRAM = {"/help", "/state", "/model/info", "/codemap/get", "/ping"}  # big answers: once per bundle
+EXPORT_QUOTA = 2 << 30  # bytes of exports one client host may have written in a server's life
 
 
 class _UDPServer(osc_server.BlockingOSCUDPServer):
@@ -72,14 +80,19 @@ class InstrumentServer:
         play: bool = False,
         rate: int | None = None,
     ):
+        if reply_port == port:
+            raise ValueError(f"the reply port {reply_port} is the server's own port: it would answer itself")
         self.engine, self.out, self.default_reply_port = engine, out, reply_port
         self.allow = LOOPBACK + tuple(ipaddress.ip_network(a, strict=False) for a in allow)
-        self.read_dirs = tuple(Path(d).expanduser().resolve() for d in read_dirs) + (out.folder,)
+        self.access = Access(read_dirs, out.folder, session)
         self.clients: OrderedDict[tuple[str, int], Client] = OrderedDict()
+        self.budgets: dict[tuple[str, int], _Budget] = {}  # handling time left to each sender
+        self.exported: dict[str, int] = {}  # client host → bytes of exports asked for (EXPORT_QUOTA)
+        self._refused_logged: dict[str, float] = {}  # sender → when its refusal was last logged
         self.cc_map = dict(DEFAULT_CC_MAP)
         self.player = Player()
         self.queue = JobQueue()
-        self.worker = Worker(engine, self.queue, out, self, session, self.player, play, rate)
+        self.worker = Worker(engine, self.queue, out, self, session, self.player, play, rate, self.access)
         self.session = session
         self._ids = itertools.count(1 << 30)  # ids the server assigns, far from the small ones clients pick
         self._settings_dirty = threading.Event()
@@ -88,7 +101,9 @@ class InstrumentServer:
         self.udp = _UDPServer((host, port), _Dispatcher(self.handle_datagram), family=family)
         self.udp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # ride out bursts
         self.port = self.udp.server_address[1]
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        # Replies leave from the server's own address and port (a SuperCollider OSCdef filtered on it hears
+        # them; no second socket open on all interfaces); datagrams from there are the server's own, ignored.
+        self.sock = self.udp.socket
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -96,6 +111,7 @@ class InstrumentServer:
         self._start_helpers()
         _yield_to_this_thread()
         log.info("listening on %s:%d, replies to port %d", *self.udp.server_address[:2], self.default_reply_port)
+        log.info("%s", self.access.describe())
         try:
             self.udp.serve_forever(poll_interval=0.2)
         finally:
@@ -152,33 +168,63 @@ class InstrumentServer:
             self.send(client, address, *args)
 
     def error(self, client: Client, address: str, message: str) -> None:
-        log.info("error %s: %s", address[:200], message)
+        log.info("error %s: %s", address[:200], message[:300])
         self.send(client, "/error", _clip(address, 200), _clip(message, 3000))
 
     # ---- receiving ----------------------------------------------------------------------------------------
 
     def client(self, addr: tuple[str, int]) -> Client:
+        """The sender's entry. Forgotten first: the least recently heard of those that set no preference, so a
+        crowd of one-shot senders never makes the server forget a patch's /reply_port or /render/rate."""
         key = (addr[0], addr[1])
         c = self.clients.get(key)
         if c is not None:
-            self.clients.move_to_end(key)  # the forgotten are the least recently heard, not the oldest
-        else:
-            c = self.clients[key] = Client(addr[0], self.default_reply_port, addr[1])
-            if len(self.clients) > 64:  # forget the oldest throwaway senders (oscsend, one-shot scripts)
-                self.clients.popitem(last=False)
+            self.clients.move_to_end(key)
+            return c
+        c = self.clients[key] = Client(addr[0], self.default_reply_port, addr[1])
+        plain = [k for k, v in self.clients.items() if not v.has_preferences(self.default_reply_port)]
+        if len(plain) > CLIENTS_KEPT:
+            self._forget(plain[0])
+        elif len(self.clients) > CLIENTS_KEPT + CLIENTS_WITH_PREFERENCES:
+            self._forget(next(iter(self.clients)))
         return c
+
+    def _forget(self, key: tuple[str, int]) -> None:
+        del self.clients[key]
+        self.budgets.pop(key, None)
+
+    def _own(self, addr: tuple[str, int], ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """A datagram the server sent itself (a client's /reply_port pointing back at it)."""
+        host = self.udp.server_address[0]
+        return addr[1] == self.port and (ip.is_loopback or ip.is_unspecified or str(ip) == host)
 
     def handle_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         ip = ipaddress.ip_address(addr[0].split("%")[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped  # an IPv4 client of a dual-stack socket
         if not any(ip in net for net in self.allow):
-            log.warning("dropped a datagram from %s: not in the allow-list (--allow)", addr[0])
+            self._log_refused(addr[0], "not in the allow-list (--allow)")
             return
-        client = self.client(addr)
-        problem = bundle_problem(data)
+        if self._own(addr, ip):
+            return
+        key = (addr[0], addr[1])
+        budget = self.budgets.get(key)
+        if budget is None:
+            budget = self.budgets[key] = _Budget()
+        if not budget.allows(time.monotonic()):
+            if budget.tell():  # once a second: the client learns why, the receive thread stays free
+                self.error(self.client(addr), "", "too many messages: this client's share of the server is used up")
+            return
+        cpu = time.thread_time()  # this thread's own time: waiting for the worker's hold on the interpreter is not
+        try:
+            self._handle_packet(self.client(addr), data)
+        finally:
+            budget.spend(time.thread_time() - cpu)
+
+    def _handle_packet(self, client: Client, data: bytes) -> None:
+        problem = bundle_problem(data) or type_tag_problem(data)
         if problem:
-            self.error(client, "", f"malformed OSC bundle ({len(data)} bytes): {problem}")
+            self.error(client, "", f"malformed OSC datagram ({len(data)} bytes): {problem}")
             return
         try:
             messages = osc_packet.OscPacket(data).messages  # bundles are flattened; their time tags are ignored
@@ -188,20 +234,36 @@ class InstrumentServer:
         except Exception as exc:  # python-osc raises plain errors on some corrupt packets
             self.error(client, "", f"malformed OSC datagram ({len(data)} bytes): {type(exc).__name__}: {exc}")
             return
+        answered: set[str] = set()
         for timed in messages:
-            self.handle_message(client, timed.message.address, timed.message.params)
+            address = timed.message.address
+            if address in ONCE_PER_DATAGRAM:
+                if address in answered:
+                    continue  # a bundle of /help asks once: the answer is the same
+                answered.add(address)
+            self.handle_message(client, address, timed.message.params)
 
     def handle_message(self, client: Client, address: str, params: list[Any]) -> None:
         t0 = time.perf_counter()
         try:
             request = protocol.parse(address, params)
             HANDLERS[address](self, client, request, t0)
-        except (ProtocolError, EngineError, QueueFull) as exc:
+        except (ProtocolError, EngineError, AccessError, QueueFull) as exc:
             self.error(client, address, str(exc))
         except Exception as exc:  # a bug must cost one message, never the server
-            log.exception("handling %s", address)
+            log.exception("handling %s", address[:200])
             self.error(client, address, f"internal error: {type(exc).__name__}: {exc}")
-        log.info("%s %s %.2f ms", address, _brief(params), (time.perf_counter() - t0) * 1000)
+        if log.isEnabledFor(logging.INFO):  # formatting costs more than most handlers: never under --quiet
+            log.info("%s %s %.2f ms", address[:200], _brief(params), (time.perf_counter() - t0) * 1000)
+
+    def _log_refused(self, sender: str, why: str) -> None:
+        """At most one line per sender and minute: a flood of refused datagrams does not fill the disk."""
+        now = time.monotonic()
+        if now - self._refused_logged.get(sender, -60.0) >= 60.0:
+            if len(self._refused_logged) > 4096:
+                self._refused_logged.clear()
+            self._refused_logged[sender] = now
+            log.warning("dropped datagrams from %s: %s (logged once a minute)", sender, why)
 
     # ---- work for the worker ------------------------------------------------------------------------------
 
@@ -224,7 +286,7 @@ class InstrumentServer:
         self.submit(c, r, "generate", t)
 
     def on_analyze(self, c: Client, r: Request, t: float) -> None:
-        self.submit(c, r, "analyze", t, path=self.readable(r.values["path"]))
+        self.submit(c, r, "analyze", t, path=self.access.readable(r.values["path"]))
 
     def on_inpaint(self, c: Client, r: Request, t: float) -> None:
         self.submit(c, r, "inpaint", t, layer=r.values["layer"], mask=self._mask(r))
@@ -245,7 +307,8 @@ class InstrumentServer:
     def on_codemap_set(self, c: Client, r: Request, t: float) -> None:
         layer = r.values["layer"]
         self.engine.check_codes(layer, r.groups)  # now, so a bad triple is refused at once
-        self.submit(c, r, "set", t, layer=layer, cells=list(r.groups))
+        cells = np.array(r.groups, np.int32).reshape(-1, 3)  # (n, 3) t, f, code: 12 bytes a cell while it waits
+        self.submit(c, r, "set", t, layer=layer, cells=cells)
 
     def on_undo(self, c: Client, r: Request, t: float) -> None:
         self.submit(c, r, "undo", t)
@@ -292,6 +355,8 @@ class InstrumentServer:
             self.send(c, "/help", *row)
 
     def on_reply_port(self, c: Client, r: Request, t: float) -> None:
+        if r.values["port"] == self.port and ipaddress.ip_address(c.host.split("%")[0]).is_loopback:
+            raise EngineError(f"port {self.port} is the server's own: replies would come back to it")
         c.reply_port = r.values["port"]
         self.on_ping(c, r, t)
 
@@ -397,7 +462,7 @@ class InstrumentServer:
         self.player.stop()
 
     def on_export_instrument(self, c: Client, r: Request, t: float) -> None:
-        folder = self.usable(r.values["path"])
+        folder = self.access.writable(r.values["path"])
         try:
             folder = instrument_export.check_folder(folder)
         except instrument_export.ExportError as exc:
@@ -408,25 +473,20 @@ class InstrumentServer:
             self.engine.check_pitch(pitch)
         if low > high:
             raise EngineError(f"low {low} is above high {high}")
-        self.submit(c, r, "export", t, folder=folder, keys=range(low, high + 1))
+        keys = range(low, high + 1)
+        size = instrument_export.estimated_bytes(len(keys), self.engine.manifest.spectrogram.n_samples,
+                                                 self.engine.manifest.spectrogram.sample_rate,
+                                                 c.rate or self.worker.delivery.rate)  # fmt: skip
+        used = self.exported.get(c.host, 0)
+        if used + size > EXPORT_QUOTA:
+            raise EngineError(
+                f"this export would write about {size >> 20} MB; {c.host} has used {used >> 20} of its "
+                f"{EXPORT_QUOTA >> 20} MB of exports (the quota lasts until the server restarts)"
+            )
+        self.submit(c, r, "export", t, folder=folder, keys=keys)
+        self.exported[c.host] = used + size
 
     # ---- helpers ------------------------------------------------------------------------------------------
-
-    def readable(self, path: str) -> Path:
-        """A client's path, resolved (symlinks, ..) and allowed only under the read folders (--read-dir)."""
-        resolved = Path(os.path.expanduser(path)).resolve()
-        if not any(resolved.is_relative_to(d) for d in self.read_dirs):
-            raise EngineError(f"{path}: outside the folders the server may read (--read-dir)")
-        if not resolved.is_file():
-            raise EngineError(f"{path}: {'a folder, not a sound file' if resolved.is_dir() else 'no such file'}")
-        return resolved
-
-    def usable(self, path: str) -> Path:
-        """A client's folder to write, resolved and allowed only under the same folders as `readable`."""
-        resolved = Path(os.path.expanduser(path)).resolve()
-        if not any(resolved.is_relative_to(d) for d in self.read_dirs):
-            raise EngineError(f"{path}: outside the folders the server may use (--read-dir)")
-        return resolved
 
     def _settings_saver(self) -> None:
         """Coalesces conditioning changes: save the session, then echo the settings to every client."""
@@ -436,13 +496,41 @@ class InstrumentServer:
             self._settings_dirty.clear()
             if self.worker.stopping.is_set():
                 return
-            if self.session is not None:
-                try:
-                    self.engine.save(self.session)
-                except OSError as exc:
-                    log.error("session not saved: %s", exc)
-                    self.broadcast("/error", "", f"session not saved: {exc}")
-            self.send_settings()
+            try:
+                if self.session is not None:
+                    try:
+                        self.engine.save(self.session)
+                    except OSError as exc:
+                        log.error("session not saved: %s", exc)
+                        self.broadcast("/error", "", f"session not saved: {exc}")
+                self.send_settings()
+            except Exception:  # this thread outlives any bug: the next change is saved and echoed again
+                log.error("settings saver:\n%s", traceback.format_exc())
+                self.broadcast("/error", "", "internal error while saving or echoing the settings; see the log")
+
+
+class _Budget:
+    """A sender's share of the receive thread: a token bucket of its CPU time (CLIENT_BURST s, refilled at
+    CLIENT_SHARE s a second). A client over it has its datagrams dropped unread, which costs microseconds, so
+    one flooding client cannot make another's /ping wait."""
+
+    def __init__(self) -> None:
+        self.left, self.at, self.told = CLIENT_BURST, time.monotonic(), -1.0
+
+    def allows(self, now: float) -> bool:
+        self.left = min(CLIENT_BURST, self.left + (now - self.at) * CLIENT_SHARE)
+        self.at = now
+        return self.left > 0
+
+    def spend(self, cpu_seconds: float) -> None:
+        self.left -= cpu_seconds
+
+    def tell(self) -> bool:
+        """Whether to tell the client it is over (once a second)."""
+        if self.at - self.told < 1.0:
+            return False
+        self.told = self.at
+        return True
 
 
 def _yield_to_this_thread(niceness: int = 19) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from collections import deque
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from server import codemaps
+from server.files import atomic_write
 from server.protocol import CHUNK_FRAMES
 
 
@@ -30,7 +30,10 @@ class OutputFolder:
             raise OSError(f"{self.folder} belongs to another user; choose another --out")
         self.keep = keep
         self.count = 0
-        self.recent: dict[str, deque[Path]] = {"wav": deque(), "png": deque()}
+        # Renders of earlier processes count too, oldest first: the folder never holds more than `keep` of each.
+        self.recent: dict[str, deque[Path]] = {
+            kind: deque(sorted(self.folder.glob(f"render-*.{kind}"), key=_mtime)) for kind in ("wav", "png")
+        }
 
     def _next(self, kind: str, request_id: int) -> Path:
         self.count += 1
@@ -50,6 +53,13 @@ class OutputFolder:
         return path, pixels.shape[1], pixels.shape[0]
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     """Mono 32-bit float WAV (WAVE_FORMAT_IEEE_FLOAT with its `fact` chunk): the header by hand costs 0.1 ms
     where a general writer costs 1-2 ms, on every render."""
@@ -62,20 +72,6 @@ def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
     return atomic_write(path, wav_bytes(audio, sample_rate))
-
-
-def atomic_write(path: Path, data: bytes) -> Path:
-    """Write under a fresh temporary name in the same folder (created exclusively: never through a planted
-    link), then rename: a reader sees the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def chunks(audio: np.ndarray) -> list[tuple[int, np.ndarray]]:

@@ -33,6 +33,39 @@ def bundle_problem(data: bytes, depth: int = 0) -> str:
     return ""
 
 
+KNOWN_TAGS = set("ifdsbhtmrTFN")  # the argument types python-osc reads whole (others it skips unread)
+MAX_ARRAY_DEPTH = 4
+
+
+def type_tag_problem(data: bytes) -> str:
+    """A type tag python-osc would skip without consuming its bytes (shifting every later argument: `,ci` read
+    as one int from the `c`'s bytes) or arrays nested deeper than MAX_ARRAY_DEPTH, in any message of the
+    datagram; "" if none. Run after `bundle_problem`, which checks the framing walked here."""
+    if data.startswith(b"#bundle\0"):
+        pos = 16
+        while pos + 4 <= len(data):
+            size = struct.unpack(">i", data[pos : pos + 4])[0]
+            problem = type_tag_problem(data[pos + 4 : pos + 4 + size])
+            if problem:
+                return problem
+            pos += 4 + size
+        return ""
+    end = data.find(b"\0")
+    tags_at = (end // 4 + 1) * 4 if end >= 0 else len(data)
+    if data[tags_at : tags_at + 1] != b",":
+        return ""  # no type tags: python-osc reads no arguments, or refuses the message itself
+    tag_end = data.find(b"\0", tags_at)
+    tags = data[tags_at + 1 : tag_end if tag_end >= 0 else len(data)].decode("ascii", "replace")
+    depth = 0
+    for tag in tags:
+        depth += (tag == "[") - (tag == "]")
+        if depth > MAX_ARRAY_DEPTH:
+            return f"arrays nested more than {MAX_ARRAY_DEPTH} deep"
+        if tag not in KNOWN_TAGS and tag not in "[]":
+            return f"argument type {tag!r} is not one this server reads (i f d s b h t m r T F N and arrays)"
+    return ""
+
+
 def _pad(b: bytes) -> bytes:
     return b + b"\0" * (4 - len(b) % 4)
 

@@ -1,8 +1,11 @@
 """The render worker: one thread that runs the engine's operations in arrival order, off the receive thread.
 
-Requests wait in a bounded queue where bursts coalesce: a new generate, note or analyze supersedes the
-sampling work still waiting (and cancels the one running), except that notes never supersede notes (a melody
-plays every note); consecutive inpaints of one layer merge their masks, and a batch of edits is rendered once.
+Requests wait in a queue bounded in jobs and in bytes, where one client's bursts coalesce: its new generate,
+note or analyze supersedes its own sampling work still waiting (and cancels the one running), except that notes
+never supersede notes (a melody plays every note); its consecutive inpaints of one layer merge their masks, and
+a batch of edits is rendered once. Nothing one client sends supersedes or merges with another's work.
+Instrument exports wait in a lane of their own, one per client and EXPORT_LIMIT in all, and run one key at a
+time when no request waits: an export never holds up a note or an edit.
 Each batch is saved to the session before it is acknowledged (`/codemap`, `/render/done`). Every request id
 gets exactly one ending: done, cancelled or an error. When idle, the worker fills the note cache across the
 model's pitch range for the current settings, so that notes play at once.
@@ -25,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from server import instrument_export
+from server.access import Access, AccessError
 from server.delivery import Delivery, Requester
 from server.engine import Engine, EngineError, Note
 from server.output import OutputFolder
@@ -35,6 +39,7 @@ log = logging.getLogger("inpaint-osc")
 SAMPLING = {"generate", "analyze", "note", "inpaint", "resample"}  # expensive: may be superseded or cancelled
 REPLACES_ALL = {"generate", "analyze", "note"}  # their result replaces everything sampling work before did
 FILL_QUIET = 0.1  # s without a request before the note cache's fill decodes a note it sampled
+EXPORT_LIMIT = 4  # exports waiting or running, all clients together
 
 
 class Cancelled(Exception):
@@ -61,6 +66,15 @@ class Job:
     def ids(self) -> list[int]:
         return [r.request_id for r in self.requesters]
 
+    @property
+    def weight(self) -> int:
+        """Bytes it holds while it waits, roughly: what bounds the queue besides the number of jobs."""
+        arrays = sum(v.nbytes for v in self.params.values() if isinstance(v, np.ndarray))
+        return 256 + 64 * len(self.requesters) + arrays
+
+    def sent_by(self, client: Any) -> bool:
+        return all(r.client == client for r in self.requesters)
+
 
 class QueueFull(RuntimeError):
     pass
@@ -70,26 +84,32 @@ class JobQueue:
     """Pending jobs, bounded, with coalescing. The worker takes a batch (`take`), then starts its jobs one by
     one (`next`): a job taken but not started, or running, stays visible to cancellation and superseding."""
 
-    def __init__(self, limit: int = 4096, sampling_limit: int = 64):
+    def __init__(self, limit: int = 4096, sampling_limit: int = 64, byte_limit: int = 64 << 20):
         # Edits without sampling take microseconds: many may wait. Sampling ones take milliseconds: past
         # `sampling_limit` the oldest gives way, so the latest edit is reached within a second or so.
-        self.limit, self.sampling_limit = limit, sampling_limit
+        self.limit, self.sampling_limit, self.byte_limit = limit, sampling_limit, byte_limit
         self.pending: list[Job] = []
         self.taken: list[Job] = []  # taken by the worker, not started yet
         self.running: Job | None = None
+        self.exports: list[Job] = []  # exports waiting, oldest first
+        self.exporting: Job | None = None  # the export the worker is stepping through
         self.cond = threading.Condition()
         self.interrupt: Callable[[], None] | None = None  # called when a request arrives: stops the fill's graph call
         self.last_put = 0.0  # time.monotonic() of the latest request
 
     def _in_flight(self) -> list[Job]:
-        return self.taken + ([self.running] if self.running is not None else [])
+        return self.taken + [j for j in (self.running, self.exporting) if j is not None]
 
     def put(self, job: Job) -> list[Job]:
-        """Queue `job`; returns the jobs it superseded (their requesters are answered `/render/cancelled`).
+        """Queue `job` (one request); returns the jobs it superseded (their requesters are answered
+        `/render/cancelled`). Only its own client's work is superseded or merged with.
 
         Latest wins under pressure: when the queue is full, the oldest waiting sampling job gives way.
         """
+        [requester] = job.requesters
         with self.cond:
+            if job.kind == "export":
+                return self._put_export(job, requester.client)
             self.last_put = time.monotonic()
             if self.interrupt is not None:
                 self.interrupt()
@@ -101,6 +121,8 @@ class JobQueue:
                 return []
             if len(self.pending) >= self.limit:
                 raise QueueFull(f"{len(self.pending)} requests are waiting; try again when /status says ready")
+            if sum(j.weight for j in self.pending) + job.weight > self.byte_limit:
+                raise QueueFull(f"the waiting requests hold over {self.byte_limit >> 20} MB; try again when ready")
             sampling = [j for j in self.pending if j.kind in SAMPLING]
             if job.kind in SAMPLING and len(sampling) >= self.sampling_limit:
                 victim = sampling[0]
@@ -115,9 +137,34 @@ class JobQueue:
             self.cond.notify()
             return superseded
 
+    def _put_export(self, job: Job, client: Any) -> list[Job]:
+        """A client's new export replaces its own waiting or running one; EXPORT_LIMIT in all."""
+        superseded = [j for j in self.exports if j.sent_by(client)]
+        self.exports = [j for j in self.exports if j not in superseded]
+        if self.exporting is not None and self.exporting.sent_by(client):
+            self.exporting.cancelled = f"superseded by {job.address}"
+        if len(self.exports) + (self.exporting is not None) >= EXPORT_LIMIT:
+            self.exports += superseded  # refused: what it would have replaced stays
+            raise QueueFull(f"{EXPORT_LIMIT} instrument exports are waiting or running; try again when one is done")
+        self.exports.append(job)
+        self.cond.notify()
+        return superseded
+
+    def next_export(self) -> Job | None:
+        """The oldest waiting export, now the one being stepped through (None if none waits)."""
+        with self.cond:
+            self.exporting = self.exports.pop(0) if self.exports else None
+            return self.exporting
+
+    def export_ended(self) -> None:
+        with self.cond:
+            self.exporting = None
+
     @staticmethod
     def _merge(last: Job, job: Job) -> bool:
-        """Fold `job` into the waiting `last` when doing both equals doing the merged one."""
+        """Fold `job` into the waiting `last` of the same client when doing both equals doing the merged one."""
+        if not last.sent_by(job.requesters[0].client):
+            return False
         if job.kind == last.kind == "render":
             last.requesters += job.requesters
             return True
@@ -163,6 +210,10 @@ class JobQueue:
 
         with self.cond:
             removed: list[Requester] = []
+            for j in list(self.exports):
+                if any(mine(r) for r in j.requesters):
+                    removed += j.requesters
+                    self.exports.remove(j)
             for j in list(self.pending):
                 if any(mine(r) for r in j.requesters):
                     removed += [r for r in j.requesters if mine(r)]
@@ -182,8 +233,11 @@ class JobQueue:
 
 
 def _supersedes(new: Job, old: Job) -> bool:
-    """A generate, analyze or note makes waiting sampling work stale, but a note leaves other notes alone."""
-    return new.kind in REPLACES_ALL and old.kind in SAMPLING and not (new.kind == old.kind == "note")
+    """A generate, analyze or note makes its client's waiting sampling work stale, but a note leaves other notes
+    alone, and another client's work is never its to replace."""
+    if new.kind not in REPLACES_ALL or old.kind not in SAMPLING or new.kind == old.kind == "note":
+        return False
+    return old.sent_by(new.requesters[0].client)
 
 
 class Worker(threading.Thread):
@@ -197,8 +251,10 @@ class Worker(threading.Thread):
         player: Player | None = None,
         play_each: bool = False,
         rate: int | None = None,
+        access: Access | None = None,
     ):
         super().__init__(name="render-worker", daemon=True)
+        self.access = access  # checks an /analyze path again when it is opened
         self.engine, self.queue, self.out, self.replies, self.session = engine, queue, out, replies, session
         model_rate = engine.manifest.spectrogram.sample_rate
         self.delivery = Delivery(replies.send, out, model_rate, rate, player if play_each else None)
@@ -208,6 +264,7 @@ class Worker(threading.Thread):
         self.stopping = threading.Event()
         self.status = "ready"
         self.warming = False
+        self.export: instrument_export.InstrumentExport | None = None  # the one `queue.exporting` is stepping
         self.cache_announced: tuple[int, int] | None = None  # the last /note/cache sent
 
     def run(self) -> None:
@@ -226,13 +283,16 @@ class Worker(threading.Thread):
             if ready == total:
                 log.info("note cache ready: %d notes", total)
         to_fill = to_fill if self.engine.settings.fill else None
-        idle_work = self.warming or bool(self.prefill) or to_fill is not None
+        exporting = self.export is not None or bool(self.queue.exports)
+        idle_work = exporting or self.warming or bool(self.prefill) or to_fill is not None
         # Idle work goes in small slices, each after 10 ms without a request: a burst of requests is never
         # delayed by it, and a lone request waits at most one slice (about 2 ms: a sampled token, a chunk of
         # the inversion, or the few ms the decoder takes to stop, see _prefill_one).
         if self.queue.take(timeout=0.01 if idle_work else 0.1):
             self.run_batch()
             self.warming = True
+        elif exporting:
+            self._export_step()
         elif self.warming:
             self.warming = self.engine.warm()
         elif self.prefill:
@@ -267,16 +327,15 @@ class Worker(threading.Thread):
             if job.cancelled:
                 self._cancelled(job)
                 continue
-            if job.kind != "export":  # an export reports /export/progress and ends with /export/done instead
-                for r in job.requesters:
-                    self.replies.send(r.client, "/render/started", r.request_id)
+            for r in job.requesters:
+                self.replies.send(r.client, "/render/started", r.request_id)
             t0 = time.perf_counter()
             try:
                 result = self.apply(job)
             except Cancelled:
                 self._cancelled(job)
                 continue
-            except EngineError as exc:
+            except (EngineError, AccessError) as exc:
                 self._error(job, str(exc))
                 continue
             except Exception as exc:  # a bug must cost one request, never the server
@@ -340,7 +399,7 @@ class Worker(threading.Thread):
         elif job.kind == "set":
             e.set_cells(p["layer"], p["cells"])
         elif job.kind == "analyze":
-            e.analyze(p["path"])
+            e.analyze(self.access.recheck(p["path"]) if self.access is not None else p["path"])
         elif job.kind in ("undo", "redo"):
             getattr(e, job.kind)()
         elif job.kind == "render":
@@ -349,9 +408,6 @@ class Worker(threading.Thread):
             return self._note(p["pitch"], progress)
         elif job.kind == "image":
             self._image(job)
-            return "quiet"
-        elif job.kind == "export":
-            self._export(job)
             return "quiet"
         else:
             raise EngineError(f"unknown job {job.kind}")
@@ -375,30 +431,57 @@ class Worker(threading.Thread):
             else:
                 self.replies.send(r.client, "/image/done", r.request_id, str(path), width, height)
 
-    def _export(self, job: Job) -> None:
-        """The current sound as a sampler instrument (`server.instrument_export`): notes not cached yet are
-        rendered here (requests wait meanwhile; `/cancel` stops it), then the folder is written whole."""
-        [r] = job.requesters
+    def _export_step(self) -> None:
+        """One slice of the current export (`server.instrument_export`): start it, one key's note, or the write.
+        A request arriving stops the key being rendered between its sampled tokens (it is started again later):
+        exports come after every note and edit. Only its sender's `/cancel` or next export stops it."""
+        job = self.queue.exporting
+        if job is None:
+            job = self.queue.next_export()
+            if job is None:
+                return
+            try:
+                self.export = instrument_export.InstrumentExport(
+                    self.engine, job.params["folder"], self.delivery.rate_of(job.requesters[0]), job.params["keys"]
+                )
+            except instrument_export.ExportError as exc:
+                self._export_ended(job, "/error", job.address, f"export failed, nothing was written: {exc}")
+                return
+        task, [r] = self.export, job.requesters
+        assert task is not None
 
-        def on_key(done: int, total: int) -> None:
-            self.replies.send(r.client, "/export/progress", done, total)
-
-        def check(_fraction: float) -> None:
+        def preempt(_fraction: float) -> None:
             if job.cancelled:
                 raise Cancelled(job.cancelled)
+            if self.queue.pending:
+                raise Cancelled("a request arrived")
 
         try:
-            sfz, sf2, keys = instrument_export.export(
-                self.engine, job.params["folder"], self.delivery.rate_of(r), job.params["keys"], on_key, check
-            )
+            if job.cancelled:
+                raise Cancelled(job.cancelled)
+            if not task.done:
+                task.step(preempt)
+                self.replies.send(r.client, "/export/progress", len(task.notes), len(task.keys))
+                return
+            sfz, sf2, keys = task.finish()
         except Cancelled as exc:
-            self.replies.send(r.client, "/error", job.address, f"export stopped: {exc}; nothing was written")
+            if job.cancelled:
+                self._export_ended(job, "/error", job.address, f"export stopped: {exc}; nothing was written")
+            return  # preempted by a request: this key starts again later
         except (instrument_export.ExportError, OSError) as exc:
             log.error("export to %s failed: %s", job.params["folder"], exc)
-            self.replies.send(r.client, "/error", job.address, f"export failed, nothing was written: {exc}")
+            self._export_ended(job, "/error", job.address, f"export failed, nothing was written: {exc}")
+        except Exception as exc:  # a bug costs this export, never the worker
+            log.error("export failed:\n%s", traceback.format_exc())
+            self._export_ended(job, "/error", job.address, f"internal error: {type(exc).__name__}: {exc}")
         else:
             log.info("exported %d keys to %s", keys, sfz.parent)
-            self.replies.send(r.client, "/export/done", str(sfz), str(sf2), keys)
+            self._export_ended(job, "/export/done", str(sfz), str(sf2), keys)
+
+    def _export_ended(self, job: Job, address: str, *args: Any) -> None:
+        self.export = None
+        self.queue.export_ended()
+        self.replies.send(job.requesters[0].client, address, *args)
 
     def _render(self, requesters: list[Requester], timings: dict[str, float], saved: Callable[[], None]) -> None:
         audio = self.engine.render(timings)

@@ -172,9 +172,54 @@ def test_folders_it_must_not_write_are_refused(tmp_path):
         ie.check_folder(tmp_path / "a-file")
     with pytest.raises(ie.ExportError, match="is a file, not a folder"):
         ie.check_folder(tmp_path / "a-file" / "inst")
-    with pytest.raises(ie.ExportError, match="other files in it"):
+    with pytest.raises(ie.ExportError, match="not empty and not an earlier export"):
         ie.check_folder(tmp_path / "mine")
     assert ie.check_folder(tmp_path / "new" / "deeper") == (tmp_path / "new" / "deeper").resolve()
+
+
+def test_a_folder_with_an_instrument_json_of_its_own_keeps_every_file(tmp_path):
+    """The attack of issue 26: a project folder that happens to hold an instrument.json is never replaced."""
+    project = tmp_path / "synth-project"
+    (project / ".git").mkdir(parents=True)
+    (project / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (project / "src").mkdir()
+    (project / "src" / "main.py").write_text("print('mine')\n")
+    (project / "instrument.json").write_text('{"name": "my own"}\n')
+    before = {p.relative_to(project): p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    with pytest.raises(ie.ExportError, match="no files"):
+        ie.write(project, instrument(keys=range(60, 61)))
+    assert {p.relative_to(project): p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth-project"]  # no temporary folder left
+
+
+def test_an_earlier_export_is_replaced_only_while_it_holds_exactly_its_own_files(tmp_path):
+    folder = tmp_path / "inst"
+    ie.write(folder, instrument(keys=range(60, 62)))
+    assert json.loads((folder / ie.MARKER).read_text())["files"]["samples/060.wav"] > 0
+    ie.write(folder, instrument(keys=range(60, 63)))  # its own export: replaced whole
+    assert sorted(p.name for p in (folder / "samples").iterdir()) == ["060.wav", "061.wav", "062.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inst"]  # the earlier one removed, nothing beside
+    (folder / "samples" / "my-take.wav").write_bytes(b"mine")  # the performer adds a file: not replaceable now
+    with pytest.raises(ie.ExportError, match="1 entry it did not write, such as samples/my-take.wav"):
+        ie.check_folder(folder)
+    (folder / "samples" / "my-take.wav").unlink()
+    with open(folder / "samples" / "060.wav", "ab") as fh:  # or edits one of its files
+        fh.write(b"edit")
+    with pytest.raises(ie.ExportError, match="samples/060.wav changed"):
+        ie.write(folder, instrument(keys=range(60, 61)))
+    (folder / "samples" / "060.wav").unlink()
+    (folder / "samples" / "060.wav").symlink_to(tmp_path / "elsewhere.wav")
+    with pytest.raises(ie.ExportError, match="not an earlier export"):
+        ie.check_folder(folder)
+
+
+def test_an_empty_folder_is_filled_and_a_name_with_a_newline_writes_one_header_line(tmp_path):
+    folder = tmp_path / "a\n<region> sample=x.wav lokey=0 hikey=127"
+    folder.mkdir()
+    inst = instrument(keys=range(60, 61))
+    sfz, _ = ie.write(folder, ie.Instrument(folder.name, inst.rate, inst.samples, 2.0, 0.15, inst.about))
+    regions = [line for line in sfz.read_text().splitlines() if line.startswith("<region>")]
+    assert len(regions) == 1 and "sample=060.wav" in regions[0]
 
 
 # ---- through the server and the CLI, on the tiny bundle ------------------------------------------------
