@@ -55,7 +55,7 @@ class Replies(Protocol):
     def send_settings(self, client: Any = None) -> None: ...
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: its params hold arrays
 class Job:
     kind: str
     address: str
@@ -89,6 +89,7 @@ class JobQueue:
         # `sampling_limit` the oldest gives way, so the latest edit is reached within a second or so.
         self.limit, self.sampling_limit, self.byte_limit = limit, sampling_limit, byte_limit
         self.pending: list[Job] = []
+        self.pending_bytes = 0  # their weight (Job.weight)
         self.taken: list[Job] = []  # taken by the worker, not started yet
         self.running: Job | None = None
         self.exports: list[Job] = []  # exports waiting, oldest first
@@ -96,6 +97,11 @@ class JobQueue:
         self.cond = threading.Condition()
         self.interrupt: Callable[[], None] | None = None  # called when a request arrives: stops the fill's graph call
         self.last_put = 0.0  # time.monotonic() of the latest request
+
+    def _set_pending(self, jobs: list[Job]) -> None:
+        """Replace the waiting jobs (after some were taken back), their weight counted again."""
+        self.pending = jobs
+        self.pending_bytes = sum(j.weight for j in jobs)
 
     def _in_flight(self) -> list[Job]:
         return self.taken + [j for j in (self.running, self.exporting) if j is not None]
@@ -116,17 +122,18 @@ class JobQueue:
             superseded: list[Job] = []
             if job.kind in REPLACES_ALL:
                 superseded = [j for j in self.pending if _supersedes(job, j)]
-                self.pending = [j for j in self.pending if not _supersedes(job, j)]
+                if superseded:
+                    self._set_pending([j for j in self.pending if j not in superseded])
             elif self.pending and self._merge(self.pending[-1], job):
                 return []
             if len(self.pending) >= self.limit:
                 raise QueueFull(f"{len(self.pending)} requests are waiting; try again when /status says ready")
-            if sum(j.weight for j in self.pending) + job.weight > self.byte_limit:
+            if self.pending_bytes + job.weight > self.byte_limit:
                 raise QueueFull(f"the waiting requests hold over {self.byte_limit >> 20} MB; try again when ready")
             sampling = [j for j in self.pending if j.kind in SAMPLING]
             if job.kind in SAMPLING and len(sampling) >= self.sampling_limit:
                 victim = sampling[0]
-                self.pending.remove(victim)
+                self._set_pending([j for j in self.pending if j is not victim])
                 victim.cancelled = "superseded: too many requests waiting"
                 superseded.append(victim)
             if job.kind in REPLACES_ALL:
@@ -134,6 +141,7 @@ class JobQueue:
                     if _supersedes(job, j):
                         j.cancelled = f"superseded by {job.address}"
             self.pending.append(job)
+            self.pending_bytes += job.weight
             self.cond.notify()
             return superseded
 
@@ -143,7 +151,8 @@ class JobQueue:
         self.exports = [j for j in self.exports if j not in superseded]
         if self.exporting is not None and self.exporting.sent_by(client):
             self.exporting.cancelled = f"superseded by {job.address}"
-        if len(self.exports) + (self.exporting is not None) >= EXPORT_LIMIT:
+        running = self.exporting is not None and not self.exporting.cancelled
+        if len(self.exports) + running >= EXPORT_LIMIT:
             self.exports += superseded  # refused: what it would have replaced stays
             raise QueueFull(f"{EXPORT_LIMIT} instrument exports are waiting or running; try again when one is done")
         self.exports.append(job)
@@ -179,7 +188,7 @@ class JobQueue:
         with self.cond:
             if not self.pending:
                 self.cond.wait(timeout)
-            self.taken, self.pending = self.taken + self.pending, []
+            self.taken, self.pending, self.pending_bytes = self.taken + self.pending, [], 0
             return bool(self.taken)
 
     def next(self) -> Job | None:
@@ -196,7 +205,8 @@ class JobQueue:
                 for j in self.pending
                 if j.kind == "note" and j.params["pitch"] == pitch and all(r.client == client for r in j.requesters)
             ]
-            self.pending = [j for j in self.pending if j not in gone]
+            if gone:
+                self._set_pending([j for j in self.pending if j not in gone])
             return gone
 
     def cancel(self, client: Any, request_id: int | None) -> tuple[list[Requester], bool]:
@@ -219,7 +229,7 @@ class JobQueue:
                     removed += [r for r in j.requesters if mine(r)]
                     j.requesters = [r for r in j.requesters if not mine(r)]
                     if not j.requesters:
-                        self.pending.remove(j)
+                        self._set_pending([k for k in self.pending if k is not j])
             flagged = False
             for j in self._in_flight():
                 ours = [r for r in j.requesters if mine(r)]

@@ -192,3 +192,69 @@ def test_datagrams_from_outside_the_allow_list_are_dropped_unanswered(bundle, tm
         assert ("10.1.2.3", 5000) in server.clients and server.engine.settings.pitch == 50
     finally:
         server.udp.server_close()
+
+
+def _session_with(path, edit) -> None:
+    """Rewrite a saved session's meta with `edit(meta)`."""
+    import json
+
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps(edit(meta)))
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda m: {k: v for k, v in m.items() if k != "version"}, "session version is None, not a count"),
+        (lambda m: {k: v for k, v in m.items() if k != "draws"}, "session draws is None, not a count"),
+        (lambda m: [m], "session meta is a list"),
+        (lambda m: {**m, "version": "x"}, "session version is 'x', not a count"),
+        (lambda m: {**m, "settings": {**m["settings"], "pitch": "60"}}, "setting pitch is '60', not a int"),
+        (lambda m: {**m, "settings": {**m["settings"], "family": 4.0}}, "setting family is 4.0, not a int"),
+        (lambda m: {**m, "settings": {**m["settings"], "fill": 1}}, "setting fill is 1, not a bool"),
+        (lambda m: {**m, "settings": {**m["settings"], "temperature": None}}, "temperature is None"),
+        (lambda m: {**m, "settings": {**m["settings"], "note_mode": "loud"}}, "unknown note mode"),
+        (lambda m: {**m, "settings": {**m["settings"], "family": 99}}, "instrument 99 is outside"),
+        (lambda m: {**m, "settings": []}, "settings missing or not an object"),
+        (lambda m: {**m, "session_version": 7}, "session version 7 is not supported"),
+    ],
+)
+def test_every_damaged_session_is_refused_with_one_line(engine, bundle, tmp_path, edit, why):
+    path = tmp_path / "s.npz"
+    engine.save(path)
+    _session_with(path, edit)
+    with pytest.raises(EngineError, match=why.replace("(", r"\(")):
+        Engine(bundle).load(path)
+
+
+def test_damaged_sessions_made_at_random_load_or_are_refused(engine, bundle, tmp_path):
+    """Random bytes flipped in a saved session: every one loads, or raises EngineError (never anything else)."""
+    path = tmp_path / "s.npz"
+    engine.save(path)
+    good, rng = path.read_bytes(), np.random.default_rng(3)
+    outcomes = {"loaded": 0, "refused": 0}
+    for _ in range(60):
+        data = bytearray(good)
+        for i in rng.integers(0, len(data), int(rng.integers(1, 8))):
+            data[i] = int(rng.integers(256))
+        path.write_bytes(bytes(data))
+        try:
+            Engine(bundle).load(path)
+            outcomes["loaded"] += 1
+        except EngineError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and sum(outcomes.values()) == 60
+
+
+def test_a_planted_folder_at_any_temporary_name_cannot_stop_saves(engine, tmp_path):
+    import os
+
+    path = tmp_path / "s.npz"
+    for name in (f".s.npz.{os.getpid()}.tmp", ".s.npz.tmp", "s.npz.tmp"):
+        (tmp_path / name).mkdir()
+    engine.set_cells("bottom", [(2, 2, 9)])
+    engine.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["s.npz"]  # no temporary file left

@@ -243,7 +243,7 @@ def test_export_instrument_over_udp_then_an_unwritable_path_answers_error(live, 
     (live.read_dir / "a-file").write_text("x")
     for path, expected in (
         (str(live.read_dir / "a-file" / "inst"), "is a file, not a folder"),
-        ("/proc/inpaint-osc-inst", "outside the folders the server may use"),
+        ("/proc/inpaint-osc-inst", "outside the folders the server may write"),
     ):
         c.send("/export/instrument", path, 60, 60)
         address, (where, message) = c.wait_for("/error", "/export/done")

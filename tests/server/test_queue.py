@@ -1,7 +1,10 @@
 """The worker's queue: what supersedes what, and what a note-off takes back."""
 
+import numpy as np
+import pytest
+
 from server.delivery import Requester
-from server.worker import Job, JobQueue
+from server.worker import Job, JobQueue, QueueFull
 
 
 def job(kind: str, client: object, request_id: int, **params) -> Job:
@@ -25,3 +28,46 @@ def test_a_note_off_takes_back_its_clients_waiting_note_of_that_pitch_only():
         q.put(job("note", client, request_id, pitch=pitch, velocity=100))
     assert [j.ids() for j in q.cancel_notes(me, 60)] == [[1]]
     assert [j.ids() for j in q.pending] == [[2], [3]]
+
+
+def test_one_clients_work_never_supersedes_or_merges_with_anothers():
+    q, me, other = JobQueue(), object(), object()
+    mask = np.zeros((64, 8), bool)
+    q.put(job("inpaint", other, 1, layer="bottom", mask=mask.copy()))
+    q.put(job("render", other, 2))
+    assert q.put(job("generate", me, 3)) == []  # other's inpaint is not mine to replace
+    q.put(job("render", me, 4))  # does not merge into other's render
+    q.put(job("inpaint", me, 5, layer="bottom", mask=mask.copy()))
+    q.put(job("inpaint", me, 6, layer="bottom", mask=mask.copy()))  # merges with my own
+    assert [j.ids() for j in q.pending] == [[1], [2], [3], [4], [5, 6]]
+    assert [j.ids() for j in q.put(job("generate", me, 7))] == [[3], [5, 6]]
+
+
+def test_exports_wait_in_their_own_lane_one_per_client():
+    q, clients = JobQueue(), [object() for _ in range(6)]
+    assert q.put(job("export", clients[0], 1)) == []
+    assert [j.ids() for j in q.put(job("export", clients[0], 2))] == [[1]]  # its own earlier export
+    for i, c in enumerate(clients[1:4], start=3):
+        q.put(job("export", c, i))
+    assert q.pending == [] and [j.ids() for j in q.exports] == [[2], [3], [4], [5]]
+    with pytest.raises(QueueFull, match="4 instrument exports"):
+        q.put(job("export", clients[4], 9))
+    running = q.next_export()
+    assert running.ids() == [2]
+    q.put(job("export", clients[0], 10))  # its sender's next export stops the running one
+    assert running.cancelled == "superseded by /export"
+    removed, _ = q.cancel(clients[1], None)
+    assert [r.request_id for r in removed] == [3]
+
+
+def test_the_queue_is_bounded_in_bytes():
+    q, me = JobQueue(byte_limit=1 << 20), object()
+    cells = np.zeros((5000, 3), np.int32)  # a 64 kB datagram's worth of /codemap/set
+    n = 0
+    with pytest.raises(QueueFull, match="hold over 1 MB"):
+        while True:
+            q.put(job("set", me, n, layer="bottom", cells=cells.copy()))
+            n += 1
+    assert 15 <= n <= 20 and q.pending_bytes <= 1 << 20
+    q.take(0)
+    assert q.pending_bytes == 0

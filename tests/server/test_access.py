@@ -1,0 +1,74 @@
+"""What a client may read and write (`server.access`): the one place that decides, tested as such."""
+
+from pathlib import Path
+
+import pytest
+
+from server.access import Access, AccessError, default_roots
+
+
+def test_a_server_started_from_the_root_or_a_system_folder_reads_only_home(tmp_path):
+    home = tmp_path / "home" / "me"
+    home.mkdir(parents=True)
+    for cwd in (Path("/"), Path("/etc"), Path("/usr/lib"), Path("/var"), home.parent):
+        roots, dropped = default_roots(home, cwd)
+        assert roots == (home,) and len(dropped) == 1, cwd
+    assert default_roots(home, home / "project") == ((home, home / "project"), [])
+    roots, dropped = default_roots(Path("/"), Path("/"))  # a service whose home is /
+    assert roots == () and len(dropped) == 2
+
+
+def test_reads_stay_under_the_roots_and_the_output_folder_and_say_why(tmp_path):
+    root, out = tmp_path / "sounds", tmp_path / "out"
+    root.mkdir()
+    out.mkdir()
+    (root / "a.wav").write_bytes(b"x")
+    (out / "render.wav").write_bytes(b"x")
+    (tmp_path / "secret.wav").write_bytes(b"x")
+    (root / "link.wav").symlink_to(tmp_path / "secret.wav")
+    access = Access([root], out)
+    assert access.readable(str(root / "a.wav")) == root / "a.wav"
+    assert access.readable(str(out / "render.wav")) == out / "render.wav"
+    for path in ("/etc/passwd", str(tmp_path / "secret.wav"), str(root / "link.wav"), str(root / ".." / "secret.wav")):
+        with pytest.raises(AccessError, match="outside the folders the server may read"):
+            access.readable(path)
+    with pytest.raises(AccessError, match=r"link.wav \(that is .*secret.wav\)"):
+        access.readable(str(root / "link.wav"))
+    with pytest.raises(AccessError, match="outside"):
+        access.readable("/etc/nothing-here")  # outside first: nothing says whether it exists
+    with pytest.raises(AccessError, match="no such file"):
+        access.readable(str(root / "nothing.wav"))
+    with pytest.raises(AccessError, match="no such user's home"):
+        access.readable("~nobody-at-all/x.wav")
+    with pytest.raises(AccessError, match="NUL"):
+        access.readable("a\0b")
+
+
+def test_a_link_swapped_in_after_the_request_is_refused_when_opened(tmp_path):
+    root = tmp_path / "sounds"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "a.wav").write_bytes(b"x")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "a.wav").write_bytes(b"x")
+    access = Access([root], tmp_path / "out")
+    asked = access.readable(str(root / "d" / "a.wav"))
+    (root / "d" / "a.wav").unlink()
+    (root / "d").rmdir()
+    (root / "d").symlink_to(tmp_path / "secret")
+    with pytest.raises(AccessError, match="outside"):
+        access.recheck(asked)
+
+
+def test_exports_never_target_the_output_folder_or_the_session(tmp_path):
+    root, out, session = tmp_path / "home", tmp_path / "home" / "out", tmp_path / "home" / "live" / "s.npz"
+    access = Access([root], out, session)
+    assert access.writable(str(root / "inst")) == root / "inst"
+    for path, why in [
+        (out / "x", "output folder"),
+        (root, "output folder"),  # above it
+        (session, "session file"),
+        (session.parent, "session file"),
+        (tmp_path / "elsewhere", "outside the folders the server may write"),
+    ]:
+        with pytest.raises(AccessError, match=why):
+            access.writable(str(path))
