@@ -415,9 +415,12 @@ def _settings_from(stored: object, path: Path) -> Settings:
         else:
             ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         if not ok:
-            raise EngineError(f"{path}: setting {f.name} is {value!r}, not a {kind.__name__}")
+            raise EngineError(f"{path}: setting {f.name} is {value!r}, not {_KINDS[kind]}")
         values[f.name] = kind(value)
     return Settings(**values)  # a setting this version does not know is left out, not a reason to refuse
+
+
+_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
 
 def _count(value: object, name: str, path: Path) -> int:

@@ -111,7 +111,7 @@ class InstrumentServer:
         self._start_helpers()
         _yield_to_this_thread()
         log.info("listening on %s:%d, replies to port %d", *self.udp.server_address[:2], self.default_reply_port)
-        log.info("%s", self.access.describe())
+        log.warning("%s", self.access.describe())  # shown under --quiet too: what the network may touch
         try:
             self.udp.serve_forever(poll_interval=0.2)
         finally:

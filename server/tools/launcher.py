@@ -57,10 +57,14 @@ class ServerProcess:
         threads: int = 2,
         quiet: bool = False,
         code: Path = PACKAGE_ROOT,
+        cwd: Path | None = None,
+        read_dir: bool = True,
     ) -> None:
-        folder = Path(folder).resolve()  # the server runs in `code`: every path it is given is absolute
+        folder = Path(folder).resolve()  # the server may run anywhere: every path it is given is absolute
         self.bundle, self.folder, self.extra, self.threads, self.quiet = bundle, folder, extra, threads, quiet
         self.code = code  # the checkout whose `server` runs: another one for a before/after benchmark
+        self.cwd = cwd or code  # where it runs (`/`: as a container's WORKDIR or a service would)
+        self.with_read_dir = read_dir  # False: serve's default folders, home and the current one
         folder.mkdir(parents=True, exist_ok=True)
         self.out, self.read_dir = folder / "out", folder / "sounds"
         self.read_dir.mkdir(exist_ok=True)
@@ -74,7 +78,8 @@ class ServerProcess:
     def _start(self) -> subprocess.Popen:
         args = ["serve", *(["--bundle", str(Path(self.bundle).resolve())] if self.bundle is not None else [])]
         args += ["--port", str(self.port), "--reply-port", str(self.reply_port), "--out", str(self.out)]
-        args += ["--read-dir", str(self.read_dir), "--session", str(self.session), "--threads", str(self.threads)]
+        args += ["--read-dir", str(self.read_dir)] * self.with_read_dir
+        args += ["--session", str(self.session), "--threads", str(self.threads)]
         args += ["--quiet"] * self.quiet + list(self.extra)
         env = {
             **os.environ,
@@ -90,7 +95,7 @@ class ServerProcess:
             stderr=self._log,
             env=env,
             text=True,
-            cwd=self.code,  # `python -c` looks in its working folder first
+            cwd=self.cwd,  # the code comes from PYTHONPATH, wherever it runs
         )
         wait_for_pong(proc, self.port, log=self.log).close()
         return proc

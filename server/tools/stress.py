@@ -1,4 +1,5 @@
-"""The reliability suite (`inpaint-osc stress`): fuzz, flood, crash recovery and bad files against a real server
+"""The reliability suite (`inpaint-osc stress`): fuzz, flood, crash recovery, bad files and a hostile client's
+attacks (`server.tools.attacks`) against a real server
 process over loopback UDP. Each check returns its figures and a list of failures (empty when it passed);
 `SCALES` sets the sizes: `ci` runs in seconds, `full` is the issue's (100 000 datagrams, 2 000 edits/s for 30 s).
 """
@@ -24,6 +25,7 @@ import numpy as np
 
 from server import protocol
 from server.client import OscClient
+from server.tools.attacks import run_attacks
 from server.tools.latency import peak_rss_mb, stats, write_test_note
 from server.tools.launcher import ServerProcess, free_port
 from server.wire import encode
@@ -451,7 +453,7 @@ def audio_cases(folder: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------- the suite
 
 
-CHECKS = ("fuzz", "flood", "crash", "files")
+CHECKS = ("fuzz", "flood", "crash", "files", "attacks")
 
 
 def run_suite(bundle: Path, scale: str = "ci", only: tuple[str, ...] = CHECKS, seed: int = 0) -> dict[str, Any]:
@@ -465,6 +467,7 @@ def run_suite(bundle: Path, scale: str = "ci", only: tuple[str, ...] = CHECKS, s
                 "flood": lambda: flood(server, size["flood_rate"], size["flood_seconds"], seed),
                 "crash": lambda: crash_recovery(server, size["crash_rounds"], seed),
                 "files": lambda: bad_files(server),
+                "attacks": lambda: run_attacks(server, Path(tmp) / "attacks"),
             }
             for name in only:
                 figures, failures = runs[name]()
@@ -541,6 +544,11 @@ def reliability_markdown(r: dict[str, Any]) -> str:
             "before.",
             "",
         ]
+    if "attacks" in r:
+        lines += ["## Attacks", "", "What a hostile or careless client tried, and what held (server/tools/attacks.py):"]
+        lines.append("")
+        lines += [f"- **{name}**: {json.dumps(figures)}" for name, figures in r["attacks"].items()]
+        lines.append("")
     if r["failures"]:
         lines += ["## Failures", "", "```", json.dumps(r["failures"], indent=2), "```", ""]
     return "\n".join(lines)

@@ -103,3 +103,12 @@ def test_a_short_soak_ends_every_request_and_keeps_the_state_over_its_restart(se
         assert p["requests"] > 0 and sum(p["endings"].values()) == p["requests"], (name, p)
     assert figures["player"]["by_kind"]["note"] >= 0.4 * 60 * 4 * 0.8  # 4-8 notes a second
     assert figures["rss_mb"]["first_window"]["max"] > 0 and figures["rss_mb"]["last_window"]["max"] > 0
+
+
+def test_a_hostile_clients_attacks_all_hold(server, tmp_path):
+    """Issue 26's attacks replayed (server.tools.attacks): nothing deleted, planted, read or starved."""
+    figures, failures = stress.run_attacks(server, tmp_path)
+    assert failures == []
+    assert figures["export over a project"]["files_kept"] == "3 of 3"
+    assert figures["40 renders in a bundle"]["ratio"] <= 3
+    assert figures["/help in a bundle"]["200_in_a_bundle"] <= figures["/help in a bundle"]["one_help"] + 2
