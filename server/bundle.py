@@ -1,12 +1,14 @@
 """The model bundle: a folder of ONNX graphs plus `manifest.json`, the one contract between export and server.
 
-`export.onnx_export` writes bundles with `write_manifest`; the server opens them with `load_bundle`, which
-validates the manifest and opens one onnxruntime session per graph on the provider the user chose.
+`export.onnx_export` writes bundles with `write_manifest`; the server opens them with `Bundle`, which validates
+the manifest (keys, values, files confined to the bundle's folder) and opens one onnxruntime session per graph
+on the provider the user chose.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,12 +157,42 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
         raise
     except (TypeError, KeyError, ValueError, IndexError) as exc:
         raise BundleError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
+    _check_values(manifest, where)
     missing = set(GRAPHS) - set(graphs)
     if missing:
         raise BundleError(f"{where}: graphs missing from the manifest: {', '.join(sorted(missing))}")
     if set(priors) != {"top", "bottom"}:
         raise BundleError(f"{where}: 'priors' must describe 'top' and 'bottom'")
     return manifest
+
+
+def _check_values(m: Manifest, where: str) -> None:
+    """Values a damaged manifest may hold that would load but play silence or fail on every request."""
+    sp = m.spectrogram
+    counts = {k: getattr(sp, k) for k in ("n_samples", "n_fft", "hop", "n_frames", "n_mels")}
+    problems = [f"spectrogram.{k} {v!r} is not a positive integer" for k, v in counts.items()
+                if not isinstance(v, int) or isinstance(v, bool) or v <= 0]  # fmt: skip
+    if not isinstance(sp.sample_rate, int) or not 8000 <= sp.sample_rate <= 192_000:
+        problems.append(f"spectrogram.sample_rate {sp.sample_rate!r} is not a rate in 8000..192000 Hz")
+    numbers = (sp.mel_low_hz, sp.mel_high_hz, sp.mel_break_hz, sp.min_band_width_bins, sp.eps, sp.phase_threshold)
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers) or sp.eps <= 0:
+        problems.append("spectrogram: mel frequencies, eps and phase_threshold must be finite (eps above 0)")
+    if not 2 <= m.n_codes <= 32767:  # sessions store codes as int16
+        problems.append(f"n_codes {m.n_codes} is outside 2..32767")
+    for name, token in (("mask", m.mask_token), ("start", m.start_token)):
+        if not 0 <= token <= m.n_codes + 2:
+            problems.append(f"tokens.{name} {token} is outside 0..{m.n_codes + 2} (the codes and the special tokens)")
+    lo, hi = m.pitch_range
+    if not 0 <= lo <= hi <= 127:
+        problems.append(f"pitch_range {[lo, hi]} is not a MIDI range")
+    if not m.families or not all(isinstance(f, str) and f for f in m.families):
+        problems.append("families must be a list of names")
+    files = [*m.graphs.values(), *([m.family_guidance] if m.family_guidance is not None else [])]
+    for file in files:
+        if Path(file).is_absolute() or ".." in Path(file).parts:
+            problems.append(f"file {file!r} is not inside the bundle (a name relative to its folder)")
+    if problems:
+        raise BundleError(f"{where}: {'; '.join(problems)}")
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:
@@ -171,6 +203,8 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"{path}: JSON nested too deep to be a manifest") from None
     return parse_manifest(data, str(path))
 
 
@@ -278,8 +312,8 @@ class Bundle:
                 # A prior whose table the bundle leaves out samples without family guidance.
                 tables = {layer: z[layer].astype(np.float16) for layer in self.manifest.priors if layer in z.files}
                 regions = z["pitch_regions"].astype(np.int64) if "pitch_regions" in z.files else np.zeros(1, np.int64)
-        except (OSError, KeyError, ValueError) as exc:
-            raise BundleError(f"{file}: family guidance tables unreadable ({exc})") from None
+        except Exception as exc:  # numpy and zipfile raise many kinds on a truncated or empty file
+            raise BundleError(f"{file}: family guidance tables unreadable ({type(exc).__name__}: {exc})") from None
         if not tables:
             raise BundleError(f"{file}: family guidance tables for none of the priors {list(self.manifest.priors)}")
         for layer, table in tables.items():

@@ -423,6 +423,13 @@ BUNDLE_DAMAGE: dict[str, Callable[[Path], object]] = {
     "unknown manifest version": _manifest_edit(lambda m: m.update(format_version=99)),
     "manifest missing a key": _manifest_edit(lambda m: m.pop("normalizer")),
     "no manifest": lambda b: (b / "manifest.json").unlink(),
+    "sample rate 0": _manifest_edit(lambda m: m["spectrogram"].update(sample_rate=0)),
+    "no samples": _manifest_edit(lambda m: m["spectrogram"].update(n_samples=0)),
+    "mask token 1e6": _manifest_edit(lambda m: m["tokens"].update(mask=1_000_000)),
+    "graph outside the bundle": _manifest_edit(lambda m: m["graphs"]["vqvae_decoder"].update(file="/etc/passwd")),
+    "manifest nested 100 000 deep": lambda b: (b / "manifest.json").write_text("[" * 100_000 + "]" * 100_000),
+    "empty family tables": lambda b: (b / "family_guidance.npz").write_bytes(b""),
+    "truncated family tables": lambda b: _truncate(b / "family_guidance.npz"),
 }
 
 

@@ -264,4 +264,4 @@ def test_cli_export_instrument_writes_the_keys_asked(tiny_bundle, tmp_path):
     assert sf.info(str(out / "samples" / "061.wav")).samplerate == 48_000
     assert "amp_velcurve_64=0.503937" in Path(report["sfz"]).read_text()
     again = run_cli("server", "export-instrument", str(tmp_path), "--bundle", str(tiny_bundle[1]), block_torch=True)
-    assert again.returncode == 1 and "other files in it" in again.stderr  # tmp_path holds the first export
+    assert again.returncode == 1 and "not an earlier export" in again.stderr  # tmp_path holds the first export

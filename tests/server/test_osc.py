@@ -105,7 +105,7 @@ BAD = {
     "/image": (["side"], "unknown layer 'side'"),
     "/play": ([2], "loop 2 is outside 0..1"),
     "/stop": ([1], "expected no arguments"),
-    "/export/instrument": (["/etc/inpaint-osc-instrument"], "outside the folders the server may use"),
+    "/export/instrument": (["/etc/inpaint-osc-instrument"], "outside the folders the server may write"),
 }
 
 
