@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,7 +67,7 @@ class Job:
     def ids(self) -> list[int]:
         return [r.request_id for r in self.requesters]
 
-    @property
+    @cached_property  # the same while it waits: a merge keeps the mask's size
     def weight(self) -> int:
         """Bytes it holds while it waits, roughly: what bounds the queue besides the number of jobs."""
         arrays = sum(v.nbytes for v in self.params.values() if isinstance(v, np.ndarray))
@@ -98,10 +99,14 @@ class JobQueue:
         self.interrupt: Callable[[], None] | None = None  # called when a request arrives: stops the fill's graph call
         self.last_put = 0.0  # time.monotonic() of the latest request
 
-    def _set_pending(self, jobs: list[Job]) -> None:
-        """Replace the waiting jobs (after some were taken back), their weight counted again."""
-        self.pending = jobs
-        self.pending_bytes = sum(j.weight for j in jobs)
+    def _take_back(self, gone: list[Job]) -> None:
+        """Remove `gone` from the waiting jobs, and their weight from the count."""
+        if len(gone) == 1:
+            self.pending.remove(gone[0])  # by identity (Job has no ==), in C
+        elif gone:
+            ids = {id(j) for j in gone}
+            self.pending = [j for j in self.pending if id(j) not in ids]
+        self.pending_bytes -= sum(j.weight for j in gone)
 
     def _in_flight(self) -> list[Job]:
         return self.taken + [j for j in (self.running, self.exporting) if j is not None]
@@ -122,8 +127,7 @@ class JobQueue:
             superseded: list[Job] = []
             if job.kind in REPLACES_ALL:
                 superseded = [j for j in self.pending if _supersedes(job, j)]
-                if superseded:
-                    self._set_pending([j for j in self.pending if j not in superseded])
+                self._take_back(superseded)
             elif self.pending and self._merge(self.pending[-1], job):
                 return []
             if len(self.pending) >= self.limit:
@@ -133,7 +137,7 @@ class JobQueue:
             sampling = [j for j in self.pending if j.kind in SAMPLING]
             if job.kind in SAMPLING and len(sampling) >= self.sampling_limit:
                 victim = sampling[0]
-                self._set_pending([j for j in self.pending if j is not victim])
+                self._take_back([victim])
                 victim.cancelled = "superseded: too many requests waiting"
                 superseded.append(victim)
             if job.kind in REPLACES_ALL:
@@ -205,8 +209,7 @@ class JobQueue:
                 for j in self.pending
                 if j.kind == "note" and j.params["pitch"] == pitch and all(r.client == client for r in j.requesters)
             ]
-            if gone:
-                self._set_pending([j for j in self.pending if j not in gone])
+            self._take_back(gone)
             return gone
 
     def cancel(self, client: Any, request_id: int | None) -> tuple[list[Requester], bool]:
@@ -224,12 +227,14 @@ class JobQueue:
                 if any(mine(r) for r in j.requesters):
                     removed += j.requesters
                     self.exports.remove(j)
-            for j in list(self.pending):
+            emptied = []
+            for j in self.pending:
                 if any(mine(r) for r in j.requesters):
                     removed += [r for r in j.requesters if mine(r)]
                     j.requesters = [r for r in j.requesters if not mine(r)]
                     if not j.requesters:
-                        self._set_pending([k for k in self.pending if k is not j])
+                        emptied.append(j)
+            self._take_back(emptied)
             flagged = False
             for j in self._in_flight():
                 ours = [r for r in j.requesters if mine(r)]
