@@ -64,7 +64,9 @@ class Access:
         if expanded.startswith("~"):
             raise AccessError(f"{path}: no such user's home ({path.split('/')[0]})")
         try:
-            return Path(expanded).resolve()
+            resolved = Path(expanded).resolve()
+            resolved.exists()  # raises for a name too long for the system, which resolve() lets through
+            return resolved
         except (OSError, RuntimeError) as exc:  # a name too long, a link loop
             raise AccessError(f"{path[:200]}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
 

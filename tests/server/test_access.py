@@ -72,3 +72,22 @@ def test_exports_never_target_the_output_folder_or_the_session(tmp_path):
     ]:
         with pytest.raises(AccessError, match=why):
             access.writable(str(path))
+
+
+def test_a_path_too_long_for_the_system_is_refused_by_name(tmp_path):
+    access = Access([tmp_path], tmp_path / "out")
+    for check in (access.readable, access.writable):
+        with pytest.raises(AccessError, match="File name too long"):
+            check(str(tmp_path / ("x" * 60_000)))
+
+
+def test_renders_of_earlier_processes_count_against_keep(tmp_path):
+    import numpy as np
+
+    from server.output import OutputFolder
+
+    for i in range(40):  # what 12 earlier processes left
+        (tmp_path / f"render-{1000 + i}-000001-1.wav").write_bytes(b"old")
+    out = OutputFolder(tmp_path, keep=32)
+    out.write_wav(np.zeros(16, np.float32), 16_000, 1)
+    assert len(list(tmp_path.glob("render-*.wav"))) == 32
