@@ -193,6 +193,9 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+BACKGROUND = {"/note/cache", "/status"}  # what the server broadcasts on its own, whatever was sent
+
+
 def cmd_send(args: argparse.Namespace) -> dict:
     from server import protocol
     from server.client import OscClient
@@ -210,14 +213,17 @@ def cmd_send(args: argparse.Namespace) -> dict:
         final = {"/export/done", "/error"}
     replies: list[list] = []
     deadline = time.monotonic() + args.timeout
-    while (left := deadline - time.monotonic()) > 0:
-        reply = client.receive(left if final else min(left, args.wait))
+    quiet_until = time.monotonic() + args.wait  # without a final reply: --wait s after the last answer
+    while (left := min(deadline, deadline if final else quiet_until) - time.monotonic()) > 0:
+        reply = client.receive(left)
         if reply is None:
             break
         print(reply[0], *reply[1], flush=True)
         replies.append([reply[0], *reply[1]])
         if final and reply[0] in final:
             break
+        if reply[0] not in BACKGROUND:  # the fill's /note/cache stream must not keep the command waiting
+            quiet_until = time.monotonic() + args.wait
     if not replies and final:
         raise OSError(f"{args.address}: no reply within {args.timeout} s (the server answered /pong)")
     if not replies:  # the server answered /pong: it is there, and this message asks for nothing back

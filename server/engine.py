@@ -273,6 +273,15 @@ class Engine:
             self.notes.move_to_end(key)
         return note
 
+    def stale_note(self, pitch: int) -> Note | None:
+        """The most recent cached note of `pitch` under other settings, or None. A knob turned while playing
+        changes every note's key: until the fill has rendered the key anew, it plays this one (as a synth
+        plays on while its next patch loads), instead of a 0.3-0.9 s render that cancels the melody."""
+        for key in reversed(self.notes):
+            if key[1] == pitch:
+                return self.notes[key]
+        return None
+
     def make_note(
         self,
         pitch: int,

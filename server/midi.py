@@ -50,20 +50,23 @@ GM_FAMILIES: dict[int, tuple[str, str]] = {
 # knob of the MIDI sound-controller set; CC 70 "sound variation". Remapped live with /cc/map.
 # 7 is MIDI's channel volume and 72 General MIDI 2's release time: a keyboard's volume slider just works.
 DEFAULT_CC_MAP = {1: "temperature", 74: "top_p", 70: "instrument", 7: "gain", 72: "release"}
-CC_PARAMETERS = ("temperature", "top_p", "guidance", "harmonic", "instrument", "pitch", "gain", "release")
+CC_PARAMETERS = ("temperature", "top_p", "guidance", "harmonic", "timbre", "seed", "instrument", "pitch", "gain",
+                 "release")  # fmt: skip
 
 
 def cc_value(parameter: str, value: int, families: int, pitch_range: tuple[int, int]) -> float | int:
-    """A 0-127 controller value → the parameter's value: temperature 0-2, top-p 0-1, guidance and harmonic 0-5, an
-    instrument index, a pitch across the model's range, gain in dB on MIDI's volume curve (127: 0 dB, 64: -12,
-    0: -60), release 0-2 s."""
+    """A 0-127 controller value → the parameter's value: temperature 0-2, top-p 0-1, guidance, harmonic and timbre
+    0-5, a seed (the value itself: 128 sounds to step through), an instrument index, a pitch across the model's
+    range, gain in dB on MIDI's volume curve (127: 0 dB, 64: -12, 0: -60), release 0-2 s."""
     x = value / 127
     if parameter == "temperature":
         return round(2 * x, 4)
     if parameter == "top_p":
         return round(x, 4)
-    if parameter in ("guidance", "harmonic"):
+    if parameter in ("guidance", "harmonic", "timbre"):
         return round(5 * x, 4)
+    if parameter == "seed":
+        return value
     if parameter == "instrument":
         return min(int(x * families), families - 1)
     if parameter == "pitch":

@@ -429,7 +429,9 @@ class Worker(threading.Thread):
         return "edit"
 
     def _note(self, pitch: int, progress: Callable[[float], None]) -> Note:
-        note = self.engine.cached_note(pitch)
+        """The note for `pitch`: cached for these settings, else cached for earlier ones (the fill renders the
+        current settings' note meanwhile), else rendered now."""
+        note = self.engine.cached_note(pitch) or self.engine.stale_note(pitch)
         if note is None:
             note = self.engine.make_note(pitch, progress)
         self.engine.play_note(pitch, note)

@@ -143,6 +143,18 @@ def test_send_command_prints_the_replies(live):
     )
     assert result.returncode == 0 and "none expected" in result.stdout, (result.stdout, result.stderr)
     c.send("/note/fill", 1)
+    # A setting that restarts the fill: the command returns --wait s after the echo, not after the fill's
+    # /note/cache stream (issue 28: `send /instrument string` took 22.9 s).
+    t0 = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "send", "/seed", "123", "--port", str(live.port), "--wait", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0 and "/seed 123" in result.stdout, (result.stdout, result.stderr)
+    assert time.monotonic() - t0 < 8.0, result.stdout
 
 
 def test_bench_prints_measured_round_trips(osc_bench):
@@ -183,3 +195,8 @@ def test_bench_before_after_asks_two_checkouts_in_turn(tiny_bundle, tmp_path):
         [sys.executable, "-m", "server", *args[:-4], "--only", "nothing"], capture_output=True, text=True, cwd=ROOT
     )
     assert bad.returncode != 0 and "unknown operations ['nothing']" in bad.stderr
+
+
+def test_every_dial_of_the_patches_can_be_mapped_to_a_controller():
+    assert cc_value("timbre", 127, 11, (24, 84)) == 5.0 and cc_value("timbre", 0, 11, (24, 84)) == 0.0
+    assert cc_value("seed", 42, 11, (24, 84)) == 42

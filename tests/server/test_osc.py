@@ -333,20 +333,40 @@ def test_image_is_a_png_with_the_grid(live, client):
 
 
 def test_a_cached_note_answers_with_the_same_sound_at_once(live, client):
+    client.send("/note/fill", 0)
     client.send("/note/mode", "generate")
-    client.send("/seed", 4321)  # settings no note was cached for
+    client.send("/seed", 4321)
     echo(client, "/seed", [4321])
+    client.send("/note/prefill", 64, 64)  # this pitch under these settings
+    while client.wait_for("/note/cache", timeout=60)[1][0] < 1:
+        pass
     client.send("/note", 64, 90)
     first = client.wait_for("/render/done", timeout=60)[1]
     client.send("/note", 64, 90)
     again = client.wait_for("/render/done", timeout=60)[1]
-    assert again[4] < first[4]
     np.testing.assert_array_equal(sf.read(first[1])[0], sf.read(again[1])[0])
     client.send("/note", 64, 0)  # note-off: nothing to do, nothing to answer
     client.send("/ping")
     assert client.wait_for("/pong", "/render/done", "/error")[0] == "/pong"
     client.send("/note", 64, 0, 99)  # ... unless it carries an id, which gets its one ending
     assert client.wait_for("/render/cancelled", "/render/done", "/error")[1] == [99, "note-off: nothing to render"]
+
+    # A knob turned: the key plays on with the note cached before (no render, nothing cancelled) until the
+    # fill has rendered it for the new settings; then the new note plays.
+    client.send("/temperature", 0.5)
+    echo(client, "/temperature", [0.5])
+    client.send("/note", 64, 90, 7)
+    stale = client.wait_for("/render/done", "/render/cancelled", timeout=60)
+    assert stale[0] == "/render/done" and stale[1][0] == 7
+    np.testing.assert_array_equal(sf.read(stale[1][1])[0], sf.read(first[1])[0])
+    client.send("/note/prefill", 64, 64)
+    while client.wait_for("/note/cache", timeout=60)[1][0] < 1:
+        pass
+    client.send("/note", 64, 90, 8)
+    fresh = client.wait_for("/render/done", timeout=60)[1]
+    assert not np.array_equal(sf.read(fresh[1])[0], sf.read(first[1])[0])
+    client.send("/temperature", 1.0)
+    client.send("/note/fill", 1)
 
 
 def test_reply_port_redirects_this_clients_replies(live):
