@@ -327,7 +327,7 @@ def invert(
         frequency, owner = (a.T for a in peak_frequencies(magnitudes))  # (n_frames, n_bins): contiguous rows
         advance = np.float32(2 * np.pi / period) * (frequency - period * np.floor(frequency / period))
         turned = np.empty_like(advance)  # each bin's phase turned since the first frame
-        turned[0] = 0.0
+        turned[0] = _start_phases(advance.shape[1])
         for i in range(1, len(advance)):  # row by row: 0.26 ms, numpy's cumsum down the columns 1.6
             np.add(turned[i - 1], advance[i], out=turned[i])
         # Identity phase locking: in every frame a lobe's bins take their peak's phase, turned + π b, plus π (k - b),
@@ -336,6 +336,7 @@ def invert(
         phases = np.ascontiguousarray((np.take_along_axis(turned, owner, axis=1) + alternating).T)  # (n_bins, T)
     if between is not None:
         between()
+    magnitudes[:SUBSONIC_BINS] = 0.0  # no DC offset (24 is the lowest pitch: 32.7 Hz, bin 4.2)
     frames = []  # (chunk, n_fft) each
     window = hann(p.n_fft).astype(np.float32)
     for t0 in range(0, p.n_frames, chunk):
@@ -344,4 +345,29 @@ def invert(
         frames.append(_irfft_frames(magnitude * (np.cos(angle) + 1j * np.sin(angle)).astype(np.complex64), p, window))
         if between is not None:
             between()
-    return (overlap_add(np.concatenate(frames), p) * overlap_norm(p)).astype(np.float32)
+    return fade_in(overlap_add(np.concatenate(frames), p) * overlap_norm(p), p.sample_rate)
+
+
+# Bins silenced in renders: the DC bin (mean |DC| of 24 generated notes at the performer's level: max 0.0036 ->
+# 0.00014; silencing bin 1, 7.8 Hz, too costs 0.11 dB of log-spectral distance for no audible gain).
+SUBSONIC_BINS = 1
+FADE_IN_S = 0.002  # a raised cosine over the first 2 ms: sample 0 is silent, as a sampler's voice starts
+
+
+def fade_in(audio: np.ndarray, rate: int) -> np.ndarray:
+    """(n,) → float32 (n,), its first FADE_IN_S raised from silence."""
+    out = audio.astype(np.float32)
+    n = min(out.size, max(1, round(FADE_IN_S * rate)))
+    out[:n] *= (0.5 - 0.5 * np.cos(np.pi * np.arange(n) / n)).astype(np.float32)
+    return out
+
+
+def _start_phases(n_bins: int) -> np.ndarray:
+    """(n_bins,) float32: each bin's phase in the first frame, Schroeder's k² π / n_bins. With every partial
+    starting at phase 0 they all peak together at the first frame's centre, sample 0: a click at the start of
+    every note (sample 0 at 0.19 median over 24 generated notes, the first ms louder than the next ten in 22).
+    Schroeder's phases spread that peak over the frame (the lowest crest factor of a flat spectrum),
+    deterministically; with the fade-in, 0 and 0 of 24. The analysis round trip of 60 FluidSynth notes went from
+    3.44 to 3.37 dB of log-spectral distance with both changes."""
+    k = np.arange(n_bins, dtype=np.float64)
+    return np.mod(np.pi * k * k / n_bins, 2 * np.pi).astype(np.float32)

@@ -157,3 +157,23 @@ def test_sparse_pseudo_inverse_matches_the_dense_product():
     dense = dsp.mel_pseudo_inverse(P)
     x = np.random.default_rng(0).normal(size=(P.n_mels, 256)).astype(np.float32)
     np.testing.assert_allclose(dsp.sparse_pseudo_inverse(P) @ x, dense @ x, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("phase", dsp.PHASES)
+def test_renders_start_without_a_click_or_an_offset(dataset, phase):
+    """Issue 28: sample 0 was an impulse (every partial starting at phase 0). Every render, and every sample
+    an export writes at another rate, starts from silence, its first millisecond no louder than the next ten,
+    without DC."""
+    import soundfile as sf
+
+    from server import instrument_export as ie
+    from server.engine import Settings
+
+    for wav in sorted((dataset / "audio").glob("*-060-100.wav"))[:6]:
+        audio, rate = sf.read(str(wav), dtype="float32")
+        back = dsp.invert(dsp.analyze(audio), phase=phase)
+        [sample] = ie.samples([(60, back)], rate, 48_000, Settings())
+        for x, r in ((back, rate), (sample.audio, 48_000)):
+            ms = r // 1000
+            assert abs(x[0]) <= 1e-3 and np.abs(x[:ms]).max() <= np.abs(x[ms : 11 * ms]).max(), wav.name
+            assert abs(float(x.mean())) <= 1e-3, wav.name
