@@ -3,10 +3,13 @@
 The receive thread only parses, checks and queues: conditioning changes apply at once, anything that samples
 or renders goes to `server.worker`. Replies go to the sender's IP at its reply port (Max and Pd send from
 throwaway ports), set per client by `/reply_port`. Every failure answers `/error address message`.
+Threads: the receive thread (python-osc's blocking server), `server.worker`'s render worker and session saver,
+the settings saver, the time-tag scheduler (bundles tagged ahead), and short-lived playback starters.
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import itertools
 import logging
@@ -45,6 +48,8 @@ CLIENT_SHARE = 0.5  # of the receive thread's time one client may use, in the lo
 CLIENT_BURST = 1.0  # s of handling one client may spend at once before CLIENT_SHARE applies
 ONCE_PER_DATAGRAM = {"/help", "/state", "/model/info", "/codemap/get", "/ping"}  # big answers: once per bundle
 EXPORT_QUOTA = 2 << 30  # bytes of exports one client host may have written in a server's life
+SCHEDULE_AHEAD_S = 10.0  # a bundle may be time-tagged this far ahead (live coders schedule a bar or two)
+SCHEDULED_LIMIT = 4096  # messages waiting for their time tag, all clients together
 
 
 class _UDPServer(osc_server.BlockingOSCUDPServer):
@@ -93,6 +98,7 @@ class InstrumentServer:
         self.player = Player()
         self.queue = JobQueue()
         self.worker = Worker(engine, self.queue, out, self, session, self.player, play, rate, self.access)
+        self.scheduler = _Scheduler(self)
         self.session = session
         self._ids = itertools.count(1 << 30)  # ids the server assigns, far from the small ones clients pick
         self._settings_dirty = threading.Event()
@@ -119,10 +125,12 @@ class InstrumentServer:
 
     def _start_helpers(self) -> None:
         self.worker.start()
+        self.scheduler.start()
         threading.Thread(target=self._settings_saver, name="settings-saver", daemon=True).start()
 
     def close(self) -> None:
         self.worker.stop()
+        self.scheduler.stop()
         self.worker.join(timeout=5)
         self._settings_dirty.set()
         self.udp.server_close()
@@ -235,13 +243,17 @@ class InstrumentServer:
             self.error(client, "", f"malformed OSC datagram ({len(data)} bytes): {type(exc).__name__}: {exc}")
             return
         answered: set[str] = set()
-        for timed in messages:
+        now = time.time()
+        for timed in messages:  # python-osc gives a time tag in the past, or "immediately", as now
             address = timed.message.address
             if address in ONCE_PER_DATAGRAM:
                 if address in answered:
                     continue  # a bundle of /help asks once: the answer is the same
                 answered.add(address)
-            self.handle_message(client, address, timed.message.params)
+            if timed.time > now + 0.001:
+                self.scheduler.add(timed.time, client, address, timed.message.params)
+            else:
+                self.handle_message(client, address, timed.message.params)
 
     def handle_message(self, client: Client, address: str, params: list[Any]) -> None:
         t0 = time.perf_counter()
@@ -507,6 +519,46 @@ class InstrumentServer:
             except Exception:  # this thread outlives any bug: the next change is saved and echoed again
                 log.error("settings saver:\n%s", traceback.format_exc())
                 self.broadcast("/error", "", "internal error while saving or echoing the settings; see the log")
+
+
+class _Scheduler(threading.Thread):
+    """Messages of bundles time-tagged ahead (TidalCycles, SuperCollider schedule ahead of the beat), run at
+    their tag by `handle_message`, in tag order; a tag too far ahead, or too many waiting, answers /error."""
+
+    def __init__(self, server: InstrumentServer):
+        super().__init__(name="time-tags", daemon=True)
+        self.server = server
+        self.heap: list[tuple[float, int, Client, str, list[Any]]] = []
+        self.cond = threading.Condition()
+        self.count = itertools.count()  # ties in time keep the bundle's order
+        self.stopping = False
+
+    def add(self, when: float, client: Client, address: str, params: list[Any]) -> None:
+        ahead = when - time.time()
+        if ahead > SCHEDULE_AHEAD_S:
+            self.server.error(client, address, f"time tag {ahead:.1f} s ahead: at most {SCHEDULE_AHEAD_S:g} s")
+            return
+        with self.cond:
+            if len(self.heap) >= SCHEDULED_LIMIT:
+                self.server.error(client, address, f"{SCHEDULED_LIMIT} time-tagged messages are waiting")
+                return
+            heapq.heappush(self.heap, (when, next(self.count), client, address, params))
+            self.cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stopping and (not self.heap or self.heap[0][0] > time.time()):
+                    self.cond.wait(min(0.2, self.heap[0][0] - time.time()) if self.heap else 0.2)
+                if self.stopping:
+                    return
+                _, _, client, address, params = heapq.heappop(self.heap)
+            self.server.handle_message(client, address, params)  # its own try: a bug costs one message
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
 
 
 class _Budget:

@@ -427,3 +427,30 @@ def test_names_are_read_in_any_case(live, client):
     assert echo(client, "/note/mode", ["generate"])
     client.send("/inpaint", "TOP", 0, 1, 0, 1, 711)
     assert client.wait_for("/render/done", "/error", timeout=30)[1][0] == 711
+
+
+def _tagged(at: float, *messages: bytes) -> bytes:
+    """A bundle time-tagged for unix time `at`."""
+    import struct
+
+    ntp = at + 2_208_988_800  # seconds from 1900 to 1970
+    tag = struct.pack(">II", int(ntp), int((ntp % 1) * 2**32))
+    return b"#bundle\0" + tag + b"".join(struct.pack(">i", len(m)) + m for m in messages)
+
+
+def test_a_bundle_tagged_ahead_runs_at_its_time_tag(client):
+    """Live coders schedule ahead (TidalCycles, SuperCollider): the messages run at the tag, not on arrival."""
+    import time
+
+    from server.wire import encode
+
+    for ahead in (0.3, 0.6):
+        sent = time.time()
+        client.send_raw(_tagged(sent + ahead, encode("/ping")))
+        client.wait_for("/pong", timeout=5)
+        late = time.time() - (sent + ahead)
+        assert -0.002 <= late < 0.05, (ahead, late)
+    client.send_raw(_tagged(time.time() + 60, encode("/ping")))
+    assert "time tag 60.0 s ahead" in client.wait_for("/error", "/pong", timeout=5)[1][1]
+    client.send_raw(_tagged(time.time() - 5, encode("/ping")))  # a tag in the past: at once
+    client.wait_for("/pong", timeout=1)
