@@ -335,7 +335,8 @@ def evaluate(
         ),
         f"| reconstruction pitch kept (validation notes whose own pitch reads right) | "
         f"{_verdict(recon_kept, TARGETS['recon_pitch_kept'])} |",
-        f"| generated notes recognised as their family (of the judge's ceiling {_pct(heard_summary['family_ceiling'])})"
+        f"| generated notes recognised as their family, divided by the judge's ceiling "
+        f"({_pct(heard_summary['family_ceiling'])}: a ratio, not a share of notes)"
         f" | {_verdict(heard_summary['generation_family_of_ceiling'], TARGETS['family_of_ceiling'])} |",
         f"| lowest family, of its ceiling | "
         f"{_verdict(heard_summary['worst_family_of_ceiling'], TARGETS['worst_family_of_ceiling'])} |",

@@ -16,6 +16,7 @@ import argparse
 import getpass
 import ipaddress
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -179,10 +180,17 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         midi_client = server.client(("127.0.0.1", 0))  # its errors go to the default reply port
         port = open_input(args.midi_in, lambda address, values: server.handle_message(midi_client, address, values))
         log.info("MIDI input: %s", port.name)
+
+    def stop(signum: int, _frame: object) -> None:  # a service manager's SIGTERM stops it like Ctrl-C, and says so
+        log.warning("stopping on %s", signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    log.warning("stopped%s", f"; the session is in {args.session}" if args.session else "")
     return {"stopped": True, "session": str(args.session) if args.session else None}
 
 

@@ -235,7 +235,7 @@ class InstrumentServer:
             self.error(client, "", f"malformed OSC datagram ({len(data)} bytes): {problem}")
             return
         try:
-            messages = osc_packet.OscPacket(data).messages  # bundles are flattened; their time tags are ignored
+            messages = osc_packet.OscPacket(data).messages  # bundles flattened, each message with its time
         except osc_packet.ParseError as exc:
             self.error(client, "", f"malformed OSC datagram ({len(data)} bytes): {exc}")
             return
