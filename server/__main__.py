@@ -62,7 +62,9 @@ def cmd_render(args: argparse.Namespace) -> dict:
     if not m.pitch_range[0] <= args.pitch <= m.pitch_range[1]:
         raise ValueError(f"pitch {args.pitch} is outside the model's range {m.pitch_range[0]}..{m.pitch_range[1]}")
     loaded = time.perf_counter()
-    cond = Conditioning(args.pitch, family, args.temperature, args.top_p)
+    cond = Conditioning(
+        args.pitch, family, args.temperature, args.top_p, args.guidance, args.harmonic, args.timbre
+    )  # the server's Settings.conditioning, field by field
     top, bottom = Inpainter.from_bundle(b).generate(cond, np.random.default_rng(args.seed))
     sampled = time.perf_counter()
     rate = args.rate or m.spectrogram.sample_rate
@@ -97,6 +99,9 @@ def cmd_export_instrument(args: argparse.Namespace) -> dict:
         family=engine.family_index(args.instrument),
         temperature=args.temperature,
         top_p=args.top_p,
+        guidance=args.guidance,
+        harmonic=args.harmonic,
+        timbre=args.timbre,
         seed=args.seed,
         level=args.level,
         gain=args.gain,
@@ -425,6 +430,12 @@ def parser() -> argparse.ArgumentParser:
     sound.add_argument(
         "--top-p", type=float, default=DEFAULTS["top_p"], help="nucleus sampling mass (default: %(default)s)"
     )
+    for name, what in (
+        ("guidance", "classifier-free guidance, as /guidance"),
+        ("harmonic", "harmonic guidance, as /harmonic"),
+        ("timbre", "family guidance, as /timbre"),
+    ):
+        sound.add_argument(f"--{name}", type=float, default=DEFAULTS[name], help=f"{what} (default: %(default)s)")
     sound.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="(default: %(default)s)")
     sound.add_argument(
         "--level", type=float, default=DEFAULTS["level"], help="RMS of the held part, dBFS (default: %(default)s)"

@@ -245,6 +245,16 @@ def file_stem(name: str) -> str:
 # ---- SFZ --------------------------------------------------------------------------------------------------
 
 
+def key_ranges(samples: tuple[Sample, ...]) -> list[tuple[int, int]]:
+    """(lowest, highest) key each sample answers: its own, and the lowest and highest samples stretched to the
+    ends of the MIDI range (the sampler transposes them), so a key beyond the model's range is never silent."""
+    ranges = [(s.key, s.key) for s in samples]
+    if ranges:
+        ranges[0] = (0, ranges[0][1])
+        ranges[-1] = (ranges[-1][0], 127)
+    return ranges
+
+
 def sfz_text(inst: Instrument) -> str:
     """The SFZ mapping: one region per key, its sample at its own pitch, looped while held (loop_sustain),
     released over `release`, velocity on the amplitude curve (velocity / 127) ** velocity_curve."""
@@ -258,9 +268,9 @@ def sfz_text(inst: Instrument) -> str:
         lines.append("amp_veltrack=100")
         lines += [f"amp_velcurve_{v}={(v / 127) ** inst.velocity_curve:.6f}" for v in VELOCITY_POINTS]
     lines.append("")
-    for s in inst.samples:  # loop_end is the loop's last frame in SFZ (inclusive), its first after in SF2
-        lines.append(
-            f"<region> sample={wav_name(s.key)} lokey={s.key} hikey={s.key} pitch_keycenter={s.key} "
+    for s, (lo, hi) in zip(inst.samples, key_ranges(inst.samples), strict=True):
+        lines.append(  # loop_end is the loop's last frame in SFZ (inclusive), its first after in SF2
+            f"<region> sample={wav_name(s.key)} lokey={lo} hikey={hi} pitch_keycenter={s.key} "
             f"loop_start={s.loop_start} loop_end={s.loop_end - 1}"
         )
     return "\n".join(lines) + "\n"
@@ -350,9 +360,9 @@ def sf2_bytes(inst: Instrument) -> bytes:
         "<HHhHH", VELOCITY_CONCAVE_NEGATIVE, GEN_INITIAL_ATTENUATION, velocity_amount(inst.velocity_curve), 0, 0
     )
     ibag = [struct.pack("<HH", 0, 0)]
-    for i, s in enumerate(inst.samples):
+    for i, (s, (lo, hi)) in enumerate(zip(inst.samples, key_ranges(inst.samples), strict=True)):
         ibag.append(struct.pack("<HH", len(igen), 1))
-        igen += [_range(GEN_KEY_RANGE, s.key, s.key), _gen(GEN_OVERRIDING_ROOT_KEY, s.key), _gen(GEN_SAMPLE_ID, i)]
+        igen += [_range(GEN_KEY_RANGE, lo, hi), _gen(GEN_OVERRIDING_ROOT_KEY, s.key), _gen(GEN_SAMPLE_ID, i)]
     ibag.append(struct.pack("<HH", len(igen), 1))  # terminal
     igen.append(bytes(4))
     imod += bytes(10)

@@ -108,6 +108,16 @@ def test_a_held_key_loops_past_the_sample_and_fades_at_note_off(tmp_path):
     assert rms_db(audio, 7.6, 8.0) < held - 60  # released: the fade is over 0.6 s after the note-off
 
 
+def test_keys_beyond_the_exported_range_sound_transposed(written, tmp_path):
+    """Issue 28: keys 20 and 88 were silent in FluidSynth (the export stops at the model's 24-84)."""
+    low, high = KEYS[0] - 4, KEYS[-1] + 4
+    audio = fluidsynth_melody(written[1], [(low, 100, 1.0), (high, 100, 1.0)], tmp_path)
+    for start, key in ((0.0, low), (1.5, high)):  # a second held, then half a second's rest
+        assert rms_db(audio, start + 0.2, start + 0.8) > -40, key
+        f0 = estimate_f0(audio, RATE, start_s=start + 0.2, duration_s=0.5, fmin=60, fmax=1000)
+        assert f0 is not None and abs(cents(f0, midi_to_hz(key))) < 50, (key, f0)
+
+
 def test_the_sfz_passes_sfzlint_and_maps_every_key_to_its_file(written):
     from sfzlint.parser import SFZValidatorConfig, validate
 
@@ -116,10 +126,11 @@ def test_the_sfz_passes_sfzlint_and_maps_every_key_to_its_file(written):
     config = SFZValidatorConfig(file_path=sfz)
     parsed = validate(sfz, err_cb=lambda sev, msg, token, path: problems.append(f"{sev} {msg}"), config=config)
     assert not problems, problems
-    regions = {int(r["lokey"].value): r for r in parsed.regions}
+    regions = {int(r["pitch_keycenter"].value): r for r in parsed.regions}
     assert sorted(regions) == list(KEYS)
-    for key, r in regions.items():
-        assert int(r["hikey"].value) == int(r["pitch_keycenter"].value) == key
+    for key, r in regions.items():  # the lowest and highest samples stretch to the ends of the MIDI range
+        lo, hi = (0 if key == KEYS[0] else key), (127 if key == KEYS[-1] else key)
+        assert (int(r["lokey"].value), int(r["hikey"].value)) == (lo, hi)
         wav = sfz.parent / "samples" / str(r["sample"].value)
         info = sf.info(str(wav))
         assert info.samplerate == RATE and info.frames == 4 * RATE
@@ -138,9 +149,8 @@ def test_sf2utils_reads_one_zone_per_key_with_its_loop_and_root(written):
         assert (preset.bank, preset.preset) == (0, 0)
         [inst] = [i for i in font.instruments if i.name != "EOI"]
         zones = [b for b in inst.bags if b.sample is not None]
-        assert [z.key_range for z in zones] == [(k, k) for k in KEYS] or [z.key_range for z in zones] == [
-            [k, k] for k in KEYS
-        ]
+        expected = [(0 if k == KEYS[0] else k, 127 if k == KEYS[-1] else k) for k in KEYS]
+        assert [tuple(z.key_range) for z in zones] == expected
         for key, zone in zip(KEYS, zones, strict=True):
             assert zone.base_note == key and zone.sample.sample_rate == RATE and zone.sample.original_pitch == key
             assert 0 < zone.sample.start_loop < zone.sample.end_loop < 4 * RATE  # sf2utils: from the sample's start
