@@ -93,6 +93,7 @@ class Engine:
         self.redo_stack: list[tuple[np.ndarray, np.ndarray]] = []
         self.history_limit = history_limit
         self.notes: OrderedDict[tuple, Note] = OrderedDict()
+        self.key_draws: dict[int, int] = {}  # pitch → times /note/redraw drew its note anew: part of its sound
         self.note_cache_size = note_cache
         # (key, top, bottom, spectrogram or None) of a note stopped after its sampling: `make_note` goes on from it.
         self._unfinished: tuple[Any, np.ndarray | None, np.ndarray | None, np.ndarray | None] = (None, None, None, None)
@@ -261,7 +262,9 @@ class Engine:
 
     def note_key(self, pitch: int, s: Settings | None = None) -> tuple:
         s = s or self.settings
-        base = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.guidance, s.harmonic, s.timbre, s.seed)
+        base: tuple = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.guidance, s.harmonic, s.timbre, s.seed)
+        if self.key_draws.get(pitch):  # a redrawn key: its own random stream (keys never redrawn keep theirs)
+            base = (*base, self.key_draws[pitch])
         if s.note_mode == "resample":  # keeps the top map: the sound depends on it
             return (*base, hashlib.blake2b(self.top.tobytes(), digest_size=8).hexdigest())
         return base
@@ -272,6 +275,12 @@ class Engine:
         if note is not None:
             self.notes.move_to_end(key)
         return note
+
+    def redraw(self, pitch: int) -> None:
+        """The key's next note is drawn anew: its cached one (if any) is forgotten for these settings."""
+        with self.lock:
+            self.check_pitch(pitch)
+            self.key_draws[pitch] = self.key_draws.get(pitch, 0) + 1
 
     def stale_note(self, pitch: int) -> Note | None:
         """The most recent cached note of `pitch` under other settings, or None. A knob turned while playing
@@ -367,6 +376,7 @@ class Engine:
             "settings": asdict(self.settings),
             "version": self.version,
             "draws": self.draws,
+            "key_draws": {str(k): v for k, v in self.key_draws.items()},
         }
         arrays = {"top": self.top, "bottom": self.bottom, "meta": np.array(json.dumps(meta))}
         for name, stack in (("undo", self.undo_stack), ("redo", self.redo_stack)):
@@ -395,6 +405,7 @@ class Engine:
             raise EngineError(f"{path}: not a readable session ({type(exc).__name__}: {exc})") from None
         settings = _settings_from(meta.get("settings"), path)
         version, draws = (_count(meta.get(k), k, path) for k in ("version", "draws"))
+        key_draws = _key_draws(meta.get("key_draws", {}), path)
         for top, bottom in [maps, *stacks[0], *stacks[1]]:
             if top.shape != codemaps.TOP_SHAPE or bottom.shape != codemaps.BOTTOM_SHAPE:
                 raise EngineError(f"{path}: codemaps of the wrong shape")
@@ -406,7 +417,7 @@ class Engine:
             raise EngineError(f"{path}: unknown note mode {settings.note_mode!r}")
         self.top, self.bottom = maps
         self.undo_stack, self.redo_stack = stacks
-        self.settings, self.version, self.draws = settings, version, draws
+        self.settings, self.version, self.draws, self.key_draws = settings, version, draws, key_draws
 
 
 def _settings_from(stored: object, path: Path) -> Settings:
@@ -430,6 +441,13 @@ def _settings_from(stored: object, path: Path) -> Settings:
 
 
 _KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _key_draws(stored: object, path: Path) -> dict[int, int]:
+    """A session's redrawn keys ({"60": 2}); sessions before /note/redraw have none."""
+    if not isinstance(stored, dict) or not all(isinstance(k, str) and k.isdigit() for k in stored):
+        raise EngineError(f"{path}: key_draws must map keys to counts, not {str(stored)[:80]}")
+    return {int(k): _count(v, f"key_draws[{k}]", path) for k, v in stored.items()}
 
 
 def _count(value: object, name: str, path: Path) -> int:

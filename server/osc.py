@@ -347,6 +347,12 @@ class InstrumentServer:
         pitch = self.engine.check_pitch(r.values["pitch"])
         self.submit(c, r, "note", t, pitch=pitch, velocity=r.values["velocity"])
 
+    def on_note_redraw(self, c: Client, r: Request, t: float) -> None:
+        """A note-on of this key, drawn anew: the next render of the key (and every export) is the new draw."""
+        pitch = self.engine.check_pitch(r.values["pitch"])
+        self.engine.redraw(pitch)
+        self.submit(c, r, "note", t, pitch=pitch, velocity=100, fresh=True)
+
     def on_cancel(self, c: Client, r: Request, t: float) -> None:
         """This client's requests only: another performer's renders are not its to stop."""
         removed, flagged = self.queue.cancel(c, r.request_id)

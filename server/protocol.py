@@ -230,6 +230,12 @@ INBOUND = (
         "--play's voice; the patches release their own)",
         request_id=True,
     ),
+    Address(
+        "/note/redraw",
+        (Arg("pitch", "i", *MIDI),),
+        "draw this key's note anew (the other keys keep theirs) and play it: a bad key, fixed alone",
+        request_id=True,
+    ),
     SETTING["/note/mode"],
     Address(
         "/note/prefill", (Arg("low", "i", *MIDI), Arg("high", "i", *MIDI)), "fill the cache for these pitches first"

@@ -311,12 +311,15 @@ class Worker(threading.Thread):
         elif self.warming:
             self.warming = self.engine.warm()
         elif self.prefill:
+            todo = self.prefill
             try:
-                self._prefill_one(self.prefill.pop(0))
+                pitch = todo.pop(0)
             except IndexError:  # emptied by /cancel meanwhile
-                pass
+                return
+            if not self._prefill_one(pitch) and todo is self.prefill:
+                todo.insert(0, pitch)  # stopped by a request: again later (unless a new /note/prefill came)
         elif to_fill is not None:
-            self._prefill_one(to_fill)
+            self._prefill_one(to_fill)  # stopped or not, the fill picks its next pitch anew
 
     def stop(self) -> None:
         self.stopping.set()
@@ -420,7 +423,7 @@ class Worker(threading.Thread):
         elif job.kind == "render":
             return "render"
         elif job.kind == "note":
-            return self._note(p["pitch"], progress)
+            return self._note(p["pitch"], progress, stale=not p.get("fresh", False))
         elif job.kind == "image":
             self._image(job)
             return "quiet"
@@ -428,10 +431,10 @@ class Worker(threading.Thread):
             raise EngineError(f"unknown job {job.kind}")
         return "edit"
 
-    def _note(self, pitch: int, progress: Callable[[float], None]) -> Note:
-        """The note for `pitch`: cached for these settings, else cached for earlier ones (the fill renders the
-        current settings' note meanwhile), else rendered now."""
-        note = self.engine.cached_note(pitch) or self.engine.stale_note(pitch)
+    def _note(self, pitch: int, progress: Callable[[float], None], stale: bool = True) -> Note:
+        """The note for `pitch`: cached for these settings, else (`stale`) cached for earlier ones (the fill
+        renders the current settings' note meanwhile), else rendered now."""
+        note = self.engine.cached_note(pitch) or (self.engine.stale_note(pitch) if stale else None)
         if note is None:
             note = self.engine.make_note(pitch, progress)
         self.engine.play_note(pitch, note)
@@ -556,16 +559,16 @@ class Worker(threading.Thread):
             self.status = status
             self.replies.broadcast("/status", status)
 
-    def _prefill_one(self, pitch: int) -> None:
+    def _prefill_one(self, pitch: int) -> bool:
         """Render one pitch into the note cache. It gives way to a request between sampled tokens and between the
         stages and chunks of its decoding and inversion, and a request arriving during its decoder call stops
         that call within a node or two (onnxruntime's terminate flag, set from the receive thread): a request
         waits about one prior step, never a whole note. The engine keeps what was done, and the fill goes on
         from there later. Decoding and inversion (50-100 ms on 2 busy cores) start only after FILL_QUIET s
         without a request: between a performer's clicks the fill samples but does not start what the next click
-        would throw away."""
+        would throw away. Returns whether the note is cached now (False: stopped, or the fill gave up)."""
         if self.engine.cached_note(pitch) is not None:
-            return
+            return True
         stop = self.engine.bundle.stoppable()
 
         def preempt(_fraction: float) -> None:
@@ -583,18 +586,19 @@ class Worker(threading.Thread):
         self.queue.interrupt = interrupt
         try:
             self.engine.make_note(pitch, preempt, between=between, run_options=stop)
+            return True
         except Cancelled:
-            self.prefill.insert(0, pitch)
+            return False
         except Exception as exc:
             if stop.terminate:  # onnxruntime stopped the decoder for a request: not a failure
-                self.prefill.insert(0, pitch)
-                return
+                return False
             # never a retry loop: the fill stops and says why
             log.error("note cache fill stopped at pitch %d:\n%s", pitch, traceback.format_exc())
             self.prefill = []
             self.engine.update_settings(fill=False)
             self.replies.broadcast("/error", "/note/fill", f"note cache fill stopped: {type(exc).__name__}: {exc}")
             self.replies.send_settings()
+            return False
         finally:
             self.queue.interrupt = None
 

@@ -258,3 +258,18 @@ def test_a_planted_folder_at_any_temporary_name_cannot_stop_saves(engine, tmp_pa
     engine.set_cells("bottom", [(2, 2, 9)])
     engine.save(path)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["s.npz"]  # no temporary file left
+
+
+def test_a_redrawn_key_gets_a_new_note_and_every_other_key_keeps_its_own(engine, bundle, tmp_path):
+    before = {p: engine.note_key(p) for p in (60, 62)}
+    first = engine.make_note(60)
+    engine.redraw(60)
+    assert engine.note_key(62) == before[62] and engine.note_key(60) != before[60]
+    again = engine.make_note(60)
+    assert not np.array_equal(first.audio, again.audio)
+    assert engine.cached_note(60) is again  # the redrawn note is the key's note from now on
+    path = tmp_path / "s.npz"
+    engine.save(path)
+    restored = Engine(bundle)
+    restored.load(path)
+    assert restored.key_draws == {60: 1} and restored.note_key(60) == engine.note_key(60)

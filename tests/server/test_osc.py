@@ -45,6 +45,7 @@ HAPPY = {
     "/render": ([], [20], "/render/done"),
     "/cancel": ([("/generate", [21])], [21], "/render/cancelled"),
     "/note": ([], [60, 100, 22], "/render/done"),
+    "/note/redraw": ([], [62, 24], "/render/done"),
     "/note/mode": ([], ["resample"], "/note/mode"),
     "/note/prefill": ([], [60, 61], None),
     "/note/fill": ([], [1], "/note/fill"),
@@ -93,6 +94,7 @@ BAD = {
     "/render": (["x", "y"], "expected [i:id], got 2 arguments"),
     "/cancel": ([987654], "no waiting or running request 987654"),
     "/note": ([10, 100], "pitch 10 is outside the model's range 24..84"),
+    "/note/redraw": ([10], "pitch 10 is outside the model's range 24..84"),
     "/note/mode": (["loop"], "unknown note mode 'loop'"),
     "/note/prefill": ([70, 60], "low 70 is above high 60"),
     "/note/fill": ([2], "on 2 is outside 0..1"),
@@ -171,7 +173,8 @@ def test_happy_path(live, client, address):
         audio = sf.read(wav, dtype="float32")[0]
         held = 20 * np.log10(np.sqrt(np.mean(audio[:48_000].astype(np.float64) ** 2)) + 1e-12)
         assert abs(held - level_db) < 0.01  # the level it reports is the file's
-        expected = -18 + (40 * np.log10(args[1] / 127) if address == "/note" else 0)  # velocity: the GM curve
+        velocity = args[1] if address == "/note" else 100 if address == "/note/redraw" else 127  # a redraw: 100
+        expected = -18 + 40 * np.log10(velocity / 127)  # velocity: the GM curve
         assert abs(level_db - expected) < 0.5 or level_db < -90, (level_db, expected)  # normalised, or silence
 
 
@@ -332,14 +335,30 @@ def test_image_is_a_png_with_the_grid(live, client):
     assert struct.unpack(">II", data[16:24]) == (width, height) == (512, 512)
 
 
+def _cache_holds(client, ready: int, timeout: float = 60.0) -> None:
+    """Wait until `ready` notes of the current settings are cached (asked with /state, whose /note/cache says)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        client.drain(0.01)
+        client.send("/state")
+        held = client.wait_for("/note/cache", timeout=10)[1]
+        if held[0] == ready:
+            return
+        assert time.monotonic() < deadline, f"the cache holds {held}, not {ready} notes"
+        time.sleep(0.05)
+
+
 def test_a_cached_note_answers_with_the_same_sound_at_once(live, client):
     client.send("/note/fill", 0)
     client.send("/note/mode", "generate")
-    client.send("/seed", 4321)
-    echo(client, "/seed", [4321])
+    client.send("/temperature", 1.0)
+    client.send("/seed", 987_654)  # settings no other test uses: nothing cached for them yet
+    echo(client, "/seed", [987_654])
+    _cache_holds(client, 0)
     client.send("/note/prefill", 64, 64)  # this pitch under these settings
-    while client.wait_for("/note/cache", timeout=60)[1][0] < 1:
-        pass
+    _cache_holds(client, 1)
     client.send("/note", 64, 90)
     first = client.wait_for("/render/done", timeout=60)[1]
     client.send("/note", 64, 90)
@@ -359,9 +378,9 @@ def test_a_cached_note_answers_with_the_same_sound_at_once(live, client):
     stale = client.wait_for("/render/done", "/render/cancelled", timeout=60)
     assert stale[0] == "/render/done" and stale[1][0] == 7
     np.testing.assert_array_equal(sf.read(stale[1][1])[0], sf.read(first[1])[0])
+    _cache_holds(client, 0)
     client.send("/note/prefill", 64, 64)
-    while client.wait_for("/note/cache", timeout=60)[1][0] < 1:
-        pass
+    _cache_holds(client, 1)
     client.send("/note", 64, 90, 8)
     fresh = client.wait_for("/render/done", timeout=60)[1]
     assert not np.array_equal(sf.read(fresh[1])[0], sf.read(first[1])[0])
