@@ -200,3 +200,37 @@ def test_bench_before_after_asks_two_checkouts_in_turn(tiny_bundle, tmp_path):
 def test_every_dial_of_the_patches_can_be_mapped_to_a_controller():
     assert cc_value("timbre", 127, 11, (24, 84)) == 5.0 and cc_value("timbre", 0, 11, (24, 84)) == 0.0
     assert cc_value("seed", 42, 11, (24, 84)) == 42
+
+
+def test_python_osc_threading_server_receives_every_chunk_of_a_48k_render(live):
+    """Issue 28: an ordinary receiver (python-osc's ThreadingOSCUDPServer starts a thread per datagram) got 26
+    of 63 chunks of an unpaced stream; paced, it gets them all."""
+    import threading
+
+    from pythonosc import dispatcher, osc_server
+
+    from server.client import OscClient
+
+    got, done = set(), threading.Event()
+    d = dispatcher.Dispatcher()
+    d.map("/render/chunk", lambda _a, rid, offset, *_x: got.add(offset) if rid == 4801 else None)
+    d.map("/render/done", lambda _a, rid, *_x: done.set() if rid == 4801 else None)
+    receiver = osc_server.ThreadingOSCUDPServer(("127.0.0.1", 0), d)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    sender = OscClient(port=live.port, announce=False)
+    try:
+        sender.send("/note/fill", 0)  # the fill's work on the same 2 cores is not the receiver's to survive
+        sender.send("/reply_port", receiver.server_address[1])
+        sender.send("/render/mode", "chunks")
+        sender.send("/render/rate", 48_000)
+        time.sleep(0.2)
+        sender.send("/render", 4801)
+        assert done.wait(30)
+        time.sleep(0.2)  # the last handler threads
+        assert got == set(range(0, 192_000, 1024))
+    finally:
+        sender.send("/render/mode", "file")
+        sender.send("/note/fill", 1)
+        sender.close()
+        receiver.shutdown()
+        receiver.server_close()
