@@ -47,6 +47,7 @@ CLIENTS_WITH_PREFERENCES = 1024  # senders that set /reply_port, /render/rate, /
 CLIENT_SHARE = 0.5  # of the receive thread's time one client may use, in the long run (a 2 000 edits/s flood: 0.2)
 CLIENT_BURST = 1.0  # s of handling one client may spend at once before CLIENT_SHARE applies
 ONCE_PER_DATAGRAM = {"/help", "/state", "/model/info", "/codemap/get", "/ping"}  # big answers: once per bundle
+SUSTAIN_PEDAL = 64  # MIDI CC 64, unless /cc/map gives it another parameter
 EXPORT_QUOTA = 2 << 30  # bytes of exports one client host may have written in a server's life
 SCHEDULE_AHEAD_S = 10.0  # a bundle may be time-tagged this far ahead (live coders schedule a bar or two)
 SCHEDULED_LIMIT = 4096  # messages waiting for their time tag, all clients together
@@ -439,6 +440,9 @@ class InstrumentServer:
 
     def on_cc(self, c: Client, r: Request, t: float) -> None:
         parameter = self.cc_map.get(r.values["controller"])
+        if parameter is None and r.values["controller"] == SUSTAIN_PEDAL:
+            self.player.sustain(r.values["value"] >= 64)  # --play's voices: note-offs wait for the pedal
+            return
         if parameter is None:
             return  # controllers send constantly; an unmapped one is not an error
         m = self.engine.manifest

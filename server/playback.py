@@ -1,5 +1,7 @@
 """Playback on the server's own audio output (--play, /play) through sounddevice, when PortAudio and a device
-exist: a small polyphonic mixer, so that notes overlap and a note-off fades its pitch out over /release.
+exist: a small polyphonic mixer, so that notes overlap, a held note sounds as long as its key (its render's
+held part looped, as the SF2 export loops it), the sustain pedal holds note-offs back, and a note-off fades
+its pitch out over /release.
 
 sounddevice is imported on first use: without libportaudio2 (or with no output device, as on headless
 machines) the server still runs and `/play` answers `/error` saying why.
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from server import looping
+
 MAX_VOICES = 16  # past this the oldest voice is dropped
 CUT_S = 0.01  # a voice replaced or stopped fades over 10 ms instead of clicking
 
@@ -26,10 +30,24 @@ class PlaybackError(RuntimeError):
 class Voice:
     audio: np.ndarray  # (n,) float32
     pitch: int | None  # a note's pitch; None for other renders (a new one replaces the last)
-    loop: bool = False
+    loop: bool = False  # the whole render, over and over (/play 1)
     position: int = 0
     gain: float = 1.0
     fall: float = 0.0  # gain lost per sample once released
+    sustain: tuple[int, int] | None = None  # a note's loop [start, end) while its key is held (server.looping)
+
+    def indices(self, frames: int) -> np.ndarray:
+        """The next `frames` sample indices (fewer at the end); advances `position`."""
+        idx = self.position + np.arange(frames)
+        n = self.audio.size
+        if self.loop:
+            idx %= n
+        elif self.sustain is not None and self.fall == 0.0:  # held: round the loop, never past its end
+            start, end = self.sustain
+            idx = np.where(idx >= end, start + (idx - start) % (end - start), idx)
+        idx = idx[idx < n]
+        self.position = int(idx[-1]) + 1 if idx.size else n
+        return idx
 
 
 class Mixer:
@@ -39,6 +57,8 @@ class Mixer:
         self.rate = rate
         self.voices: list[Voice] = []
         self.released: dict[int | None, float] = {}  # pitch → time.perf_counter() of its last note-off
+        self.pedal = False  # the sustain pedal (CC 64) is down: note-offs wait for it to come up
+        self.pedalled: dict[int, float] = {}  # pitch → release seconds of the note-offs it holds back
         self.lock = threading.Lock()
 
     def add(self, audio: np.ndarray, pitch: int | None = None, loop: bool = False, struck: float | None = None) -> None:
@@ -49,16 +69,38 @@ class Mixer:
             for v in self.voices:
                 if v.pitch == pitch:  # the same key struck again, or a new render: the old one gives way
                     self._fade(v, CUT_S)
-            self.voices.append(Voice(np.asarray(audio, np.float32), pitch, loop))
+            audio = np.asarray(audio, np.float32)
+            sustain = None
+            if pitch is not None and not loop and audio.size > looping.LOOP_END_S * self.rate:
+                audio, start, end = looping.loop(audio, self.rate)  # held past its render, as the SF2 is
+                sustain = (start, end)
+            if pitch is not None:
+                self.pedalled.pop(pitch, None)  # the key is down again: the pedal no longer holds its note-off
+            self.voices.append(Voice(audio, pitch, loop, sustain=sustain))
             del self.voices[:-MAX_VOICES]
 
     def release(self, pitch: int | None, seconds: float) -> None:
-        """Fade out the voices of `pitch` (every voice when None) over `seconds`."""
+        """Fade out the voices of `pitch` (every voice when None) over `seconds`; with the pedal down, a key's
+        note-off waits for the pedal."""
         with self.lock:
             self.released[pitch] = time.perf_counter()
+            if self.pedal and pitch is not None:
+                self.pedalled[pitch] = seconds
+                return
             for v in self.voices:
                 if pitch is None or v.pitch == pitch:
                     self._fade(v, seconds)
+
+    def sustain(self, down: bool) -> None:
+        """The sustain pedal: down holds every key released meanwhile; up releases them."""
+        with self.lock:
+            self.pedal = down
+            if down:
+                return
+            held, self.pedalled = self.pedalled, {}
+            for v in self.voices:
+                if v.pitch in held:
+                    self._fade(v, held[v.pitch])
 
     def _fade(self, v: Voice, seconds: float) -> None:
         v.fall = max(v.fall, 1.0 / max(1.0, seconds * self.rate))
@@ -68,12 +110,9 @@ class Mixer:
         out = np.zeros(frames, np.float32)
         with self.lock:
             for v in self.voices:
-                n = v.audio.size
-                idx = (v.position + np.arange(frames)) % n if v.loop else v.position + np.arange(frames)
-                idx = idx[idx < n]
+                idx = v.indices(frames)
                 env = np.clip(v.gain - v.fall * np.arange(1, idx.size + 1), 0.0, 1.0)
                 out[: idx.size] += v.audio[idx] * env
-                v.position += idx.size
                 v.gain = float(env[-1]) if idx.size else 0.0
             self.voices = [v for v in self.voices if v.gain > 0 and (v.loop or v.position < v.audio.size)]
         return out
@@ -134,6 +173,10 @@ class Player:
     def release(self, pitch: int, seconds: float) -> None:
         if self.mixer is not None:  # none yet: nothing sounds, and a note before the first play cannot be late
             self.mixer.release(pitch, seconds)
+
+    def sustain(self, down: bool) -> None:
+        if self.mixer is not None:
+            self.mixer.sustain(down)
 
     def stop(self) -> None:
         if self.mixer is not None:

@@ -60,3 +60,39 @@ def test_empty_audio_file_is_an_error(tmp_path):
     sf.write(str(path), np.zeros(0), 16_000)
     with pytest.raises(AudioError, match="no audio frames"):
         load_audio(path)
+
+
+def _mixer_note(seconds_held: float, rate: int = 16_000, pedal: bool = False):
+    """A 4 s 220 Hz note through --play's mixer, held `seconds_held`, mixed for 12 s in 512-frame blocks."""
+    from server.playback import Mixer
+
+    t = np.arange(4 * rate) / rate
+    note = (0.3 * np.sin(2 * np.pi * 220 * t) * np.clip(4.0 - t, 0.0, 1.0)).astype(np.float32)
+    mixer = Mixer(rate)
+    mixer.add(note, pitch=57)
+    if pedal:
+        mixer.sustain(True)
+    out = []
+    for block in range(12 * rate // 512):
+        if block == int(seconds_held * rate / 512):
+            mixer.release(57, 0.15)
+        out.append(mixer.mix(512))
+    return np.concatenate(out), mixer
+
+
+def _db(x: np.ndarray) -> float:
+    return 20 * np.log10(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-12)
+
+
+def test_a_note_held_10_s_through_play_sounds_for_10_s_and_the_pedal_holds_it():
+    """Issue 28: --play's voices played the 4 s render once; held notes died after about 3 s."""
+    rate = 16_000
+    audio, _ = _mixer_note(10.0)
+    held = _db(audio[rate : 2 * rate])
+    for s in range(3, 10):  # still sounding at its held level, long after the render's end
+        assert abs(_db(audio[s * rate : (s + 1) * rate]) - held) < 6.0, s
+    assert _db(audio[int(10.8 * rate) :]) < held - 60  # released at 10 s
+    audio, mixer = _mixer_note(2.0, pedal=True)  # note-off at 2 s with the pedal down: it sounds on
+    assert abs(_db(audio[5 * rate : 6 * rate]) - held) < 6.0
+    mixer.sustain(False)  # pedal up: released now
+    assert _db(np.concatenate([mixer.mix(512) for _ in range(40)])[-2048:]) < held - 60
