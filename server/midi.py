@@ -78,7 +78,10 @@ def cc_value(parameter: str, value: int, families: int, pitch_range: tuple[int, 
     raise ValueError(f"unknown parameter {parameter!r}: one of {', '.join(CC_PARAMETERS)}")
 
 
-def to_osc(message: Any) -> tuple[str, list[int]] | None:
+BEND_RANGE = 2.0  # semitones at the pitch wheel's ends: General MIDI's default
+
+
+def to_osc(message: Any) -> tuple[str, list[float]] | None:
     """A mido message → (address, arguments) for the OSC handlers; None for messages the instrument ignores."""
     kind = getattr(message, "type", None)
     if kind == "note_on":
@@ -89,6 +92,8 @@ def to_osc(message: Any) -> tuple[str, list[int]] | None:
         return "/program", [message.program]
     if kind == "control_change":
         return "/cc", [message.control, message.value]
+    if kind == "pitchwheel":  # -8192..8191
+        return "/bend", [round(BEND_RANGE * message.pitch / 8192, 4)]
     return None
 
 
@@ -96,7 +101,7 @@ class MidiError(RuntimeError):
     """MIDI input cannot start; the message names the missing package or the ports that exist."""
 
 
-def open_input(name: str, handle: Callable[[str, list[int]], None]) -> Any:
+def open_input(name: str, handle: Callable[[str, list[float]], None]) -> Any:
     """Open the MIDI input port `name` (a substring of a port name is enough); every message that maps to an
     address goes to `handle(address, args)` on mido's thread. Returns the port (close it to stop)."""
     try:

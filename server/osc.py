@@ -438,6 +438,9 @@ class InstrumentServer:
             raise EngineError(f"General MIDI program {program} (0-based) has no instrument family")
         self.set_settings(family=self.engine.family_index(GM_FAMILIES[program][0]))
 
+    def on_bend(self, c: Client, r: Request, t: float) -> None:
+        self.player.bend(r.values["semitones"])
+
     def on_cc(self, c: Client, r: Request, t: float) -> None:
         parameter = self.cc_map.get(r.values["controller"])
         if parameter is None and r.values["controller"] == SUSTAIN_PEDAL:

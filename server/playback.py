@@ -31,23 +31,32 @@ class Voice:
     audio: np.ndarray  # (n,) float32
     pitch: int | None  # a note's pitch; None for other renders (a new one replaces the last)
     loop: bool = False  # the whole render, over and over (/play 1)
-    position: int = 0
+    position: float = 0.0  # in samples of `audio`: fractional while a bend plays it faster or slower
     gain: float = 1.0
     fall: float = 0.0  # gain lost per sample once released
     sustain: tuple[int, int] | None = None  # a note's loop [start, end) while its key is held (server.looping)
 
-    def indices(self, frames: int) -> np.ndarray:
-        """The next `frames` sample indices (fewer at the end); advances `position`."""
-        idx = self.position + np.arange(frames)
+    def next(self, frames: int, ratio: float = 1.0) -> np.ndarray:
+        """The next `frames` samples (fewer at the end), read `ratio` samples apart (a pitch bend: 2 ** (st /
+        12)) with linear interpolation; advances `position`."""
+        pos = self.position + ratio * np.arange(frames + 1)  # one more: where the next block starts
         n = self.audio.size
+        pos = self._wrap(pos)
+        pos = pos[pos < n]
+        self.position = float(pos[frames]) if pos.size > frames else float(n)
+        pos = pos[:frames]
+        i = np.floor(pos).astype(np.int64)
+        after = self._wrap(i + 1.0).astype(np.int64)
+        frac = (pos - i).astype(np.float32)
+        return self.audio[i] * (1 - frac) + self.audio[np.minimum(after, n - 1)] * frac
+
+    def _wrap(self, pos: np.ndarray) -> np.ndarray:
         if self.loop:
-            idx %= n
-        elif self.sustain is not None and self.fall == 0.0:  # held: round the loop, never past its end
+            return pos % self.audio.size
+        if self.sustain is not None and self.fall == 0.0:  # held: round the loop, never past its end
             start, end = self.sustain
-            idx = np.where(idx >= end, start + (idx - start) % (end - start), idx)
-        idx = idx[idx < n]
-        self.position = int(idx[-1]) + 1 if idx.size else n
-        return idx
+            return np.where(pos >= end, start + (pos - start) % (end - start), pos)
+        return pos
 
 
 class Mixer:
@@ -58,6 +67,7 @@ class Mixer:
         self.voices: list[Voice] = []
         self.released: dict[int | None, float] = {}  # pitch → time.perf_counter() of its last note-off
         self.pedal = False  # the sustain pedal (CC 64) is down: note-offs wait for it to come up
+        self.ratio = 1.0  # the pitch bend, as a playback speed: 2 ** (semitones / 12)
         self.pedalled: dict[int, float] = {}  # pitch → release seconds of the note-offs it holds back
         self.lock = threading.Lock()
 
@@ -91,6 +101,11 @@ class Mixer:
                 if pitch is None or v.pitch == pitch:
                     self._fade(v, seconds)
 
+    def bend(self, semitones: float) -> None:
+        """Every note's pitch moved by `semitones` (the next block on), as a MIDI pitch wheel does."""
+        with self.lock:
+            self.ratio = float(2.0 ** (semitones / 12.0))
+
     def sustain(self, down: bool) -> None:
         """The sustain pedal: down holds every key released meanwhile; up releases them."""
         with self.lock:
@@ -110,10 +125,10 @@ class Mixer:
         out = np.zeros(frames, np.float32)
         with self.lock:
             for v in self.voices:
-                idx = v.indices(frames)
-                env = np.clip(v.gain - v.fall * np.arange(1, idx.size + 1), 0.0, 1.0)
-                out[: idx.size] += v.audio[idx] * env
-                v.gain = float(env[-1]) if idx.size else 0.0
+                samples = v.next(frames, self.ratio if v.pitch is not None else 1.0)  # bends move notes only
+                env = np.clip(v.gain - v.fall * np.arange(1, samples.size + 1), 0.0, 1.0)
+                out[: samples.size] += samples * env
+                v.gain = float(env[-1]) if samples.size else 0.0
             self.voices = [v for v in self.voices if v.gain > 0 and (v.loop or v.position < v.audio.size)]
         return out
 
@@ -125,6 +140,7 @@ class Player:
         self._sd: Any = None
         self._stream: Any = None
         self.mixer: Mixer | None = None
+        self.bent = 0.0  # semitones
         self._lock = threading.Lock()
 
     def _device(self) -> Any:
@@ -158,6 +174,7 @@ class Player:
         sd = self._device()
         self._close()
         mixer = Mixer(rate)
+        mixer.bend(self.bent)
 
         def callback(outdata: np.ndarray, frames: int, _time: Any, _status: Any) -> None:
             outdata[:, 0] = mixer.mix(frames)
@@ -177,6 +194,11 @@ class Player:
     def sustain(self, down: bool) -> None:
         if self.mixer is not None:
             self.mixer.sustain(down)
+
+    def bend(self, semitones: float) -> None:
+        self.bent = semitones  # kept for a mixer opened later (the first note after a bend)
+        if self.mixer is not None:
+            self.mixer.bend(semitones)
 
     def stop(self) -> None:
         if self.mixer is not None:

@@ -242,6 +242,9 @@ INBOUND = (
     ),
     SETTING["/note/fill"],
     Address("/program", (Arg("program", "i", *MIDI),), "General MIDI program 0-127 → instrument family"),
+    Address(
+        "/bend", (Arg("semitones", "f", -24.0, 24.0),), "pitch bend of --play's notes (MIDI's wheel: +-2 semitones)"
+    ),
     Address("/cc", (Arg("controller", "i", *MIDI), Arg("value", "i", *MIDI)), "a mapped controller sets a parameter"),
     Address(
         "/cc/map", (Arg("controller", "i", *MIDI), Arg("parameter", "s", fold=True)), "map a controller to a parameter"

@@ -96,3 +96,28 @@ def test_a_note_held_10_s_through_play_sounds_for_10_s_and_the_pedal_holds_it():
     assert abs(_db(audio[5 * rate : 6 * rate]) - held) < 6.0
     mixer.sustain(False)  # pedal up: released now
     assert _db(np.concatenate([mixer.mix(512) for _ in range(40)])[-2048:]) < held - 60
+
+
+def test_a_bend_of_two_semitones_reads_200_cents():
+    from export.metrics import cents, estimate_f0
+    from server.playback import Mixer
+
+    rate = 16_000
+    t = np.arange(4 * rate) / rate
+    mixer = Mixer(rate)
+    mixer.add((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), pitch=57)
+    straight = np.concatenate([mixer.mix(512) for _ in range(40)])
+    mixer.bend(2.0)
+    bent = np.concatenate([mixer.mix(512) for _ in range(60)])  # 1.9 s: round the sustain loop, bent
+    for audio, expected in ((straight, 0.0), (bent, 200.0)):
+        f0 = estimate_f0(audio, rate, start_s=0.2, duration_s=0.8, fmin=100, fmax=600)
+        assert abs(cents(f0, 220.0) - expected) < 10, (expected, f0)
+
+
+def test_the_pitch_wheel_maps_to_bend():
+    import mido
+
+    from server.midi import to_osc
+
+    assert to_osc(mido.Message("pitchwheel", pitch=8191)) == ("/bend", [round(2 * 8191 / 8192, 4)])
+    assert to_osc(mido.Message("pitchwheel", pitch=-8192)) == ("/bend", [-2.0])

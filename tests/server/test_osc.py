@@ -50,6 +50,7 @@ HAPPY = {
     "/note/prefill": ([], [60, 61], None),
     "/note/fill": ([], [1], "/note/fill"),
     "/program": ([], [40], "/instrument"),
+    "/bend": ([], [0.0], None),
     "/cc": ([], [1, 64], "/temperature"),
     "/cc/map": ([("/cc/map", [20, "top_p"])], None, "/top_p"),  # checked by a mapped /cc that follows
     "/render/mode": ([], ["both"], None),
@@ -99,6 +100,7 @@ BAD = {
     "/note/prefill": ([70, 60], "low 70 is above high 60"),
     "/note/fill": ([2], "on 2 is outside 0..1"),
     "/program": ([47], "program 47 (0-based) has no instrument family"),
+    "/bend": ([30.0], "semitones 30.0 is outside -24..24"),
     "/cc": ([1, 200], "value 200 is outside 0..127"),
     "/cc/map": ([1, "volume"], "unknown parameter 'volume'"),
     "/render/mode": (["stream"], "unknown render mode 'stream'"),
