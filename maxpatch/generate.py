@@ -260,6 +260,12 @@ def max_patch() -> MaxPatch:
         show=(10, 5, 560, 22),
     )
     net = c("newobj", 20, 700, f"udpsend 127.0.0.1 {SERVER_PORT}")
+    # Another server (another machine, another port): edit the box, click it (Pd: the inpaint-osc-connect send).
+    server_box = c("message", 20, 640, f"127.0.0.1 {SERVER_PORT}", show=(580, 5, 130, 22))
+    c("comment", 140, 640, "server host port: edit, then click", show=(715, 5, 220, 22))
+    to_server = c("message", 20, 670, "host $1, port $2")
+    p.connect(server_box, 0, to_server)
+    p.connect(to_server, 0, net)
     rx = c("newobj", 600, 40, f"udpreceive {REPLY_PORT}")
     for r in MAX_ROUTES:
         if r not in {a.path for a in protocol.OUTBOUND}:

@@ -65,6 +65,72 @@
    {
     "box": {
      "id": "obj-3",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      20,
+      640,
+      110.0,
+      22
+     ],
+     "text": "127.0.0.1 9000",
+     "presentation": 1,
+     "presentation_rect": [
+      580,
+      5,
+      130,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-4",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "outlettype": [],
+     "patching_rect": [
+      140,
+      640,
+      250.0,
+      22
+     ],
+     "text": "server host port: edit, then click",
+     "presentation": 1,
+     "presentation_rect": [
+      715,
+      5,
+      220,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-5",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      20,
+      670,
+      124.0,
+      22
+     ],
+     "text": "host $1, port $2"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-6",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -82,7 +148,7 @@
    },
    {
     "box": {
-     "id": "obj-4",
+     "id": "obj-7",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 22,
@@ -121,7 +187,7 @@
    },
    {
     "box": {
-     "id": "obj-5",
+     "id": "obj-8",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -146,7 +212,7 @@
    },
    {
     "box": {
-     "id": "obj-6",
+     "id": "obj-9",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -164,7 +230,7 @@
    },
    {
     "box": {
-     "id": "obj-7",
+     "id": "obj-10",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -182,7 +248,7 @@
    },
    {
     "box": {
-     "id": "obj-8",
+     "id": "obj-11",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -201,7 +267,7 @@
    },
    {
     "box": {
-     "id": "obj-9",
+     "id": "obj-12",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -219,7 +285,7 @@
    },
    {
     "box": {
-     "id": "obj-10",
+     "id": "obj-13",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 3,
@@ -239,7 +305,7 @@
    },
    {
     "box": {
-     "id": "obj-11",
+     "id": "obj-14",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -257,7 +323,7 @@
    },
    {
     "box": {
-     "id": "obj-12",
+     "id": "obj-15",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -275,7 +341,7 @@
    },
    {
     "box": {
-     "id": "obj-13",
+     "id": "obj-16",
      "maxclass": "led",
      "numinlets": 1,
      "numoutlets": 1,
@@ -300,7 +366,7 @@
    },
    {
     "box": {
-     "id": "obj-14",
+     "id": "obj-17",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -319,7 +385,7 @@
    },
    {
     "box": {
-     "id": "obj-15",
+     "id": "obj-18",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -338,7 +404,7 @@
    },
    {
     "box": {
-     "id": "obj-16",
+     "id": "obj-19",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -356,7 +422,7 @@
    },
    {
     "box": {
-     "id": "obj-17",
+     "id": "obj-20",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
@@ -377,7 +443,7 @@
    },
    {
     "box": {
-     "id": "obj-18",
+     "id": "obj-21",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 3,
@@ -397,7 +463,7 @@
    },
    {
     "box": {
-     "id": "obj-19",
+     "id": "obj-22",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -415,7 +481,7 @@
    },
    {
     "box": {
-     "id": "obj-20",
+     "id": "obj-23",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -434,7 +500,7 @@
    },
    {
     "box": {
-     "id": "obj-21",
+     "id": "obj-24",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -452,7 +518,7 @@
    },
    {
     "box": {
-     "id": "obj-22",
+     "id": "obj-25",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -477,7 +543,7 @@
    },
    {
     "box": {
-     "id": "obj-23",
+     "id": "obj-26",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -495,7 +561,7 @@
    },
    {
     "box": {
-     "id": "obj-24",
+     "id": "obj-27",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -520,7 +586,7 @@
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-28",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -538,7 +604,7 @@
    },
    {
     "box": {
-     "id": "obj-26",
+     "id": "obj-29",
      "maxclass": "umenu",
      "numinlets": 1,
      "numoutlets": 3,
@@ -588,7 +654,7 @@
    },
    {
     "box": {
-     "id": "obj-27",
+     "id": "obj-30",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -606,7 +672,7 @@
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-31",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -625,7 +691,7 @@
    },
    {
     "box": {
-     "id": "obj-29",
+     "id": "obj-32",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -643,7 +709,7 @@
    },
    {
     "box": {
-     "id": "obj-30",
+     "id": "obj-33",
      "maxclass": "kslider",
      "numinlets": 2,
      "numoutlets": 2,
@@ -671,7 +737,7 @@
    },
    {
     "box": {
-     "id": "obj-31",
+     "id": "obj-34",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -697,7 +763,7 @@
    },
    {
     "box": {
-     "id": "obj-32",
+     "id": "obj-35",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -715,7 +781,7 @@
    },
    {
     "box": {
-     "id": "obj-33",
+     "id": "obj-36",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -733,7 +799,7 @@
    },
    {
     "box": {
-     "id": "obj-34",
+     "id": "obj-37",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -756,7 +822,7 @@
    },
    {
     "box": {
-     "id": "obj-35",
+     "id": "obj-38",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -783,7 +849,7 @@
    },
    {
     "box": {
-     "id": "obj-36",
+     "id": "obj-39",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -801,7 +867,7 @@
    },
    {
     "box": {
-     "id": "obj-37",
+     "id": "obj-40",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -819,7 +885,7 @@
    },
    {
     "box": {
-     "id": "obj-38",
+     "id": "obj-41",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -842,7 +908,7 @@
    },
    {
     "box": {
-     "id": "obj-39",
+     "id": "obj-42",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -869,7 +935,7 @@
    },
    {
     "box": {
-     "id": "obj-40",
+     "id": "obj-43",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -887,7 +953,7 @@
    },
    {
     "box": {
-     "id": "obj-41",
+     "id": "obj-44",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -905,7 +971,7 @@
    },
    {
     "box": {
-     "id": "obj-42",
+     "id": "obj-45",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -928,7 +994,7 @@
    },
    {
     "box": {
-     "id": "obj-43",
+     "id": "obj-46",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -955,7 +1021,7 @@
    },
    {
     "box": {
-     "id": "obj-44",
+     "id": "obj-47",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -973,7 +1039,7 @@
    },
    {
     "box": {
-     "id": "obj-45",
+     "id": "obj-48",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -991,7 +1057,7 @@
    },
    {
     "box": {
-     "id": "obj-46",
+     "id": "obj-49",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1014,7 +1080,7 @@
    },
    {
     "box": {
-     "id": "obj-47",
+     "id": "obj-50",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1041,7 +1107,7 @@
    },
    {
     "box": {
-     "id": "obj-48",
+     "id": "obj-51",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1059,7 +1125,7 @@
    },
    {
     "box": {
-     "id": "obj-49",
+     "id": "obj-52",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1077,7 +1143,7 @@
    },
    {
     "box": {
-     "id": "obj-50",
+     "id": "obj-53",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1100,7 +1166,7 @@
    },
    {
     "box": {
-     "id": "obj-51",
+     "id": "obj-54",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1127,7 +1193,7 @@
    },
    {
     "box": {
-     "id": "obj-52",
+     "id": "obj-55",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1145,7 +1211,7 @@
    },
    {
     "box": {
-     "id": "obj-53",
+     "id": "obj-56",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1163,7 +1229,7 @@
    },
    {
     "box": {
-     "id": "obj-54",
+     "id": "obj-57",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1186,7 +1252,7 @@
    },
    {
     "box": {
-     "id": "obj-55",
+     "id": "obj-58",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1213,7 +1279,7 @@
    },
    {
     "box": {
-     "id": "obj-56",
+     "id": "obj-59",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1231,7 +1297,7 @@
    },
    {
     "box": {
-     "id": "obj-57",
+     "id": "obj-60",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1249,7 +1315,7 @@
    },
    {
     "box": {
-     "id": "obj-58",
+     "id": "obj-61",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1272,7 +1338,7 @@
    },
    {
     "box": {
-     "id": "obj-59",
+     "id": "obj-62",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1299,7 +1365,7 @@
    },
    {
     "box": {
-     "id": "obj-60",
+     "id": "obj-63",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1317,7 +1383,7 @@
    },
    {
     "box": {
-     "id": "obj-61",
+     "id": "obj-64",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1335,7 +1401,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-65",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1358,7 +1424,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-66",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1385,7 +1451,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-67",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1403,7 +1469,7 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-68",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1421,7 +1487,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-69",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1444,7 +1510,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-70",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1471,7 +1537,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-71",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1489,7 +1555,7 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-72",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1507,7 +1573,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-73",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1523,7 +1589,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-74",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1548,7 +1614,7 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-75",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1566,7 +1632,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-76",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1591,7 +1657,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-77",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1614,7 +1680,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-78",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1639,7 +1705,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-79",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1662,7 +1728,7 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-80",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1687,7 +1753,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-81",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1710,7 +1776,7 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-82",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1735,7 +1801,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-83",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1758,7 +1824,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-84",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1776,7 +1842,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-85",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 3,
@@ -1796,7 +1862,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-86",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1821,7 +1887,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-87",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1844,7 +1910,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-88",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1862,7 +1928,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-89",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1881,7 +1947,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-90",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1907,7 +1973,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-91",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -1926,7 +1992,7 @@
    },
    {
     "box": {
-     "id": "obj-89",
+     "id": "obj-92",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1944,7 +2010,7 @@
    },
    {
     "box": {
-     "id": "obj-90",
+     "id": "obj-93",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1962,7 +2028,7 @@
    },
    {
     "box": {
-     "id": "obj-91",
+     "id": "obj-94",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1996,7 +2062,7 @@
    },
    {
     "box": {
-     "id": "obj-92",
+     "id": "obj-95",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2016,7 +2082,7 @@
    },
    {
     "box": {
-     "id": "obj-93",
+     "id": "obj-96",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2034,7 +2100,7 @@
    },
    {
     "box": {
-     "id": "obj-94",
+     "id": "obj-97",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2052,7 +2118,7 @@
    },
    {
     "box": {
-     "id": "obj-95",
+     "id": "obj-98",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2070,7 +2136,7 @@
    },
    {
     "box": {
-     "id": "obj-96",
+     "id": "obj-99",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2089,7 +2155,7 @@
    },
    {
     "box": {
-     "id": "obj-97",
+     "id": "obj-100",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2114,7 +2180,7 @@
    },
    {
     "box": {
-     "id": "obj-98",
+     "id": "obj-101",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2137,7 +2203,7 @@
    },
    {
     "box": {
-     "id": "obj-99",
+     "id": "obj-102",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2155,7 +2221,7 @@
    },
    {
     "box": {
-     "id": "obj-100",
+     "id": "obj-103",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2173,7 +2239,7 @@
    },
    {
     "box": {
-     "id": "obj-101",
+     "id": "obj-104",
      "maxclass": "fpic",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2199,7 +2265,7 @@
    },
    {
     "box": {
-     "id": "obj-102",
+     "id": "obj-105",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2218,7 +2284,7 @@
    },
    {
     "box": {
-     "id": "obj-103",
+     "id": "obj-106",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2236,7 +2302,7 @@
    },
    {
     "box": {
-     "id": "obj-104",
+     "id": "obj-107",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2254,7 +2320,7 @@
    },
    {
     "box": {
-     "id": "obj-105",
+     "id": "obj-108",
      "maxclass": "matrixctrl",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2288,7 +2354,7 @@
    },
    {
     "box": {
-     "id": "obj-106",
+     "id": "obj-109",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2308,7 +2374,7 @@
    },
    {
     "box": {
-     "id": "obj-107",
+     "id": "obj-110",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2326,7 +2392,7 @@
    },
    {
     "box": {
-     "id": "obj-108",
+     "id": "obj-111",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2344,7 +2410,7 @@
    },
    {
     "box": {
-     "id": "obj-109",
+     "id": "obj-112",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2362,7 +2428,7 @@
    },
    {
     "box": {
-     "id": "obj-110",
+     "id": "obj-113",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2381,7 +2447,7 @@
    },
    {
     "box": {
-     "id": "obj-111",
+     "id": "obj-114",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2406,7 +2472,7 @@
    },
    {
     "box": {
-     "id": "obj-112",
+     "id": "obj-115",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2429,7 +2495,7 @@
    },
    {
     "box": {
-     "id": "obj-113",
+     "id": "obj-116",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2447,7 +2513,7 @@
    },
    {
     "box": {
-     "id": "obj-114",
+     "id": "obj-117",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2465,7 +2531,7 @@
    },
    {
     "box": {
-     "id": "obj-115",
+     "id": "obj-118",
      "maxclass": "umenu",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2497,7 +2563,7 @@
    },
    {
     "box": {
-     "id": "obj-116",
+     "id": "obj-119",
      "maxclass": "newobj",
      "numinlets": 5,
      "numoutlets": 1,
@@ -2515,7 +2581,7 @@
    },
    {
     "box": {
-     "id": "obj-117",
+     "id": "obj-120",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2542,7 +2608,7 @@
    },
    {
     "box": {
-     "id": "obj-118",
+     "id": "obj-121",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2565,7 +2631,7 @@
    },
    {
     "box": {
-     "id": "obj-119",
+     "id": "obj-122",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2592,7 +2658,7 @@
    },
    {
     "box": {
-     "id": "obj-120",
+     "id": "obj-123",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2615,7 +2681,7 @@
    },
    {
     "box": {
-     "id": "obj-121",
+     "id": "obj-124",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2642,7 +2708,7 @@
    },
    {
     "box": {
-     "id": "obj-122",
+     "id": "obj-125",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2665,7 +2731,7 @@
    },
    {
     "box": {
-     "id": "obj-123",
+     "id": "obj-126",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -2692,7 +2758,7 @@
    },
    {
     "box": {
-     "id": "obj-124",
+     "id": "obj-127",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2715,7 +2781,7 @@
    },
    {
     "box": {
-     "id": "obj-125",
+     "id": "obj-128",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2740,7 +2806,7 @@
    },
    {
     "box": {
-     "id": "obj-126",
+     "id": "obj-129",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2763,7 +2829,7 @@
    },
    {
     "box": {
-     "id": "obj-127",
+     "id": "obj-130",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2782,7 +2848,7 @@
    },
    {
     "box": {
-     "id": "obj-128",
+     "id": "obj-131",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2800,7 +2866,7 @@
    },
    {
     "box": {
-     "id": "obj-129",
+     "id": "obj-132",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2825,7 +2891,7 @@
    },
    {
     "box": {
-     "id": "obj-130",
+     "id": "obj-133",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2848,7 +2914,7 @@
    },
    {
     "box": {
-     "id": "obj-131",
+     "id": "obj-134",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2867,7 +2933,7 @@
    },
    {
     "box": {
-     "id": "obj-132",
+     "id": "obj-135",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2885,7 +2951,7 @@
    },
    {
     "box": {
-     "id": "obj-133",
+     "id": "obj-136",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2910,7 +2976,7 @@
    },
    {
     "box": {
-     "id": "obj-134",
+     "id": "obj-137",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -2933,7 +2999,7 @@
    },
    {
     "box": {
-     "id": "obj-135",
+     "id": "obj-138",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -2952,7 +3018,7 @@
    },
    {
     "box": {
-     "id": "obj-136",
+     "id": "obj-139",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -2970,7 +3036,7 @@
    },
    {
     "box": {
-     "id": "obj-137",
+     "id": "obj-140",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -2990,7 +3056,7 @@
    },
    {
     "box": {
-     "id": "obj-138",
+     "id": "obj-141",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 3,
@@ -3010,7 +3076,7 @@
    },
    {
     "box": {
-     "id": "obj-139",
+     "id": "obj-142",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 1,
@@ -3028,7 +3094,7 @@
    },
    {
     "box": {
-     "id": "obj-140",
+     "id": "obj-143",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3046,7 +3112,7 @@
    },
    {
     "box": {
-     "id": "obj-141",
+     "id": "obj-144",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3065,7 +3131,7 @@
    },
    {
     "box": {
-     "id": "obj-142",
+     "id": "obj-145",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3083,7 +3149,7 @@
    },
    {
     "box": {
-     "id": "obj-143",
+     "id": "obj-146",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3101,7 +3167,7 @@
    },
    {
     "box": {
-     "id": "obj-144",
+     "id": "obj-147",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3120,7 +3186,7 @@
    },
    {
     "box": {
-     "id": "obj-145",
+     "id": "obj-148",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3138,7 +3204,7 @@
    },
    {
     "box": {
-     "id": "obj-146",
+     "id": "obj-149",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3156,7 +3222,7 @@
    },
    {
     "box": {
-     "id": "obj-147",
+     "id": "obj-150",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3175,7 +3241,7 @@
    },
    {
     "box": {
-     "id": "obj-148",
+     "id": "obj-151",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 1,
@@ -3193,7 +3259,7 @@
    },
    {
     "box": {
-     "id": "obj-149",
+     "id": "obj-152",
      "maxclass": "newobj",
      "numinlets": 4,
      "numoutlets": 1,
@@ -3211,7 +3277,7 @@
    },
    {
     "box": {
-     "id": "obj-150",
+     "id": "obj-153",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3230,7 +3296,7 @@
    },
    {
     "box": {
-     "id": "obj-151",
+     "id": "obj-154",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3248,7 +3314,7 @@
    },
    {
     "box": {
-     "id": "obj-152",
+     "id": "obj-155",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3266,7 +3332,7 @@
    },
    {
     "box": {
-     "id": "obj-153",
+     "id": "obj-156",
      "maxclass": "ezdac~",
      "numinlets": 2,
      "numoutlets": 0,
@@ -3289,7 +3355,7 @@
    },
    {
     "box": {
-     "id": "obj-154",
+     "id": "obj-157",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3308,7 +3374,7 @@
    },
    {
     "box": {
-     "id": "obj-155",
+     "id": "obj-158",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3327,7 +3393,7 @@
    },
    {
     "box": {
-     "id": "obj-156",
+     "id": "obj-159",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3346,7 +3412,7 @@
    },
    {
     "box": {
-     "id": "obj-157",
+     "id": "obj-160",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3364,7 +3430,7 @@
    },
    {
     "box": {
-     "id": "obj-158",
+     "id": "obj-161",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 9,
@@ -3390,7 +3456,7 @@
    },
    {
     "box": {
-     "id": "obj-159",
+     "id": "obj-162",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3408,7 +3474,7 @@
    },
    {
     "box": {
-     "id": "obj-160",
+     "id": "obj-163",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3426,7 +3492,7 @@
    },
    {
     "box": {
-     "id": "obj-161",
+     "id": "obj-164",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3444,7 +3510,7 @@
    },
    {
     "box": {
-     "id": "obj-162",
+     "id": "obj-165",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3462,7 +3528,7 @@
    },
    {
     "box": {
-     "id": "obj-163",
+     "id": "obj-166",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3480,7 +3546,7 @@
    },
    {
     "box": {
-     "id": "obj-164",
+     "id": "obj-167",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3498,7 +3564,7 @@
    },
    {
     "box": {
-     "id": "obj-165",
+     "id": "obj-168",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3516,7 +3582,7 @@
    },
    {
     "box": {
-     "id": "obj-166",
+     "id": "obj-169",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3534,7 +3600,7 @@
    },
    {
     "box": {
-     "id": "obj-167",
+     "id": "obj-170",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3553,7 +3619,7 @@
    },
    {
     "box": {
-     "id": "obj-168",
+     "id": "obj-171",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3572,7 +3638,7 @@
    },
    {
     "box": {
-     "id": "obj-169",
+     "id": "obj-172",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3591,7 +3657,7 @@
    },
    {
     "box": {
-     "id": "obj-170",
+     "id": "obj-173",
      "maxclass": "waveform~",
      "numinlets": 5,
      "numoutlets": 6,
@@ -3622,7 +3688,7 @@
    },
    {
     "box": {
-     "id": "obj-171",
+     "id": "obj-174",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 2,
@@ -3641,7 +3707,7 @@
    },
    {
     "box": {
-     "id": "obj-172",
+     "id": "obj-175",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3666,7 +3732,7 @@
    },
    {
     "box": {
-     "id": "obj-173",
+     "id": "obj-176",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3691,7 +3757,7 @@
    },
    {
     "box": {
-     "id": "obj-174",
+     "id": "obj-177",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3709,7 +3775,7 @@
    },
    {
     "box": {
-     "id": "obj-175",
+     "id": "obj-178",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3727,7 +3793,7 @@
    },
    {
     "box": {
-     "id": "obj-176",
+     "id": "obj-179",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -3750,7 +3816,7 @@
    },
    {
     "box": {
-     "id": "obj-177",
+     "id": "obj-180",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3776,7 +3842,7 @@
    },
    {
     "box": {
-     "id": "obj-178",
+     "id": "obj-181",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3795,7 +3861,7 @@
    },
    {
     "box": {
-     "id": "obj-179",
+     "id": "obj-182",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3813,7 +3879,7 @@
    },
    {
     "box": {
-     "id": "obj-180",
+     "id": "obj-183",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -3836,7 +3902,7 @@
    },
    {
     "box": {
-     "id": "obj-181",
+     "id": "obj-184",
      "maxclass": "textedit",
      "numinlets": 1,
      "numoutlets": 4,
@@ -3864,7 +3930,7 @@
    },
    {
     "box": {
-     "id": "obj-182",
+     "id": "obj-185",
      "maxclass": "button",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3889,7 +3955,7 @@
    },
    {
     "box": {
-     "id": "obj-183",
+     "id": "obj-186",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3908,7 +3974,7 @@
    },
    {
     "box": {
-     "id": "obj-184",
+     "id": "obj-187",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3926,7 +3992,7 @@
    },
    {
     "box": {
-     "id": "obj-185",
+     "id": "obj-188",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -3949,7 +4015,7 @@
    },
    {
     "box": {
-     "id": "obj-186",
+     "id": "obj-189",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3974,7 +4040,7 @@
    },
    {
     "box": {
-     "id": "obj-187",
+     "id": "obj-190",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3992,7 +4058,7 @@
    },
    {
     "box": {
-     "id": "obj-188",
+     "id": "obj-191",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4017,7 +4083,7 @@
    },
    {
     "box": {
-     "id": "obj-189",
+     "id": "obj-192",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -4035,7 +4101,7 @@
    },
    {
     "box": {
-     "id": "obj-190",
+     "id": "obj-193",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -4054,7 +4120,7 @@
    },
    {
     "box": {
-     "id": "obj-191",
+     "id": "obj-194",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4072,7 +4138,7 @@
    },
    {
     "box": {
-     "id": "obj-192",
+     "id": "obj-195",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -4090,7 +4156,7 @@
    },
    {
     "box": {
-     "id": "obj-193",
+     "id": "obj-196",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -4110,7 +4176,7 @@
    },
    {
     "box": {
-     "id": "obj-194",
+     "id": "obj-197",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4128,7 +4194,7 @@
    },
    {
     "box": {
-     "id": "obj-195",
+     "id": "obj-198",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4146,7 +4212,7 @@
    },
    {
     "box": {
-     "id": "obj-196",
+     "id": "obj-199",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -4164,7 +4230,7 @@
    },
    {
     "box": {
-     "id": "obj-197",
+     "id": "obj-200",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -4194,7 +4260,7 @@
       0
      ],
      "destination": [
-      "obj-4",
+      "obj-5",
       0
      ]
     }
@@ -4226,11 +4292,47 @@
    {
     "patchline": {
      "source": [
+      "obj-8",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-9",
+      0
+     ],
+     "destination": [
+      "obj-10",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-10",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-7",
       0
      ],
      "destination": [
-      "obj-5",
+      "obj-11",
       0
      ]
     }
@@ -4238,35 +4340,11 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      0
-     ],
-     "destination": [
-      "obj-8",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-8",
+      "obj-11",
       1
      ],
      "destination": [
-      "obj-9",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-8",
-      0
-     ],
-     "destination": [
-      "obj-11",
+      "obj-12",
       0
      ]
     }
@@ -4278,7 +4356,7 @@
       0
      ],
      "destination": [
-      "obj-10",
+      "obj-14",
       0
      ]
     }
@@ -4286,31 +4364,7 @@
    {
     "patchline": {
      "source": [
-      "obj-9",
-      0
-     ],
-     "destination": [
-      "obj-12",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-12",
-      0
-     ],
-     "destination": [
-      "obj-10",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-10",
+      "obj-14",
       0
      ],
      "destination": [
@@ -4322,19 +4376,7 @@
    {
     "patchline": {
      "source": [
-      "obj-6",
-      0
-     ],
-     "destination": [
-      "obj-14",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-10",
+      "obj-12",
       0
      ],
      "destination": [
@@ -4350,7 +4392,7 @@
       0
      ],
      "destination": [
-      "obj-14",
+      "obj-13",
       0
      ]
     }
@@ -4358,7 +4400,7 @@
    {
     "patchline": {
      "source": [
-      "obj-14",
+      "obj-13",
       0
      ],
      "destination": [
@@ -4370,11 +4412,35 @@
    {
     "patchline": {
      "source": [
-      "obj-16",
+      "obj-9",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-17",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-13",
+      0
+     ],
+     "destination": [
+      "obj-18",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-18",
+      0
+     ],
+     "destination": [
+      "obj-17",
       0
      ]
     }
@@ -4383,18 +4449,6 @@
     "patchline": {
      "source": [
       "obj-17",
-      1
-     ],
-     "destination": [
-      "obj-18",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-18",
       0
      ],
      "destination": [
@@ -4406,43 +4460,7 @@
    {
     "patchline": {
      "source": [
-      "obj-14",
-      1
-     ],
-     "destination": [
       "obj-19",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-19",
-      0
-     ],
-     "destination": [
-      "obj-20",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-20",
-      1
-     ],
-     "destination": [
-      "obj-21",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-21",
       0
      ],
      "destination": [
@@ -4454,11 +4472,11 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-20",
       1
      ],
      "destination": [
-      "obj-23",
+      "obj-21",
       0
      ]
     }
@@ -4466,7 +4484,7 @@
    {
     "patchline": {
      "source": [
-      "obj-23",
+      "obj-21",
       0
      ],
      "destination": [
@@ -4478,11 +4496,11 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      2
+      "obj-17",
+      1
      ],
      "destination": [
-      "obj-25",
+      "obj-22",
       0
      ]
     }
@@ -4490,8 +4508,20 @@
    {
     "patchline": {
      "source": [
-      "obj-25",
+      "obj-22",
       0
+     ],
+     "destination": [
+      "obj-23",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-23",
+      1
      ],
      "destination": [
       "obj-24",
@@ -4502,58 +4532,22 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
+      "obj-24",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
       1
      ],
      "destination": [
-      "obj-27",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-27",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-4",
-      8
-     ],
-     "destination": [
-      "obj-28",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-28",
-      0
-     ],
-     "destination": [
-      "obj-29",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-29",
-      0
-     ],
-     "destination": [
       "obj-26",
       0
      ]
@@ -4562,31 +4556,55 @@
    {
     "patchline": {
      "source": [
+      "obj-26",
+      0
+     ],
+     "destination": [
+      "obj-25",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      2
+     ],
+     "destination": [
+      "obj-28",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-28",
+      0
+     ],
+     "destination": [
+      "obj-27",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-29",
+      1
+     ],
+     "destination": [
       "obj-30",
       0
-     ],
-     "destination": [
-      "obj-31",
-      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-31",
-      0
-     ],
-     "destination": [
-      "obj-32",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-32",
+      "obj-30",
       0
      ],
      "destination": [
@@ -4598,46 +4616,82 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-7",
+      8
+     ],
+     "destination": [
+      "obj-31",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-31",
+      0
+     ],
+     "destination": [
+      "obj-32",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-32",
+      0
+     ],
+     "destination": [
+      "obj-29",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-33",
+      0
+     ],
+     "destination": [
+      "obj-34",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-34",
+      0
+     ],
+     "destination": [
+      "obj-35",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-35",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
       7
      ],
      "destination": [
-      "obj-33",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-33",
-      0
-     ],
-     "destination": [
-      "obj-31",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-33",
-      0
-     ],
-     "destination": [
-      "obj-30",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-35",
-      0
-     ],
-     "destination": [
       "obj-36",
       0
      ]
@@ -4647,6 +4701,42 @@
     "patchline": {
      "source": [
       "obj-36",
+      0
+     ],
+     "destination": [
+      "obj-34",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-36",
+      0
+     ],
+     "destination": [
+      "obj-33",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-38",
+      0
+     ],
+     "destination": [
+      "obj-39",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-39",
       0
      ],
      "destination": [
@@ -4658,34 +4748,10 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-7",
       9
      ],
      "destination": [
-      "obj-37",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-37",
-      0
-     ],
-     "destination": [
-      "obj-35",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-39",
-      0
-     ],
-     "destination": [
       "obj-40",
       0
      ]
@@ -4695,6 +4761,30 @@
     "patchline": {
      "source": [
       "obj-40",
+      0
+     ],
+     "destination": [
+      "obj-38",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-42",
+      0
+     ],
+     "destination": [
+      "obj-43",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-43",
       0
      ],
      "destination": [
@@ -4706,34 +4796,10 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-7",
       10
      ],
      "destination": [
-      "obj-41",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-41",
-      0
-     ],
-     "destination": [
-      "obj-39",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-43",
-      0
-     ],
-     "destination": [
       "obj-44",
       0
      ]
@@ -4743,6 +4809,30 @@
     "patchline": {
      "source": [
       "obj-44",
+      0
+     ],
+     "destination": [
+      "obj-42",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-46",
+      0
+     ],
+     "destination": [
+      "obj-47",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-47",
       0
      ],
      "destination": [
@@ -4754,34 +4844,10 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-7",
       11
      ],
      "destination": [
-      "obj-45",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-45",
-      0
-     ],
-     "destination": [
-      "obj-43",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-47",
-      0
-     ],
-     "destination": [
       "obj-48",
       0
      ]
@@ -4791,6 +4857,30 @@
     "patchline": {
      "source": [
       "obj-48",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-50",
+      0
+     ],
+     "destination": [
+      "obj-51",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-51",
       0
      ],
      "destination": [
@@ -4802,34 +4892,10 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-7",
       12
      ],
      "destination": [
-      "obj-49",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-49",
-      0
-     ],
-     "destination": [
-      "obj-47",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-51",
-      0
-     ],
-     "destination": [
       "obj-52",
       0
      ]
@@ -4839,6 +4905,30 @@
     "patchline": {
      "source": [
       "obj-52",
+      0
+     ],
+     "destination": [
+      "obj-50",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-54",
+      0
+     ],
+     "destination": [
+      "obj-55",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-55",
       0
      ],
      "destination": [
@@ -4850,34 +4940,10 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-7",
       13
      ],
      "destination": [
-      "obj-53",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-53",
-      0
-     ],
-     "destination": [
-      "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-55",
-      0
-     ],
-     "destination": [
       "obj-56",
       0
      ]
@@ -4887,6 +4953,30 @@
     "patchline": {
      "source": [
       "obj-56",
+      0
+     ],
+     "destination": [
+      "obj-54",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-58",
+      0
+     ],
+     "destination": [
+      "obj-59",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-59",
       0
      ],
      "destination": [
@@ -4898,34 +4988,10 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-7",
       14
      ],
      "destination": [
-      "obj-57",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-57",
-      0
-     ],
-     "destination": [
-      "obj-55",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-59",
-      0
-     ],
-     "destination": [
       "obj-60",
       0
      ]
@@ -4935,6 +5001,30 @@
     "patchline": {
      "source": [
       "obj-60",
+      0
+     ],
+     "destination": [
+      "obj-58",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-62",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-63",
       0
      ],
      "destination": [
@@ -4946,34 +5036,10 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-7",
       15
      ],
      "destination": [
-      "obj-61",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-61",
-      0
-     ],
-     "destination": [
-      "obj-59",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-63",
-      0
-     ],
-     "destination": [
       "obj-64",
       0
      ]
@@ -4983,6 +5049,30 @@
     "patchline": {
      "source": [
       "obj-64",
+      0
+     ],
+     "destination": [
+      "obj-62",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-66",
+      0
+     ],
+     "destination": [
+      "obj-67",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-67",
       0
      ],
      "destination": [
@@ -4994,34 +5084,10 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-7",
       16
      ],
      "destination": [
-      "obj-65",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-65",
-      0
-     ],
-     "destination": [
-      "obj-63",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-67",
-      0
-     ],
-     "destination": [
       "obj-68",
       0
      ]
@@ -5034,7 +5100,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-66",
       0
      ]
     }
@@ -5042,55 +5108,7 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      17
-     ],
-     "destination": [
-      "obj-69",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-69",
-      0
-     ],
-     "destination": [
-      "obj-67",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-4",
-      17
-     ],
-     "destination": [
       "obj-70",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-4",
-      18
-     ],
-     "destination": [
-      "obj-72",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-72",
       0
      ],
      "destination": [
@@ -5102,11 +5120,59 @@
    {
     "patchline": {
      "source": [
-      "obj-73",
+      "obj-71",
       0
      ],
      "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      17
+     ],
+     "destination": [
+      "obj-72",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-72",
+      0
+     ],
+     "destination": [
+      "obj-70",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      17
+     ],
+     "destination": [
+      "obj-73",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      18
+     ],
+     "destination": [
+      "obj-75",
       0
      ]
     }
@@ -5118,7 +5184,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-74",
       0
      ]
     }
@@ -5126,7 +5192,7 @@
    {
     "patchline": {
      "source": [
-      "obj-77",
+      "obj-76",
       0
      ],
      "destination": [
@@ -5138,7 +5204,7 @@
    {
     "patchline": {
      "source": [
-      "obj-79",
+      "obj-78",
       0
      ],
      "destination": [
@@ -5150,83 +5216,35 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-80",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-82",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
       4
      ],
      "destination": [
-      "obj-82",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-83",
-      0
-     ],
-     "destination": [
       "obj-85",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-83",
-      0
-     ],
-     "destination": [
-      "obj-86",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-82",
-      0
-     ],
-     "destination": [
-      "obj-88",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-88",
-      0
-     ],
-     "destination": [
-      "obj-89",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-89",
-      0
-     ],
-     "destination": [
-      "obj-87",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-85",
-      0
-     ],
-     "destination": [
-      "obj-90",
       0
      ]
     }
@@ -5238,7 +5256,7 @@
       0
      ],
      "destination": [
-      "obj-90",
+      "obj-88",
       0
      ]
     }
@@ -5246,11 +5264,23 @@
    {
     "patchline": {
      "source": [
-      "obj-90",
+      "obj-86",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-89",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-85",
+      0
+     ],
+     "destination": [
+      "obj-91",
       0
      ]
     }
@@ -5271,7 +5301,31 @@
     "patchline": {
      "source": [
       "obj-92",
-      1
+      0
+     ],
+     "destination": [
+      "obj-90",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-88",
+      0
+     ],
+     "destination": [
+      "obj-93",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-89",
+      0
      ],
      "destination": [
       "obj-93",
@@ -5283,78 +5337,6 @@
     "patchline": {
      "source": [
       "obj-93",
-      0
-     ],
-     "destination": [
-      "obj-94",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-92",
-      0
-     ],
-     "destination": [
-      "obj-95",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-95",
-      0
-     ],
-     "destination": [
-      "obj-94",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-94",
-      0
-     ],
-     "destination": [
-      "obj-96",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-97",
-      0
-     ],
-     "destination": [
-      "obj-96",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-96",
-      0
-     ],
-     "destination": [
-      "obj-99",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-99",
       0
      ],
      "destination": [
@@ -5366,11 +5348,71 @@
    {
     "patchline": {
      "source": [
+      "obj-94",
+      0
+     ],
+     "destination": [
+      "obj-95",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-95",
+      1
+     ],
+     "destination": [
+      "obj-96",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-96",
+      0
+     ],
+     "destination": [
+      "obj-97",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-95",
+      0
+     ],
+     "destination": [
+      "obj-98",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-98",
+      0
+     ],
+     "destination": [
+      "obj-97",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-97",
       0
      ],
      "destination": [
-      "obj-100",
+      "obj-99",
       0
      ]
     }
@@ -5382,7 +5424,7 @@
       0
      ],
      "destination": [
-      "obj-91",
+      "obj-99",
       0
      ]
     }
@@ -5390,8 +5432,8 @@
    {
     "patchline": {
      "source": [
-      "obj-82",
-      1
+      "obj-99",
+      0
      ],
      "destination": [
       "obj-102",
@@ -5403,6 +5445,18 @@
     "patchline": {
      "source": [
       "obj-102",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-100",
       0
      ],
      "destination": [
@@ -5418,7 +5472,7 @@
       0
      ],
      "destination": [
-      "obj-101",
+      "obj-94",
       0
      ]
     }
@@ -5427,34 +5481,10 @@
     "patchline": {
      "source": [
       "obj-85",
-      0
+      1
      ],
      "destination": [
-      "obj-104",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-86",
-      0
-     ],
-     "destination": [
-      "obj-104",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-104",
-      0
-     ],
-     "destination": [
-      "obj-2",
+      "obj-105",
       0
      ]
     }
@@ -5475,7 +5505,31 @@
     "patchline": {
      "source": [
       "obj-106",
-      1
+      0
+     ],
+     "destination": [
+      "obj-104",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-88",
+      0
+     ],
+     "destination": [
+      "obj-107",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-89",
+      0
      ],
      "destination": [
       "obj-107",
@@ -5487,78 +5541,6 @@
     "patchline": {
      "source": [
       "obj-107",
-      0
-     ],
-     "destination": [
-      "obj-108",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-106",
-      0
-     ],
-     "destination": [
-      "obj-109",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-109",
-      0
-     ],
-     "destination": [
-      "obj-108",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-108",
-      0
-     ],
-     "destination": [
-      "obj-110",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-111",
-      0
-     ],
-     "destination": [
-      "obj-110",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-110",
-      0
-     ],
-     "destination": [
-      "obj-113",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-113",
       0
      ],
      "destination": [
@@ -5570,11 +5552,71 @@
    {
     "patchline": {
      "source": [
+      "obj-108",
+      0
+     ],
+     "destination": [
+      "obj-109",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-109",
+      1
+     ],
+     "destination": [
+      "obj-110",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-110",
+      0
+     ],
+     "destination": [
+      "obj-111",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-109",
+      0
+     ],
+     "destination": [
+      "obj-112",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-112",
+      0
+     ],
+     "destination": [
+      "obj-111",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-111",
       0
      ],
      "destination": [
-      "obj-114",
+      "obj-113",
       0
      ]
     }
@@ -5586,7 +5628,7 @@
       0
      ],
      "destination": [
-      "obj-105",
+      "obj-113",
       0
      ]
     }
@@ -5594,11 +5636,35 @@
    {
     "patchline": {
      "source": [
-      "obj-115",
-      1
+      "obj-113",
+      0
      ],
      "destination": [
       "obj-116",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-116",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-114",
+      0
+     ],
+     "destination": [
+      "obj-117",
       0
      ]
     }
@@ -5610,8 +5676,80 @@
       0
      ],
      "destination": [
-      "obj-116",
+      "obj-108",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-118",
       1
+     ],
+     "destination": [
+      "obj-119",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-120",
+      0
+     ],
+     "destination": [
+      "obj-119",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-122",
+      0
+     ],
+     "destination": [
+      "obj-119",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-124",
+      0
+     ],
+     "destination": [
+      "obj-119",
+      3
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-126",
+      0
+     ],
+     "destination": [
+      "obj-119",
+      4
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-9",
+      0
+     ],
+     "destination": [
+      "obj-119",
+      0
      ]
     }
    },
@@ -5622,80 +5760,8 @@
       0
      ],
      "destination": [
-      "obj-116",
-      2
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-121",
-      0
-     ],
-     "destination": [
-      "obj-116",
-      3
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-123",
-      0
-     ],
-     "destination": [
-      "obj-116",
-      4
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-6",
-      0
-     ],
-     "destination": [
-      "obj-116",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-116",
-      0
-     ],
-     "destination": [
-      "obj-127",
+      "obj-130",
       1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-125",
-      0
-     ],
-     "destination": [
-      "obj-127",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-127",
-      0
-     ],
-     "destination": [
-      "obj-128",
-      0
      ]
     }
    },
@@ -5706,6 +5772,30 @@
       0
      ],
      "destination": [
+      "obj-130",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-130",
+      0
+     ],
+     "destination": [
+      "obj-131",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-131",
+      0
+     ],
+     "destination": [
       "obj-2",
       0
      ]
@@ -5714,11 +5804,11 @@
    {
     "patchline": {
      "source": [
-      "obj-116",
+      "obj-119",
       0
      ],
      "destination": [
-      "obj-131",
+      "obj-134",
       1
      ]
     }
@@ -5726,31 +5816,31 @@
    {
     "patchline": {
      "source": [
-      "obj-129",
-      0
-     ],
-     "destination": [
-      "obj-131",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-131",
-      0
-     ],
-     "destination": [
       "obj-132",
       0
+     ],
+     "destination": [
+      "obj-134",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-132",
+      "obj-134",
+      0
+     ],
+     "destination": [
+      "obj-135",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-135",
       0
      ],
      "destination": [
@@ -5762,11 +5852,11 @@
    {
     "patchline": {
      "source": [
-      "obj-116",
+      "obj-119",
       0
      ],
      "destination": [
-      "obj-135",
+      "obj-138",
       1
      ]
     }
@@ -5774,11 +5864,11 @@
    {
     "patchline": {
      "source": [
-      "obj-133",
+      "obj-136",
       0
      ],
      "destination": [
-      "obj-135",
+      "obj-138",
       0
      ]
     }
@@ -5786,11 +5876,11 @@
    {
     "patchline": {
      "source": [
-      "obj-135",
+      "obj-138",
       0
      ],
      "destination": [
-      "obj-136",
+      "obj-139",
       0
      ]
     }
@@ -5798,83 +5888,11 @@
    {
     "patchline": {
      "source": [
-      "obj-136",
+      "obj-139",
       0
      ],
      "destination": [
       "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-137",
-      0
-     ],
-     "destination": [
-      "obj-138",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-137",
-      1
-     ],
-     "destination": [
-      "obj-138",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-138",
-      0
-     ],
-     "destination": [
-      "obj-139",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-138",
-      1
-     ],
-     "destination": [
-      "obj-139",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-138",
-      2
-     ],
-     "destination": [
-      "obj-139",
-      2
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-139",
-      0
-     ],
-     "destination": [
-      "obj-140",
       0
      ]
     }
@@ -5894,12 +5912,12 @@
    {
     "patchline": {
      "source": [
-      "obj-143",
-      0
+      "obj-140",
+      1
      ],
      "destination": [
-      "obj-2",
-      0
+      "obj-141",
+      1
      ]
     }
    },
@@ -5907,54 +5925,6 @@
     "patchline": {
      "source": [
       "obj-141",
-      0
-     ],
-     "destination": [
-      "obj-144",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-144",
-      1
-     ],
-     "destination": [
-      "obj-145",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-145",
-      0
-     ],
-     "destination": [
-      "obj-143",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-144",
-      0
-     ],
-     "destination": [
-      "obj-146",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-146",
       0
      ],
      "destination": [
@@ -5968,6 +5938,66 @@
      "source": [
       "obj-141",
       1
+     ],
+     "destination": [
+      "obj-142",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-141",
+      2
+     ],
+     "destination": [
+      "obj-142",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-142",
+      0
+     ],
+     "destination": [
+      "obj-143",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-143",
+      0
+     ],
+     "destination": [
+      "obj-144",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-146",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-144",
+      0
      ],
      "destination": [
       "obj-147",
@@ -5994,8 +6024,8 @@
       0
      ],
      "destination": [
-      "obj-149",
-      3
+      "obj-146",
+      0
      ]
     }
    },
@@ -6018,6 +6048,18 @@
       0
      ],
      "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-144",
+      1
+     ],
+     "destination": [
       "obj-150",
       0
      ]
@@ -6042,8 +6084,8 @@
       0
      ],
      "destination": [
-      "obj-142",
-      0
+      "obj-152",
+      3
      ]
     }
    },
@@ -6066,18 +6108,6 @@
       0
      ],
      "destination": [
-      "obj-143",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-142",
-      0
-     ],
-     "destination": [
       "obj-153",
       0
      ]
@@ -6086,24 +6116,12 @@
    {
     "patchline": {
      "source": [
-      "obj-142",
-      0
-     ],
-     "destination": [
       "obj-153",
       1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
+     ],
+     "destination": [
       "obj-154",
-      1
-     ],
-     "destination": [
-      "obj-155",
-      1
+      0
      ]
     }
    },
@@ -6114,7 +6132,7 @@
       0
      ],
      "destination": [
-      "obj-156",
+      "obj-145",
       0
      ]
     }
@@ -6122,19 +6140,7 @@
    {
     "patchline": {
      "source": [
-      "obj-156",
-      0
-     ],
-     "destination": [
-      "obj-157",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-157",
+      "obj-153",
       0
      ],
      "destination": [
@@ -6146,23 +6152,95 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
+      "obj-155",
+      0
+     ],
+     "destination": [
+      "obj-146",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-145",
+      0
+     ],
+     "destination": [
+      "obj-156",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-145",
+      0
+     ],
+     "destination": [
+      "obj-156",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-157",
+      1
+     ],
+     "destination": [
+      "obj-158",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-157",
+      0
+     ],
+     "destination": [
+      "obj-159",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-159",
+      0
+     ],
+     "destination": [
+      "obj-160",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-160",
+      0
+     ],
+     "destination": [
+      "obj-158",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
       3
      ],
      "destination": [
-      "obj-154",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-155",
-      0
-     ],
-     "destination": [
-      "obj-158",
+      "obj-157",
       0
      ]
     }
@@ -6174,7 +6252,7 @@
       0
      ],
      "destination": [
-      "obj-159",
+      "obj-161",
       0
      ]
     }
@@ -6182,11 +6260,11 @@
    {
     "patchline": {
      "source": [
-      "obj-159",
+      "obj-161",
       0
      ],
      "destination": [
-      "obj-142",
+      "obj-162",
       0
      ]
     }
@@ -6194,11 +6272,23 @@
    {
     "patchline": {
      "source": [
-      "obj-158",
+      "obj-162",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-161",
       1
      ],
      "destination": [
-      "obj-160",
+      "obj-163",
       0
      ]
     }
@@ -6206,11 +6296,11 @@
    {
     "patchline": {
      "source": [
-      "obj-160",
+      "obj-163",
       0
      ],
      "destination": [
-      "obj-142",
+      "obj-145",
       0
      ]
     }
@@ -6218,11 +6308,11 @@
    {
     "patchline": {
      "source": [
-      "obj-158",
+      "obj-161",
       2
      ],
      "destination": [
-      "obj-161",
+      "obj-164",
       0
      ]
     }
@@ -6230,11 +6320,11 @@
    {
     "patchline": {
      "source": [
-      "obj-161",
+      "obj-164",
       0
      ],
      "destination": [
-      "obj-142",
+      "obj-145",
       0
      ]
     }
@@ -6242,11 +6332,11 @@
    {
     "patchline": {
      "source": [
-      "obj-158",
+      "obj-161",
       3
      ],
      "destination": [
-      "obj-162",
+      "obj-165",
       0
      ]
     }
@@ -6254,11 +6344,11 @@
    {
     "patchline": {
      "source": [
-      "obj-162",
+      "obj-165",
       0
      ],
      "destination": [
-      "obj-142",
+      "obj-145",
       0
      ]
     }
@@ -6266,11 +6356,11 @@
    {
     "patchline": {
      "source": [
-      "obj-158",
+      "obj-161",
       4
      ],
      "destination": [
-      "obj-163",
+      "obj-166",
       0
      ]
     }
@@ -6278,11 +6368,11 @@
    {
     "patchline": {
      "source": [
-      "obj-163",
+      "obj-166",
       0
      ],
      "destination": [
-      "obj-142",
+      "obj-145",
       0
      ]
     }
@@ -6290,11 +6380,11 @@
    {
     "patchline": {
      "source": [
-      "obj-158",
+      "obj-161",
       5
      ],
      "destination": [
-      "obj-164",
+      "obj-167",
       0
      ]
     }
@@ -6302,11 +6392,11 @@
    {
     "patchline": {
      "source": [
-      "obj-164",
+      "obj-167",
       0
      ],
      "destination": [
-      "obj-142",
+      "obj-145",
       0
      ]
     }
@@ -6314,11 +6404,11 @@
    {
     "patchline": {
      "source": [
-      "obj-158",
+      "obj-161",
       6
      ],
      "destination": [
-      "obj-165",
+      "obj-168",
       0
      ]
     }
@@ -6326,11 +6416,11 @@
    {
     "patchline": {
      "source": [
-      "obj-165",
+      "obj-168",
       0
      ],
      "destination": [
-      "obj-142",
+      "obj-145",
       0
      ]
     }
@@ -6338,80 +6428,8 @@
    {
     "patchline": {
      "source": [
-      "obj-158",
+      "obj-161",
       7
-     ],
-     "destination": [
-      "obj-166",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-166",
-      0
-     ],
-     "destination": [
-      "obj-142",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-158",
-      8
-     ],
-     "destination": [
-      "obj-167",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-167",
-      1
-     ],
-     "destination": [
-      "obj-168",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-168",
-      0
-     ],
-     "destination": [
-      "obj-81",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-158",
-      8
-     ],
-     "destination": [
-      "obj-85",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-81",
-      0
      ],
      "destination": [
       "obj-169",
@@ -6422,35 +6440,71 @@
    {
     "patchline": {
      "source": [
+      "obj-169",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-161",
+      8
+     ],
+     "destination": [
+      "obj-170",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-170",
+      1
+     ],
+     "destination": [
+      "obj-171",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-171",
+      0
+     ],
+     "destination": [
+      "obj-84",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-161",
+      8
+     ],
+     "destination": [
+      "obj-88",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-84",
+      0
+     ],
+     "destination": [
       "obj-172",
-      0
-     ],
-     "destination": [
-      "obj-171",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-173",
-      0
-     ],
-     "destination": [
-      "obj-174",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-174",
-      0
-     ],
-     "destination": [
-      "obj-171",
       0
      ]
     }
@@ -6462,7 +6516,7 @@
       0
      ],
      "destination": [
-      "obj-171",
+      "obj-174",
       0
      ]
     }
@@ -6470,24 +6524,12 @@
    {
     "patchline": {
      "source": [
-      "obj-171",
+      "obj-176",
       0
      ],
      "destination": [
-      "obj-153",
+      "obj-177",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-171",
-      0
-     ],
-     "destination": [
-      "obj-153",
-      1
      ]
     }
    },
@@ -6498,7 +6540,7 @@
       0
      ],
      "destination": [
-      "obj-178",
+      "obj-174",
       0
      ]
     }
@@ -6510,7 +6552,7 @@
       0
      ],
      "destination": [
-      "obj-179",
+      "obj-174",
       0
      ]
     }
@@ -6518,11 +6560,47 @@
    {
     "patchline": {
      "source": [
-      "obj-179",
+      "obj-174",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-156",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      0
+     ],
+     "destination": [
+      "obj-156",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-180",
+      0
+     ],
+     "destination": [
+      "obj-181",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-181",
+      0
+     ],
+     "destination": [
+      "obj-182",
       0
      ]
     }
@@ -6534,42 +6612,6 @@
       0
      ],
      "destination": [
-      "obj-181",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-181",
-      0
-     ],
-     "destination": [
-      "obj-183",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-183",
-      0
-     ],
-     "destination": [
-      "obj-184",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-184",
-      0
-     ],
-     "destination": [
       "obj-2",
       0
      ]
@@ -6578,11 +6620,11 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      19
+      "obj-185",
+      0
      ],
      "destination": [
-      "obj-187",
+      "obj-184",
       0
      ]
     }
@@ -6590,7 +6632,7 @@
    {
     "patchline": {
      "source": [
-      "obj-187",
+      "obj-184",
       0
      ],
      "destination": [
@@ -6602,11 +6644,11 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      20
+      "obj-186",
+      0
      ],
      "destination": [
-      "obj-189",
+      "obj-187",
       0
      ]
     }
@@ -6614,43 +6656,7 @@
    {
     "patchline": {
      "source": [
-      "obj-189",
-      0
-     ],
-     "destination": [
-      "obj-188",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-190",
-      0
-     ],
-     "destination": [
-      "obj-191",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-191",
-      0
-     ],
-     "destination": [
-      "obj-192",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-192",
+      "obj-187",
       0
      ],
      "destination": [
@@ -6662,12 +6668,48 @@
    {
     "patchline": {
      "source": [
-      "obj-193",
-      1
+      "obj-7",
+      19
      ],
      "destination": [
-      "obj-194",
-      1
+      "obj-190",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-190",
+      0
+     ],
+     "destination": [
+      "obj-189",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      20
+     ],
+     "destination": [
+      "obj-192",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-192",
+      0
+     ],
+     "destination": [
+      "obj-191",
+      0
      ]
     }
    },
@@ -6702,7 +6744,7 @@
       0
      ],
      "destination": [
-      "obj-196",
+      "obj-2",
       0
      ]
     }
@@ -6711,6 +6753,54 @@
     "patchline": {
      "source": [
       "obj-196",
+      1
+     ],
+     "destination": [
+      "obj-197",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-196",
+      0
+     ],
+     "destination": [
+      "obj-197",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-197",
+      0
+     ],
+     "destination": [
+      "obj-198",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-198",
+      0
+     ],
+     "destination": [
+      "obj-199",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-199",
       0
      ],
      "destination": [

@@ -179,6 +179,8 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         rate=args.rate,
     )
     log.info("model %s on %s", engine.bundle.path, engine.bundle.provider)
+    if args.play and (why := server.player.check()):  # said now, not at the first render
+        log.error("--play: %s; renders still go to clients", why)
     if args.midi_in:
         from server.midi import open_input
 

@@ -30,6 +30,15 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.asarray(soxr.resample(audio, rate_in, rate_out, quality="HQ"), np.float32)
 
 
+def seconds_of(path: str | Path) -> float:
+    """A sound file's length in seconds (its header's), or 0.0 if it cannot be read."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return 0.0
+    return info.frames / info.samplerate if info.samplerate else 0.0
+
+
 def load_audio(path: str | Path, p: SpectrogramParams = SpectrogramParams()) -> np.ndarray:
     """Read `path` → (n_samples,) float32 mono at p.sample_rate, cropped or zero-padded to 4 s.
 

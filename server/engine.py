@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from server import codemaps, dsp, vqvae_audio
-from server.audio import AudioError, load_audio
+from server.audio import AudioError, load_audio, seconds_of
 from server.bundle import Bundle
 from server.files import atomic_write
 from server.protocol import DEFAULTS
@@ -232,12 +232,15 @@ class Engine:
             codes[f, t] = code
         self._commit_layer(layer, codes)
 
-    def analyze(self, path: Path) -> None:
+    def analyze(self, path: Path) -> float:
+        """Encode a sound file as the current codemaps; returns its length in seconds (the note's is fixed: a
+        longer file is cut, a shorter one padded with silence)."""
         try:
             audio = load_audio(path, self.manifest.spectrogram)
         except AudioError as exc:
             raise EngineError(str(exc)) from None
         self._commit(*vqvae_audio.encode_audio(self.bundle, audio))
+        return seconds_of(path)
 
     def warm(self) -> bool:
         """Idle-time work, about 2 ms per call: extend the bottom prior's key/value cache over the current maps so

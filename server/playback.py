@@ -156,6 +156,14 @@ class Player:
             raise PlaybackError(f"no audio output device ({exc})") from None
         return self._sd
 
+    def check(self) -> str:
+        """ "" if there is an audio output to play on, else why not (said at start-up for --play)."""
+        try:
+            self._device()
+        except PlaybackError as exc:
+            return str(exc)
+        return ""
+
     def play(
         self,
         audio: np.ndarray,

@@ -329,6 +329,11 @@ OUTBOUND = (
         (Arg("id", "i"), Arg("level_db", "f")),
         "before /render/done: the render is silence (under -90 dBFS), so it was not normalised",
     ),
+    Address(
+        "/analyze/fitted",
+        (Arg("id", "i"), Arg("file_seconds", "f"), Arg("seconds", "f")),
+        "before /render/done of an /analyze: the file's length, cut or padded with silence to the note's",
+    ),
     Address("/render/cancelled", (Arg("id", "i"), Arg("reason", "s"))),
     Address(
         "/render/timing",

@@ -417,7 +417,11 @@ class Worker(threading.Thread):
         elif job.kind == "set":
             e.set_cells(p["layer"], p["cells"])
         elif job.kind == "analyze":
-            e.analyze(self.access.recheck(p["path"]) if self.access is not None else p["path"])
+            seconds = e.analyze(self.access.recheck(p["path"]) if self.access is not None else p["path"])
+            note = e.manifest.spectrogram.n_samples / e.manifest.spectrogram.sample_rate
+            if abs(seconds - note) > 0.01:  # cut or padded: said, not silently
+                for r in job.requesters:
+                    self.replies.send(r.client, "/analyze/fitted", r.request_id, float(seconds), float(note))
         elif job.kind in ("undo", "redo"):
             getattr(e, job.kind)()
         elif job.kind == "render":

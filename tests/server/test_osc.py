@@ -475,3 +475,21 @@ def test_a_bundle_tagged_ahead_runs_at_its_time_tag(client):
     assert "time tag 60.0 s ahead" in client.wait_for("/error", "/pong", timeout=5)[1][1]
     client.send_raw(_tagged(time.time() - 5, encode("/ping")))  # a tag in the past: at once
     client.wait_for("/pong", timeout=1)
+
+
+def test_analyze_says_when_a_file_was_cut_or_padded_to_the_note(live, client):
+    """Issue 28: a 10 s file was cut at 4 s and a 1.5 s one padded, without a word."""
+    for seconds, said in ((10.0, True), (1.5, True), (4.0, False)):
+        path = live.read_dir / f"tone-{seconds}.wav"
+        t = np.arange(int(seconds * 16_000)) / 16_000
+        sf.write(str(path), 0.3 * np.sin(2 * np.pi * 330 * t), 16_000)
+        client.send("/analyze", str(path), 700)
+        replies = []
+        while (reply := client.wait_for("/analyze/fitted", "/render/done", "/error", timeout=60))[0] not in (
+            "/render/done",
+            "/error",
+        ):
+            replies.append(reply)
+        assert reply[0] == "/render/done", reply
+        fitted = [r[1] for r in replies if r[1][0] == 700]
+        assert fitted == ([[700, pytest.approx(seconds), pytest.approx(4.0)]] if said else []), (seconds, fitted)
