@@ -91,7 +91,8 @@ def test_mido_messages_become_osc_requests(live):
     assert to_osc(mido.Message("note_off", note=62, velocity=40)) == ("/note", [62, 0])
     assert to_osc(mido.Message("program_change", program=40)) == ("/program", [40])
     assert to_osc(mido.Message("control_change", control=1, value=127)) == ("/cc", [1, 127])
-    assert to_osc(mido.Message("pitchwheel", pitch=100)) is None
+    assert to_osc(mido.Message("pitchwheel", pitch=4096)) == ("/bend", [1.0])  # a semitone up
+    assert to_osc(mido.Message("aftertouch", value=100)) is None
     c = live.client()
     for message in (mido.Message("program_change", program=73), mido.Message("note_on", note=62, velocity=90)):
         c.send(*_flatten(to_osc(message)))
