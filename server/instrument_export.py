@@ -17,6 +17,7 @@ import re
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -153,12 +154,46 @@ def _remove_export(folder: Path, files: dict[str, int]) -> None:
             log.warning("left %s in place: it holds files no export wrote", folder / rel)
 
 
+LEFTOVER_AGE_S = 600.0  # a temporary export folder untouched this long was left by a killed export
+
+
+def sweep_leftovers(folder: Path) -> list[Path]:
+    """Remove the temporary siblings an export killed midway (SIGKILL, power cut) left beside `folder`: hidden
+    `.{name}.*.tmp` / `.old` folders, untouched for LEFTOVER_AGE_S, holding nothing but what an export writes
+    (`samples/NNN.wav`, `.sfz`, `.sf2`, instrument.json, no link). Anything else is left alone."""
+    removed = []
+    for candidate in folder.parent.glob(f".{glob_escape(folder.name)}.*"):
+        if candidate.suffix not in (".tmp", ".old") or candidate.is_symlink() or not candidate.is_dir():
+            continue
+        try:
+            if time.time() - candidate.stat().st_mtime < LEFTOVER_AGE_S or not _only_export_files(candidate):
+                continue
+            shutil.rmtree(candidate)
+            removed.append(candidate)
+        except OSError as exc:
+            log.warning("left %s: %s", candidate, exc)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _only_export_files(folder: Path) -> bool:
+    for rel, size in written_files(folder).items():
+        if size < 0 or not re.fullmatch(r"samples/|samples/\d{3}\.wav|[A-Za-z0-9_-]+\.(sfz|sf2)|instrument\.json", rel):
+            return False
+    return True
+
+
 def write(folder: Path, inst: Instrument) -> tuple[Path, Path]:
     """Write the instrument into `folder` atomically: everything goes into a fresh temporary sibling folder
     (random name, created exclusively) that is then renamed, so `folder` is never half-written. An earlier
     export there (proven by `not_an_export`) is set aside and its own files removed. Returns (.sfz, .sf2)."""
     folder = check_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for gone in sweep_leftovers(folder):
+        log.warning("removed %s, left by an export that was stopped midway", gone)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     old: Path | None = None
     try:

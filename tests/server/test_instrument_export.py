@@ -275,3 +275,24 @@ def test_cli_export_instrument_writes_the_keys_asked(tiny_bundle, tmp_path):
     assert "amp_velcurve_64=0.503937" in Path(report["sfz"]).read_text()
     again = run_cli("server", "export-instrument", str(tmp_path), "--bundle", str(tiny_bundle[1]), block_torch=True)
     assert again.returncode == 1 and "not an earlier export" in again.stderr  # tmp_path holds the first export
+
+
+def test_a_killed_exports_leftovers_are_swept_and_nothing_else(tmp_path):
+    import os
+    import time
+
+    folder = tmp_path / "inst"
+    leftover = tmp_path / ".inst.abc123.tmp"
+    (leftover / "samples").mkdir(parents=True)
+    (leftover / "samples" / "060.wav").write_bytes(b"half")
+    (leftover / "inst.sf2").write_bytes(b"half")
+    decoy = tmp_path / ".inst.mine.tmp"  # the same name pattern, but something the performer keeps there
+    decoy.mkdir()
+    (decoy / "notes.txt").write_text("keep me")
+    fresh = tmp_path / ".inst.running.tmp"  # an export writing right now
+    (fresh / "samples").mkdir(parents=True)
+    old = time.time() - 2 * ie.LEFTOVER_AGE_S
+    for path in (leftover, decoy):
+        os.utime(path, (old, old))
+    ie.write(folder, instrument(keys=range(60, 61)))
+    assert not leftover.exists() and (decoy / "notes.txt").read_text() == "keep me" and fresh.is_dir()
