@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from server import codemaps
 from server.dsp import Normalizer, SpectrogramParams
 
 FORMAT_VERSION = 2  # 2: prior step graphs also output the harmonic guidance
@@ -301,6 +302,29 @@ class Bundle:
             )
         self.provider = self.sessions["top_prior_step"].get_providers()[0]
         self.family_tables = self._family_tables()  # None: a bundle without family guidance
+        self._check_priors()
+
+    def _check_priors(self) -> None:
+        """Each prior's step graph runs one token at its layer's last position (a few ms). The two priors' graphs
+        have the same inputs and outputs, so a bundle whose top and bottom graphs were swapped would load and
+        then fail every /generate: it is refused here, in one line."""
+        lengths = {layer: math.prod(codemaps.layer_shape(layer)) for layer in self.manifest.priors}
+        labels = {"pitch": np.array([self.manifest.pitch_range[0]], np.int64), "family": np.zeros(1, np.int64)}
+        for layer, shape in self.manifest.priors.items():
+            encoder, step = f"{layer}_prior_encoder", f"{layer}_prior_step"
+            try:
+                # Both encoders read the top map.
+                outputs = self.run(encoder, src=np.zeros((1, lengths["top"]), np.int64), **labels)
+                feed: dict[str, np.ndarray] = {**labels, "tokens": np.full((1, 1), self.manifest.start_token, np.int64)}
+                feed.update(zip((o.name for o in self.sessions[encoder].get_outputs()), outputs, strict=True))
+                past = np.zeros((1, shape.n_heads, lengths[layer] - 1, shape.head_dim), np.float32)
+                feed.update(dict.fromkeys(cache_names("past", shape.n_layers), past))
+                self.run(step, **feed)
+            except Exception as exc:  # onnxruntime's errors for out-of-range positions or mismatched shapes
+                raise BundleError(
+                    f"{self.path}: the {layer} prior's graphs cannot run its {lengths[layer]}-token sequence "
+                    f"(are the top and bottom graphs swapped?): {type(exc).__name__}: {str(exc)[:200]}"
+                ) from None
 
     def _family_tables(self) -> FamilyTables | None:
         name = self.manifest.family_guidance

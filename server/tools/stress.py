@@ -430,6 +430,12 @@ BUNDLE_DAMAGE: dict[str, Callable[[Path], object]] = {
     "manifest nested 100 000 deep": lambda b: (b / "manifest.json").write_text("[" * 100_000 + "]" * 100_000),
     "empty family tables": lambda b: (b / "family_guidance.npz").write_bytes(b""),
     "truncated family tables": lambda b: _truncate(b / "family_guidance.npz"),
+    "swapped step graphs": _manifest_edit(
+        lambda m: (
+            m["graphs"]["top_prior_step"].update(file="bottom_prior_step.onnx"),
+            m["graphs"]["bottom_prior_step"].update(file="top_prior_step.onnx"),
+        )  # fmt: skip
+    ),
 }
 
 

@@ -80,6 +80,7 @@ def test_bad_bundles_and_bad_audio_get_clear_errors_and_the_server_keeps_serving
     assert "'/etc/passwd' is not inside the bundle" in cases["bundle: graph outside the bundle"]
     assert "nested too deep" in cases["bundle: manifest nested 100 000 deep"]
     assert "family guidance tables unreadable" in cases["bundle: empty family tables"]
+    assert "are the top and bottom graphs swapped?" in cases["bundle: swapped step graphs"]
     assert "outside the folders the server may read" in cases["audio: outside the allowed folders"]
     assert "holds no audio frames" in cases["audio: no samples"]
     assert "a folder, not a sound file" in cases["audio: a folder"]
