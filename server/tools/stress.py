@@ -415,6 +415,11 @@ def _manifest_edit(edit: Callable[[dict], None]) -> Callable[[Path], None]:
     return apply
 
 
+def _swap_steps(graphs: dict) -> None:
+    top, bottom = graphs["top_prior_step"], graphs["bottom_prior_step"]
+    top["file"], bottom["file"] = bottom["file"], top["file"]
+
+
 BUNDLE_DAMAGE: dict[str, Callable[[Path], object]] = {
     "truncated graph": lambda b: _truncate(b / "vqvae_decoder.onnx"),
     "corrupt graph": lambda b: (b / "top_prior_step.onnx").write_bytes(os.urandom(4096)),
@@ -430,12 +435,7 @@ BUNDLE_DAMAGE: dict[str, Callable[[Path], object]] = {
     "manifest nested 100 000 deep": lambda b: (b / "manifest.json").write_text("[" * 100_000 + "]" * 100_000),
     "empty family tables": lambda b: (b / "family_guidance.npz").write_bytes(b""),
     "truncated family tables": lambda b: _truncate(b / "family_guidance.npz"),
-    "swapped step graphs": _manifest_edit(
-        lambda m: (
-            m["graphs"]["top_prior_step"].update(file="bottom_prior_step.onnx"),
-            m["graphs"]["bottom_prior_step"].update(file="top_prior_step.onnx"),
-        )  # fmt: skip
-    ),
+    "swapped step graphs": _manifest_edit(lambda m: _swap_steps(m["graphs"])),
 }
 
 
