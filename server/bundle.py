@@ -18,6 +18,7 @@ import numpy as np
 
 from server import codemaps
 from server.dsp import Normalizer, SpectrogramParams
+from server.protocol import RATES
 
 FORMAT_VERSION = 2  # 2: prior step graphs also output the harmonic guidance
 MANIFEST = "manifest.json"
@@ -173,8 +174,8 @@ def _check_values(m: Manifest, where: str) -> None:
     counts = {k: getattr(sp, k) for k in ("n_samples", "n_fft", "hop", "n_frames", "n_mels")}
     problems = [f"spectrogram.{k} {v!r} is not a positive integer" for k, v in counts.items()
                 if not isinstance(v, int) or isinstance(v, bool) or v <= 0]  # fmt: skip
-    if not isinstance(sp.sample_rate, int) or not 8000 <= sp.sample_rate <= 192_000:
-        problems.append(f"spectrogram.sample_rate {sp.sample_rate!r} is not a rate in 8000..192000 Hz")
+    if not isinstance(sp.sample_rate, int) or not RATES[0] <= sp.sample_rate <= RATES[1]:
+        problems.append(f"spectrogram.sample_rate {sp.sample_rate!r} is not a rate in {RATES[0]}..{RATES[1]} Hz")
     numbers = (sp.mel_low_hz, sp.mel_high_hz, sp.mel_break_hz, sp.min_band_width_bins, sp.eps, sp.phase_threshold)
     if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers) or sp.eps <= 0:
         problems.append("spectrogram: mel frequencies, eps and phase_threshold must be finite (eps above 0)")

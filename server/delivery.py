@@ -25,7 +25,8 @@ from server.protocol import TIMING_STAGES
 
 log = logging.getLogger("inpaint-osc")
 CHUNK_RATE = 800.0  # /render/chunk datagrams a second at most (3.4 MB/s; see ChunkStream)
-STREAM_LIMIT = 16  # renders waiting to be streamed
+STREAM_LIMIT = 16  # renders waiting to be streamed, all clients together
+STREAMS_PER_CLIENT = 2  # ... and of one client
 
 
 @dataclass(eq=False)
@@ -79,8 +80,7 @@ class ChunkStream(threading.Thread):
     ordinary receiver has read it: python-osc's ThreadingOSCUDPServer, which starts a thread per datagram, got
     26 of 63 chunks unpaced, 105-122 of 188 at 2 000 a second, all of them at 1 000 on an idle server and
     188 of 188 in 3 of 3 runs at 800 beside the note cache's fill (a 48 kHz render streams in 0.24 s). Its
-    own thread, so the worker renders the next note meanwhile; STREAM_LIMIT renders wait at most (the oldest
-    is dropped, and its client told)."""
+    own thread, so the worker renders the next note meanwhile (see `put` for how many wait)."""
 
     def __init__(self, send: Callable[..., None]):
         super().__init__(name="chunk-stream", daemon=True)
@@ -89,14 +89,27 @@ class ChunkStream(threading.Thread):
         self.cond = threading.Condition()
 
     def put(self, client: Any, replies: list[tuple[str, tuple]]) -> None:
+        """Queue one render's replies. Past STREAMS_PER_CLIENT of this client's (or STREAM_LIMIT in all) the
+        oldest waiting one loses its chunks (its client is told) and gets its ending at once: a client asking
+        for renders faster than they stream delays no other client by more than its own few."""
         with self.cond:
             if not self.is_alive():
                 self.start()
-            if len(self.waiting) >= STREAM_LIMIT:
-                old_client, old = self.waiting.popleft()
-                self.send(old_client, "/error", "/render", f"render {old[0][1][0]}: chunks dropped, too many waiting")
+            mine = [i for i, (c, _) in enumerate(self.waiting) if c == client]
+            if len(mine) >= STREAMS_PER_CLIENT or len(self.waiting) >= STREAM_LIMIT:
+                oldest = mine[0] if len(mine) >= STREAMS_PER_CLIENT else 0
+                old_client, old = self.waiting[oldest]
+                del self.waiting[oldest]  # by position: the replies hold arrays, which do not compare
+                self._drop(old_client, old)
             self.waiting.append((client, replies))
             self.cond.notify()
+
+    def _drop(self, client: Any, replies: list[tuple[str, tuple]]) -> None:
+        request_id = replies[0][1][0]
+        self.send(client, "/error", "/render", f"render {request_id}: chunks dropped, newer renders are waiting")
+        for address, args in replies:
+            if address not in ("/render/chunk", "/render/end"):
+                self.send(client, address, *args)  # every request still gets its ending
 
     def run(self) -> None:
         while True:
@@ -195,7 +208,8 @@ class Delivery:
             self.send(r.client, "/render/silent", r.request_id, float(lvl.level_db))
         seconds = time.perf_counter() - r.received
         replies: list[tuple[str, tuple]] = []
-        if r.client.mode in ("chunks", "both") and with_chunks:
+        streamed = r.client.mode in ("chunks", "both") and with_chunks
+        if streamed:
             replies += [("/render/chunk", (r.request_id, offset, piece.size, piece)) for offset, piece in chunks(audio)]
             replies.append(("/render/end", (r.request_id, audio.size)))
         replies.append(("/render/done", (r.request_id, wav, audio.size, rate, float(seconds), lvl.level_db)))
@@ -203,7 +217,7 @@ class Delivery:
             stages = {**timings, "queue": max(0.0, batch_started - r.received), "server": seconds}
             ms = [1000 * float(stages.get(name, 0.0)) for name in TIMING_STAGES]
             replies.append(("/render/timing", (r.request_id, *ms)))
-        if len(replies) > 2:  # chunks: paced, on the stream thread, so the worker goes on meanwhile
+        if streamed:  # paced, on the stream thread, so the worker goes on meanwhile
             self.stream.put(r.client, replies)
         else:
             for address, args in replies:

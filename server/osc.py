@@ -51,6 +51,7 @@ SUSTAIN_PEDAL = 64  # MIDI CC 64, unless /cc/map gives it another parameter
 EXPORT_QUOTA = 2 << 30  # bytes of exports one client host may have written in a server's life
 SCHEDULE_AHEAD_S = 10.0  # a bundle may be time-tagged this far ahead (live coders schedule a bar or two)
 SCHEDULED_LIMIT = 4096  # messages waiting for their time tag, all clients together
+SCHEDULED_PER_CLIENT = 512  # ... and of one client: one cannot fill the others' share
 
 
 class _UDPServer(osc_server.BlockingOSCUDPServer):
@@ -544,6 +545,7 @@ class _Scheduler(threading.Thread):
         self.heap: list[tuple[float, int, Client, str, list[Any]]] = []
         self.cond = threading.Condition()
         self.count = itertools.count()  # ties in time keep the bundle's order
+        self.waiting: dict[Client, int] = {}  # messages waiting, per client
         self.stopping = False
 
     def add(self, when: float, client: Client, address: str, params: list[Any]) -> None:
@@ -552,10 +554,15 @@ class _Scheduler(threading.Thread):
             self.server.error(client, address, f"time tag {ahead:.1f} s ahead: at most {SCHEDULE_AHEAD_S:g} s")
             return
         with self.cond:
-            if len(self.heap) >= SCHEDULED_LIMIT:
-                self.server.error(client, address, f"{SCHEDULED_LIMIT} time-tagged messages are waiting")
+            mine = self.waiting.get(client, 0)
+            if len(self.heap) >= SCHEDULED_LIMIT or mine >= SCHEDULED_PER_CLIENT:
+                limit = (
+                    f"{SCHEDULED_PER_CLIENT} of this client's" if mine >= SCHEDULED_PER_CLIENT else f"{SCHEDULED_LIMIT}"
+                )
+                self.server.error(client, address, f"{limit} time-tagged messages are waiting")
                 return
             heapq.heappush(self.heap, (when, next(self.count), client, address, params))
+            self.waiting[client] = mine + 1
             self.cond.notify()
 
     def run(self) -> None:
@@ -566,6 +573,9 @@ class _Scheduler(threading.Thread):
                 if self.stopping:
                     return
                 _, _, client, address, params = heapq.heappop(self.heap)
+                left = self.waiting.pop(client) - 1
+                if left:
+                    self.waiting[client] = left
             self.server.handle_message(client, address, params)  # its own try: a bug costs one message
 
     def stop(self) -> None:

@@ -22,14 +22,10 @@ import numpy as np
 from server.client import OscClient
 from server.tools.latency import stats, write_test_note
 from server.tools.launcher import BLOCKED_TORCH, PACKAGE_ROOT, ServerProcess, free_port
+from server.tools.ntp import tagged_bundle
 from server.wire import encode
 
 ENDINGS = ("/render/done", "/render/cancelled", "/error")
-
-
-def osc_bundle(*messages: bytes) -> bytes:
-    """One datagram holding `messages` (time tag: immediately)."""
-    return b"#bundle\0" + struct.pack(">II", 0, 1) + b"".join(struct.pack(">i", len(m)) + m for m in messages)
 
 
 def _count_replies(client: OscClient, until: str, timeout: float = 60.0) -> tuple[int, int]:
@@ -108,7 +104,7 @@ def render_bundle(server: ServerProcess, n: int = 40, rate: int = 48_000) -> tup
     c.drain(0.2)
     c.send("/render", 1)
     one = _count_replies(c, "/render/done")
-    c.send_raw(osc_bundle(*(encode("/render", 100 + i) for i in range(n))))
+    c.send_raw(tagged_bundle(None, *(encode("/render", 100 + i) for i in range(n))))
     many = _count_replies(c, "/render/done")  # the first, then every reply until 0.3 s pass without one
     c.send("/render/mode", "file")
     c.close()
@@ -182,7 +178,7 @@ def help_bundle(server: ServerProcess, copies: int = 200) -> tuple[dict, list[st
     c.drain(0.2)
     c.send("/help")
     one = _count_replies(c, "/nothing", timeout=1.0)[0]  # every reply within 1 s (a broadcast may be among them)
-    c.send_raw(osc_bundle(*([encode("/help")] * copies)))
+    c.send_raw(tagged_bundle(None, *([encode("/help")] * copies)))
     many = _count_replies(c, "/nothing", timeout=1.0)[0]
     c.close()
     failures = [] if many <= one + 2 else [f"{copies} /help in a bundle gave {many} replies, one gave {one}"]
@@ -196,7 +192,7 @@ def reply_to_itself(server: ServerProcess) -> tuple[dict, list[str]]:
     c.send("/reply_port", server.port)
     reply = c.wait_for("/error", "/pong", timeout=10)
     raw = OscClient(port=server.port, announce=False)  # a second socket that asks the same through a bundle
-    raw.send_raw(osc_bundle(encode("/reply_port", server.port), encode("/ping")))
+    raw.send_raw(tagged_bundle(None, encode("/reply_port", server.port), encode("/ping")))
     time.sleep(1.0)
     raw.close()
     grown = server.log.stat().st_size - log_before
@@ -261,6 +257,72 @@ def flood_of_big_datagrams(server: ServerProcess, seconds: float = 3.0) -> tuple
     if lost > len(pings) // 10 or not pings or ping["p50_ms"] > 200:
         failures.append(f"/ping beside the flood: {ping}, {lost} lost")
     return {"datagrams_sent": sent[0], "datagram_bytes": len(flood), "ping": ping, "pings_lost": lost}, failures
+
+
+def time_tag_flood(server: ServerProcess, n: int = 600, cap: int = 512) -> tuple[dict, list[str]]:
+    """One client schedules `n` messages 2 s ahead in one bundle: past its own `cap` they are refused, and
+    another client's bundle tagged 0.3 s ahead still runs at its tag."""
+    a, b = server.client(), server.client()
+    a.send_raw(tagged_bundle(time.time() + 2.0, *([encode("/timing", 0)] * n)))
+    refused = sum(r[0] == "/error" and "time-tagged messages are waiting" in str(r[1]) for r in a.drain(0.3))
+    sent = time.time()
+    b.send_raw(tagged_bundle(sent + 0.3, encode("/ping")))
+    try:
+        b.wait_for("/pong", timeout=3)
+        late = time.time() - (sent + 0.3)
+    except TimeoutError:
+        late = float("inf")
+    a.close()
+    b.close()
+    failures = []
+    if refused != n - cap:
+        failures.append(f"{n} tagged messages from one client: {refused} refused, expected {n - cap}")
+    if not 0 <= late < 0.1:
+        failures.append(f"another client's tagged /ping came {late:.3f} s after its tag")
+    return {"scheduled": n, "refused": refused, "other_client_late_s": round(late, 4)}, failures
+
+
+def chunk_streams(server: ServerProcess, renders: int = 6, limit_s: float = 3.5) -> tuple[dict, list[str]]:
+    """One client asks `renders` renders streamed at 192 kHz (about 0.9 s of chunks each); another's
+    16 kHz stream ends within `limit_s`, and every request of the first still ends once."""
+    a, b = server.client(), server.client()
+    for c, rate in ((a, 192_000), (b, 16_000)):
+        c.send("/render/mode", "chunks")
+        c.send("/render/rate", rate)
+    time.sleep(0.2)
+    endings: dict[int, str] = {}
+    stop = threading.Event()
+
+    def read() -> None:  # the streaming client reads all along, as a player would
+        while not stop.is_set():
+            reply = a.receive(0.1)
+            if reply is not None and reply[0] in ("/render/done", "/render/cancelled"):
+                endings[reply[1][0]] = reply[0]
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    for i in range(renders):
+        a.send("/render", 900 + i)
+        time.sleep(0.15)  # apart: each its own render and stream
+    t0 = time.perf_counter()
+    b.send("/render", 950)
+    b.wait_for("/render/done", timeout=60)
+    waited = time.perf_counter() - t0
+    deadline = time.monotonic() + 30
+    while len(endings) < renders and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    reader.join()
+    for c in (a, b):
+        c.send("/render/mode", "file")
+        c.send("/render/rate", 16_000)
+        c.close()
+    failures = []
+    if waited > limit_s:
+        failures.append(f"another client's stream ended {waited:.2f} s behind {renders} 192 kHz streams")
+    if sorted(endings) != list(range(900, 900 + renders)):
+        failures.append(f"the streaming client's requests ended {endings}")
+    return {"other_client_s": round(waited, 2), "streaming_client_endings": len(endings)}, failures
 
 
 def encode_big(address: str, *args: Any) -> bytes:
@@ -388,6 +450,8 @@ def run_attacks(server: ServerProcess, folder: Path) -> tuple[dict, list[str]]:
         "unknown argument types": lambda: unknown_types(server),
         "flood of 64 kB datagrams": lambda: flood_of_big_datagrams(server),
         "100 other senders": lambda: many_senders(server),
+        "time-tag flood": lambda: time_tag_flood(server),
+        "one client's chunk streams": lambda: chunk_streams(server),
         "equal ports": lambda: equal_ports(server.bundle),
         "started from /": lambda: started_from_root(server.bundle, folder / "root"),
         "damaged sessions": lambda: damaged_sessions(server.bundle, folder / "sessions"),

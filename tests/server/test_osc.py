@@ -450,19 +450,11 @@ def test_names_are_read_in_any_case(live, client):
     assert client.wait_for("/render/done", "/error", timeout=30)[1][0] == 711
 
 
-def _tagged(at: float, *messages: bytes) -> bytes:
-    """A bundle time-tagged for unix time `at`."""
-    import struct
-
-    ntp = at + 2_208_988_800  # seconds from 1900 to 1970
-    tag = struct.pack(">II", int(ntp), int((ntp % 1) * 2**32))
-    return b"#bundle\0" + tag + b"".join(struct.pack(">i", len(m)) + m for m in messages)
-
-
 def test_a_bundle_tagged_ahead_runs_at_its_time_tag(client):
     """Live coders schedule ahead (TidalCycles, SuperCollider): the messages run at the tag, not on arrival."""
     import time
 
+    from server.tools.ntp import tagged_bundle as _tagged
     from server.wire import encode
 
     for ahead in (0.3, 0.6):
