@@ -86,10 +86,7 @@ def check_folder(folder: Path) -> Path:
     folder = Path(os.path.expanduser(folder)).resolve()
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"{folder} is a file, not a folder")
-    if folder.is_dir() and any(folder.iterdir()):
-        problem = not_an_export(folder)
-        if problem:
-            raise ExportError(f"{folder} is not empty and not an earlier export ({problem}): choose another folder")
+    earlier_export(folder)
     parent = folder.parent
     while not parent.exists():
         parent = parent.parent
@@ -117,28 +114,39 @@ def written_files(folder: Path) -> dict[str, int]:
     return out
 
 
-def not_an_export(folder: Path) -> str:
-    """ "" if `folder` is exactly an earlier export (its instrument.json's "files", nothing more, nothing
-    changed in size), else what is wrong: an export removes nothing it cannot prove it wrote."""
+def earlier_export(folder: Path) -> dict[str, int] | None:
+    """The files of the earlier export `folder` holds (its instrument.json's "files": nothing more, nothing
+    changed in size), or None for a folder that is absent or empty. Anything else raises ExportError saying
+    what is wrong: an export removes nothing it cannot prove it wrote."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    problem, listed = _proof(folder)
+    if problem:
+        raise ExportError(f"{folder} is not empty and not an earlier export ({problem}): choose another folder")
+    return listed
+
+
+def _proof(folder: Path) -> tuple[str, dict[str, int]]:
+    """("", the listed files) if `folder` is exactly an earlier export, else (what is wrong, {})."""
     if (folder / MARKER).is_symlink():
-        return f"its {MARKER} is a link"
+        return f"its {MARKER} is a link", {}
     try:
         listed = json.loads((folder / MARKER).read_text())["files"]
     except FileNotFoundError:
-        return f"no {MARKER}"
+        return f"no {MARKER}", {}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"its {MARKER} lists no files ({type(exc).__name__})"
+        return f"its {MARKER} lists no files ({type(exc).__name__})", {}
     if not isinstance(listed, dict):
-        return f"its {MARKER} lists no files"
+        return f"its {MARKER} lists no files", {}
     present = written_files(folder)
     present.pop(MARKER, None)
     extra = sorted(set(present) - set(listed))
     if extra:
-        return f"{len(extra)} entr{'y' if len(extra) == 1 else 'ies'} it did not write, such as {extra[0]}"
+        return f"{len(extra)} entr{'y' if len(extra) == 1 else 'ies'} it did not write, such as {extra[0]}", {}
     changed = sorted(k for k in listed if present.get(k) != listed[k])
     if changed:
-        return f"{changed[0]} changed or missing since it was written"
-    return ""
+        return f"{changed[0]} changed or missing since it was written", {}
+    return "", listed
 
 
 def _remove_export(folder: Path, files: dict[str, int]) -> None:
@@ -189,7 +197,7 @@ def _only_export_files(folder: Path) -> bool:
 def write(folder: Path, inst: Instrument) -> tuple[Path, Path]:
     """Write the instrument into `folder` atomically: everything goes into a fresh temporary sibling folder
     (random name, created exclusively) that is then renamed, so `folder` is never half-written. An earlier
-    export there (proven by `not_an_export`) is set aside and its own files removed. Returns (.sfz, .sf2)."""
+    export there (proven by `earlier_export`) is set aside and its own files removed. Returns (.sfz, .sf2)."""
     folder = check_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     for gone in sweep_leftovers(folder):
@@ -205,12 +213,8 @@ def write(folder: Path, inst: Instrument) -> tuple[Path, Path]:
         (tmp / f"{base}.sf2").write_bytes(sf2_bytes(inst))
         files = written_files(tmp)
         (tmp / MARKER).write_text(json.dumps({**_manifest(inst), "files": files}, indent=2) + "\n")
-        earlier: dict[str, int] | None = None
-        if folder.is_dir() and any(folder.iterdir()):  # checked again now: it may have changed since the request
-            problem = not_an_export(folder)
-            if problem:
-                raise ExportError(f"{folder} is not empty and not an earlier export ({problem}): nothing written")
-            earlier = json.loads((folder / MARKER).read_text())["files"]
+        earlier = earlier_export(folder)  # checked again now: it may have changed since the request
+        if earlier is not None:
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
             os.replace(folder, old)  # a folder renamed over an empty one: atomic
         os.replace(tmp, folder)  # over an empty folder, or where none is; fails if files appeared meanwhile
@@ -219,7 +223,7 @@ def write(folder: Path, inst: Instrument) -> tuple[Path, Path]:
         if old is not None and not folder.exists():
             os.replace(old, folder)
         raise
-    if old is not None and earlier is not None:
+    if old is not None and earlier is not None:  # the earlier export, set aside: its own files go
         _remove_export(old, earlier)
     return folder / f"{base}.sfz", folder / f"{base}.sf2"
 

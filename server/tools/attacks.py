@@ -31,7 +31,6 @@ ENDINGS = ("/render/done", "/render/cancelled", "/error")
 def _count_replies(client: OscClient, until: str, timeout: float = 60.0) -> tuple[int, int]:
     """(datagrams, bytes) a client receives up to and including one on `until`, then what trails for 0.3 s."""
     n = size = 0
-    client.sock.settimeout(timeout)
     deadline = time.monotonic() + timeout
     seen = False
     while time.monotonic() < deadline:
