@@ -34,8 +34,16 @@ class VQVAEConfig:
     audible_weight: float = 0.0
 
 
+PRIOR_KINDS = ("autoregressive", "masked")
+
+
 @dataclass(frozen=True)
 class PriorConfig:
+    # How the prior decodes (docs/priors.md). "autoregressive": one token per step, left to right, as the paper.
+    # "masked" (MaskGIT): the decoder sees its whole sequence, masked tokens included, and fills every masked
+    # position in `passes` parallel passes, the most confident first; trained on masked tokens only.
+    kind: str = "autoregressive"
+    passes: int = 8  # masked kind: decoding passes for a whole map (fewer for fewer masked tokens)
     d_model: int = 512
     n_heads: int = 16
     n_encoder_layers: int = 6

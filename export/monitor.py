@@ -24,7 +24,7 @@ from export.config import RunConfig
 from export.metrics import pitch_kept
 from export.prior import Prior
 from server import codemaps, dsp
-from server.sampling import DEFAULT_GUIDANCE, DEFAULT_HARMONIC
+from server.sampling import CHOICE_NOISE, DEFAULT_GUIDANCE, DEFAULT_HARMONIC, unmask_counts
 
 SHIFTS = (1, 7, 12, -12)
 FAMILY_SHIFTS = (1, 4, 7)
@@ -56,12 +56,15 @@ def sample_all(
     guidance: float = DEFAULT_GUIDANCE,
     harmonic: float = DEFAULT_HARMONIC,
 ) -> torch.Tensor:
-    """Every target token of a batch, left to right: src (B, S), labels (B,) → (B, T).
+    """Every target token of a batch, left to right (the masked kind: `sample_masked`): src (B, S), labels (B,)
+    → (B, T).
 
     With guidance != 1 (and a prior that has a null label) each step runs the conditional and the
     unconditional rows in one batch and samples from u + guidance (c - u), as the server does; then
     + harmonic x the prior's harmonic guidance (zero until its code profiles are set).
     """
+    if prior.cfg.kind == "masked":
+        return sample_masked(prior, src, pitch, family, generator, temperature, top_p, guidance, harmonic)
     b = src.shape[0]
     requested = pitch
     guided = guidance != 1 and bool(prior.null_labels)
@@ -82,6 +85,47 @@ def sample_all(
         out[:, j] = nucleus(z, temperature, top_p, generator)
         tokens = out[:, j : j + 1].repeat(2 if guided else 1, 1)
     return out
+
+
+@torch.no_grad()
+def sample_masked(
+    prior: Prior,
+    src: torch.Tensor,
+    pitch: torch.Tensor,
+    family: torch.Tensor,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    top_p: float = 0.8,
+    guidance: float = DEFAULT_GUIDANCE,
+    harmonic: float = DEFAULT_HARMONIC,
+) -> torch.Tensor:
+    """The masked kind's decoding of whole maps, batched: `server.sampling.MaskedSampler`'s rule (its schedule
+    and its re-masking by confidence) in torch. src (B, S), labels (B,) → (B, T)."""
+    b, t = src.shape[0], prior.tgt_len
+    requested = pitch
+    guided = guidance != 1 and bool(prior.null_labels)
+    if guided:
+        null_pitch, null_family = prior.unconditional(pitch, family)
+        src, pitch, family = torch.cat([src, src]), torch.cat([pitch, null_pitch]), torch.cat([family, null_family])
+    memory = prior.encode(src, pitch, family)
+    tokens = torch.full((b, t), prior.mask_token, dtype=torch.long, device=src.device)
+    hidden = torch.ones(b, t, dtype=torch.bool, device=src.device)
+    bias = harmonic * prior.harmonic_bias(requested, torch.arange(t, device=src.device)) if harmonic else 0.0
+    counts = unmask_counts(t, prior.cfg.passes)
+    for i, count in enumerate(counts):
+        z = prior.denoise(tokens.repeat(2, 1) if guided else tokens, pitch, family, memory).float()
+        if guided:
+            z = z[b:] + guidance * (z[:b] - z[b:])
+        z = (z + bias).flatten(0, 1)  # (B T, V)
+        draws = nucleus(z, temperature, top_p, generator)
+        log_p = torch.log_softmax(z / max(temperature, 1e-6), -1).gather(1, draws[:, None])[:, 0].view(b, t)
+        uniform = torch.rand(b, t, generator=generator, device=src.device).clamp(1e-12, 1 - 1e-12)
+        gumbel = -torch.log(-torch.log(uniform))
+        confidence = (log_p + CHOICE_NOISE * (1 - (i + 1) / len(counts)) * gumbel).masked_fill(~hidden, -torch.inf)
+        chosen = torch.zeros_like(hidden).scatter(1, confidence.topk(count, 1).indices, True) & hidden
+        tokens = torch.where(chosen, draws.view(b, t), tokens)
+        hidden &= ~chosen
+    return tokens
 
 
 class PitchMonitor:
@@ -109,9 +153,9 @@ class PitchMonitor:
         src = torch.full_like(top, m.mask_token) if self.layer == "top" else top
         target = top if self.layer == "top" else bottom
 
-        def loss(p: torch.Tensor, f: torch.Tensor) -> float:
-            logits = m(src, target, p, f).float()
-            return torch.nn.functional.cross_entropy(logits.transpose(1, 2), target).item()
+        def loss(p: torch.Tensor, f: torch.Tensor) -> float:  # the masked kind: the same masks for every label
+            logits, scored = m.scored(src, target, p, f, torch.Generator(device=self.device).manual_seed(0))
+            return torch.nn.functional.cross_entropy(logits.float()[scored], target[scored]).item()
 
         true = loss(pitch, family)
         top_pitch = m.pitch_min + m.n_pitches - 1

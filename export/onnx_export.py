@@ -1,4 +1,5 @@
-"""Export a trained run to a model bundle: six ONNX graphs plus `manifest.json`, checked against torch.
+"""Export a trained run to a model bundle: six ONNX graphs (a decoding graph per prior of its kind: step or
+denoise) plus `manifest.json`, checked against torch.
 
 All export-time surgery lives here (thin wrapper modules with fixed input/output names); the training
 models stay as they are. Names and shapes of every graph are fixed by `server.bundle.graph_io`.
@@ -75,6 +76,19 @@ class PriorStepGraph(nn.Module):
         return (logits, self.prior.harmonic_bias(pitch, positions), *present)
 
 
+class PriorDenoiseGraph(nn.Module):
+    """The masked kind: inputs tokens, pitch, family, then the 2L memory tensors; outputs the logits and the
+    harmonic guidance at every position."""
+
+    def __init__(self, prior: Prior):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, tokens, pitch, family, *memory):
+        logits = self.prior.denoise(tokens, pitch, family, list(memory))
+        return logits, self.prior.harmonic_bias(pitch, torch.arange(tokens.shape[1]))
+
+
 def n_layers(name: str, priors: dict[str, Prior]) -> int:
     layer = name.split("_")[0]
     return len(priors[layer].decoder) if layer in priors else 0
@@ -106,13 +120,17 @@ def example_inputs(
     with torch.no_grad():
         memory = prior.encode(src, labels["pitch"], labels["family"])
     n = len(prior.decoder)
+    memory_inputs = dict(zip(bundle.cache_names("memory", n), memory, strict=True))
+    if name.endswith("denoise"):  # a whole sequence, some of it masked
+        tokens = torch.randint(0, k + 1, (batch, prior.tgt_len - past), generator=g)
+        return {"tokens": tokens, **labels, **memory_inputs}
     cache = [torch.randn(batch, prior.cfg.n_heads, past, prior.head_dim, generator=g) for _ in range(2 * n)]
     tokens = torch.randint(0, k + 1, (batch, new), generator=g)
     return {
         "tokens": tokens,
         **labels,
         **dict(zip(bundle.cache_names("past", n), cache, strict=True)),
-        **dict(zip(bundle.cache_names("memory", n), memory, strict=True)),
+        **memory_inputs,
     }
 
 
@@ -132,7 +150,9 @@ def graph_module(name: str, vqvae: VQVAE2, priors: dict[str, Prior]) -> nn.Modul
     if name == "vqvae_decoder":
         return DecoderGraph(vqvae)
     prior = priors[name.split("_")[0]]
-    return PriorEncoderGraph(prior) if name.endswith("encoder") else PriorStepGraph(prior)
+    if name.endswith("encoder"):
+        return PriorEncoderGraph(prior)
+    return PriorDenoiseGraph(prior) if name.endswith("denoise") else PriorStepGraph(prior)
 
 
 def export_graph(name: str, module: nn.Module, inputs: dict[str, torch.Tensor], path: Path, n: int = 0) -> None:
@@ -243,7 +263,7 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
     # The manifest is written last: a folder being (re-)exported, or whose export failed, is never a bundle.
     (out / bundle.MANIFEST).unlink(missing_ok=True)
     graphs, parity = {}, {}
-    for graph in bundle.GRAPHS:
+    for graph in bundle.bundle_graphs({layer: p.cfg.kind for layer, p in priors.items()}):
         graphs[graph], parity[graph] = export_checked(graph, vqvae, priors, out)
     manifest = {
         "format_version": bundle.FORMAT_VERSION,
@@ -273,6 +293,8 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
                 "unconditional": bool(p.null_labels),
                 "null_labels": list(p.null_labels),
                 "harmonic_conditioning": p.cfg.harmonic,
+                "kind": p.cfg.kind,
+                **({"passes": p.cfg.passes} if p.cfg.kind == "masked" else {}),
             }
             for layer, p in priors.items()
         },

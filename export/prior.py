@@ -4,6 +4,11 @@
   causal decoder models p(c_i | c_<i, m ⊙ c) (unmasked future cells are visible through the encoder);
 - bottom prior: the encoder reads the whole top sequence; the decoder is causal over the bottom sequence in
   2 x 2 patch order (server.codemaps), so bottom positions 4i..4i+3 sit under top position i.
+- the masked kind (`PriorConfig.kind`, MaskGIT): the same layers, but the decoder reads its own sequence with
+  the cells to draw replaced by the mask token and attends both ways, so every position is predicted at once
+  from the kept cells on both sides; `denoise` is that pass, trained on masked positions only (`mask_target`).
+  The weights are those of the autoregressive kind (the mask token is the start symbol's row), so a masked prior
+  can start from a trained autoregressive one.
 Pitch and family embeddings are concatenated to every token and to the start symbol; with `harmonic`, each
 token also gets the requested pitch's harmonic template under its frequency row; with `cond_dropout`, a null
 label stands for "no pitch, no family" (classifier-free guidance). The decoder runs one
@@ -18,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.config import PriorConfig
+from export.config import PRIOR_KINDS, PriorConfig
 from export.harmonics import band_template, guidance_bands, harmonic_template
 from server import codemaps
 from server.dsp import SpectrogramParams
@@ -131,6 +136,8 @@ class Prior(nn.Module):
         super().__init__()
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
+        if cfg.kind not in PRIOR_KINDS:
+            raise ValueError(f"prior kind {cfg.kind!r}: choose one of {', '.join(PRIOR_KINDS)}")
         src_len, tgt_len = (int(np.prod(codemaps.layer_shape(x))) for x in ("top", layer))
         self.cfg, self.layer, self.n_codes, self.src_len, self.tgt_len = cfg, layer, n_codes, src_len, tgt_len
         self.pitch_min, self.n_pitches, self.n_families = pitch_min, pitch_max - pitch_min + 1, n_families
@@ -153,6 +160,7 @@ class Prior(nn.Module):
         for side, grid in (("src", "top"), ("tgt", layer)):
             rows, cols = codemaps.layer_shape(grid)
             self.register_buffer(f"{side}_rows", torch.from_numpy(codemaps.order(grid) // cols), persistent=False)
+            self.register_buffer(f"{side}_cols", torch.from_numpy(codemaps.order(grid) % cols), persistent=False)
             if cfg.harmonic:
                 bands = torch.from_numpy(band_template(template, rows))  # (P + 1, rows, n_mels / rows)
                 self.register_buffer(f"{side}_bands", bands, persistent=False)
@@ -247,14 +255,57 @@ class Prior(nn.Module):
         guide = self.tgt_guide[p][:, self.tgt_rows[positions]]  # (B, N, 3 bins)
         return guide @ self.code_profiles.t()
 
+    def denoise(self, tokens, pitch, family, memory: list[torch.Tensor]) -> torch.Tensor:
+        """The masked kind's pass: (B, T) tokens, the mask token where a cell is to be drawn → logits
+        (B, T, n_codes) at every position, each seeing the whole sequence."""
+        x = self._embed("tgt", tokens, pitch, family, torch.arange(tokens.shape[1], device=tokens.device))
+        past = self.empty_cache(tokens.shape[0], tokens.device)
+        for i, layer in enumerate(self.decoder):
+            x, _ = layer(x, past[2 * i : 2 * i + 2], memory[2 * i : 2 * i + 2], None)
+        return self.head(self.dec_ln(x))
+
     def forward(self, src, target, pitch, family) -> torch.Tensor:
-        """Teacher-forced logits (B, T, n_codes) for target (B, T)."""
+        """Training logits (B, T, n_codes). Autoregressive: `target` (B, T) teacher-forced. Masked: `target`
+        holds the mask token where a cell is hidden (`mask_target`)."""
+        memory = self.encode(src, pitch, family)
+        if self.cfg.kind == "masked":
+            return self.denoise(target, pitch, family, memory)
         start = torch.full_like(target[:, :1], self.start_token)
         inputs = torch.cat([start, target[:, :-1]], 1)
-        logits, _ = self.step(
-            inputs, pitch, family, self.empty_cache(target.shape[0], target.device), self.encode(src, pitch, family)
-        )
+        logits, _ = self.step(inputs, pitch, family, self.empty_cache(target.shape[0], target.device), memory)
         return logits
+
+    def scored(self, src, target, pitch, family, generator: torch.Generator | None = None, model=None):
+        """Training logits (B, T, n_codes) and the positions the loss scores (B, T) bool: every position
+        (autoregressive) or the masked ones (masked kind, drawn from `generator`). `model`: the wrapper to call
+        (DDP), this prior by default."""
+        if self.cfg.kind == "masked":
+            inputs, mask = self.mask_target(target, generator)
+            return (model or self)(src, inputs, pitch, family), mask
+        return (model or self)(src, target, pitch, family), torch.ones_like(target, dtype=torch.bool)
+
+    def mask_target(self, target: torch.Tensor, generator: torch.Generator | None = None):
+        """The masked kind's training masks, target (B, T) → (decoder input (B, T), mask (B, T) bool).
+
+        Half the examples hide a random set of cells, a fraction cos(pi/2 u) of them (u ~ U(0, 1): MaskGIT's
+        schedule, so every pass of decoding is trained for); the other half hide a box of time columns x
+        frequency rows, the regions a performer redraws (a time range, a band, the whole map), with the cells
+        around it kept. At least one cell of each example is hidden."""
+        b, t = target.shape
+        dev = target.device
+
+        def uniform(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=generator, device=dev)
+
+        ratio = torch.cos(torch.pi / 2 * uniform(b, 1))
+        scattered = uniform(b, t) < ratio
+        rows, cols = self.tgt_rows.float() / (self.tgt_rows.max() + 1), self.tgt_cols.float() / (self.tgt_cols.max() + 1)
+        lo, hi = (uniform(b, 2, 2).sort(1).values * 1.25 - 0.125).unbind(1)  # (B, 2): a box edge may leave the map
+        box = (cols >= lo[:, :1]) & (cols < hi[:, :1]) & (rows >= lo[:, 1:]) & (rows < hi[:, 1:])
+        mask = torch.where(uniform(b, 1) < 0.5, scattered, box)
+        first = torch.randint(0, t, (b,), generator=generator, device=dev)
+        mask[torch.arange(b, device=dev), first] |= ~mask.any(1)
+        return torch.where(mask, torch.full_like(target, self.mask_token), target), mask
 
 
 def mask_source(top: torch.Tensor, mask_token: int, generator: torch.Generator | None = None):

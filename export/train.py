@@ -476,8 +476,8 @@ def family_hinge(token_loss: torch.Tensor, wrong_loss: torch.Tensor, family: tor
 
 @torch.no_grad()
 def prior_loss(model: Prior, layer: str, codes: CodeSet, batch_size: int = 256, pitch_shift: int = 0, seed: int = 0):
-    """Teacher-forced (summed cross-entropy, correct tokens, tokens) over `codes`, the same top-prior masks at
-    every call (drawn on the CPU from one seeded generator, whatever the device). `pitch_shift` conditions
+    """(summed cross-entropy, correct tokens, tokens scored) over `codes`: teacher-forced, or on the masked
+    positions of the masked kind; the same top-prior and masked-kind masks at every call (drawn on the CPU from one seeded generator, whatever the device). `pitch_shift` conditions
     every note on another pitch (clamped to the range): how much the prior listens to the pitch."""
     loss, correct, n = 0.0, 0, 0
     gen = torch.Generator().manual_seed(seed)
@@ -489,11 +489,17 @@ def prior_loss(model: Prior, layer: str, codes: CodeSet, batch_size: int = 256, 
             src, target = top, bottom
         if pitch_shift:
             pitch = (pitch + pitch_shift).clamp(model.pitch_min, model.pitch_min + model.n_pitches - 1)
-        logits = model(src, target, pitch, family).float()
-        loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="sum").item()
+        logits, scored = model.scored(src, target, pitch, family, mask_generator(gen, target.device))
+        logits, target = logits.float()[scored], target[scored]  # (n, n_codes), (n,)
+        loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(-1) == target).sum().item()
         n += target.numel()
     return loss, correct, n
+
+
+def mask_generator(cpu: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on `device` seeded from `cpu`: the masked kind's validation masks, the same at every call."""
+    return torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=cpu)))
 
 
 @torch.no_grad()
@@ -519,6 +525,8 @@ def train_prior(run: Path, layer: str, device: str = "auto", minutes: float | No
         torch.manual_seed(config.train.seed)
         model = build_prior(config, layer).to(ctx.device)
         cfg = model.cfg
+        if cfg.kind == "masked" and cfg.family_margin > 0:
+            raise ValueError("family_margin is defined for the autoregressive kind only (its loss is teacher-forced)")
 
         def train_step(wrapped, batch) -> StepResult:
             top, bottom, pitch, family = batch
@@ -529,10 +537,12 @@ def train_prior(run: Path, layer: str, device: str = "auto", minutes: float | No
                 labels = torch.cat([family, wrong_families(family, model.n_families)])
                 both = wrapped(src.repeat(2, 1), target.repeat(2, 1), pitch.repeat(2), labels).float()
                 logits, wrong_logits = both.chunk(2)  # (B, T, n_codes) each
+                scored = torch.ones_like(target, dtype=torch.bool)
             else:
-                logits = wrapped(src, target, pitch, family).float()  # (B, T, n_codes)
+                logits, scored = model.scored(src, target, pitch, family, model=wrapped)  # (B, T, n_codes), (B, T)
+                logits = logits.float()
             token_loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (B, T)
-            loss = token_loss.mean()
+            loss = token_loss[scored].mean()
             hinge = None
             if margin > 0:
                 wrong_loss = F.cross_entropy(wrong_logits.transpose(1, 2), target, reduction="none")
@@ -542,7 +552,7 @@ def train_prior(run: Path, layer: str, device: str = "auto", minutes: float | No
                 total,
                 lambda: {
                     "loss": loss.item(),
-                    "accuracy": (logits.argmax(-1) == target).float().mean().item(),
+                    "accuracy": (logits.argmax(-1) == target)[scored].float().mean().item(),
                     **({} if hinge is None else {"family_hinge": hinge.item()}),
                 },
             )

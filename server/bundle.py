@@ -32,14 +32,22 @@ PITCH_MIN, PITCH_MAX = 24, 84  # inclusive MIDI range of the conditioning
 #   logits (B, N, n_codes); harmonic (B, N, n_codes): how well each code fits the pitch's harmonics there;
 #   memory.{l}.key / .value (B, H, S, Dh): decoder layer l's cross-attention inputs;
 #   past.{l}.* (B, H, P, Dh) → present.{l}.* (B, H, P+N, Dh): its self-attention cache.
-GRAPHS = (
-    "vqvae_encoder",
-    "vqvae_decoder",
-    "top_prior_encoder",
-    "top_prior_step",
-    "bottom_prior_encoder",
-    "bottom_prior_step",
-)
+#   the masked kind's denoise graph: tokens (B, T) with the mask token where a cell is to be drawn, pitch, family,
+#   memory → logits (B, T, n_codes), harmonic (B, T, n_codes) at every position.
+# Each prior kind (`priors.{layer}.kind`, "autoregressive" when absent) has its encoder and one decoding graph.
+PRIOR_KINDS = {"autoregressive": "step", "masked": "denoise"}
+AUTOREGRESSIVE = "autoregressive"
+
+
+def bundle_graphs(kinds: dict[str, str] | None = None) -> tuple[str, ...]:
+    """Every graph of a bundle whose priors are of `kinds` ({layer: kind}; autoregressive when left out)."""
+    kinds = kinds or {}
+    priors = (f"{layer}_prior_{part}" for layer in ("top", "bottom")
+              for part in ("encoder", PRIOR_KINDS[kinds.get(layer, AUTOREGRESSIVE)]))  # fmt: skip
+    return ("vqvae_encoder", "vqvae_decoder", *priors)
+
+
+GRAPHS = bundle_graphs()  # the autoregressive bundle's
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -64,6 +72,8 @@ def graph_io(graph: str, n_layers: int = 0) -> tuple[tuple[str, ...], tuple[str,
     if graph.endswith("_prior_step"):
         inputs = ("tokens", *labels, *cache_names("past", n_layers), *cache_names("memory", n_layers))
         return inputs, ("logits", "harmonic", *cache_names("present", n_layers))
+    if graph.endswith("_prior_denoise"):
+        return ("tokens", *labels, *cache_names("memory", n_layers)), ("logits", "harmonic")
     raise ValueError(f"unknown graph {graph!r}")
 
 
@@ -81,6 +91,8 @@ class PriorShape:
     # The labels the unconditional prediction drops (-1): ("pitch", "family"), ("family",) for guidance on the
     # family alone, or () for a prior trained without label dropout (no guidance possible).
     null_labels: tuple[str, ...] = ()
+    kind: str = AUTOREGRESSIVE  # a key of PRIOR_KINDS
+    passes: int = 8  # the masked kind: decoding passes for a whole map
 
     @property
     def unconditional(self) -> bool:
@@ -103,6 +115,10 @@ class Manifest:
     # (export/family_guidance.py); a bundle without one samples without it.
     family_guidance: str | None = None
 
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        return bundle_graphs({layer: p.kind for layer, p in self.priors.items()})
+
 
 def _require(data: dict, key: str, where: str) -> Any:
     if key not in data:
@@ -118,6 +134,13 @@ def _null_labels(prior: dict, where: str) -> tuple[str, ...]:
     if labels and "family" not in labels:
         raise BundleError(f"{where}: null_labels {labels!r} drops the pitch but keeps the family (not a trained mode)")
     return tuple(labels)
+
+
+def _kind(prior: dict, where: str) -> str:
+    kind = prior.get("kind", AUTOREGRESSIVE)
+    if kind not in PRIOR_KINDS:
+        raise BundleError(f"{where}: kind {kind!r} is not a prior kind this inpaint-osc reads ({', '.join(PRIOR_KINDS)})")
+    return kind
 
 
 def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
@@ -137,6 +160,8 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
             layer: PriorShape(
                 **{k: int(v[k]) for k in ("n_layers", "n_heads", "head_dim")},
                 null_labels=_null_labels(v, f"{where}: priors.{layer}"),
+                kind=_kind(v, f"{where}: priors.{layer}"),
+                passes=int(v.get("passes", 8)),
             )
             for layer, v in _require(data, "priors", where).items()
         }
@@ -160,7 +185,7 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
     except (TypeError, KeyError, ValueError, IndexError) as exc:
         raise BundleError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
     _check_values(manifest, where)
-    missing = set(GRAPHS) - set(graphs)
+    missing = set(manifest.graph_names) - set(graphs)
     if missing:
         raise BundleError(f"{where}: graphs missing from the manifest: {', '.join(sorted(missing))}")
     if set(priors) != {"top", "bottom"}:
@@ -193,6 +218,9 @@ def _check_values(m: Manifest, where: str) -> None:
     for file in files:
         if Path(file).is_absolute() or ".." in Path(file).parts:
             problems.append(f"file {file!r} is not inside the bundle (a name relative to its folder)")
+    for layer, p in m.priors.items():
+        if p.kind == "masked" and not 1 <= p.passes <= 64:
+            problems.append(f"priors.{layer}.passes {p.passes} is outside 1..64")
     if problems:
         raise BundleError(f"{where}: {'; '.join(problems)}")
 
@@ -291,35 +319,41 @@ class Bundle:
             widest = max(p.n_heads * p.head_dim for p in self.manifest.priors.values())
             prior_threads = 1 if widest <= 256 else threads
         self.sessions: dict[str, Any] = {}  # name → onnxruntime.InferenceSession
-        for name in GRAPHS:
+        for name in self.manifest.graph_names:
             self.sessions[name] = self._open(name, session_options(threads), providers)
         # The session for one-token steps: the step graph again on `prior_threads` when that differs.
         self.single_step: dict[str, Any] = {}
-        for layer in self.manifest.priors:
+        for layer, prior in self.manifest.priors.items():
+            if prior.kind != AUTOREGRESSIVE:
+                continue
             name = f"{layer}_prior_step"
             single = session_options(prior_threads)
             self.single_step[layer] = (
                 self.sessions[name] if prior_threads == threads else self._open(name, single, providers)
             )
-        self.provider = self.sessions["top_prior_step"].get_providers()[0]
+        self.provider = self.sessions["vqvae_decoder"].get_providers()[0]
         self.family_tables = self._family_tables()  # None: a bundle without family guidance
         self._check_priors()
 
     def _check_priors(self) -> None:
-        """Each prior's step graph runs one token at its layer's last position (a few ms). The two priors' graphs
+        """Each prior's decoding graph runs its layer's last position (a few ms). The two priors' graphs
         have the same inputs and outputs, so a bundle whose top and bottom graphs were swapped would load and
         then fail every /generate: it is refused here, in one line."""
         lengths = {layer: math.prod(codemaps.layer_shape(layer)) for layer in self.manifest.priors}
         labels = {"pitch": np.array([self.manifest.pitch_range[0]], np.int64), "family": np.zeros(1, np.int64)}
         for layer, shape in self.manifest.priors.items():
-            encoder, step = f"{layer}_prior_encoder", f"{layer}_prior_step"
+            encoder, step = f"{layer}_prior_encoder", f"{layer}_prior_{PRIOR_KINDS[shape.kind]}"
             try:
                 # Both encoders read the top map.
                 outputs = self.run(encoder, src=np.zeros((1, lengths["top"]), np.int64), **labels)
-                feed: dict[str, np.ndarray] = {**labels, "tokens": np.full((1, 1), self.manifest.start_token, np.int64)}
+                feed: dict[str, np.ndarray] = dict(labels)
                 feed.update(zip((o.name for o in self.sessions[encoder].get_outputs()), outputs, strict=True))
-                past = np.zeros((1, shape.n_heads, lengths[layer] - 1, shape.head_dim), np.float32)
-                feed.update(dict.fromkeys(cache_names("past", shape.n_layers), past))
+                if shape.kind == AUTOREGRESSIVE:  # one token after a full cache
+                    feed["tokens"] = np.full((1, 1), self.manifest.start_token, np.int64)
+                    past = np.zeros((1, shape.n_heads, lengths[layer] - 1, shape.head_dim), np.float32)
+                    feed.update(dict.fromkeys(cache_names("past", shape.n_layers), past))
+                else:  # the whole sequence
+                    feed["tokens"] = np.full((1, lengths[layer]), self.manifest.mask_token, np.int64)
                 self.run(step, **feed)
             except Exception as exc:  # onnxruntime's errors for out-of-range positions or mismatched shapes
                 raise BundleError(

@@ -60,26 +60,55 @@ def sample_logits(logits: np.ndarray, temperature: float, top_p: float, rng: np.
     return min(pick, weights.size - 1)
 
 
-class PriorSampler:
-    """The encoder and step graphs of one prior ('top' or 'bottom').
+def sample_rows(
+    logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """`sample_logits` on every row of (N, V) logits at once → draws (N,) and their log-probabilities (N,)
+    under the tempered distribution (the masked kind's confidence)."""
+    z = logits.astype(np.float64) / max(temperature, 1e-6)
+    z -= z.max(1, keepdims=True)
+    weights = np.exp(z)
+    total = weights.sum(1)
+    if temperature <= 0:
+        pick = np.argmax(logits, 1)
+    else:
+        descending = -np.sort(-weights, 1)
+        cumulative = np.cumsum(descending, 1)
+        keep = np.minimum((cumulative < min(top_p, 1.0) * cumulative[:, -1:]).sum(1) + 1, weights.shape[1])
+        floor = descending[np.arange(len(z)), keep - 1]
+        kept = np.cumsum(np.where(weights >= floor[:, None], weights, 0.0), 1)
+        pick = np.minimum((kept <= rng.random(len(z))[:, None] * kept[:, -1:]).sum(1), weights.shape[1] - 1)
+    return pick, np.log(weights[np.arange(len(z)), pick] / total)
 
-    Under guidance every graph runs on a batch of two, row 0 conditional and row 1 unconditional, caches
-    included; `step` returns the combined logits.
-    """
+
+# The masked kind's decoding (MaskGIT, Chang et al. 2022): every pass draws all masked cells, keeps the most
+# confident of them (log-probability + Gumbel noise, CHOICE_NOISE x the fraction of passes left) and masks the
+# rest again; the number still masked after pass k of K is n cos(pi/2 k/K).
+CHOICE_NOISE = 4.5
+
+
+def unmask_counts(n: int, passes: int) -> list[int]:
+    """Cells each pass keeps, for n masked cells: min(passes, n) passes, each keeping at least one."""
+    k = min(passes, n)
+    counts, left = [], n
+    for i in range(1, k + 1):
+        remaining = 0 if i == k else min(int(n * np.cos(np.pi / 2 * i / k)), left - 1)
+        counts.append(left - remaining)
+        left = remaining
+    return counts
+
+
+class _LabelledPrior:
+    """What every prior kind's sampler shares: its encoder (the memory, cached while its source is unchanged),
+    its label rows (row 0 conditional, row 1 unconditional under guidance) and the family guidance."""
 
     def __init__(self, bundle: Bundle, layer: str):
         self.shape = bundle.manifest.priors[layer]
         self.start = bundle.manifest.start_token
         self._encoder = bundle.sessions[f"{layer}_prior_encoder"]
-        self._step = bundle.sessions[f"{layer}_prior_step"]
-        self._single_step = bundle.single_step[layer]
         self._layer, self._family_tables = layer, bundle.family_tables
         self._memory_names = cache_names("memory", self.shape.n_layers)
-        self._past_names = cache_names("past", self.shape.n_layers)
-        # The last memory, and the decoder cache over the inputs fed under it: an edit that keeps the encoder's
-        # source and the start of the sequence reuses both instead of recomputing them.
         self._memory: tuple[tuple, dict[str, np.ndarray]] | None = None
-        self._prefix: tuple[dict[str, np.ndarray], np.ndarray, list[np.ndarray]] | None = None
 
     def family_bias(self, cond: Conditioning) -> np.ndarray | None:
         """(L, V) family log-ratios at this pitch (a float16 view, unscaled: `sample` scales the one row each draw
@@ -99,8 +128,12 @@ class PriorSampler:
             return self._memory[1]
         labels = self._labels(cond)
         memory = self._run_encoder(np.repeat(src[None].astype(np.int64), labels["pitch"].size, axis=0), labels)
-        self._memory, self._prefix = (key, memory), None
+        self._memory = (key, memory)
+        self._forget()
         return memory
+
+    def _forget(self) -> None:
+        """A new memory: drop what was computed under the old one."""
 
     def _labels(self, cond: Conditioning) -> dict[str, np.ndarray]:
         """(B,) pitch and family: the conditional row, then the unconditional one under guidance."""
@@ -108,6 +141,46 @@ class PriorSampler:
         rows = [(cond.pitch, cond.family)] + [unconditional] * self.guided(cond)
         pitch, family = np.array(rows, np.int64).T
         return {"pitch": pitch, "family": family}
+
+    def _run_encoder(self, src: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._memory_names, self._encoder.run(None, {"src": src, **labels}), strict=True))
+
+    def sample(
+        self,
+        known: np.ndarray,
+        mask: np.ndarray,
+        memory: dict[str, np.ndarray],
+        cond: Conditioning,
+        rng: np.random.Generator,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Resample the masked positions of the (T,) sequence `known`; `progress(done, total)` after each call of
+        the decoding graph (raising from it cancels). Returns a new sequence."""
+        raise NotImplementedError
+
+    def warm(self, seq: np.ndarray, cond: Conditioning, memory: dict[str, np.ndarray], chunk: int = 64) -> bool:
+        """Idle-time work for a later edit; True while more remains (nothing, unless a kind says otherwise)."""
+        return False
+
+
+class PriorSampler(_LabelledPrior):
+    """The autoregressive kind: the encoder and step graphs of one prior ('top' or 'bottom').
+
+    Under guidance every graph runs on a batch of two, row 0 conditional and row 1 unconditional, caches
+    included; `step` returns the combined logits.
+    """
+
+    def __init__(self, bundle: Bundle, layer: str):
+        super().__init__(bundle, layer)
+        self._step = bundle.sessions[f"{layer}_prior_step"]
+        self._single_step = bundle.single_step[layer]
+        self._past_names = cache_names("past", self.shape.n_layers)
+        # The decoder cache over the inputs fed under the last memory: an edit that keeps the encoder's source and
+        # the start of the sequence reuses it instead of recomputing it.
+        self._prefix: tuple[dict[str, np.ndarray], np.ndarray, list[np.ndarray]] | None = None
+
+    def _forget(self) -> None:
+        self._prefix = None
 
     def empty_cache(self, memory: dict[str, np.ndarray]) -> list[np.ndarray]:
         """A cache of no inputs, for `memory`'s batch."""
@@ -124,10 +197,8 @@ class PriorSampler:
         logits = last[1] + cond.guidance * (last[0] - last[1]) if last.shape[0] == 2 else last[0]
         return logits + cond.harmonic * harmonic[0], present
 
-    # The two graph calls; the torch baseline (export.sampling_speed) overrides these and nothing else.
-
-    def _run_encoder(self, src: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._memory_names, self._encoder.run(None, {"src": src, **labels}), strict=True))
+    # The two graph calls (`_run_encoder`, `_run_step`); the torch baseline (export.sampling_speed) overrides
+    # these and nothing else.
 
     def _run_step(
         self, tokens: np.ndarray, labels: dict[str, np.ndarray], past: list[np.ndarray], memory: dict[str, np.ndarray]
@@ -202,15 +273,69 @@ class PriorSampler:
         return end < inputs.size
 
 
+class MaskedSampler(_LabelledPrior):
+    """The masked kind: the encoder and the denoise graph of one prior. A sampling of n masked cells is
+    `unmask_counts(n, passes)` graph calls over the whole sequence, each seeing every kept cell on both sides."""
+
+    def __init__(self, bundle: Bundle, layer: str):
+        super().__init__(bundle, layer)
+        self._denoise = bundle.sessions[f"{layer}_prior_denoise"]
+        self.mask = bundle.manifest.mask_token
+
+    def logits(self, seq: np.ndarray, cond: Conditioning, memory: dict[str, np.ndarray], at: np.ndarray) -> np.ndarray:
+        """(T,) tokens → the combined logits (len(at), V) at positions `at` (guidance, harmonic guidance)."""
+        labels = self._labels(cond)
+        tokens = np.repeat(seq[None].astype(np.int64), labels["pitch"].size, axis=0)  # (B, T)
+        logits, harmonic = self._denoise.run(None, {"tokens": tokens, **labels, **memory})  # (B, T, V) each
+        logits = logits[:, at]
+        z = logits[1] + cond.guidance * (logits[0] - logits[1]) if logits.shape[0] == 2 else logits[0]
+        return z + cond.harmonic * harmonic[0, at]
+
+    def sample(
+        self,
+        known: np.ndarray,
+        mask: np.ndarray,
+        memory: dict[str, np.ndarray],
+        cond: Conditioning,
+        rng: np.random.Generator,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Resample the masked positions of the (T,) sequence `known`; returns a new sequence."""
+        seq = known.astype(np.int64).copy()
+        hidden = np.flatnonzero(mask)
+        seq[hidden] = self.mask
+        bias = self.family_bias(cond)
+        counts = unmask_counts(hidden.size, self.shape.passes)
+        done = 0
+        for i, count in enumerate(counts):
+            z = self.logits(seq, cond, memory, hidden)
+            if bias is not None:
+                z = z + cond.timbre * bias[hidden].astype(np.float32)
+            draws, log_p = sample_rows(z, cond.temperature, cond.top_p, rng)
+            noise = CHOICE_NOISE * (1 - (i + 1) / len(counts))
+            chosen = np.argsort(-(log_p + noise * rng.gumbel(size=hidden.size)), kind="stable")[:count]
+            seq[hidden[chosen]] = draws[chosen]
+            hidden = np.delete(hidden, chosen)
+            done += count
+            if progress is not None:
+                progress(done, done + hidden.size)
+        return seq
+
+
+def sampler_for(bundle: Bundle, layer: str) -> PriorSampler | MaskedSampler:
+    """The sampler of the kind the bundle's `layer` prior is."""
+    return MaskedSampler(bundle, layer) if bundle.manifest.priors[layer].kind == "masked" else PriorSampler(bundle, layer)
+
+
 class Inpainter:
     """Generation and inpainting on (F, T) codemaps with a loaded bundle."""
 
-    def __init__(self, top: PriorSampler, bottom: PriorSampler, mask_token: int):
+    def __init__(self, top: _LabelledPrior, bottom: _LabelledPrior, mask_token: int):
         self.top, self.bottom, self.mask_token = top, bottom, mask_token
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> Inpainter:
-        return cls(PriorSampler(bundle, "top"), PriorSampler(bundle, "bottom"), bundle.manifest.mask_token)
+        return cls(sampler_for(bundle, "top"), sampler_for(bundle, "bottom"), bundle.manifest.mask_token)
 
     def inpaint(
         self,
