@@ -36,7 +36,7 @@ from export.spectrogram_torch import MelIF
 from export.vqvae import VQVAE2
 from server import codemaps, dsp
 from server.bundle import Bundle
-from server.sampling import Conditioning, Inpainter, PriorSampler
+from server.sampling import Conditioning, Inpainter, MaskedSampler, PriorSampler
 
 COND = Conditioning(pitch=60, family=4)  # keyboard, middle C: what the OSC bench's server starts with
 PARITY = 1e-3  # the export's tolerance: the torch weights must reproduce onnxruntime's outputs
@@ -60,7 +60,7 @@ def torch_models_from_bundle(bundle_dir: Path, priors: bool = True) -> tuple[cfg
     import onnx
     from onnx import numpy_helper
 
-    from server.bundle import GRAPHS, read_manifest
+    from server.bundle import read_manifest
     from server.dsp import Normalizer
 
     manifest = read_manifest(bundle_dir)
@@ -71,7 +71,7 @@ def torch_models_from_bundle(bundle_dir: Path, priors: bool = True) -> tuple[cfg
         **{f"{layer}_prior": prior for layer, prior in built.items()},
     }
     found: dict[str, dict[str, torch.Tensor]] = {name: {} for name in models}
-    for graph in GRAPHS:
+    for graph in manifest.graph_names:
         owner = "vqvae" if graph.startswith("vqvae") else graph.rsplit("_", 1)[0]
         if owner not in models:
             continue
@@ -89,7 +89,7 @@ def torch_models_from_bundle(bundle_dir: Path, priors: bool = True) -> tuple[cfg
                 found[owner][_module_path(node.name) + ".weight"] = torch.from_numpy(arrays[anonymous[0]].T.copy())
             # The harmonic guidance's code profiles are a buffer measured at export, folded into a constant
             # (bins, n_codes): the one constant of that shape in a step graph.
-            if graph.endswith("_step") and node.op_type == "Constant":
+            if graph.endswith(("_step", "_denoise")) and node.op_type == "Constant":
                 value = numpy_helper.to_array(node.attribute[0].t)
                 if value.shape == tuple(models[owner].code_profiles.shape[::-1]):
                     models[owner].code_profiles.copy_(torch.from_numpy(value.T.copy()))
@@ -102,6 +102,21 @@ def torch_models_from_bundle(bundle_dir: Path, priors: bool = True) -> tuple[cfg
         model.load_state_dict({k: found[name].get(k, v).to(v.dtype) for k, v in expected.items()})
         model.eval()
     return config, models["vqvae"], built  # type: ignore[return-value]
+
+
+def _denoise_gap(bundle: Bundle, layer: str, prior: Prior, src: np.ndarray, rng: np.random.Generator) -> float:
+    """The masked kind: |onnxruntime - torch| over one pass of a half-masked sequence (logits and harmonic)."""
+    sampler = MaskedSampler(bundle, layer)
+    hidden = rng.random(prior.tgt_len) < 0.5
+    seq = np.where(hidden, bundle.manifest.mask_token, rng.integers(0, bundle.manifest.n_codes, prior.tgt_len))
+    everywhere = np.arange(prior.tgt_len)
+    ours = sampler.logits(seq, COND, sampler.encode(src, COND), everywhere)
+    pitch, family = torch.tensor([COND.pitch]), torch.tensor([COND.family])
+    with torch.inference_mode():
+        memory = prior.encode(torch.from_numpy(src[None]), pitch, family)
+        logits = prior.denoise(torch.from_numpy(seq[None]), pitch, family, memory)
+        theirs = (logits + COND.harmonic * prior.harmonic_bias(pitch, torch.from_numpy(everywhere)))[0].numpy()
+    return float(np.abs(ours - theirs).max())
 
 
 def check_parity(bundle: Bundle, vqvae: VQVAE2, priors: dict[str, Prior]) -> float:
@@ -123,6 +138,9 @@ def check_parity(bundle: Bundle, vqvae: VQVAE2, priors: dict[str, Prior]) -> flo
     src = codemaps.to_sequence(top, "top")
     tokens = np.concatenate([[bundle.manifest.start_token], src[:9]])
     for layer, prior in priors.items():
+        if prior.cfg.kind == "masked":
+            worst = max(worst, _denoise_gap(bundle, layer, prior, src, rng))
+            continue
         sampler, eager = PriorSampler(bundle, layer), TorchPriorSampler(prior, layer)
         mine, theirs = sampler.encode(src, COND), eager.encode(src, COND)
         a, _ = sampler.step(tokens, COND, sampler.empty_cache(mine), mine)

@@ -85,8 +85,9 @@ def _profile_constant(model: onnx.ModelProto) -> onnx.NodeProto:
 
 
 def read_profiles(bundle_dir: Path, layer: str) -> np.ndarray:
-    """(n_codes, 3 bins) profiles baked into a bundle's step graph (the weight folded in)."""
-    model = onnx.load(str(bundle_dir / f"{layer}_prior_step.onnx"))
+    """(n_codes, 3 bins) profiles baked into a bundle's decoding graph (the weight folded in)."""
+    manifest = bundle_io.read_manifest(bundle_dir)
+    model = onnx.load(str(bundle_dir / manifest.graphs[manifest.decoding_graph(layer)]))
     return numpy_helper.to_array(_profile_constant(model).attribute[0].t).T.copy()
 
 
@@ -112,7 +113,7 @@ def reguide(
     shutil.copytree(bundle_dir, tmp)
     (tmp / bundle_io.MANIFEST).unlink()  # a half-written folder is never a bundle
     for layer in codemaps.LAYERS:
-        path = tmp / f"{layer}_prior_step.onnx"
+        path = tmp / src.manifest.graphs[src.manifest.decoding_graph(layer)]
         model = onnx.load(str(path))
         constant = _profile_constant(model)
         old = numpy_helper.to_array(constant.attribute[0].t)

@@ -119,6 +119,10 @@ class Manifest:
     def graph_names(self) -> tuple[str, ...]:
         return bundle_graphs({layer: p.kind for layer, p in self.priors.items()})
 
+    def decoding_graph(self, layer: str) -> str:
+        """The graph a `layer` prior decodes with: its step graph, or the masked kind's denoise graph."""
+        return f"{layer}_prior_{PRIOR_KINDS[self.priors[layer].kind]}"
+
 
 def _require(data: dict, key: str, where: str) -> Any:
     if key not in data:
@@ -342,7 +346,7 @@ class Bundle:
         lengths = {layer: math.prod(codemaps.layer_shape(layer)) for layer in self.manifest.priors}
         labels = {"pitch": np.array([self.manifest.pitch_range[0]], np.int64), "family": np.zeros(1, np.int64)}
         for layer, shape in self.manifest.priors.items():
-            encoder, step = f"{layer}_prior_encoder", f"{layer}_prior_{PRIOR_KINDS[shape.kind]}"
+            encoder, step = f"{layer}_prior_encoder", self.manifest.decoding_graph(layer)
             try:
                 # Both encoders read the top map.
                 outputs = self.run(encoder, src=np.zeros((1, lengths["top"]), np.int64), **labels)

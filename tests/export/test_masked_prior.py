@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from export.config import override, preset
@@ -11,7 +12,7 @@ from export.onnx_export import PARITY_TOLERANCE, check_parity, example_inputs, e
 from export.run_folder import build_prior
 from export.vqvae import VQVAE2
 from server import codemaps
-from server.bundle import Bundle
+from server.bundle import Bundle, BundleError
 from server.sampling import Conditioning, Inpainter, MaskedSampler, sample_logits, sample_rows, unmask_counts
 from tests.conftest import run_cli
 
@@ -59,7 +60,7 @@ def test_denoise_graph_matches_torch(tmp_path):
     assert out.shape == (1, 512) and int(out.max()) < 64
 
 
-def test_a_masked_bottom_prior_trains_exports_and_inpaints(tiny_bundle, tmp_path):
+def test_a_masked_bottom_prior_trains_exports_and_inpaints(tiny_bundle, dataset, tmp_path):
     run, _ = tiny_bundle
     fork, out = tmp_path / "masked", tmp_path / "bundle"
     steps = ["--set", "bottom_prior.passes=4"]
@@ -85,3 +86,13 @@ def test_a_masked_bottom_prior_trains_exports_and_inpaints(tiny_bundle, tmp_path
     _, new = inpainter.inpaint(top, bottom, "bottom", mask, cond, rng, lambda f: calls.append(f))
     assert (new[~mask] == bottom[~mask]).all() and new.max() < bundle.manifest.n_codes
     assert len(calls) == 4 and calls[-1] == 1.0  # one report per pass, the four passes of the manifest
+
+    # Read back into torch from its graphs (the weights the server runs, parity-checked) and unpacked to train on.
+    unpacked = run_cli("export", "unpack", str(out), "--data", str(dataset), "--out", str(tmp_path / "again"))
+    assert unpacked.returncode == 0, unpacked.stderr[-2000:]
+
+    # A kind this server does not know is refused at load, naming the key.
+    manifest["priors"]["bottom"]["kind"] = "diffusion"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"priors.bottom: kind 'diffusion' is not a prior kind"):
+        Bundle(out)
