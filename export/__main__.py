@@ -56,7 +56,7 @@ def cmd_dataset(args) -> dict:
 
 def _start_run(args) -> None:
     from export import config as cfg
-    from export import train
+    from export import run_folder, train
 
     if not train.is_main_process():
         return  # rank 0 writes the run folder; the others read it after the group's first barrier
@@ -65,27 +65,27 @@ def _start_run(args) -> None:
         for key, value in (("vqvae_steps", args.vqvae_steps), ("prior_steps", args.prior_steps))
         if value is not None
     ]
-    if (args.run / train.RUN_FILE).is_file():
+    if (args.run / run_folder.RUN_FILE).is_file():
         if args.set or args.preset_given:
             raise ValueError(f"{args.run} already exists with its own config; resume without --preset/--set")
-        _, data = train.load_run(args.run)
+        _, data = run_folder.load_run(args.run)
         if args.data is not None and args.data.resolve() != data:
             raise ValueError(f"{args.run} was trained on {data}, not {args.data}; start a new run for new data")
         _extend(args.run, steps)
         return
     if args.data is None:
         raise ValueError("--data DATA is needed to start a new run")
-    train.create_run(args.run, cfg.override(cfg.override(cfg.preset(args.preset), args.set), steps), args.data)
+    run_folder.create_run(args.run, cfg.override(cfg.override(cfg.preset(args.preset), args.set), steps), args.data)
 
 
 def _extend(run: Path, steps: list[str]) -> None:
     """Resuming with more steps (train longer) is the one change an existing run accepts."""
     from export import config as cfg
-    from export import train
+    from export import run_folder, train
 
     if steps and train.is_main_process():  # the other ranks read it after the group's first barrier
-        config, data = train.load_run(run)
-        train.create_run(run, cfg.override(config, steps), data)
+        config, data = run_folder.load_run(run)
+        run_folder.create_run(run, cfg.override(config, steps), data)
 
 
 def cmd_vqvae(args) -> dict:
@@ -163,9 +163,9 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_fork(args) -> dict:
-    from export import train
+    from export import run_folder
 
-    config = train.fork_run(args.base, args.run, args.set, args.warm_start)
+    config = run_folder.fork_run(args.base, args.run, args.set, args.warm_start)
     return {"run": str(args.run), "top_prior": config.top_prior, "bottom_prior": config.bottom_prior}
 
 
@@ -469,7 +469,8 @@ COMMANDS = {
 
 def _log_command(args, argv: list[str] | None) -> None:
     """Append this command line to the run folder's log: the bundle's manifest copies it as provenance."""
-    from export.train import COMMAND_LOG, is_main_process
+    from export.run_folder import COMMAND_LOG
+    from export.train import is_main_process
 
     run = getattr(args, "run", None)
     if run is None or args.command == "ablate" or not is_main_process():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export import train
+from export import run_folder, train
 from export.evaluate import INPAINTING, generate_grid, inpaint_notes, reconstruct
 from export.monitor import DEV_PITCHES
 from export.nsynth import load_splits
@@ -75,7 +75,7 @@ def ablate(
     """Train (unless `train_variants` is False: the folders exist) and measure each variant; `steps` and
     `minutes` are (bottom, top) budgets. `reexport` False measures each folder's bundle/ as it is (a run
     trained elsewhere, brought back without its codes)."""
-    base_config, data = train.load_run(base)
+    base_config, data = run_folder.load_run(base)
     valid = load_splits(data, base_config.data)["valid"]
     picked = [valid[i] for i in sorted(np.random.default_rng(1).permutation(len(valid))[: 3 * notes])]
     results: dict[str, dict] = {}
@@ -111,24 +111,24 @@ def _train_variant(base, folder, name, steps, minutes, init, overrides, device) 
     design = VARIANTS[name].items()
     changes = [f"{prior}.{k}={json.dumps(v)}" for prior in ("top_prior", "bottom_prior") for k, v in design]
     shutil.rmtree(folder, ignore_errors=True)  # a variant is always trained anew
-    config = train.fork_run(base, folder, [*overrides, *changes], init)
-    _, data = train.load_run(base)
+    config = run_folder.fork_run(base, folder, [*overrides, *changes], init)
+    _, data = run_folder.load_run(base)
     figures = {}
     for layer, layer_steps, layer_minutes in zip(("bottom", "top"), steps, minutes, strict=True):
         # The bottom prior first: the top prior's monitor then generates whole notes with it.
         config = replace(config, train=replace(config.train, prior_steps=layer_steps))
-        train.create_run(folder, config, data)
+        run_folder.create_run(folder, config, data)
         figures[layer] = _train_figures(train.train_prior(folder, layer, device, layer_minutes))
     return figures
 
 
 def _design(folder: Path) -> dict:
-    prior = train.load_run(folder)[0].top_prior
+    prior = run_folder.load_run(folder)[0].top_prior
     return {"harmonic": prior.harmonic, "cond_dropout": prior.cond_dropout}
 
 
 def _checkpoint_figures(folder: Path, layer: str) -> dict:
-    ckpt = train.load_checkpoint(folder / f"{layer}_prior.pt")
+    ckpt = run_folder.load_checkpoint(folder / f"{layer}_prior.pt")
     return _train_figures({**ckpt["metrics"], "step": ckpt["step"]})
 
 

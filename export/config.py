@@ -111,9 +111,6 @@ class RunConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
 
 def from_dict(cls, data: dict):
     """Rebuild a (nested) frozen dataclass from `asdict` output; unknown keys are an error."""

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export import train
+from export import run_folder, train
 from export.config import RunConfig, override
 from export.live_vs_eager import check_parity, torch_models_from_bundle
 from export.nsynth import load_splits
@@ -79,10 +79,10 @@ def sha256(path: Path) -> str:
 def run_config(out: Path, base: RunConfig, data: Path, overrides: list[str]) -> RunConfig:
     """DIR's config: created from the bundle's with `SETTINGS` and `overrides`, or read back on a rerun (which
     takes no new settings and no other data)."""
-    if (out / train.RUN_FILE).is_file():
+    if (out / run_folder.RUN_FILE).is_file():
         if overrides:
             raise ValueError(f"{out} already has its settings (run.json); resume without --set")
-        config, trained_on = train.load_run(out)
+        config, trained_on = run_folder.load_run(out)
         if data.resolve() != trained_on:
             raise ValueError(f"{out} fine-tunes on {trained_on}, not {data}; use a new --out for new data")
         return config
@@ -91,7 +91,7 @@ def run_config(out: Path, base: RunConfig, data: Path, overrides: list[str]) -> 
         if not (key.startswith("train.") or key == "vqvae.audible_weight"):
             raise ValueError(f"--set {item}: only train.* and vqvae.audible_weight (the architecture is the bundle's)")
     config = override(override(base, list(SETTINGS)), overrides)
-    train.create_run(out, config, data)
+    run_folder.create_run(out, config, data)
     return config
 
 
@@ -109,7 +109,7 @@ def fit(
     out: Path, vqvae: VQVAE2, config: RunConfig, notes: list, device: torch.device, minutes: float, source: str
 ) -> dict:
     """Train the decoder on `notes` for `minutes`, resuming DIR's checkpoint; optimise's figures."""
-    ckpt = train.load_checkpoint(out / f"{CHECKPOINT}.pt")
+    ckpt = run_folder.load_checkpoint(out / f"{CHECKPOINT}.pt")
     if ckpt is not None and ckpt["source"] != source:
         raise ValueError(f"{out} fine-tunes another decoder (sha256 {ckpt['source'][:12]}); use a new --out")
     n = len(notes)

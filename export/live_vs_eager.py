@@ -28,7 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from export import config as cfg
-from export import train
+from export import run_folder
 from export.onnx_export import code_gap, example_inputs
 from export.prior import Prior
 from export.sampling_speed import TorchPriorSampler
@@ -65,7 +65,7 @@ def torch_models_from_bundle(bundle_dir: Path, priors: bool = True) -> tuple[cfg
 
     manifest = read_manifest(bundle_dir)
     config = cfg.from_dict(cfg.RunConfig, manifest.raw["config"])
-    built = {layer: train.build_prior(config, layer) for layer in (("top", "bottom") if priors else ())}
+    built = {layer: run_folder.build_prior(config, layer) for layer in (("top", "bottom") if priors else ())}
     models: dict[str, torch.nn.Module] = {
         "vqvae": VQVAE2(config.vqvae, config.spectrogram, Normalizer.from_dict(manifest.raw["normalizer"])),
         **{f"{layer}_prior": prior for layer, prior in built.items()},

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export import train
+from export import run_folder
 from export.family_guidance import write_family_tables
 from export.prior import Prior
 from export.soundfont_dataset import DATASET_FILE
@@ -220,7 +220,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _read_command_log(run: Path) -> list[dict]:
-    path = run / train.COMMAND_LOG
+    path = run / run_folder.COMMAND_LOG
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
@@ -252,13 +252,13 @@ def export_checked(graph: str, vqvae: VQVAE2, priors: dict[str, Prior], out: Pat
 
 def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
     """Export every graph of `run` into `out`, check parity, write the manifest; returns the manifest."""
-    config, data = train.load_run(run)
-    vqvae = train.load_vqvae(run, config)
+    config, data = run_folder.load_run(run)
+    vqvae = run_folder.load_vqvae(run, config)
     priors, prior_ckpts = {}, {}
     for layer in codemaps.LAYERS:
-        priors[layer], prior_ckpts[layer] = train.load_prior(run, config, layer)
-    vq_ckpt = train.load_checkpoint(run / "vqvae.pt")
-    train.set_code_profiles(run, vqvae, list(priors.values()))  # baked into the step graphs
+        priors[layer], prior_ckpts[layer] = run_folder.load_prior(run, config, layer)
+    vq_ckpt = run_folder.load_checkpoint(run / "vqvae.pt")
+    run_folder.set_code_profiles(run, vqvae, list(priors.values()))  # baked into the step graphs
     out.mkdir(parents=True, exist_ok=True)
     # The manifest is written last: a folder being (re-)exported, or whose export failed, is never a bundle.
     (out / bundle.MANIFEST).unlink(missing_ok=True)

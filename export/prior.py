@@ -299,7 +299,10 @@ class Prior(nn.Module):
 
         ratio = torch.cos(torch.pi / 2 * uniform(b, 1))
         scattered = uniform(b, t) < ratio
-        rows, cols = self.tgt_rows.float() / (self.tgt_rows.max() + 1), self.tgt_cols.float() / (self.tgt_cols.max() + 1)
+        rows, cols = (
+            self.tgt_rows.float() / (self.tgt_rows.max() + 1),
+            self.tgt_cols.float() / (self.tgt_cols.max() + 1),
+        )
         lo, hi = (uniform(b, 2, 2).sort(1).values * 1.25 - 0.125).unbind(1)  # (B, 2): a box edge may leave the map
         box = (cols >= lo[:, :1]) & (cols < hi[:, :1]) & (rows >= lo[:, 1:]) & (rows < hi[:, 1:])
         mask = torch.where(uniform(b, 1) < 0.5, scattered, box)

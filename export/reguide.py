@@ -27,12 +27,12 @@ from server import codemaps
 from server.bundle import Bundle
 from server.vqvae_audio import encode_audio
 
-PROFILE_NOTES = 2000  # as export.train.set_code_profiles
+PROFILE_NOTES = 2000  # as export.run_folder.set_code_profiles
 
 
 def training_codes(bundle: Bundle, data: Path, notes: int, cache: Path | None = None) -> dict[str, np.ndarray]:
     """{'top': (n, 32, 4), 'bottom': (n, 64, 8), 'family': (n,), 'pitch': (n,)}: the first `notes` training notes
-    of a fixed draw (the draw `export.train.set_code_profiles` takes its first 2 000 from) through the bundle's
+    of a fixed draw (the draw `export.run_folder.set_code_profiles` takes its first 2 000 from) through the bundle's
     encoder; kept in `cache` (an .npz) when given: a later call encodes only the notes the cache lacks."""
     have: dict[str, np.ndarray] = {}
     if cache is not None and cache.is_file():

@@ -160,3 +160,17 @@ def load_prior(run: Path, config: RunConfig, layer: str) -> tuple[Prior, dict]:
     model = build_prior(config, layer)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
+
+
+def write_codes(run: Path, split: str, top, bottom, pitch, family) -> int:
+    """RUN/codes/{split}.npz, the one layout of a code set: top (N, 32, 4) and bottom (N, 64, 8) uint16, pitch and
+    family (N,) int16. Returns N."""
+    (run / "codes").mkdir(exist_ok=True)
+    np.savez(
+        run / "codes" / f"{split}.npz",
+        top=np.asarray(top).astype(np.uint16),
+        bottom=np.asarray(bottom).astype(np.uint16),
+        pitch=np.asarray(pitch).astype(np.int16),
+        family=np.asarray(family).astype(np.int16),
+    )
+    return len(family)

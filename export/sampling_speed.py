@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from export import config as cfg
-from export import train
+from export import run_folder
 from export.onnx_export import export_bundle
 from export.prior import Prior
 from export.vqvae import VQVAE2
@@ -55,9 +55,9 @@ class TorchPriorSampler(PriorSampler):
 def write_random_run(run: Path, config: cfg.RunConfig, seed: int = 0) -> None:
     """A run folder holding untrained checkpoints of `config`: enough to export and time a bundle."""
     torch.manual_seed(seed)
-    train.create_run(run, config, Path("untrained"))
+    run_folder.create_run(run, config, Path("untrained"))
     vqvae = VQVAE2(config.vqvae, config.spectrogram)
-    train.save_checkpoint(
+    run_folder.save_checkpoint(
         run / "vqvae.pt",
         model=vqvae.state_dict(),
         step=0,
@@ -66,8 +66,8 @@ def write_random_run(run: Path, config: cfg.RunConfig, seed: int = 0) -> None:
         metrics={},
     )
     for layer in ("top", "bottom"):
-        prior = train.build_prior(config, layer)
-        train.save_checkpoint(
+        prior = run_folder.build_prior(config, layer)
+        run_folder.save_checkpoint(
             run / f"{layer}_prior.pt", model=prior.state_dict(), step=0, config=config.to_dict(), metrics={}
         )
 
@@ -107,7 +107,7 @@ def run_bench(preset: str = "small", threads: int = 2, repeats: int = 3, cache_l
         export_bundle(run, Path(tmp) / "bundle")
         bundle = Bundle(Path(tmp) / "bundle", "cpu", threads=threads)
         results["onnxruntime"] = _time_sampler(Inpainter.from_bundle(bundle), src, cache_length, repeats)
-        priors = {layer: train.load_prior(run, config, layer)[0] for layer in ("top", "bottom")}
+        priors = {layer: run_folder.load_prior(run, config, layer)[0] for layer in ("top", "bottom")}
         eager = Inpainter(
             TorchPriorSampler(priors["top"], "top"),
             TorchPriorSampler(priors["bottom"], "bottom"),

@@ -37,21 +37,15 @@ from torch.utils.data import DataLoader
 from export.config import RunConfig
 from export.nsynth import Note, NoteAudio, load_splits
 from export.prior import Prior, mask_source
-from export.run_folder import (  # noqa: F401 (re-exported: callers read the run folder through export.train too)
-    COMMAND_LOG,
-    RUN_FILE,
+from export.run_folder import (
     CodeSet,
     build_prior,
     code_dataset,
-    create_run,
-    fork_run,
-    graft,
     load_checkpoint,
-    load_prior,
     load_run,
     load_vqvae,
     save_checkpoint,
-    set_code_profiles,
+    write_codes,
 )
 from export.spectrogram_torch import MelIF
 from export.vqvae import VQVAE2
@@ -423,20 +417,6 @@ def extract_codes(
     return counts
 
 
-def write_codes(run: Path, split: str, top, bottom, pitch, family) -> int:
-    """RUN/codes/{split}.npz, the one layout of a code set: top (N, 32, 4) and bottom (N, 64, 8) uint16, pitch and
-    family (N,) int16. Returns N."""
-    (run / "codes").mkdir(exist_ok=True)
-    np.savez(
-        run / "codes" / f"{split}.npz",
-        top=np.asarray(top).astype(np.uint16),
-        bottom=np.asarray(bottom).astype(np.uint16),
-        pitch=np.asarray(pitch).astype(np.int16),
-        family=np.asarray(family).astype(np.int16),
-    )
-    return len(family)
-
-
 # ---------------------------------------------------------------- priors
 
 
@@ -477,8 +457,9 @@ def family_hinge(token_loss: torch.Tensor, wrong_loss: torch.Tensor, family: tor
 @torch.no_grad()
 def prior_loss(model: Prior, layer: str, codes: CodeSet, batch_size: int = 256, pitch_shift: int = 0, seed: int = 0):
     """(summed cross-entropy, correct tokens, tokens scored) over `codes`: teacher-forced, or on the masked
-    positions of the masked kind; the same top-prior and masked-kind masks at every call (drawn on the CPU from one seeded generator, whatever the device). `pitch_shift` conditions
-    every note on another pitch (clamped to the range): how much the prior listens to the pitch."""
+    positions of the masked kind; the same top-prior and masked-kind masks at every call (drawn on the CPU from
+    one seeded generator, whatever the device). `pitch_shift` conditions every note on another pitch (clamped to
+    the range): how much the prior listens to the pitch."""
     loss, correct, n = 0.0, 0, 0
     gen = torch.Generator().manual_seed(seed)
     for top, bottom, pitch, family in zip(*(t.split(batch_size) for t in codes), strict=True):

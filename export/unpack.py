@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export import train
+from export import run_folder, train
 from export.config import override
 from export.live_vs_eager import torch_models_from_bundle
 from export.reguide import training_codes
@@ -31,29 +31,29 @@ def unpack(
     checkpoints at step 0 (a stage trained on starts a fresh optimizer), and the codes of DATA's both splits.
     With `train_notes`, the training codes are the first that many of `reguide`'s fixed draw, read from (and
     added to) its `codes_cache` when given: a bundle reguided before needs no training note encoded again."""
-    if (run / train.RUN_FILE).is_file():
+    if (run / run_folder.RUN_FILE).is_file():
         raise ValueError(f"{run} exists already; unpack into a new folder")
     for item in overrides:
         if not item.startswith("train."):
             raise ValueError(f"--set {item}: only train.* (the models are the bundle's; fork to change a design)")
     base, vqvae, priors = torch_models_from_bundle(bundle_dir)
     config = override(base, overrides)
-    train.create_run(run, config, data)
+    run_folder.create_run(run, config, data)
     manifest = read_manifest(bundle_dir).raw
     # The run's history starts with the bundle's: a bundle exported from it names every command behind it.
-    log = run / train.COMMAND_LOG
+    log = run / run_folder.COMMAND_LOG
     earlier = "".join(json.dumps(c) + "\n" for c in manifest.get("provenance", {}).get("commands", []))
     log.write_text(earlier + (log.read_text() if log.is_file() else ""))
     normalizer = manifest["normalizer"]
     (run / "stats.json").write_text(json.dumps(normalizer, indent=2))
-    train.save_checkpoint(run / "vqvae.pt", model=vqvae.state_dict(), step=0, normalizer=normalizer)
+    run_folder.save_checkpoint(run / "vqvae.pt", model=vqvae.state_dict(), step=0, normalizer=normalizer)
     for layer in codemaps.LAYERS:
         state = priors[layer].state_dict()
-        train.save_checkpoint(run / f"{layer}_prior.pt", model=state, step=0, config=config.to_dict())
+        run_folder.save_checkpoint(run / f"{layer}_prior.pt", model=state, step=0, config=config.to_dict())
     if train_notes is None:
         counts = train.extract_codes(run)
     else:
         codes = training_codes(Bundle(bundle_dir), data, train_notes, codes_cache)
         fields = (codes[k] for k in ("top", "bottom", "pitch", "family"))
-        counts = {"train": train.write_codes(run, "train", *fields), **train.extract_codes(run, splits=("valid",))}
+        counts = {"train": run_folder.write_codes(run, "train", *fields), **train.extract_codes(run, splits=("valid",))}
     return {"run": str(run), "bundle": str(bundle_dir), "codes": counts}

@@ -143,10 +143,6 @@ class VQVAE2(nn.Module):
         self.register_buffer("norm_scale", torch.tensor(normalizer.scale).view(1, 2, 1, 1))
         self.register_buffer("norm_shift", torch.tensor(normalizer.shift).view(1, 2, 1, 1))
 
-    def set_normalizer(self, normalizer: Normalizer) -> None:
-        self.norm_scale.copy_(torch.tensor(normalizer.scale).view(1, 2, 1, 1))
-        self.norm_shift.copy_(torch.tensor(normalizer.shift).view(1, 2, 1, 1))
-
     def normalize(self, spec: torch.Tensor) -> torch.Tensor:
         return spec * self.norm_scale + self.norm_shift
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export import timbre, train
+from export import run_folder, timbre, train
 from export.config import RunConfig, from_dict
 from export.evaluate import reconstruct
 from export.nsynth import load_splits
@@ -53,7 +53,7 @@ def ablate_vqvae(base: Path, out: Path, variants: list[str], minutes: float, ove
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "vqvae.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    data = train.load_run(base)[1]
+    data = run_folder.load_run(base)[1]
 
     def save(name: str, figures: dict) -> None:
         results[name] = figures
@@ -69,7 +69,7 @@ def ablate_vqvae(base: Path, out: Path, variants: list[str], minutes: float, ove
         run = out / name
         shutil.rmtree(run, ignore_errors=True)
         # Minutes are the budget: the step limit is lifted above wherever the base run stopped.
-        train.fork_run(base, run, ["train.vqvae_steps=100000000", *overrides, *VARIANTS[name]], warm_start=True)
+        run_folder.fork_run(base, run, ["train.vqvae_steps=100000000", *overrides, *VARIANTS[name]], warm_start=True)
         trained = train.train_vqvae(run, "cpu", minutes)
         export_bundle(run, run / "bundle", name)
         save(name, {"steps_run": trained.get("steps_run"), **measure(run / "bundle", data, notes)})

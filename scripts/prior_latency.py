@@ -31,7 +31,13 @@ def decode_once(sessions: dict, prior, kind: str, passes: int) -> None:
     """One whole bottom map's graph calls (the sampling's numpy work is left out: it is the same for any shape)."""
     labels = {"pitch": np.array([60]), "family": np.array([2])}
     src = np.zeros((1, prior.src_len), np.int64)
-    memory = dict(zip(cache_names("memory", len(prior.decoder)), sessions["encoder"].run(None, {"src": src, **labels})))
+    memory = dict(
+        zip(
+            cache_names("memory", len(prior.decoder)),
+            sessions["encoder"].run(None, {"src": src, **labels}),
+            strict=True,
+        )
+    )
     if kind == "masked":
         tokens = np.full((1, prior.tgt_len), prior.mask_token, np.int64)
         for _ in range(passes):
@@ -42,7 +48,9 @@ def decode_once(sessions: dict, prior, kind: str, passes: int) -> None:
     names = cache_names("past", len(prior.decoder))
     token = np.full((1, 1), prior.start_token, np.int64)
     for _ in range(prior.tgt_len):
-        _, _, *past = sessions["step"].run(None, {"tokens": token, **labels, **memory, **dict(zip(names, past))})
+        _, _, *past = sessions["step"].run(
+            None, {"tokens": token, **labels, **memory, **dict(zip(names, past, strict=True))}
+        )
 
 
 def main() -> None:

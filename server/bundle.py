@@ -143,7 +143,9 @@ def _null_labels(prior: dict, where: str) -> tuple[str, ...]:
 def _kind(prior: dict, where: str) -> str:
     kind = prior.get("kind", AUTOREGRESSIVE)
     if kind not in PRIOR_KINDS:
-        raise BundleError(f"{where}: kind {kind!r} is not a prior kind this inpaint-osc reads ({', '.join(PRIOR_KINDS)})")
+        raise BundleError(
+            f"{where}: kind {kind!r} is not a prior kind this inpaint-osc reads ({', '.join(PRIOR_KINDS)})"
+        )
     return kind
 
 

@@ -25,7 +25,7 @@ from server import codemaps, dsp, vqvae_audio
 from server.audio import AudioError, load_audio, seconds_of
 from server.bundle import Bundle
 from server.files import atomic_write
-from server.protocol import DEFAULTS
+from server.protocol import DEFAULTS, SOUND_FIELDS
 from server.sampling import Conditioning, Inpainter
 
 SESSION_VERSION = 1
@@ -201,7 +201,8 @@ class Engine:
 
     def resample_bottom(self, progress: Progress | None = None) -> None:
         """Keep the top map, draw a whole new bottom map (the paper's third experiment)."""
-        self.inpaint("bottom", np.ones(codemaps.BOTTOM_SHAPE, bool), progress)
+        cond = self.settings.conditioning()
+        self._commit(self.top, self.inpainter.resample_bottom(self.top, self.bottom, cond, self._rng(), progress))
 
     def erase(self, layer: str, mask: np.ndarray) -> None:
         """Masked cells take the codes of silence; a top erase silences the bottom cells beneath too."""
@@ -265,7 +266,7 @@ class Engine:
 
     def note_key(self, pitch: int, s: Settings | None = None) -> tuple:
         s = s or self.settings
-        base: tuple = (s.note_mode, pitch, s.family, s.temperature, s.top_p, s.guidance, s.harmonic, s.timbre, s.seed)
+        base: tuple = (pitch, *(getattr(s, name) for name in SOUND_FIELDS))
         if self.key_draws.get(pitch):  # a redrawn key: its own random stream (keys never redrawn keep theirs)
             base = (*base, self.key_draws[pitch])
         if s.note_mode == "resample":  # keeps the top map: the sound depends on it
@@ -290,7 +291,7 @@ class Engine:
         changes every note's key: until the fill has rendered the key anew, it plays this one (as a synth
         plays on while its next patch loads), instead of a 0.3-0.9 s render that cancels the melody."""
         for key in reversed(self.notes):
-            if key[1] == pitch:
+            if key[0] == pitch:
                 return self.notes[key]
         return None
 
@@ -324,7 +325,7 @@ class Engine:
                 mask = np.ones(codemaps.BOTTOM_SHAPE, bool)
                 top, bottom = self.inpainter.inpaint(self.top, self.bottom, "bottom", mask, cond, rng, progress)
         if between is None:
-            between = (lambda: progress(1.0)) if progress is not None else _nothing
+            between = (lambda: progress(1.0)) if progress is not None else (lambda: None)
         try:
             if spectrogram is None:
                 between()
@@ -457,7 +458,3 @@ def _count(value: object, name: str, path: Path) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise EngineError(f"{path}: session {name} is {value!r}, not a count")
     return value
-
-
-def _nothing() -> None:
-    pass

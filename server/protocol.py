@@ -87,6 +87,9 @@ class Setting:
     address: Address
     default: Any
     checked: bool = False
+    # Whether it changes the sound a note is drawn with: such settings make the note cache's key
+    # (`server.engine.Engine.note_key`); the others (level, gain, ...) apply after the cache.
+    sound: bool = False
 
 
 LEVEL_DBFS, GAIN_DB = -18.0, 0.0
@@ -102,14 +105,16 @@ SETTINGS = (  # in the order they are echoed
         Address("/instrument", (Arg("instrument", "is", fold=True),), "instrument family, by index or name (any case)"),
         4,  # keyboard
         True,
+        sound=True,
     ),
     Setting(
         "temperature",
         Address("/temperature", (Arg("temperature", "f", 0.0, 10.0),), "sampling temperature (0 = most likely)"),
         1.0,
+        sound=True,
     ),
     Setting(
-        "top_p", Address("/top_p", (Arg("top_p", "f", 0.0, 1.0),), "nucleus sampling mass"), 0.8
+        "top_p", Address("/top_p", (Arg("top_p", "f", 0.0, 1.0),), "nucleus sampling mass"), 0.8, sound=True
     ),  # the paper's examples: temperature 1, nucleus 0.8
     Setting(
         "guidance",
@@ -120,6 +125,7 @@ SETTINGS = (  # in the order they are echoed
             "the bundle was trained) more strictly (models trained with label dropout; others ignore it)",
         ),
         1.0,  # the plain conditional model (docs/ablations.md)
+        sound=True,
     ),
     Setting(
         "harmonic",
@@ -129,6 +135,7 @@ SETTINGS = (  # in the order they are echoed
             "harmonic guidance: 0 off, higher pulls every partial onto the harmonics of the pitch",
         ),
         0.5,  # with /timbre 2: the pitch kept and the family heard (docs/ablations.md)
+        sound=True,
     ),
     Setting(
         "timbre",
@@ -139,8 +146,9 @@ SETTINGS = (  # in the order they are echoed
             "(bundles with family tables; others ignore it)",
         ),
         2.0,
+        sound=True,
     ),
-    Setting("seed", Address("/seed", (Arg("seed", "i", 0, INT32[1]),), "restart the random sequence"), 0),
+    Setting("seed", Address("/seed", (Arg("seed", "i", 0, INT32[1]),), "restart the random sequence"), 0, sound=True),
     Setting(
         "note_mode",
         Address(
@@ -148,6 +156,7 @@ SETTINGS = (  # in the order they are echoed
         ),
         "generate",
         True,
+        sound=True,
     ),
     Setting(
         "level",
@@ -197,6 +206,8 @@ SETTINGS = (  # in the order they are echoed
 )
 SETTING = {s.address.path: s.address for s in SETTINGS}
 DEFAULTS: dict[str, Any] = {s.field: s.default for s in SETTINGS}
+# The settings a cached note was drawn under (its pitch is the key's own: a note is drawn at its key's pitch).
+SOUND_FIELDS = tuple(s.field for s in SETTINGS if s.sound and s.field != "pitch")
 
 
 INBOUND = (
@@ -363,7 +374,7 @@ OUTBOUND = (
 BY_PATH = {a.path: a for a in INBOUND}
 
 
-def _number(value: Any, arg: Arg, path: str) -> int | float:
+def _number(value: Any, arg: Arg) -> int | float:
     # bool is an int subclass in Python: OSC T/F must not pass as 1/0.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(f"{arg.name} must be a number, got {_describe(value)}")
@@ -389,12 +400,12 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {str(value)[:40]}"
 
 
-def _convert(value: Any, arg: Arg, path: str) -> Any:
+def _convert(value: Any, arg: Arg) -> Any:
     if arg.kind == "s" or (arg.kind == "is" and isinstance(value, str)):
         if not isinstance(value, str):
             raise ProtocolError(f"{arg.name} must be a string, got {_describe(value)}")
         return value.strip().lower() if arg.fold else value
-    return _number(value, arg, path)
+    return _number(value, arg)
 
 
 def parse(path: str, args: list[Any] | tuple[Any, ...]) -> Request:
@@ -410,17 +421,17 @@ def parse(path: str, args: list[Any] | tuple[Any, ...]) -> Request:
         extra = len(args) - fixed  # an id is the one argument left over after the fixed, optional and grouped ones
         has_id = extra % group == 1 if group else extra == optional + 1
         if has_id and extra > 0:
-            request_id = int(_number(args.pop(), Arg("request id", "i", *INT32), path))
+            request_id = int(_number(args.pop(), Arg("request id", "i", *INT32)))
     n = len(args)
     expected = address.spec()
     if n < fixed or (group and (n - fixed < group or (n - fixed) % group)) or (not group and n > fixed + optional):
         raise ProtocolError(f"expected {expected or 'no arguments'}, got {given} argument{'s' * (given != 1)}")
-    values = {arg.name: _convert(v, arg, path) for arg, v in zip(address.args, args[:fixed], strict=True)}
+    values = {arg.name: _convert(v, arg) for arg, v in zip(address.args, args[:fixed], strict=True)}
     tail = args[fixed:]
     for arg, v in zip(address.optional, tail, strict=False):
-        values[arg.name] = _convert(v, arg, path)
+        values[arg.name] = _convert(v, arg)
     groups = [
-        tuple(_convert(v, arg, path) for arg, v in zip(address.repeat, tail[i : i + group], strict=True))
+        tuple(_convert(v, arg) for arg, v in zip(address.repeat, tail[i : i + group], strict=True))
         for i in range(0, len(tail) if group else 0, group or 1)
     ]
     return Request(path, values, groups, request_id)

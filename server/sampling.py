@@ -324,7 +324,9 @@ class MaskedSampler(_LabelledPrior):
 
 def sampler_for(bundle: Bundle, layer: str) -> PriorSampler | MaskedSampler:
     """The sampler of the kind the bundle's `layer` prior is."""
-    return MaskedSampler(bundle, layer) if bundle.manifest.priors[layer].kind == "masked" else PriorSampler(bundle, layer)
+    return (
+        MaskedSampler(bundle, layer) if bundle.manifest.priors[layer].kind == "masked" else PriorSampler(bundle, layer)
+    )
 
 
 class Inpainter:
@@ -384,8 +386,14 @@ class Inpainter:
         return self.inpaint(top, bottom, "top", np.ones(codemaps.TOP_SHAPE, bool), cond, rng, progress)
 
     def resample_bottom(
-        self, codes_top: np.ndarray, codes_bottom: np.ndarray, cond: Conditioning, rng: np.random.Generator
+        self,
+        codes_top: np.ndarray,
+        codes_bottom: np.ndarray,
+        cond: Conditioning,
+        rng: np.random.Generator,
+        progress: Callable[[float], None] | None = None,
     ) -> np.ndarray:
         """Keep the top map, draw a whole new bottom map (the paper's third experiment)."""
-        _, bottom = self.inpaint(codes_top, codes_bottom, "bottom", np.ones(codemaps.BOTTOM_SHAPE, bool), cond, rng)
+        whole = np.ones(codemaps.BOTTOM_SHAPE, bool)
+        _, bottom = self.inpaint(codes_top, codes_bottom, "bottom", whole, cond, rng, progress)
         return bottom

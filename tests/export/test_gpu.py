@@ -45,11 +45,11 @@ def test_every_stage_trains_on_cuda_and_exports(dataset, tmp_path):
 
 def test_prior_validation_on_cuda_matches_cpu(tiny_bundle):
     """The masks come from a CPU generator whatever the device (a CUDA run once failed here)."""
-    from export import train
+    from export import run_folder, train
 
     run = tiny_bundle[0]
-    config, _ = train.load_run(run)
-    model, _ = train.load_prior(run, config, "top")
-    on_cpu = train.evaluate_prior(model, "top", train.code_dataset(run, "valid"), batch_size=2)
-    on_gpu = train.evaluate_prior(model.cuda(), "top", train.code_dataset(run, "valid", "cuda"), batch_size=2)
+    config, _ = run_folder.load_run(run)
+    model, _ = run_folder.load_prior(run, config, "top")
+    on_cpu = train.evaluate_prior(model, "top", run_folder.code_dataset(run, "valid"), batch_size=2)
+    on_gpu = train.evaluate_prior(model.cuda(), "top", run_folder.code_dataset(run, "valid", "cuda"), batch_size=2)
     assert on_gpu["valid_loss"] == pytest.approx(on_cpu["valid_loss"], rel=1e-3)

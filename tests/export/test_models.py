@@ -7,7 +7,7 @@ import torch
 
 from export.config import RunConfig, from_dict, override, preset
 from export.prior import Prior, mask_source
-from export.train import build_prior
+from export.run_folder import build_prior
 from export.vqvae import VQVAE2
 
 TINY = preset("tiny")

@@ -11,7 +11,7 @@ from export.onnx_export import (
     graph_module,
     n_layers,
 )
-from export.train import build_prior
+from export.run_folder import build_prior
 from export.vqvae import VQVAE2
 
 

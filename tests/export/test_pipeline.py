@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from export import train
+from export import run_folder
 from tests.conftest import run_cli
 
 
@@ -21,8 +21,8 @@ def test_pipeline_leaves_every_artefact_in_the_run_folder(tiny_bundle):
         "codes/valid.npz",
     ):
         assert (run / name).is_file(), name
-    config, _ = train.load_run(run)
-    ckpt = train.load_checkpoint(run / "vqvae.pt")
+    config, _ = run_folder.load_run(run)
+    ckpt = run_folder.load_checkpoint(run / "vqvae.pt")
     assert ckpt["config"] == config.to_dict() and ckpt["step"] == 3  # the config travels in every checkpoint
     assert len(list(bundle.glob("*.onnx"))) == 6
 
@@ -45,15 +45,15 @@ def test_tensorboard_has_scalars_and_spectrogram_images(tiny_bundle):
 def test_stages_resume_from_their_checkpoints(tiny_bundle, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_bundle[0], run)
-    before = train.load_checkpoint(run / "vqvae.pt")
+    before = run_folder.load_checkpoint(run / "vqvae.pt")
     result = run_cli("export", "vqvae", str(run), "--vqvae-steps", "5", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    after = train.load_checkpoint(run / "vqvae.pt")
+    after = run_folder.load_checkpoint(run / "vqvae.pt")
     assert after["step"] == 5 and "vqvae:  60%" in result.stderr.replace("\r", "\n")  # resumed at 3 of 5
     assert after["normalizer"] == before["normalizer"]
     result = run_cli("export", "prior", str(run), "--layer", "top", "--steps", "4", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert train.load_checkpoint(run / "top_prior.pt")["step"] == 4
+    assert run_folder.load_checkpoint(run / "top_prior.pt")["step"] == 4
 
 
 def test_resuming_with_a_new_preset_or_new_data_is_refused(tiny_bundle, tmp_path):
@@ -74,7 +74,7 @@ def test_two_process_ddp_with_gloo_on_cpu(dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["world_size"] == 2 and "valid_mse" in report
-    assert train.load_checkpoint(run / "vqvae.pt")["step"] == 3
+    assert run_folder.load_checkpoint(run / "vqvae.pt")["step"] == 3
     assert run_cli("export", "codes", str(run), "--device", "cpu").returncode == 0
     result = run_cli(*[torchrun[0]], *torchrun[1:], "prior", str(run), "--layer", "bottom", "--device", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]

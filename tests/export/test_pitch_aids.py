@@ -9,7 +9,8 @@ import torch
 from export.config import preset
 from export.harmonics import band_template, harmonic_template
 from export.monitor import nucleus, sample_all
-from export.train import build_prior, drop_labels, family_hinge, wrong_families
+from export.run_folder import build_prior
+from export.train import drop_labels, family_hinge, wrong_families
 from server import dsp
 
 TINY = preset("tiny")

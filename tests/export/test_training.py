@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from export import train
+from export import run_folder, train
 from export.config import preset
 from export.nsynth import load_splits
 from tests.conftest import run_cli
@@ -46,9 +46,9 @@ def test_audio_is_read_once_as_int16_equal_to_the_files(dataset):
 
 def test_prior_validation_runs_on_cpu_with_the_same_masks_each_time(tiny_bundle):
     run, _ = tiny_bundle
-    config, _ = train.load_run(run)
-    model, _ = train.load_prior(run, config, "top")
-    valid = train.code_dataset(run, "valid")
+    config, _ = run_folder.load_run(run)
+    model, _ = run_folder.load_prior(run, config, "top")
+    valid = run_folder.code_dataset(run, "valid")
     first = train.evaluate_prior(model, "top", valid, batch_size=2)
     assert first == train.evaluate_prior(model, "top", valid, batch_size=2) and first["valid_loss"] > 0
 
@@ -62,7 +62,7 @@ def test_a_stage_stops_at_its_minutes_with_checkpoint_metrics_and_throughput(tin
     figures = json.loads(result.stdout)
     assert 0 < figures["step"] < 1_000_000 and figures["examples_per_s"] > 0
     assert "examples/s on cpu" in result.stderr
-    ckpt = train.load_checkpoint(run / "top_prior.pt")
+    ckpt = run_folder.load_checkpoint(run / "top_prior.pt")
     assert ckpt["step"] == figures["step"] and "valid_loss" in ckpt["metrics"] and "sensitivity" in ckpt["metrics"]
     assert "family_sensitivity" in ckpt["metrics"]
 
@@ -75,9 +75,9 @@ def test_a_graft_starts_a_new_design_where_the_old_one_was():
 
     tiny = preset("tiny")
     old_design = dataclasses.replace(tiny.top_prior, harmonic=False, cond_dropout=0.0)
-    old = train.build_prior(dataclasses.replace(tiny, top_prior=old_design), "top").eval()
-    new = train.build_prior(tiny, "top").eval()
-    new.load_state_dict(train.graft(new.state_dict(), old.state_dict()))
+    old = run_folder.build_prior(dataclasses.replace(tiny, top_prior=old_design), "top").eval()
+    new = run_folder.build_prior(tiny, "top").eval()
+    new.load_state_dict(run_folder.graft(new.state_dict(), old.state_dict()))
     src = torch.randint(0, 65, (2, 128))
     tgt, pitch, family = src.clamp(max=63), torch.tensor([30, 70]), torch.tensor([1, 9])
     with torch.no_grad():
@@ -89,12 +89,12 @@ def test_fork_shares_the_codes_and_keeps_the_history(tiny_bundle, tmp_path):
     run = tmp_path / "fork"
     result = run_cli("export", "fork", str(base), str(run), "--set", "train.prior_lr=1e-4", "--warm-start")
     assert result.returncode == 0, result.stderr[-2000:]
-    config, _ = train.load_run(run)
+    config, _ = run_folder.load_run(run)
     assert config.train.prior_lr == 1e-4 and (run / "codes" / "train.npz").is_file()
 
     def history(folder):
         return [json.loads(line)["command"].split()[1] for line in (folder / "commands.jsonl").read_text().splitlines()]
 
     assert history(run) == [*history(base), "fork"]  # the base's history (other tests may add to it), then the fork
-    assert train.load_checkpoint(run / "top_prior.pt")["step"] == 0
+    assert run_folder.load_checkpoint(run / "top_prior.pt")["step"] == 0
     assert run_cli("export", "fork", str(base), str(run)).returncode == 1  # never over an existing run

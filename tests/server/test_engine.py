@@ -273,3 +273,21 @@ def test_a_redrawn_key_gets_a_new_note_and_every_other_key_keeps_its_own(engine,
     restored = Engine(bundle)
     restored.load(path)
     assert restored.key_draws == {60: 1} and restored.note_key(60) == engine.note_key(60)
+
+
+def test_every_setting_that_changes_a_notes_sound_is_in_the_note_cache_key(engine):
+    """A setting the conditioning reads but the key leaves out would make the cache serve stale notes; one the
+    key holds but the sound ignores (level, gain) would empty the cache for nothing."""
+    import dataclasses
+
+    from server.protocol import SOUND_FIELDS
+
+    base = engine.settings
+    for f in dataclasses.fields(base):
+        value = getattr(base, f.name)
+        changed = {str: "resample", bool: not value, int: value + 1, float: value + 0.25}[type(value)]
+        other = dataclasses.replace(base, **{f.name: changed})
+        key_changed = engine.note_key(60, other) != engine.note_key(60, base)
+        if other.conditioning(60) != base.conditioning(60):
+            assert key_changed, f"{f.name} changes the sound but not the note cache key"
+        assert key_changed == (f.name in SOUND_FIELDS), f.name

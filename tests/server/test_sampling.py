@@ -92,13 +92,13 @@ def test_progress_reaches_one_and_an_exception_cancels(engine):
 def test_onnx_sampling_matches_torch_eager_token_for_token(tiny_bundle, engine):
     """The whole sampling loop, run by onnxruntime and by torch on the same weights and seed."""
     pytest.importorskip("torch")
-    from export import train
+    from export import run_folder
     from export.sampling_speed import TorchPriorSampler
 
     run = tiny_bundle[0]
-    config, _ = train.load_run(run)
-    priors = {layer: train.load_prior(run, config, layer)[0] for layer in codemaps.LAYERS}
-    train.set_code_profiles(run, train.load_vqvae(run, config), list(priors.values()))  # as the export does
+    config, _ = run_folder.load_run(run)
+    priors = {layer: run_folder.load_prior(run, config, layer)[0] for layer in codemaps.LAYERS}
+    run_folder.set_code_profiles(run, run_folder.load_vqvae(run, config), list(priors.values()))  # as the export does
     tables = engine[0].family_tables  # family guidance: the same tables on both sides
     eager = Inpainter(
         TorchPriorSampler(priors["top"], "top", tables),
