@@ -1,8 +1,9 @@
-"""Latency decided before training: a prior design's decoding of a whole bottom map, timed with random weights.
+"""Latency decided before training: a prior design's decoding of a whole map, timed with random weights.
 
-Exports the bottom prior of each design (the `small` preset changed by `--set` lists) with random weights and
-times, with onnxruntime on the server's threads, what a fresh note costs it: the autoregressive kind's encoder
-plus 512 one-token steps, or the masked kind's encoder plus its passes over the whole sequence. Every design
+Exports the `--layer` prior (default bottom) of each design (the `small` preset changed by `--set` lists)
+with random weights and times, with onnxruntime on the server's threads, what a fresh note costs it: the autoregressive kind's encoder
+plus one-token steps over the layer (512 bottom, 128 top), or the masked kind's encoder plus its passes over
+the whole sequence. Every design
 is timed in the same run, so the ratios hold on a noisy machine.
 
     python scripts/prior_latency.py --design ar= --design masked8=bottom_prior.kind=masked \\
@@ -28,7 +29,7 @@ from server.bundle import PRIOR_KINDS, cache_names, session_options
 
 
 def decode_once(sessions: dict, prior, kind: str, passes: int) -> None:
-    """One whole bottom map's graph calls (the sampling's numpy work is left out: it is the same for any shape)."""
+    """One whole map's graph calls (the sampling's numpy work is left out: it is the same for any shape)."""
     labels = {"pitch": np.array([60]), "family": np.array([2])}
     src = np.zeros((1, prior.src_len), np.int64)
     memory = dict(
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--design", action="append", required=True, help="NAME=section.key=value,... (small preset)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layer", choices=("top", "bottom"), default="bottom")
     args = parser.parse_args()
     torch.manual_seed(0)
     designs = {}
@@ -67,12 +69,13 @@ def main() -> None:
             config = override(preset("small"), [s for s in sets.split(",") if s])
             vqvae = VQVAE2(config.vqvae).eval()
             priors = {layer: build_prior(config, layer).eval() for layer in ("top", "bottom")}
-            prior, kind = priors["bottom"], config.bottom_prior.kind
+            prior = priors[args.layer]
+            kind = getattr(config, f"{args.layer}_prior").kind
             import onnxruntime as ort
 
             sessions = {}
             for part in ("encoder", PRIOR_KINDS[kind]):
-                graph = f"bottom_prior_{part}"
+                graph = f"{args.layer}_prior_{part}"
                 path = Path(tmp) / f"{name}_{graph}.onnx"
                 module = graph_module(graph, vqvae, priors)
                 export_graph(graph, module, example_inputs(graph, vqvae, priors), path, n_layers(graph, priors))
@@ -80,7 +83,7 @@ def main() -> None:
                 threads = 1 if part == "step" and prior.cfg.d_model <= 256 else args.threads
                 sessions[part] = ort.InferenceSession(str(path), session_options(threads))
             params = sum(p.numel() for p in prior.parameters())
-            designs[name] = (sessions, prior, kind, config.bottom_prior.passes, params)
+            designs[name] = (sessions, prior, kind, getattr(config, f"{args.layer}_prior").passes, params)
         times: dict[str, list[float]] = {name: [] for name in designs}
         for _ in range(args.repeats):  # interleaved, so that drift hits every design alike
             for name, (sessions, prior, kind, passes, _) in designs.items():
@@ -89,7 +92,7 @@ def main() -> None:
                 decode_once(sessions, prior, kind, passes)
                 times[name].append(time.perf_counter() - t0)
     base = statistics.median(next(iter(times.values())))
-    print("| design | kind | passes | parameters | bottom map p50 (ms) | ratio to the first |")
+    print(f"| design | kind | passes | parameters | {args.layer} map p50 (ms) | ratio to the first |")
     print("|---|---|---|---|---|---|")
     for name, (_, _, kind, passes, params) in designs.items():
         p50 = statistics.median(times[name])

@@ -96,3 +96,24 @@ def test_a_masked_bottom_prior_trains_exports_and_inpaints(tiny_bundle, dataset,
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"priors.bottom: kind 'diffusion' is not a prior kind"):
         Bundle(out)
+
+
+def test_a_masked_top_prior_generates_from_nothing_and_keeps_chosen_cells(tiny_bundle, tmp_path):
+    run, _ = tiny_bundle
+    fork, out = tmp_path / "masked-top", tmp_path / "bundle"
+    assert (
+        run_cli("export", "fork", str(run), str(fork), "--set", "top_prior.kind=masked", "--warm-start").returncode == 0
+    )
+    trained = run_cli("export", "prior", str(fork), "--layer", "top", "--device", "cpu")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert run_cli("export", "export", str(fork), "--out", str(out)).returncode == 0
+    inpainter = Inpainter.from_bundle(Bundle(out))
+    assert isinstance(inpainter.top, MaskedSampler) and not isinstance(inpainter.bottom, MaskedSampler)
+    cond, rng = Conditioning(pitch=48, family=0), np.random.default_rng(1)
+    top, bottom = inpainter.generate(cond, rng)
+    mask = np.zeros(codemaps.TOP_SHAPE, bool)
+    mask[:, 1] = True  # one time column, the cells on both sides kept
+    new_top, new_bottom = inpainter.inpaint(top, bottom, "top", mask, cond, rng)
+    assert (new_top[~mask] == top[~mask]).all() and new_top.max() < 64
+    beneath = codemaps.upsample_mask(mask)
+    assert (new_bottom[~beneath] == bottom[~beneath]).all()
