@@ -1,10 +1,10 @@
 """Latency decided before training: a prior design's decoding of a whole map, timed with random weights.
 
 Exports the `--layer` prior (default bottom) of each design (the `small` preset changed by `--set` lists)
-with random weights and times, with onnxruntime on the server's threads, what a fresh note costs it: the autoregressive kind's encoder
-plus one-token steps over the layer (512 bottom, 128 top), or the masked kind's encoder plus its passes over
-the whole sequence. Every design
-is timed in the same run, so the ratios hold on a noisy machine.
+with random weights and times, with onnxruntime on the server's threads, what a fresh note costs it: the
+autoregressive kind's encoder plus one-token steps over the layer (512 bottom, 128 top), or the masked kind's
+encoder plus its passes over the whole sequence. Every design is timed in the same run, so the ratios hold on
+a noisy machine.
 
     python scripts/prior_latency.py --design ar= --design masked8=bottom_prior.kind=masked \\
         --design masked4=bottom_prior.kind=masked,bottom_prior.passes=4
