@@ -169,7 +169,7 @@ VOICES = 8  # polyphony of both patches: one voice (buffer/array, player, envelo
 NOTE_ID = "10 * $3 + $2"  # of the list "velocity voice pitch", in [expr]'s syntax ($f in Pd, $i in Max)
 VOICE_OF_ID = "($1 >= 240 && $1 < 850) * ($1 % 10)"  # the voice of a note's id (1-8); 0 or 9: not a note
 MAX_ROUTES = (  # what the Max patch listens to, in its [route]'s outlet order
-    "/pong", "/status", "/error", "/render/done", "/image/done", "/codemap", "/model/info", "/pitch",
+    "/pong", "/status", "/error", "/render/done", "/render/loop", "/image/done", "/codemap", "/model/info", "/pitch",
     "/instrument", "/temperature", "/top_p", "/guidance", "/harmonic", "/timbre", "/level", "/gain", "/velocity/curve",
     "/release", "/note/cache", "/export/progress", "/export/done",
 )  # fmt: skip
@@ -177,8 +177,10 @@ MAX_ROUTES = (  # what the Max patch listens to, in its [route]'s outlet order
 
 def max_voice() -> MaxPatch:
     """inpaint-osc-voice.maxpat, one instance per voice of [poly~ inpaint-osc-voice 8], addressed with
-    `target N`. Messages: `on` (a note-on took this voice), `play PATH` (its render: loaded into the voice's own
-    buffer~ and played if the key is still down), `release` (note-off: fade out over /release)."""
+    `target N`. Messages: `on` (a note-on took this voice), `loop START END START_MS END_MS` (its render's sustain
+    loop, /render/loop: groove~ loops it while the key is held), `play PATH` (its render: loaded into the voice's
+    own buffer~ and played if the key is still down), `release` (note-off: fade out over /release, the loop let
+    go)."""
     p = MaxPatch()
     c = p.box
     # This instance's own buffer: named inpaint-osc-voice-N after its poly~ instance number N.
@@ -193,8 +195,12 @@ def max_voice() -> MaxPatch:
     player = c("newobj", 20, 260, "groove~ inpaint-osc-voice")
     p.connect(naming, 0, buf)
     p.connect(setting, 0, player)
-    route = c("newobj", 20, 20, "route on play release")
+    route = c("newobj", 20, 20, "route on play release loop")
     p.connect(c("newobj", 20, -10, "in 1"), 0, route)
+    # The sustain loop (the server cross-faded its end into its start): groove~ wraps there while the key is down.
+    looped = c("message", 480, 260, "setloop $3 $4, loop 1")
+    p.connect(route, 3, looped)
+    p.connect(looped, 0, player)
     expected = c("newobj", 200, 110, "== 0")  # right inlet: the id of the note this voice holds, 0 once released
     p.connect(route, 0, expected, 1)
     gate = c("newobj", 200, 170, "i")
@@ -236,8 +242,11 @@ def max_voice() -> MaxPatch:
     to_ms = c("newobj", 400, 170, "* 1000.")
     p.connect(seconds, 0, to_ms)
     p.connect(to_ms, 0, release_ms, 1)
-    off = c("newobj", 300, 110, "t b b")
+    off = c("newobj", 300, 110, "t b b b")
     p.connect(route, 2, off)
+    let_go = c("message", 480, 290, "loop 0")  # on to the render's end, under the fade
+    p.connect(off, 2, let_go)
+    p.connect(let_go, 0, player)
     zero = c("message", 340, 140, "0")
     p.connect(off, 1, zero)
     p.connect(zero, 0, expected, 1)
@@ -523,6 +532,22 @@ def max_patch() -> MaxPatch:
         play = c("message", 760 + 70 * (v - 1), 670, f"target {v}, play $1 $2")
         p.connect(by_voice, v - 1, play)
         p.connect(play, 0, voices)
+    # /render/loop id start end start_ms end_ms → the same voice, before its /render/done
+    loop_which = c("newobj", 1320, 580, "t l l")
+    loop_tagged = c("newobj", 1320, 610, "zl join")
+    p.connect(loop_which, 1, loop_tagged, 1)
+    loop_first = c("newobj", 1400, 580, "zl slice 1")
+    p.connect(loop_which, 0, loop_first)
+    loop_voice = c("newobj", 1400, 610, "expr " + VOICE_OF_ID.replace("$", "$i"))
+    p.connect(loop_first, 0, loop_voice)
+    p.connect(loop_voice, 0, loop_tagged)
+    p.connect(route, out["/render/loop"], loop_which)
+    loop_by_voice = c("newobj", 1320, 640, "route " + " ".join(str(v) for v in range(1, VOICES + 1)), w=300)
+    p.connect(loop_tagged, 0, loop_by_voice)
+    for v in range(1, VOICES + 1):
+        looped = c("message", 1320 + 90 * (v - 1), 670, f"target {v}, loop $2 $3 $4 $5")
+        p.connect(loop_by_voice, v - 1, looped)
+        p.connect(looped, 0, voices)
     not_note = c("newobj", 760, 700, "zl slice 2")  # "0 id path ...": the path is the third item
     p.connect(by_voice, VOICES, not_note)
     path = c("newobj", 860, 700, "zl slice 1")
@@ -653,14 +678,19 @@ class PdPatch:
         path.write_text("\n".join(self.lines) + "\n")
 
 
+LOOP_LEAD_MS = 20  # a voice schedules its next loop pass this long ahead, so the jump lands on the exact sample
+
+
 def pd_voice() -> PdPatch:
     """inpaint-osc-voice.pd, one instance per voice of [clone -s 1 inpaint-osc-voice 8] ($1 = the voice number).
-    Messages: `on ID` (a note-on took this voice; ID is its request id), `play ID PATH` (a render: loaded into
-    the voice's own array, and played if ID is the note it holds and its key is still down), `release` (note-off:
-    fade out over /release)."""
+    Messages: `on ID` (a note-on took this voice; ID is its request id), `loop START END START_MS END_MS` (its
+    render's sustain loop, /render/loop), `play ID PATH` (a render: loaded into the voice's own array, and played
+    if ID is the note it holds and its key is still down), `release` (note-off: fade out over /release).
+    The player is [vline~] into [tabread4~]: the render from its start to the loop's end, then the loop again
+    and again (the server cross-faded its end into its start) until the note is released."""
     p = PdPatch()
-    p.lines[0] = "#N canvas 0 50 700 420 12;"
-    route = p.chain(p.obj(20, 20, "inlet"), p.obj(20, 50, "route on play release"))
+    p.lines[0] = "#N canvas 0 50 860 460 12;"
+    route = p.chain(p.obj(20, 20, "inlet"), p.obj(20, 50, "route on play release loop"))
     expected = p.obj(420, 80, "==")  # right inlet: the id of the note this voice holds, 0 once released
     p.connect(route, 0, expected, 1)
     gate = p.obj(420, 110, "f")
@@ -680,36 +710,76 @@ def pd_voice() -> PdPatch:
     )
     p.connect(path, 1, load - 4)
     p.obj(460, 20, "array define $0-voice")
-    log = p.obj(20, 380, "print inpaint-osc")
+    log = p.obj(20, 420, "print inpaint-osc")
     loaded = p.obj(20, 235, "t f b")
     p.connect(load, 0, loaded)
-    p.chain(loaded, p.obj(20, 330, "list prepend voice $1 loaded"), p.obj(20, 355, "list trim"), log)
+    p.chain(loaded, p.obj(20, 360, "list prepend voice $1 loaded"), p.obj(20, 390, "list trim"), log)
     start = p.chain(gate, p.obj(420, 140, "sel 1"), p.obj(420, 165, "t b b"))
     p.connect(loaded, 1, gate)
-    player = p.obj(300, 230, "tabplay~ $0-voice")
-    envelope = p.obj(460, 230, "vline~")
+    # The loop: frames START..END and their times in ms, kept (cold) for the voice's next play; one [f] per use.
+    points = p.obj(620, 80, "unpack f f f f")
+    p.connect(route, 3, points)
+    loop_ms = p.obj(840, 110, "expr $f2 - $f1")
+    p.connect(points, 2, loop_ms)
+    p.connect(points, 3, loop_ms, 1)
+
+    def kept(x: int, y: int, source: int, outlet: int) -> int:
+        box = p.obj(x, y, "f")
+        p.connect(source, outlet, box, 1)
+        return box
+
+    index = p.obj(300, 260, "vline~")
+    envelope = p.obj(460, 260, "vline~")
     # A voice still sounding (a key struck again, a stolen voice) fades out over 1 ms before its new render
     # starts from the top; then a 3 ms fade-in: no click either way.
     p.connect(start, 1, p.msg(460, 200, "0 1 \\, 1 3 1"))
     p.connect(p.count - 1, 0, envelope)
     go = p.chain(start, p.obj(300, 165, "delay 1"), p.obj(300, 195, "t b b"))
-    p.connect(go, 0, player)
-    clock = p.obj(180, 300, "timer")
-    p.connect(go, 1, clock)
-    amp = p.obj(300, 270, "*~")
+    # Play: the index ramps from 0 to the loop's end; LOOP_LEAD_MS before it gets there, the next pass (jump to
+    # the loop's start at the end, ramp to its end again) is scheduled, and so on while the key is held.
+    ask = p.obj(160, 200, "t b b")
+    p.connect(go, 1, ask)
+    first = p.obj(160, 260, "pack f f")  # END END_MS
+    p.connect(ask, 1, kept(220, 230, points, 3))
+    p.connect(p.count - 1, 0, first, 1)
+    p.connect(ask, 0, kept(160, 230, points, 1))
+    p.connect(p.count - 1, 0, first)
+    p.connect(first, 0, p.msg(160, 290, "0 \\, $1 $2"))
+    p.connect(p.count - 1, 0, index)
+    timer = p.obj(540, 260, "delay")
+    p.connect(go, 0, kept(540, 200, points, 3))
+    p.connect(p.count - 1, 0, p.obj(540, 230, f"- {LOOP_LEAD_MS}"))
+    p.connect(p.count - 1, 0, timer)
+    wrap = p.obj(540, 290, "t b b b b")
+    p.connect(timer, 0, wrap)
+    again = p.obj(640, 380, "pack f f f")  # START END LOOP_MS: every pass after the first
+    p.connect(wrap, 3, kept(760, 350, loop_ms, 0))
+    p.connect(p.count - 1, 0, again, 2)
+    p.connect(wrap, 2, kept(700, 350, points, 1))
+    p.connect(p.count - 1, 0, again, 1)
+    p.connect(wrap, 1, kept(640, 350, points, 0))
+    p.connect(p.count - 1, 0, again)
+    p.connect(again, 0, p.msg(640, 410, f"$1 0 {LOOP_LEAD_MS} \\, $2 $3 {LOOP_LEAD_MS}"))
+    p.connect(p.count - 1, 0, index)
+    p.connect(wrap, 0, kept(540, 350, loop_ms, 0))  # the next pass's schedule
+    p.connect(p.count - 1, 0, timer)
+    player = p.obj(300, 290, "tabread4~ $0-voice")
+    p.connect(index, 0, player)
+    amp = p.obj(300, 320, "*~")
     p.connect(player, 0, amp)
     p.connect(envelope, 0, amp, 1)
-    p.connect(amp, 0, p.obj(300, 300, "outlet~"))
-    p.connect(player, 1, clock, 1)
-    p.chain(clock, p.obj(180, 330, "list prepend voice $1 played"), p.obj(180, 355, "list trim"), log)
-    # note-off: no render plays any more (one still on its way stays silent); the voice fades over /release
+    p.connect(amp, 0, p.obj(300, 350, "outlet~"))
+    # note-off: no render plays any more (one still on its way stays silent); the voice fades over /release and
+    # its loop stops (the pass under way runs to its end, a rising zero crossing, under the fade)
     release_ms = p.obj(560, 140, "f 150")
     p.chain(p.obj(560, 80, "r inpaint-osc-release"), p.obj(560, 110, "* 1000"))
     p.connect(p.count - 1, 0, release_ms, 1)
-    off = p.obj(560, 50, "t b b")
+    off = p.obj(460, 50, "t b b b")
     p.connect(route, 2, off)
-    p.connect(off, 1, p.msg(620, 80, "0"))
+    p.connect(off, 2, p.msg(520, 80, "0"))
     p.connect(p.count - 1, 0, expected, 1)
+    p.connect(off, 1, p.msg(540, 200, "stop"))
+    p.connect(p.count - 1, 0, timer)
     p.connect(off, 0, release_ms)
     p.connect(release_ms, 0, p.msg(560, 170, "0 $1"))
     p.connect(p.count - 1, 0, envelope)
@@ -947,8 +1017,21 @@ def pd_patch() -> PdPatch:
 
     # Audio: /render/done of a note goes to its voice (the voice number is in its id); any other render is
     # loaded into the array inpaint-osc, played by tabplay~ (loop on/off).
-    done_route = p.obj(620, 790, "route done")
+    done_route = p.obj(620, 790, "route done loop")
     p.connect(route, 3, done_route)
+    # /render/loop id start end start_ms end_ms → "voice loop start end start_ms end_ms", before its /render/done
+    loop_which = p.obj(1180, 815, "t l l")
+    p.connect(done_route, 1, loop_which)
+    loop_voice = p.chain(p.obj(1320, 815, "list split 1"), p.obj(1320, 840, "expr " + VOICE_OF_ID.replace("$", "$f")))
+    p.connect(loop_which, 1, loop_voice - 1)
+    loop_tagged = p.obj(1180, 865, "list prepend")
+    p.connect(loop_voice, 0, loop_tagged, 1)
+    p.connect(loop_which, 0, loop_tagged)
+    loop_by_voice = p.obj(1180, 890, "route " + " ".join(str(v) for v in range(1, VOICES + 1)))
+    p.connect(loop_tagged, 0, loop_by_voice)
+    for v in range(1, VOICES + 1):
+        p.connect(loop_by_voice, v - 1, p.msg(1180 + 90 * (v - 1), 915, f"{v} loop $2 $3 $4 $5"))
+        p.connect(p.count - 1, 0, voices)
     id_path = p.obj(620, 815, "list split 2")  # "id path"
     p.connect(done_route, 0, id_path)
     which = p.obj(620, 840, "t l l")  # the voice (right, first), then "voice id path"
@@ -982,6 +1065,16 @@ def pd_patch() -> PdPatch:
     p.connect(play, 0, player)
     p.connect(player, 0, dac)
     p.connect(player, 0, dac, 1)
+    # Recording what the patch plays: "inpaint-osc-record PATH" starts a WAV, "inpaint-osc-record-stop" ends it.
+    record = p.obj(120, 1125, "r inpaint-osc-record")
+    recorder = p.obj(20, 1200, "writesf~ 1")
+    p.connect(p.obj(20, 1125, "r inpaint-osc-record-stop"), 0, p.msg(20, 1150, "stop"))
+    p.connect(p.count - 1, 0, recorder)
+    p.connect(record, 0, p.obj(120, 1150, "list"))
+    p.connect(p.count - 1, 0, p.msg(120, 1175, "open $1 \\, start"))
+    p.connect(p.count - 1, 0, recorder)
+    p.connect(voices, 0, recorder)
+    p.connect(player, 0, recorder)
     loop = p.obj(700, 1000, "tgl 15 0 empty empty loop 17 7 0 10 -262144 -1 -1 0 1")
     spigot = p.obj(700, 1060, "spigot")
     p.connect(loop, 0, spigot, 1)

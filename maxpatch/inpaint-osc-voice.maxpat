@@ -139,8 +139,9 @@
      "id": "obj-7",
      "maxclass": "newobj",
      "numinlets": 2,
-     "numoutlets": 4,
+     "numoutlets": 5,
      "outlettype": [
+      "",
       "",
       "",
       "",
@@ -149,10 +150,10 @@
      "patching_rect": [
       20,
       20,
-      159.0,
+      194.0,
       22
      ],
-     "text": "route on play release"
+     "text": "route on play release loop"
     }
    },
    {
@@ -176,6 +177,24 @@
    {
     "box": {
      "id": "obj-9",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      480,
+      260,
+      159.0,
+      22
+     ],
+     "text": "setloop $3 $4, loop 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-10",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -193,7 +212,7 @@
    },
    {
     "box": {
-     "id": "obj-10",
+     "id": "obj-11",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -211,7 +230,7 @@
    },
    {
     "box": {
-     "id": "obj-11",
+     "id": "obj-12",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -230,7 +249,7 @@
    },
    {
     "box": {
-     "id": "obj-12",
+     "id": "obj-13",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -249,7 +268,7 @@
    },
    {
     "box": {
-     "id": "obj-13",
+     "id": "obj-14",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -268,7 +287,7 @@
    },
    {
     "box": {
-     "id": "obj-14",
+     "id": "obj-15",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -286,7 +305,7 @@
    },
    {
     "box": {
-     "id": "obj-15",
+     "id": "obj-16",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -305,7 +324,7 @@
    },
    {
     "box": {
-     "id": "obj-16",
+     "id": "obj-17",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -324,7 +343,7 @@
    },
    {
     "box": {
-     "id": "obj-17",
+     "id": "obj-18",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -342,7 +361,7 @@
    },
    {
     "box": {
-     "id": "obj-18",
+     "id": "obj-19",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -361,7 +380,7 @@
    },
    {
     "box": {
-     "id": "obj-19",
+     "id": "obj-20",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -379,7 +398,7 @@
    },
    {
     "box": {
-     "id": "obj-20",
+     "id": "obj-21",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -397,7 +416,7 @@
    },
    {
     "box": {
-     "id": "obj-21",
+     "id": "obj-22",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -415,7 +434,7 @@
    },
    {
     "box": {
-     "id": "obj-22",
+     "id": "obj-23",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -433,7 +452,7 @@
    },
    {
     "box": {
-     "id": "obj-23",
+     "id": "obj-24",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 0,
@@ -449,7 +468,7 @@
    },
    {
     "box": {
-     "id": "obj-24",
+     "id": "obj-25",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -467,7 +486,7 @@
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-26",
      "maxclass": "newobj",
      "numinlets": 0,
      "numoutlets": 1,
@@ -485,7 +504,7 @@
    },
    {
     "box": {
-     "id": "obj-26",
+     "id": "obj-27",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -503,26 +522,45 @@
    },
    {
     "box": {
-     "id": "obj-27",
+     "id": "obj-28",
      "maxclass": "newobj",
      "numinlets": 1,
-     "numoutlets": 2,
+     "numoutlets": 3,
      "outlettype": [
+      "bang",
       "bang",
       "bang"
      ],
      "patching_rect": [
       300,
       110,
-      47.0,
+      61.0,
       22
      ],
-     "text": "t b b"
+     "text": "t b b b"
     }
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-29",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      480,
+      290,
+      54.0,
+      22
+     ],
+     "text": "loop 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-30",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -540,7 +578,7 @@
    },
    {
     "box": {
-     "id": "obj-29",
+     "id": "obj-31",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -634,11 +672,11 @@
     "patchline": {
      "source": [
       "obj-7",
-      0
+      3
      ],
      "destination": [
       "obj-9",
-      1
+      0
      ]
     }
    },
@@ -649,7 +687,31 @@
       0
      ],
      "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      0
+     ],
+     "destination": [
       "obj-10",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-10",
+      0
+     ],
+     "destination": [
+      "obj-11",
       1
      ]
     }
@@ -661,7 +723,7 @@
       1
      ],
      "destination": [
-      "obj-11",
+      "obj-12",
       0
      ]
     }
@@ -669,32 +731,8 @@
    {
     "patchline": {
      "source": [
-      "obj-11",
+      "obj-12",
       1
-     ],
-     "destination": [
-      "obj-12",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-12",
-      0
-     ],
-     "destination": [
-      "obj-9",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-11",
-      0
      ],
      "destination": [
       "obj-13",
@@ -706,7 +744,19 @@
     "patchline": {
      "source": [
       "obj-13",
-      1
+      0
+     ],
+     "destination": [
+      "obj-10",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-12",
+      0
      ],
      "destination": [
       "obj-14",
@@ -718,6 +768,18 @@
     "patchline": {
      "source": [
       "obj-14",
+      1
+     ],
+     "destination": [
+      "obj-15",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-15",
       0
      ],
      "destination": [
@@ -733,7 +795,7 @@
       1
      ],
      "destination": [
-      "obj-10",
+      "obj-11",
       0
      ]
     }
@@ -741,19 +803,7 @@
    {
     "patchline": {
      "source": [
-      "obj-10",
-      0
-     ],
-     "destination": [
-      "obj-15",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-15",
+      "obj-11",
       0
      ],
      "destination": [
@@ -766,19 +816,19 @@
     "patchline": {
      "source": [
       "obj-16",
+      0
+     ],
+     "destination": [
+      "obj-17",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-17",
       1
-     ],
-     "destination": [
-      "obj-17",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-17",
-      0
      ],
      "destination": [
       "obj-18",
@@ -789,7 +839,7 @@
    {
     "patchline": {
      "source": [
-      "obj-16",
+      "obj-18",
       0
      ],
      "destination": [
@@ -801,7 +851,7 @@
    {
     "patchline": {
      "source": [
-      "obj-19",
+      "obj-17",
       0
      ],
      "destination": [
@@ -817,7 +867,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-21",
       0
      ]
     }
@@ -837,31 +887,19 @@
    {
     "patchline": {
      "source": [
+      "obj-22",
+      0
+     ],
+     "destination": [
       "obj-6",
       0
-     ],
-     "destination": [
-      "obj-22",
-      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-18",
-      0
-     ],
-     "destination": [
-      "obj-22",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-22",
+      "obj-6",
       0
      ],
      "destination": [
@@ -873,11 +911,23 @@
    {
     "patchline": {
      "source": [
-      "obj-25",
+      "obj-19",
       0
      ],
      "destination": [
-      "obj-26",
+      "obj-23",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-23",
+      0
+     ],
+     "destination": [
+      "obj-24",
       0
      ]
     }
@@ -889,7 +939,19 @@
       0
      ],
      "destination": [
-      "obj-24",
+      "obj-27",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-27",
+      0
+     ],
+     "destination": [
+      "obj-25",
       1
      ]
     }
@@ -901,18 +963,6 @@
       2
      ],
      "destination": [
-      "obj-27",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-27",
-      1
-     ],
-     "destination": [
       "obj-28",
       0
      ]
@@ -922,31 +972,7 @@
     "patchline": {
      "source": [
       "obj-28",
-      0
-     ],
-     "destination": [
-      "obj-9",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-27",
-      0
-     ],
-     "destination": [
-      "obj-24",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-24",
-      0
+      2
      ],
      "destination": [
       "obj-29",
@@ -961,7 +987,67 @@
       0
      ],
      "destination": [
-      "obj-18",
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-28",
+      1
+     ],
+     "destination": [
+      "obj-30",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-30",
+      0
+     ],
+     "destination": [
+      "obj-10",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-28",
+      0
+     ],
+     "destination": [
+      "obj-25",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-25",
+      0
+     ],
+     "destination": [
+      "obj-31",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-31",
+      0
+     ],
+     "destination": [
+      "obj-19",
       0
      ]
     }

@@ -151,8 +151,9 @@
      "id": "obj-7",
      "maxclass": "newobj",
      "numinlets": 2,
-     "numoutlets": 22,
+     "numoutlets": 23,
      "outlettype": [
+      "",
       "",
       "",
       "",
@@ -182,7 +183,7 @@
       900,
       22
      ],
-     "text": "route /pong /status /error /render/done /image/done /codemap /model/info /pitch /instrument /temperature /top_p /guidance /harmonic /timbre /level /gain /velocity/curve /release /note/cache /export/progress /export/done"
+     "text": "route /pong /status /error /render/done /render/loop /image/done /codemap /model/info /pitch /instrument /temperature /top_p /guidance /harmonic /timbre /level /gain /velocity/curve /release /note/cache /export/progress /export/done"
     }
    },
    {
@@ -3602,6 +3603,251 @@
     "box": {
      "id": "obj-170",
      "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      1320,
+      580,
+      47.0,
+      22
+     ],
+     "text": "t l l"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-171",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      1320,
+      610,
+      61.0,
+      22
+     ],
+     "text": "zl join"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-172",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "outlettype": [
+      "",
+      ""
+     ],
+     "patching_rect": [
+      1400,
+      580,
+      82.0,
+      22
+     ],
+     "text": "zl slice 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-173",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1400,
+      610,
+      313.0,
+      22
+     ],
+     "text": "expr ($i1 >= 240 && $i1 < 850) * ($i1 % 10)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-174",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 9,
+     "outlettype": [
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      "",
+      ""
+     ],
+     "patching_rect": [
+      1320,
+      640,
+      300,
+      22
+     ],
+     "text": "route 1 2 3 4 5 6 7 8"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-175",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1320,
+      670,
+      194.0,
+      22
+     ],
+     "text": "target 1, loop $2 $3 $4 $5"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-176",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1410,
+      670,
+      194.0,
+      22
+     ],
+     "text": "target 2, loop $2 $3 $4 $5"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-177",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1500,
+      670,
+      194.0,
+      22
+     ],
+     "text": "target 3, loop $2 $3 $4 $5"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-178",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1590,
+      670,
+      194.0,
+      22
+     ],
+     "text": "target 4, loop $2 $3 $4 $5"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-179",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1680,
+      670,
+      194.0,
+      22
+     ],
+     "text": "target 5, loop $2 $3 $4 $5"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-180",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1770,
+      670,
+      194.0,
+      22
+     ],
+     "text": "target 6, loop $2 $3 $4 $5"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-181",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1860,
+      670,
+      194.0,
+      22
+     ],
+     "text": "target 7, loop $2 $3 $4 $5"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-182",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "outlettype": [
+      ""
+     ],
+     "patching_rect": [
+      1950,
+      670,
+      194.0,
+      22
+     ],
+     "text": "target 8, loop $2 $3 $4 $5"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-183",
+     "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
      "outlettype": [
@@ -3619,7 +3865,7 @@
    },
    {
     "box": {
-     "id": "obj-171",
+     "id": "obj-184",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3638,7 +3884,7 @@
    },
    {
     "box": {
-     "id": "obj-172",
+     "id": "obj-185",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3657,7 +3903,7 @@
    },
    {
     "box": {
-     "id": "obj-173",
+     "id": "obj-186",
      "maxclass": "waveform~",
      "numinlets": 5,
      "numoutlets": 6,
@@ -3688,7 +3934,7 @@
    },
    {
     "box": {
-     "id": "obj-174",
+     "id": "obj-187",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 2,
@@ -3707,7 +3953,7 @@
    },
    {
     "box": {
-     "id": "obj-175",
+     "id": "obj-188",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3732,7 +3978,7 @@
    },
    {
     "box": {
-     "id": "obj-176",
+     "id": "obj-189",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3757,7 +4003,7 @@
    },
    {
     "box": {
-     "id": "obj-177",
+     "id": "obj-190",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -3775,7 +4021,7 @@
    },
    {
     "box": {
-     "id": "obj-178",
+     "id": "obj-191",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3793,7 +4039,7 @@
    },
    {
     "box": {
-     "id": "obj-179",
+     "id": "obj-192",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -3816,7 +4062,7 @@
    },
    {
     "box": {
-     "id": "obj-180",
+     "id": "obj-193",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3842,7 +4088,7 @@
    },
    {
     "box": {
-     "id": "obj-181",
+     "id": "obj-194",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -3861,7 +4107,7 @@
    },
    {
     "box": {
-     "id": "obj-182",
+     "id": "obj-195",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3879,7 +4125,7 @@
    },
    {
     "box": {
-     "id": "obj-183",
+     "id": "obj-196",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -3902,7 +4148,7 @@
    },
    {
     "box": {
-     "id": "obj-184",
+     "id": "obj-197",
      "maxclass": "textedit",
      "numinlets": 1,
      "numoutlets": 4,
@@ -3930,7 +4176,7 @@
    },
    {
     "box": {
-     "id": "obj-185",
+     "id": "obj-198",
      "maxclass": "button",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3955,7 +4201,7 @@
    },
    {
     "box": {
-     "id": "obj-186",
+     "id": "obj-199",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -3974,7 +4220,7 @@
    },
    {
     "box": {
-     "id": "obj-187",
+     "id": "obj-200",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -3992,7 +4238,7 @@
    },
    {
     "box": {
-     "id": "obj-188",
+     "id": "obj-201",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -4015,7 +4261,7 @@
    },
    {
     "box": {
-     "id": "obj-189",
+     "id": "obj-202",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4040,7 +4286,7 @@
    },
    {
     "box": {
-     "id": "obj-190",
+     "id": "obj-203",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -4058,7 +4304,7 @@
    },
    {
     "box": {
-     "id": "obj-191",
+     "id": "obj-204",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4083,7 +4329,7 @@
    },
    {
     "box": {
-     "id": "obj-192",
+     "id": "obj-205",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -4101,7 +4347,7 @@
    },
    {
     "box": {
-     "id": "obj-193",
+     "id": "obj-206",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -4120,7 +4366,7 @@
    },
    {
     "box": {
-     "id": "obj-194",
+     "id": "obj-207",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4138,7 +4384,7 @@
    },
    {
     "box": {
-     "id": "obj-195",
+     "id": "obj-208",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -4156,7 +4402,7 @@
    },
    {
     "box": {
-     "id": "obj-196",
+     "id": "obj-209",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -4176,7 +4422,7 @@
    },
    {
     "box": {
-     "id": "obj-197",
+     "id": "obj-210",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4194,7 +4440,7 @@
    },
    {
     "box": {
-     "id": "obj-198",
+     "id": "obj-211",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -4212,7 +4458,7 @@
    },
    {
     "box": {
-     "id": "obj-199",
+     "id": "obj-212",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -4230,7 +4476,7 @@
    },
    {
     "box": {
-     "id": "obj-200",
+     "id": "obj-213",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -4617,7 +4863,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      8
+      9
      ],
      "destination": [
       "obj-31",
@@ -4689,7 +4935,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      7
+      8
      ],
      "destination": [
       "obj-36",
@@ -4749,7 +4995,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      9
+      10
      ],
      "destination": [
       "obj-40",
@@ -4797,7 +5043,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      10
+      11
      ],
      "destination": [
       "obj-44",
@@ -4845,7 +5091,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      11
+      12
      ],
      "destination": [
       "obj-48",
@@ -4893,7 +5139,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      12
+      13
      ],
      "destination": [
       "obj-52",
@@ -4941,7 +5187,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      13
+      14
      ],
      "destination": [
       "obj-56",
@@ -4989,7 +5235,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      14
+      15
      ],
      "destination": [
       "obj-60",
@@ -5037,7 +5283,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      15
+      16
      ],
      "destination": [
       "obj-64",
@@ -5085,7 +5331,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      16
+      17
      ],
      "destination": [
       "obj-68",
@@ -5133,7 +5379,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      17
+      18
      ],
      "destination": [
       "obj-72",
@@ -5157,7 +5403,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      17
+      18
      ],
      "destination": [
       "obj-73",
@@ -5169,7 +5415,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      18
+      19
      ],
      "destination": [
       "obj-75",
@@ -5241,7 +5487,7 @@
     "patchline": {
      "source": [
       "obj-7",
-      4
+      5
      ],
      "destination": [
       "obj-85",
@@ -6452,23 +6698,59 @@
    {
     "patchline": {
      "source": [
-      "obj-161",
-      8
-     ],
-     "destination": [
-      "obj-170",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-170",
       1
      ],
      "destination": [
       "obj-171",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-170",
+      0
+     ],
+     "destination": [
+      "obj-172",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-172",
+      0
+     ],
+     "destination": [
+      "obj-173",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-173",
+      0
+     ],
+     "destination": [
+      "obj-171",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      4
+     ],
+     "destination": [
+      "obj-170",
       0
      ]
     }
@@ -6477,6 +6759,234 @@
     "patchline": {
      "source": [
       "obj-171",
+      0
+     ],
+     "destination": [
+      "obj-174",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      0
+     ],
+     "destination": [
+      "obj-175",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-175",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      1
+     ],
+     "destination": [
+      "obj-176",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-176",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      2
+     ],
+     "destination": [
+      "obj-177",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-177",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      3
+     ],
+     "destination": [
+      "obj-178",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-178",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      4
+     ],
+     "destination": [
+      "obj-179",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-179",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      5
+     ],
+     "destination": [
+      "obj-180",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-180",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      6
+     ],
+     "destination": [
+      "obj-181",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-181",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-174",
+      7
+     ],
+     "destination": [
+      "obj-182",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-182",
+      0
+     ],
+     "destination": [
+      "obj-145",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-161",
+      8
+     ],
+     "destination": [
+      "obj-183",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-183",
+      1
+     ],
+     "destination": [
+      "obj-184",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-184",
       0
      ],
      "destination": [
@@ -6504,7 +7014,7 @@
       0
      ],
      "destination": [
-      "obj-172",
+      "obj-185",
       0
      ]
     }
@@ -6512,11 +7022,11 @@
    {
     "patchline": {
      "source": [
-      "obj-175",
+      "obj-188",
       0
      ],
      "destination": [
-      "obj-174",
+      "obj-187",
       0
      ]
     }
@@ -6524,11 +7034,11 @@
    {
     "patchline": {
      "source": [
-      "obj-176",
+      "obj-189",
       0
      ],
      "destination": [
-      "obj-177",
+      "obj-190",
       0
      ]
     }
@@ -6536,11 +7046,11 @@
    {
     "patchline": {
      "source": [
-      "obj-177",
+      "obj-190",
       0
      ],
      "destination": [
-      "obj-174",
+      "obj-187",
       0
      ]
     }
@@ -6548,11 +7058,11 @@
    {
     "patchline": {
      "source": [
-      "obj-178",
+      "obj-191",
       0
      ],
      "destination": [
-      "obj-174",
+      "obj-187",
       0
      ]
     }
@@ -6560,7 +7070,7 @@
    {
     "patchline": {
      "source": [
-      "obj-174",
+      "obj-187",
       0
      ],
      "destination": [
@@ -6572,144 +7082,12 @@
    {
     "patchline": {
      "source": [
-      "obj-174",
+      "obj-187",
       0
      ],
      "destination": [
       "obj-156",
       1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-180",
-      0
-     ],
-     "destination": [
-      "obj-181",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-181",
-      0
-     ],
-     "destination": [
-      "obj-182",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-182",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-185",
-      0
-     ],
-     "destination": [
-      "obj-184",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-184",
-      0
-     ],
-     "destination": [
-      "obj-186",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-186",
-      0
-     ],
-     "destination": [
-      "obj-187",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-187",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-7",
-      19
-     ],
-     "destination": [
-      "obj-190",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-190",
-      0
-     ],
-     "destination": [
-      "obj-189",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-7",
-      20
-     ],
-     "destination": [
-      "obj-192",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-192",
-      0
-     ],
-     "destination": [
-      "obj-191",
-      0
      ]
     }
    },
@@ -6752,43 +7130,19 @@
    {
     "patchline": {
      "source": [
-      "obj-196",
-      1
-     ],
-     "destination": [
-      "obj-197",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-196",
-      0
-     ],
-     "destination": [
-      "obj-197",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-197",
-      0
-     ],
-     "destination": [
       "obj-198",
       0
+     ],
+     "destination": [
+      "obj-197",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-198",
+      "obj-197",
       0
      ],
      "destination": [
@@ -6801,6 +7155,162 @@
     "patchline": {
      "source": [
       "obj-199",
+      0
+     ],
+     "destination": [
+      "obj-200",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-200",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      20
+     ],
+     "destination": [
+      "obj-203",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-203",
+      0
+     ],
+     "destination": [
+      "obj-202",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      21
+     ],
+     "destination": [
+      "obj-205",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-205",
+      0
+     ],
+     "destination": [
+      "obj-204",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-206",
+      0
+     ],
+     "destination": [
+      "obj-207",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-207",
+      0
+     ],
+     "destination": [
+      "obj-208",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-208",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-209",
+      1
+     ],
+     "destination": [
+      "obj-210",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-209",
+      0
+     ],
+     "destination": [
+      "obj-210",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-210",
+      0
+     ],
+     "destination": [
+      "obj-211",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-211",
+      0
+     ],
+     "destination": [
+      "obj-212",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-212",
       0
      ],
      "destination": [

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from server import level
+from server import level, looping
 from server.audio import resample
 from server.output import OutputFolder, chunks
 from server.playback import PlaybackError, Player
@@ -165,7 +165,11 @@ class Delivery:
         shaped, lvl = level.shape(audio, self.model_rate, s.level, extra_db)
         if lvl.silent:
             log.warning("render %d is silent (%.1f dBFS over its held part)", requesters[0].request_id, lvl.level_db)
-        files: dict[int, tuple[np.ndarray, str]] = {}  # rate → (the audio at that rate, its WAV): one per rate
+        # rate → (the audio sent at that rate, its WAV, its sustain loop or None): one per rate. A note's WAV holds
+        # its sustain loop (server.looping: the loop's end cross-faded into its start), so a voice that loops it
+        # while the key is held (/render/loop) sounds as long as the key, as the SF2 export does.
+        files: dict[int, tuple[np.ndarray, str, tuple[int, int] | None]] = {}
+        plain: dict[int, np.ndarray] = {}  # rate → the audio before its loop
         # A client's merged requests share one render: its samples are sent once, as the last request's chunks
         # (each request still gets its /render/done), so a bundle of renders costs about what one does.
         chunked = {r.client: r for r in requesters if not r.cancelled}
@@ -173,8 +177,12 @@ class Delivery:
             rate = self.rate_of(r)
             try:
                 if rate not in files:
-                    out = resample(shaped, self.model_rate, rate)
-                    files[rate] = (out, str(self.out.write_wav(out, rate, r.request_id)))
+                    out = plain[rate] = resample(shaped, self.model_rate, rate)
+                    sustain = None
+                    if pitch is not None and out.size > looping.LOOP_END_S * rate:
+                        out, *points = looping.loop(out, rate)
+                        sustain = (points[0], points[1])
+                    files[rate] = (out, str(self.out.write_wav(out, rate, r.request_id)), sustain)
             except Exception as exc:  # a full disk: this requester hears of it, the others still get theirs
                 log.error("delivery of %d failed:\n%s", r.request_id, traceback.format_exc())
                 self.send(r.client, "/error", "/render", f"render failed: {type(exc).__name__}: {exc}")
@@ -182,11 +190,12 @@ class Delivery:
             timings["wav"] = time.perf_counter() - t0
             if before_ack is not None:
                 before_ack()
-            self._done(r, files[rate][1], files[rate][0], rate, lvl, timings, batch_started, chunked.get(r.client) is r)
+            out, wav, sustain = files[rate]
+            self._done(r, wav, out, rate, lvl, timings, batch_started, chunked.get(r.client) is r, sustain)
             t0 = time.perf_counter()
-        if self.rate not in files:  # /play and --play use the server's own rate
-            files[self.rate] = (resample(shaped, self.model_rate, self.rate), "")
-        self.last_audio = (files[self.rate][0], self.rate)
+        # /play and --play: the server's own rate, without the loop (the mixer loops a held note itself)
+        own = plain[self.rate] if self.rate in plain else resample(shaped, self.model_rate, self.rate)
+        self.last_audio = (own, self.rate)
         if self.player is not None:
             self._play(*self.last_audio, pitch, requesters[0].received if pitch is not None else None)
 
@@ -200,6 +209,7 @@ class Delivery:
         timings: dict[str, float],
         batch_started: float,
         with_chunks: bool = True,
+        sustain: tuple[int, int] | None = None,
     ) -> None:
         if r.cancelled:  # its client's /cancel came while this render ran on for another client
             self.send(r.client, "/render/cancelled", r.request_id, "cancelled by /cancel")
@@ -212,6 +222,10 @@ class Delivery:
         if streamed:
             replies += [("/render/chunk", (r.request_id, offset, piece.size, piece)) for offset, piece in chunks(audio)]
             replies.append(("/render/end", (r.request_id, audio.size)))
+        if sustain is not None:
+            replies.append(
+                ("/render/loop", (r.request_id, *sustain, 1000 * sustain[0] / rate, 1000 * sustain[1] / rate))
+            )
         replies.append(("/render/done", (r.request_id, wav, audio.size, rate, float(seconds), lvl.level_db)))
         if r.client.timing:
             stages = {**timings, "queue": max(0.0, batch_started - r.received), "server": seconds}

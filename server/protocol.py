@@ -336,6 +336,12 @@ OUTBOUND = (
         "float32 mono WAV at this client's rate; seconds from the request's arrival; RMS of its held part (dBFS)",
     ),
     Address(
+        "/render/loop",
+        (Arg("id", "i"), Arg("start", "i"), Arg("end", "i"), Arg("start_ms", "f"), Arg("end_ms", "f")),
+        "before /render/done of a note: its sustain loop, frames start..end (end exclusive) and the same in ms. The "
+        "WAV's loop end is cross-faded into its start: loop it while the key is held, play on to the end after",
+    ),
+    Address(
         "/render/silent",
         (Arg("id", "i"), Arg("level_db", "f")),
         "before /render/done: the render is silence (under -90 dBFS), so it was not normalised",
