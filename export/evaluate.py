@@ -613,6 +613,16 @@ def _cents_text(audio: np.ndarray, pitch: int) -> str:
     return "no f0" if c is None else f"{c:+.0f} cents"
 
 
+def _decoding(bundle: Bundle) -> str:
+    """How the bundle's priors decode a whole note: 'top: 128 steps (KV-cached), bottom: 8 masked passes'."""
+    parts = []
+    for layer, prior in bundle.manifest.priors.items():
+        length = int(np.prod(codemaps.layer_shape(layer)))
+        how = f"{prior.passes} masked passes" if prior.kind == "masked" else f"{length} steps (KV-cached)"
+        parts.append(f"{layer}: {how}")
+    return ", ".join(parts)
+
+
 def _speed_section(gens: list[Generation], bundle: Bundle) -> list[str]:
     def ms(values) -> str:
         return f"{1000 * np.median(values):.0f} ms (p95 {1000 * np.percentile(values, 95):.0f})"
@@ -627,7 +637,7 @@ def _speed_section(gens: list[Generation], bundle: Bundle) -> list[str]:
         "",
         "| stage | time |",
         "|---|---|",
-        f"| both priors (128 + 512 tokens, KV-cached) | {ms([g.priors_s for g in gens])} |",
+        f"| both priors ({_decoding(bundle)}) | {ms([g.priors_s for g in gens])} |",
         f"| VQ-VAE decoder | {ms([g.decoder_s for g in gens])} |",
         f"| Mel-IF inversion | {ms([g.inversion_s for g in gens])} |",
         f"| a whole new 4 s note | {ms(total)}: {seconds / np.median(total):.1f}x faster than real time |",
