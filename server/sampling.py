@@ -91,7 +91,7 @@ def sample_rows(
         needed = (np.cumsum(full, 1) < target[wide, None]).sum(1) + 1
         floor[wide] = full[np.arange(full.shape[0]), np.minimum(needed, v) - 1]
     kept = np.cumsum(np.where(weights >= floor[:, None], weights, 0.0), 1)
-    pick = np.minimum((kept <= rng.random(n)[:, None] * kept[:, -1:]).sum(1), v - 1)
+    pick = np.minimum((kept <= rng.random((n, 1)) * kept[:, -1:]).sum(1), v - 1)
     return pick, np.log(weights[rows, pick] / total)
 
 
