@@ -34,6 +34,7 @@ from export.metrics import (
 from export.nsynth import Note, load_splits
 from server import codemaps, dsp, vqvae_audio
 from server.bundle import Bundle
+from server.files import shown
 from server.output import encode_png, spectrogram_picture
 from server.sampling import Conditioning, Inpainter
 
@@ -312,9 +313,9 @@ def evaluate(
     lines = [
         f"# Evaluation of the `{m.raw.get('name', bundle_dir.name)}` bundle",
         "",
-        f"Produced by `inpaint-train evaluate {bundle_dir} --data {data} --notes {notes} --samples {samples} "
+        f"Produced by `inpaint-train evaluate {shown(bundle_dir)} --data {shown(data)} --notes {notes} --samples {samples} "
         f"--seed {seed}{f' --unseen {unseen}' if unseen else ''}{_settings_flags(settings)}` on the bundle's ONNX "
-        f"graphs (onnxruntime, CPU). Dataset: `{data}`, the paper's seeded 80/20 split: {len(split['train'])} "
+        f"graphs (onnxruntime, CPU). Dataset: `{shown(data)}`, the paper's seeded 80/20 split: {len(split['train'])} "
         f"training and {len(valid)} validation notes. Sampling"
         f"{' at the server' + chr(39) + 's defaults' if settings == DEFAULTS else ''}: temperature "
         f"{settings.temperature:g}, top-p {settings.top_p:g}, guidance {settings.guidance:g}"

@@ -36,6 +36,7 @@ from export.spectrogram_torch import MelIF
 from export.vqvae import VQVAE2
 from server import codemaps, dsp
 from server.bundle import Bundle
+from server.files import shown
 from server.sampling import Conditioning, Inpainter, MaskedSampler, PriorSampler
 
 COND = Conditioning(pitch=60, family=4)  # keyboard, middle C: what the OSC bench's server starts with
@@ -308,7 +309,8 @@ def run_server_bench(
                 "ours_over_floor": round(ours / floor_ms, 1),
             }
     result["machine"] = machine(threads)
-    result["command"] = f"inpaint-train bench --server --bundle {bundle_dir} --threads {threads} --repeats {repeats}"
+    command = f"inpaint-train bench --server --bundle {shown(bundle_dir)} --threads {threads} --repeats {repeats}"
+    result["command"] = command
     if osc is not None:
         result["command"] += f" --osc {osc}"
     if markdown is not None:
@@ -400,7 +402,7 @@ def benchmarks_markdown(r: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads_used']} threads used by the server and by torch), "
         f"{m['memory_gb']} GB, {m['os']}; Python {m['python']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}.",
         "",
-        f"Bundle `{osc['bundle']}`. The server runs in its own process with a `--session` file (each edit saved "
+        f"Bundle `{shown(osc['bundle'])}`. The server runs in its own process with a `--session` file (each edit saved "
         f"before it is acknowledged); this process is the OSC client over loopback, {osc['pause_between_edits_s']} s "
         "between requests (not timed). A render counts when its `/render/done` arrives with the WAV on disk.",
         "",

@@ -39,3 +39,13 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def shown(path: str | Path) -> str:
+    """A path as a document names it: relative to the working folder (the repository, where the commands that
+    write docs/ run) when it lies inside it, so a report does not name the machine it was made on."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -25,6 +25,7 @@ import numpy as np
 
 from server import protocol
 from server.client import OscClient
+from server.files import shown
 from server.tools.attacks import run_attacks
 from server.tools.latency import peak_rss_mb, stats, write_test_note
 from server.tools.launcher import ServerProcess, free_port
@@ -498,7 +499,7 @@ def reliability_markdown(r: dict[str, Any]) -> str:
         "# Reliability",
         "",
         f"Produced by `inpaint-osc stress --scale {r['scale']} --markdown docs/reliability.md` on bundle "
-        f"`{r['bundle']}` (written by that command): a real server process, real UDP over loopback. "
+        f"`{shown(r['bundle'])}` (written by that command): a real server process, real UDP over loopback. "
         f"Result: **{'passed' if r['passed'] else 'FAILED'}**.",
         "",
     ]
