@@ -314,9 +314,9 @@ def evaluate(
         f"# Evaluation of the `{m.raw.get('name', bundle_dir.name)}` bundle",
         "",
         f"Produced by `inpaint-train evaluate {shown(bundle_dir)} --data {shown(data)} --notes {notes} "
-        f"--samples {samples} --seed {seed}{f' --unseen {unseen}' if unseen else ''}{_settings_flags(settings)}` on the bundle's ONNX "
-        f"graphs (onnxruntime, CPU). Dataset: `{shown(data)}`, the paper's seeded 80/20 split: {len(split['train'])} "
-        f"training and {len(valid)} validation notes. Sampling"
+        f"--samples {samples} --seed {seed}{f' --unseen {unseen}' if unseen else ''}{_settings_flags(settings)}` "
+        f"on the bundle's ONNX graphs (onnxruntime, CPU). Dataset: `{shown(data)}`, the paper's seeded 80/20 "
+        f"split: {len(split['train'])} training and {len(valid)} validation notes. Sampling"
         f"{' at the server' + chr(39) + 's defaults' if settings == DEFAULTS else ''}: temperature "
         f"{settings.temperature:g}, top-p {settings.top_p:g}, guidance {settings.guidance:g}"
         f"{_guidance_note(bundle)}, harmonic guidance {settings.harmonic:g}, family guidance {settings.timbre:g}"
