@@ -281,6 +281,8 @@ class Prior(nn.Module):
         (DDP), this prior by default."""
         if self.cfg.kind == "masked":
             inputs, mask = self.mask_target(target, generator)
+            if self.layer == "top":  # its encoder reads the map with the same gaps, as when inpainting
+                src = inputs
             return (model or self)(src, inputs, pitch, family), mask
         return (model or self)(src, target, pitch, family), torch.ones_like(target, dtype=torch.bool)
 
