@@ -87,7 +87,7 @@ def _profile_constant(model: onnx.ModelProto) -> onnx.NodeProto:
 def read_profiles(bundle_dir: Path, layer: str) -> np.ndarray:
     """(n_codes, 3 bins) profiles baked into a bundle's decoding graph (the weight folded in)."""
     manifest = bundle_io.read_manifest(bundle_dir)
-    model = onnx.load(str(bundle_dir / manifest.graphs[manifest.decoding_graph(layer)]))
+    model = onnx.load(str(Path(bundle_dir) / manifest.graphs[manifest.decoding_graph(layer)]))
     return numpy_helper.to_array(_profile_constant(model).attribute[0].t).T.copy()
 
 
