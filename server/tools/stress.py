@@ -417,7 +417,9 @@ def _manifest_edit(edit: Callable[[dict], None]) -> Callable[[Path], None]:
 
 
 def _swap_steps(graphs: dict) -> None:
-    top, bottom = graphs["top_prior_step"], graphs["bottom_prior_step"]
+    """The two priors' decoding graphs swapped (a step graph, or the masked kind's denoise graph)."""
+    top, bottom = (graphs[next(g for g in graphs if g.startswith(f"{layer}_prior_") and not g.endswith("encoder"))]
+                   for layer in ("top", "bottom"))  # fmt: skip
     top["file"], bottom["file"] = bottom["file"], top["file"]
 
 
