@@ -288,8 +288,9 @@ class PriorSampler(_LabelledPrior):
 
 
 class MaskedSampler(_LabelledPrior):
-    """The masked kind: the encoder and the denoise graph of one prior. A sampling of n masked cells is
-    `unmask_counts(n, passes)` graph calls over the whole sequence, each seeing every kept cell on both sides."""
+    """The masked kind: the encoder and the denoise graph of one prior. A sampling of n of the T cells is
+    `unmask_counts(n, ceil(passes n / T))` graph calls over the whole sequence, each seeing every kept cell on
+    both sides."""
 
     def __init__(self, bundle: Bundle, layer: str):
         super().__init__(bundle, layer)
@@ -319,7 +320,9 @@ class MaskedSampler(_LabelledPrior):
         hidden = np.flatnonzero(mask)
         seq[hidden] = self.mask
         bias = self.family_bias(cond)
-        counts = unmask_counts(hidden.size, self.shape.passes)
+        # A part of the map takes its share of the passes (one cell, or the four under a top cell: one pass),
+        # so every pass keeps about the same fraction of the map as a whole-map decoding's do.
+        counts = unmask_counts(hidden.size, -(-self.shape.passes * hidden.size // seq.size))
         done = 0
         for i, count in enumerate(counts):
             z = self.logits(seq, cond, memory, hidden)
