@@ -285,7 +285,8 @@ def test_every_setting_that_changes_a_notes_sound_is_in_the_note_cache_key(engin
     base = engine.settings
     for f in dataclasses.fields(base):
         value = getattr(base, f.name)
-        changed = {str: "resample", bool: not value, int: value + 1, float: value + 0.25}[type(value)]
+        changes = {str: lambda _: "resample", bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v + 0.25}
+        changed = changes[type(value)](value)
         other = dataclasses.replace(base, **{f.name: changed})
         key_changed = engine.note_key(60, other) != engine.note_key(60, base)
         if other.conditioning(60) != base.conditioning(60):
