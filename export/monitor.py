@@ -44,6 +44,16 @@ def nucleus(logits: torch.Tensor, temperature: float, top_p: float, generator: t
     return torch.multinomial(torch.where(probs >= floor, probs, 0.0), 1, generator=generator)[:, 0]
 
 
+def _guided_rows(prior: Prior, src, pitch, family, guidance: float):
+    """(guided, src, pitch, family): under guidance (and a prior with a null label) the batch twice, its
+    second half with the unconditional labels, as the server batches them."""
+    guided = guidance != 1 and bool(prior.null_labels)
+    if guided:
+        null_pitch, null_family = prior.unconditional(pitch, family)
+        src, pitch, family = torch.cat([src, src]), torch.cat([pitch, null_pitch]), torch.cat([family, null_family])
+    return guided, src, pitch, family
+
+
 @torch.no_grad()
 def sample_all(
     prior: Prior,
@@ -67,10 +77,7 @@ def sample_all(
         return sample_masked(prior, src, pitch, family, generator, temperature, top_p, guidance, harmonic)
     b = src.shape[0]
     requested = pitch
-    guided = guidance != 1 and bool(prior.null_labels)
-    if guided:
-        null_pitch, null_family = prior.unconditional(pitch, family)
-        src, pitch, family = torch.cat([src, src]), torch.cat([pitch, null_pitch]), torch.cat([family, null_family])
+    guided, src, pitch, family = _guided_rows(prior, src, pitch, family, guidance)
     memory = prior.encode(src, pitch, family)
     past = prior.empty_cache(src.shape[0], src.device)
     tokens = torch.full((src.shape[0], 1), prior.start_token, dtype=torch.long, device=src.device)
@@ -103,10 +110,7 @@ def sample_masked(
     and its re-masking by confidence) in torch. src (B, S), labels (B,) → (B, T)."""
     b, t = src.shape[0], prior.tgt_len
     requested = pitch
-    guided = guidance != 1 and bool(prior.null_labels)
-    if guided:
-        null_pitch, null_family = prior.unconditional(pitch, family)
-        src, pitch, family = torch.cat([src, src]), torch.cat([pitch, null_pitch]), torch.cat([family, null_family])
+    guided, src, pitch, family = _guided_rows(prior, src, pitch, family, guidance)
     memory = prior.encode(src, pitch, family)
     tokens = torch.full((b, t), prior.mask_token, dtype=torch.long, device=src.device)
     hidden = torch.ones(b, t, dtype=torch.bool, device=src.device)

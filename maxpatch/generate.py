@@ -516,38 +516,29 @@ def max_patch() -> MaxPatch:
     dac = c("ezdac~", 760, 820, w=45, h=45, show=(690, 570, 45, 45))
     p.connect(voices, 0, dac)
     p.connect(voices, 0, dac, 1)
-    # /render/done id path frames rate seconds level → "voice id path ...": the voice from the id (0: not a note)
-    which = c("newobj", 760, 580, "t l l")
-    tagged = c("newobj", 760, 610, "zl join")
-    p.connect(which, 1, tagged, 1)
-    first = c("newobj", 840, 580, "zl slice 1")
-    p.connect(which, 0, first)
-    voice_of = c("newobj", 840, 610, "expr " + VOICE_OF_ID.replace("$", "$i"))
-    p.connect(first, 0, voice_of)
-    p.connect(voice_of, 0, tagged)
-    p.connect(route, out["/render/done"], which)
-    by_voice = c("newobj", 760, 640, "route " + " ".join(str(v) for v in range(1, VOICES + 1)), w=300)
-    p.connect(tagged, 0, by_voice)
-    for v in range(1, VOICES + 1):
-        play = c("message", 760 + 70 * (v - 1), 670, f"target {v}, play $1 $2")
-        p.connect(by_voice, v - 1, play)
-        p.connect(play, 0, voices)
-    # /render/loop id start end start_ms end_ms → the same voice, before its /render/done
-    loop_which = c("newobj", 1320, 580, "t l l")
-    loop_tagged = c("newobj", 1320, 610, "zl join")
-    p.connect(loop_which, 1, loop_tagged, 1)
-    loop_first = c("newobj", 1400, 580, "zl slice 1")
-    p.connect(loop_which, 0, loop_first)
-    loop_voice = c("newobj", 1400, 610, "expr " + VOICE_OF_ID.replace("$", "$i"))
-    p.connect(loop_first, 0, loop_voice)
-    p.connect(loop_voice, 0, loop_tagged)
-    p.connect(route, out["/render/loop"], loop_which)
-    loop_by_voice = c("newobj", 1320, 640, "route " + " ".join(str(v) for v in range(1, VOICES + 1)), w=300)
-    p.connect(loop_tagged, 0, loop_by_voice)
-    for v in range(1, VOICES + 1):
-        looped = c("message", 1320 + 90 * (v - 1), 670, f"target {v}, loop $2 $3 $4 $5")
-        p.connect(loop_by_voice, v - 1, looped)
-        p.connect(looped, 0, voices)
+
+    def to_voices(address: str, x: int, step: int, message: str) -> str:
+        """`address id ...` → "voice id ..." (the voice from the id, 0: not a note) → `target N, message` into
+        [poly~]; returns the [route] whose last outlet has what is not a note."""
+        which = c("newobj", x, 580, "t l l")
+        tagged = c("newobj", x, 610, "zl join")
+        p.connect(which, 1, tagged, 1)
+        first = c("newobj", x + 80, 580, "zl slice 1")
+        p.connect(which, 0, first)
+        voice_of = c("newobj", x + 80, 610, "expr " + VOICE_OF_ID.replace("$", "$i"))
+        p.connect(first, 0, voice_of)
+        p.connect(voice_of, 0, tagged)
+        p.connect(route, out[address], which)
+        by_voice = c("newobj", x, 640, "route " + " ".join(str(v) for v in range(1, VOICES + 1)), w=300)
+        p.connect(tagged, 0, by_voice)
+        for v in range(1, VOICES + 1):
+            sent = c("message", x + step * (v - 1), 670, f"target {v}, {message}")
+            p.connect(by_voice, v - 1, sent)
+            p.connect(sent, 0, voices)
+        return by_voice
+
+    by_voice = to_voices("/render/done", 760, 70, "play $1 $2")
+    to_voices("/render/loop", 1320, 90, "loop $2 $3 $4 $5")  # before its /render/done: the sustain loop
     not_note = c("newobj", 760, 700, "zl slice 2")  # "0 id path ...": the path is the third item
     p.connect(by_voice, VOICES, not_note)
     path = c("newobj", 860, 700, "zl slice 1")
@@ -1019,33 +1010,32 @@ def pd_patch() -> PdPatch:
     # loaded into the array inpaint-osc, played by tabplay~ (loop on/off).
     done_route = p.obj(620, 790, "route done loop")
     p.connect(route, 3, done_route)
-    # /render/loop id start end start_ms end_ms → "voice loop start end start_ms end_ms", before its /render/done
-    loop_which = p.obj(1180, 815, "t l l")
-    p.connect(done_route, 1, loop_which)
-    loop_voice = p.chain(p.obj(1320, 815, "list split 1"), p.obj(1320, 840, "expr " + VOICE_OF_ID.replace("$", "$f")))
-    p.connect(loop_which, 1, loop_voice - 1)
-    loop_tagged = p.obj(1180, 865, "list prepend")
-    p.connect(loop_voice, 0, loop_tagged, 1)
-    p.connect(loop_which, 0, loop_tagged)
-    loop_by_voice = p.obj(1180, 890, "route " + " ".join(str(v) for v in range(1, VOICES + 1)))
-    p.connect(loop_tagged, 0, loop_by_voice)
-    for v in range(1, VOICES + 1):
-        p.connect(loop_by_voice, v - 1, p.msg(1180 + 90 * (v - 1), 915, f"{v} loop $2 $3 $4 $5"))
-        p.connect(p.count - 1, 0, voices)
+
+    def to_voices(x: int, step: int, message: str) -> tuple[int, int]:
+        """ "id ..." → "voice id ..." (the voice from the id, 0: not a note) → "N message" into [clone]; returns
+        the first object (its inlet) and the [route] whose last outlet has what is not a note."""
+        which = p.obj(x, 840, "t l l")  # the voice (right, first), then "voice id ..."
+        voice_of = p.chain(
+            p.obj(x + 140, 840, "list split 1"), p.obj(x + 140, 865, "expr " + VOICE_OF_ID.replace("$", "$f"))
+        )
+        p.connect(which, 1, voice_of - 1)
+        tagged = p.obj(x, 865, "list prepend")
+        p.connect(voice_of, 0, tagged, 1)
+        p.connect(which, 0, tagged)
+        by_voice = p.obj(x, 890, "route " + " ".join(str(v) for v in range(1, VOICES + 1)))
+        p.connect(tagged, 0, by_voice)
+        for v in range(1, VOICES + 1):
+            p.connect(by_voice, v - 1, p.msg(x + step * (v - 1), 915, f"{v} {message}"))
+            p.connect(p.count - 1, 0, voices)
+        return which, by_voice
+
     id_path = p.obj(620, 815, "list split 2")  # "id path"
     p.connect(done_route, 0, id_path)
-    which = p.obj(620, 840, "t l l")  # the voice (right, first), then "voice id path"
+    which, by_voice = to_voices(620, 70, "play $1 $2")
     p.connect(id_path, 0, which)
-    voice_of = p.chain(p.obj(760, 840, "list split 1"), p.obj(760, 865, "expr " + VOICE_OF_ID.replace("$", "$f")))
-    p.connect(which, 1, voice_of - 1)
-    tagged = p.obj(620, 865, "list prepend")
-    p.connect(voice_of, 0, tagged, 1)
-    p.connect(which, 0, tagged)
-    by_voice = p.obj(620, 890, "route " + " ".join(str(v) for v in range(1, VOICES + 1)))
-    p.connect(tagged, 0, by_voice)
-    for v in range(1, VOICES + 1):
-        p.connect(by_voice, v - 1, p.msg(620 + 70 * (v - 1), 915, f"{v} play $1 $2"))
-        p.connect(p.count - 1, 0, voices)
+    # /render/loop id start end start_ms end_ms → "voice loop start end start_ms end_ms", before its /render/done
+    loop_which, _ = to_voices(1180, 90, "loop $2 $3 $4 $5")
+    p.connect(done_route, 1, loop_which)
     fields = p.obj(620, 940, "unpack f f s")  # not a note: "0 id path"
     p.connect(by_voice, VOICES, fields)
     read = p.msg(620, 965, "read -resize $1 inpaint-osc")
