@@ -91,6 +91,8 @@ def distributed(device: str = "auto"):
         dist.barrier()  # rank 0 has written run.json before any rank reads it
     try:
         yield Dist(dist.get_rank() if world > 1 else 0, world, dev)
+        if world > 1:
+            dist.barrier()  # rank 0 may still be evaluating: gloo aborts a rank that leaves a group in use
     finally:
         if world > 1:
             dist.destroy_process_group()
