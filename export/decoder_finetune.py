@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from export import run_folder, train
+from export.bundle_torch import check_read_back, read_torch_models
 from export.config import RunConfig, override
-from export.live_vs_eager import check_parity, torch_models_from_bundle
 from export.nsynth import load_splits
 from export.onnx_export import _read_command_log, export_checked
 from export.spectrogram_torch import MelIF
@@ -190,8 +190,8 @@ def finetune_decoder(
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     dev = train.resolve_device(device)
-    base, vqvae, _ = torch_models_from_bundle(bundle_dir, priors=False)
-    read_back = check_parity(Bundle(bundle_dir), vqvae, {})
+    base, vqvae, _ = read_torch_models(bundle_dir, priors=False)
+    read_back = check_read_back(Bundle(bundle_dir), vqvae, {})
     config = run_config(out, base, data, overrides)
     vqvae.cfg = config.vqvae  # the loss's audible_weight
     vqvae.requires_grad_(False).eval().to(dev)  # eval: the codebooks' EMA never moves

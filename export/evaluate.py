@@ -31,7 +31,7 @@ from export.metrics import (
     pitch_kept,
     stft_magnitudes,
 )
-from export.nsynth import Note, load_splits
+from export.nsynth import Note, load_splits, read_note, read_notes
 from server import codemaps, dsp, vqvae_audio
 from server.bundle import Bundle
 from server.files import shown
@@ -72,13 +72,6 @@ def _cents_off(audio: np.ndarray, pitch: int) -> float | None:
     target = midi_to_hz(pitch)
     f0 = estimate_f0(audio, fmin=max(20.0, target / 2.2), fmax=min(16_000 / 2.5, target * 2.2))
     return None if f0 is None else 1200 * math.log2(f0 / target)
-
-
-def read_note(note: Note, p: dsp.SpectrogramParams) -> np.ndarray:
-    audio, rate = sf.read(str(note.path), dtype="float32")
-    if rate != p.sample_rate:
-        raise ValueError(f"{note.path}: {rate} Hz, the bundle expects {p.sample_rate} Hz")
-    return dsp.fit_length(audio, p)
 
 
 # ---------------------------------------------------------------- experiments
@@ -444,7 +437,6 @@ def _unseen_section(
     bundle: Bundle, data: Path, data_config: DataConfig, notes: int, seed: int, settings: Conditioning = DEFAULTS
 ):
     """Reconstruction and inpainting on notes of a dataset the model never trained on (all its notes count)."""
-    from export.nsynth import read_notes
 
     every = read_notes(data, data_config)
     picked = [every[i] for i in sorted(np.random.default_rng(seed).permutation(len(every))[: notes // 2])]

@@ -27,9 +27,7 @@ import soundfile as sf
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from export import config as cfg
-from export import run_folder
-from export.onnx_export import code_gap, example_inputs
+from export.bundle_torch import COND, check_read_back, read_torch_models
 from export.prior import Prior
 from export.sampling_speed import TorchPriorSampler
 from export.spectrogram_torch import MelIF
@@ -37,119 +35,7 @@ from export.vqvae import VQVAE2
 from server import codemaps, dsp
 from server.bundle import Bundle
 from server.files import shown
-from server.sampling import Conditioning, Inpainter, MaskedSampler, PriorSampler
-
-COND = Conditioning(pitch=60, family=4)  # keyboard, middle C: what the OSC bench's server starts with
-PARITY = 1e-3  # the export's tolerance: the torch weights must reproduce onnxruntime's outputs
-
-
-TRAINING_ONLY = (".cluster_size", ".embed_avg")
-
-
-def _module_path(scope: str) -> str:
-    """ONNX node scope "/decoder.0/ff/ff.0/MatMul" → module path "decoder.0.ff.0" (a Sequential's children are
-    scoped "ff.0" under "ff")."""
-    parts = scope.strip("/").split("/")[:-1]
-    kept = [p for i, p in enumerate(parts) if not (i + 1 < len(parts) and parts[i + 1].startswith(p + "."))]
-    return ".".join(kept)
-
-
-def torch_models_from_bundle(bundle_dir: Path, priors: bool = True) -> tuple[cfg.RunConfig, VQVAE2, dict[str, Prior]]:
-    """The torch models of a bundle, weights read back from its ONNX graphs (the export keeps parameter names):
-    the baseline runs exactly the weights the server runs, with no run folder needed. Without `priors`, the
-    VQ-VAE alone (the priors' dict is empty; building them takes seconds)."""
-    import onnx
-    from onnx import numpy_helper
-
-    from server.bundle import read_manifest
-    from server.dsp import Normalizer
-
-    manifest = read_manifest(bundle_dir)
-    config = cfg.from_dict(cfg.RunConfig, manifest.raw["config"])
-    built = {layer: run_folder.build_prior(config, layer) for layer in (("top", "bottom") if priors else ())}
-    models: dict[str, torch.nn.Module] = {
-        "vqvae": VQVAE2(config.vqvae, config.spectrogram, Normalizer.from_dict(manifest.raw["normalizer"])),
-        **{f"{layer}_prior": prior for layer, prior in built.items()},
-    }
-    found: dict[str, dict[str, torch.Tensor]] = {name: {} for name in models}
-    for graph in manifest.graph_names:
-        owner = "vqvae" if graph.startswith("vqvae") else graph.rsplit("_", 1)[0]
-        if owner not in models:
-            continue
-        prefix = "vqvae." if owner == "vqvae" else "prior."
-        proto = onnx.load(str(bundle_dir / manifest.graphs[graph]))
-        arrays = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-        for name, array in arrays.items():
-            if name.startswith(prefix):
-                found[owner][name[len(prefix) :]] = torch.from_numpy(array.copy())
-        # A bias-free Linear is exported as MatMul with its weight transposed into an anonymous initializer;
-        # the node's scope name ("/decoder.0/ff/ff.0/MatMul") says which module it was.
-        for node in proto.graph.node:
-            anonymous = [x for x in node.input if x in arrays and not x.startswith(prefix)]
-            if node.op_type == "MatMul" and len(anonymous) == 1:
-                found[owner][_module_path(node.name) + ".weight"] = torch.from_numpy(arrays[anonymous[0]].T.copy())
-            # The harmonic guidance's code profiles are a buffer measured at export, folded into a constant
-            # (bins, n_codes): the one constant of that shape in a step graph.
-            if graph.endswith(("_step", "_denoise")) and node.op_type == "Constant":
-                value = numpy_helper.to_array(node.attribute[0].t)
-                if value.shape == tuple(models[owner].code_profiles.shape[::-1]):
-                    models[owner].code_profiles.copy_(torch.from_numpy(value.T.copy()))
-    for name, model in models.items():
-        expected = model.state_dict()
-        # The codebooks' EMA statistics only serve training: no graph holds them.
-        missing = sorted(k for k in set(expected) - set(found[name]) if not k.endswith(TRAINING_ONLY))
-        if missing:
-            raise ValueError(f"{bundle_dir}: {name} weights not found in its graphs: {', '.join(missing[:5])}")
-        model.load_state_dict({k: found[name].get(k, v).to(v.dtype) for k, v in expected.items()})
-        model.eval()
-    return config, models["vqvae"], built  # type: ignore[return-value]
-
-
-def _denoise_gap(bundle: Bundle, layer: str, prior: Prior, src: np.ndarray, rng: np.random.Generator) -> float:
-    """The masked kind: |onnxruntime - torch| over one pass of a half-masked sequence (logits and harmonic)."""
-    sampler = MaskedSampler(bundle, layer)
-    hidden = rng.random(prior.tgt_len) < 0.5
-    seq = np.where(hidden, bundle.manifest.mask_token, rng.integers(0, bundle.manifest.n_codes, prior.tgt_len))
-    everywhere = np.arange(prior.tgt_len)
-    ours = sampler.logits(seq, COND, sampler.encode(src, COND), everywhere)
-    pitch, family = torch.tensor([COND.pitch]), torch.tensor([COND.family])
-    with torch.inference_mode():
-        memory = prior.encode(torch.from_numpy(src[None]), pitch, family)
-        logits = prior.denoise(torch.from_numpy(seq[None]), pitch, family, memory)
-        theirs = (logits + COND.harmonic * prior.harmonic_bias(pitch, torch.from_numpy(everywhere)))[0].numpy()
-    return float(np.abs(ours - theirs).max())
-
-
-def check_parity(bundle: Bundle, vqvae: VQVAE2, priors: dict[str, Prior]) -> float:
-    """Largest difference between torch and onnxruntime on one encode (the codes' excess distance over the
-    nearest, `export.onnx_export.code_gap`), one decode and one prior step per layer of `priors`."""
-    spectrogram = example_inputs("vqvae_encoder", vqvae, priors, batch=1)["spectrogram"]
-    worst = code_gap(vqvae, spectrogram, bundle.run("vqvae_encoder", spectrogram=spectrogram.numpy()))
-    rng = np.random.default_rng(0)
-    top = rng.integers(0, bundle.manifest.n_codes, codemaps.TOP_SHAPE)
-    bottom = rng.integers(0, bundle.manifest.n_codes, codemaps.BOTTOM_SHAPE)
-    ours = bundle.run("vqvae_decoder", codes_top=top[None], codes_bottom=bottom[None])[0]
-    with torch.inference_mode():
-        theirs = vqvae.decode_codes(torch.from_numpy(top[None]), torch.from_numpy(bottom[None])).numpy()
-    # The IF is zeroed below the phase threshold: where the log-mel sits on it (float32's last bit), the two
-    # runtimes may gate differently. Those cells are a threshold decision, not a weight difference.
-    on_threshold = np.abs(theirs[:, 0] - vqvae.spec.phase_threshold) < 1e-4
-    decoded = max(np.abs(ours[:, 0] - theirs[:, 0]).max(), np.abs(ours[:, 1] - theirs[:, 1])[~on_threshold].max())
-    worst = max(worst, float(decoded))
-    src = codemaps.to_sequence(top, "top")
-    tokens = np.concatenate([[bundle.manifest.start_token], src[:9]])
-    for layer, prior in priors.items():
-        if prior.cfg.kind == "masked":
-            worst = max(worst, _denoise_gap(bundle, layer, prior, src, rng))
-            continue
-        sampler, eager = PriorSampler(bundle, layer), TorchPriorSampler(prior, layer)
-        mine, theirs = sampler.encode(src, COND), eager.encode(src, COND)
-        a, _ = sampler.step(tokens, COND, sampler.empty_cache(mine), mine)
-        b, _ = eager.step(tokens, COND, eager.empty_cache(theirs), theirs)
-        worst = max(worst, float(np.abs(a - b).max()))
-    if worst > PARITY:
-        raise ValueError(f"torch weights read from the bundle differ from onnxruntime by {worst:.3g}")
-    return worst
+from server.sampling import Inpainter
 
 
 class EagerOps:
@@ -283,8 +169,8 @@ def run_server_bench(
         result["osc_cuda"] = run_osc_bench(bundle_dir, repeats=repeats, threads=threads, provider="cuda")
     torch.set_num_threads(threads)
     bundle = Bundle(bundle_dir, "cpu", threads=threads)
-    config, vqvae, priors = torch_models_from_bundle(bundle_dir)
-    result["torch_parity_max_abs_diff"] = check_parity(bundle, vqvae, priors)
+    config, vqvae, priors = read_torch_models(bundle_dir)
+    result["torch_parity_max_abs_diff"] = check_read_back(bundle, vqvae, priors)
     eager = EagerOps(vqvae, priors, bundle.manifest.mask_token, config.spectrogram)
     gflops = matmul_gflops(threads)
     result["matmul_gflops"] = round(gflops, 1)

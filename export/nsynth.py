@@ -65,6 +65,14 @@ def split(notes: list[Note], cfg: DataConfig = DataConfig()) -> dict[str, list[N
     return {"train": [notes[i] for i in train], "valid": [notes[i] for i in valid]}
 
 
+def read_note(note: Note, p: SpectrogramParams) -> np.ndarray:
+    """A note's audio at the bundle's rate, cut or padded to the note's length."""
+    audio, rate = sf.read(str(note.path), dtype="float32")
+    if rate != p.sample_rate:
+        raise ValueError(f"{note.path}: {rate} Hz, the bundle expects {p.sample_rate} Hz")
+    return fit_length(audio, p)
+
+
 def load_splits(root: Path, cfg: DataConfig = DataConfig()) -> dict[str, list[Note]]:
     notes = read_notes(root, cfg)
     if len(notes) < 2:

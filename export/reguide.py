@@ -17,49 +17,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.config import DataConfig
-from export.evaluate import read_note
+from export.bundle_torch import training_codes
 from export.family_guidance import FamilyRecipe, write_family_tables
 from export.harmonics import DEFAULT_RECIPE, code_statistics, profiles_from
-from export.nsynth import load_splits
 from server import bundle as bundle_io
 from server import codemaps
 from server.bundle import Bundle
-from server.vqvae_audio import encode_audio
 
 PROFILE_NOTES = 2000  # as export.run_folder.set_code_profiles
-
-
-def training_codes(bundle: Bundle, data: Path, notes: int, cache: Path | None = None) -> dict[str, np.ndarray]:
-    """{'top': (n, 32, 4), 'bottom': (n, 64, 8), 'family': (n,), 'pitch': (n,)}: the first `notes` training notes
-    of a fixed draw (the draw `export.run_folder.set_code_profiles` takes its first 2 000 from) through the bundle's
-    encoder; kept in `cache` (an .npz) when given: a later call encodes only the notes the cache lacks."""
-    have: dict[str, np.ndarray] = {}
-    if cache is not None and cache.is_file():
-        with np.load(cache) as z:
-            if "pitch" in z.files:
-                have = {k: z[k] for k in z.files}
-    done = len(have["family"]) if have else 0
-    if done >= notes:
-        return {k: v[:notes] for k, v in have.items()}
-    m = bundle.manifest
-    train = load_splits(data, DataConfig(pitch_min=m.pitch_range[0], pitch_max=m.pitch_range[1], families=m.families))
-    pick = np.random.default_rng(0).permutation(len(train["train"]))[done:notes]
-    tops, bottoms = [], []
-    for i in pick:
-        top, bottom = encode_audio(bundle, read_note(train["train"][i], m.spectrogram))
-        tops.append(top)
-        bottoms.append(bottom)
-    new = {
-        "top": np.stack(tops),
-        "bottom": np.stack(bottoms),
-        "family": np.array([train["train"][i].family for i in pick]),
-        "pitch": np.array([train["train"][i].pitch for i in pick]),
-    }
-    codes = {k: np.concatenate([have[k], v]) if have else v for k, v in new.items()}
-    if cache is not None:
-        np.savez(cache, **codes)
-    return codes
 
 
 def measure_statistics(bundle: Bundle, codes: dict[str, np.ndarray], notes: int = PROFILE_NOTES) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from export.family_judge import FamilyJudge, frechet_distance, per_family_accuracy, timbre_features
-from export.nsynth import Note
+from export.nsynth import Note, read_note
 from server import dsp, vqvae_audio
 from server.bundle import Bundle
 
@@ -69,7 +69,6 @@ def train_judge(train: list[Note], bundle: Bundle, data: Path, n: int = JUDGE_NO
     bundle's VQ-VAE and the `phase` inversion: it knows what this model's reconstructions of each family sound
     like, so the decoder's and the inversion's artefacts are no cue. Features are cached in the dataset folder
     (per VQ-VAE and inversion for the reconstructions)."""
-    from export.evaluate import read_note  # evaluate imports this module
 
     p = bundle.manifest.spectrogram
     notes = [train[i] for i in sorted(np.random.default_rng(0).permutation(len(train))[:n])]

@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 
 from export import run_folder, train
+from export.bundle_torch import read_torch_models, training_codes
 from export.config import override
-from export.live_vs_eager import torch_models_from_bundle
-from export.reguide import training_codes
 from server import codemaps
 from server.bundle import Bundle, read_manifest
 
@@ -36,7 +35,7 @@ def unpack(
     for item in overrides:
         if not item.startswith("train."):
             raise ValueError(f"--set {item}: only train.* (the models are the bundle's; fork to change a design)")
-    base, vqvae, priors = torch_models_from_bundle(bundle_dir)
+    base, vqvae, priors = read_torch_models(bundle_dir)
     config = override(base, overrides)
     run_folder.create_run(run, config, data)
     manifest = read_manifest(bundle_dir).raw

@@ -6,8 +6,7 @@ import numpy as np
 import torch
 
 from export.__main__ import main
-from export.evaluate import read_note
-from export.nsynth import load_splits
+from export.nsynth import load_splits, read_note
 from server import vqvae_audio
 from server.bundle import Bundle
 

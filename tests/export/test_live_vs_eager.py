@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.live_vs_eager import (
-    EagerOps,
-    _module_path,
-    check_parity,
-    earlier_osc_figures,
-    matmul_gflops,
-    torch_models_from_bundle,
-)
+from export.bundle_torch import _module_path, check_read_back, read_torch_models
+from export.live_vs_eager import EagerOps, earlier_osc_figures, matmul_gflops
 from server.bundle import Bundle
 from tests.conftest import run_cli
 
@@ -26,9 +20,9 @@ def test_module_paths_from_onnx_scopes():
 
 def test_weights_read_back_from_the_bundle_reproduce_onnxruntime(tiny_bundle):
     _, bundle_dir = tiny_bundle
-    config, vqvae, priors = torch_models_from_bundle(bundle_dir)
+    config, vqvae, priors = read_torch_models(bundle_dir)
     assert config.preset == "tiny"
-    assert check_parity(Bundle(bundle_dir), vqvae, priors) < 1e-4
+    assert check_read_back(Bundle(bundle_dir), vqvae, priors) < 1e-4
     # The weights are the trained ones, not a fresh initialisation: they match the run's checkpoint.
     checkpoint = torch.load(tiny_bundle[0] / "top_prior.pt", weights_only=False)["model"]
     for name, value in priors["top"].state_dict().items():
@@ -36,7 +30,7 @@ def test_weights_read_back_from_the_bundle_reproduce_onnxruntime(tiny_bundle):
 
 
 def test_eager_operations_count_their_flops(tiny_bundle):
-    config, vqvae, priors = torch_models_from_bundle(tiny_bundle[1])
+    config, vqvae, priors = read_torch_models(tiny_bundle[1])
     ops = EagerOps(vqvae, priors, Bundle(tiny_bundle[1]).manifest.mask_token, config.spectrogram)
     note = np.zeros(config.spectrogram.n_samples, np.float32)
     cell, generate = ops.flops("inpaint_top_cell", note), ops.flops("generate", note)

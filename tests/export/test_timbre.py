@@ -80,7 +80,7 @@ def test_the_shape_recipe_scores_where_the_partials_are_not_how_loud_or_peaky():
 
 
 def test_training_codes_grow_their_cache_by_the_notes_it_lacks(tiny_bundle, dataset, tmp_path):
-    from export.reguide import training_codes
+    from export.bundle_torch import training_codes
 
     b, cache = Bundle(tiny_bundle[1]), tmp_path / "codes.npz"
     first = training_codes(b, dataset, 3, cache)
