@@ -185,8 +185,10 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         from server.midi import open_input
 
         midi_client = server.client(("127.0.0.1", 0))  # its errors go to the default reply port
-        port = open_input(args.midi_in, lambda address, values: server.handle_message(midi_client, address, values))
-        log.info("MIDI input: %s", port.name)
+        port = open_input(
+            args.midi_in, lambda address, values: server.handle_message(midi_client, address, values), args.multitimbral
+        )
+        log.info("MIDI input: %s%s", port.name, " (multi-timbral: each channel its own instrument)" * args.multitimbral)
 
     def stop(signum: int, _frame: object) -> None:  # a service manager's SIGTERM stops it like Ctrl-C, and says so
         log.warning("stopping on %s", signal.Signals(signum).name)
@@ -379,6 +381,11 @@ def parser() -> argparse.ArgumentParser:
         help="do not fill the note cache across the keyboard when idle (/note/fill 0)",
     )
     s.add_argument("--midi-in", metavar="NAME", help="MIDI input port (needs the midi extra)")
+    s.add_argument(
+        "--multitimbral",
+        action="store_true",
+        help="with --midi-in: each MIDI channel's program change picks that channel's instrument (/channel/note)",
+    )
     s.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
     s.add_argument("--quiet", action="store_true", help="log warnings only, not one line per request")
     sub.add_parser("addresses", help="the OSC address table, as markdown")

@@ -94,6 +94,7 @@ class Engine:
         self.history_limit = history_limit
         self.notes: OrderedDict[tuple, Note] = OrderedDict()
         self.key_draws: dict[int, int] = {}  # pitch → times /note/redraw drew its note anew: part of its sound
+        self.channel_families: dict[int, int] = {}  # MIDI channel 1-16 → its own family (/channel/instrument)
         self.note_cache_size = note_cache
         # (key, top, bottom, spectrogram or None) of a note stopped after its sampling: `make_note` goes on from it.
         self._unfinished: tuple[Any, np.ndarray | None, np.ndarray | None, np.ndarray | None] = (None, None, None, None)
@@ -273,8 +274,22 @@ class Engine:
             return (*base, hashlib.blake2b(self.top.tobytes(), digest_size=8).hexdigest())
         return base
 
-    def cached_note(self, pitch: int) -> Note | None:
-        key = self.note_key(pitch)
+    def channel_settings(self, channel: int | None) -> Settings:
+        """The settings a note on `channel` is drawn with: the current ones, with the channel's own family."""
+        with self.lock:
+            family = self.channel_families.get(channel) if channel is not None else None
+            return self.settings if family is None else replace(self.settings, family=family)
+
+    def set_channel_family(self, channel: int, family: int | None) -> None:
+        """A channel's own family, or None: the channel plays the current family again."""
+        with self.lock:
+            if family is None:
+                self.channel_families.pop(channel, None)
+            else:
+                self.channel_families[channel] = self.family_index(family)
+
+    def cached_note(self, pitch: int, s: Settings | None = None) -> Note | None:
+        key = self.note_key(pitch, s)
         note = self.notes.get(key)
         if note is not None:
             self.notes.move_to_end(key)
@@ -286,12 +301,14 @@ class Engine:
             self.check_pitch(pitch)
             self.key_draws[pitch] = self.key_draws.get(pitch, 0) + 1
 
-    def stale_note(self, pitch: int) -> Note | None:
-        """The most recent cached note of `pitch` under other settings, or None. A knob turned while playing
-        changes every note's key: until the fill has rendered the key anew, it plays this one (as a synth
-        plays on while its next patch loads), instead of a 0.3-0.9 s render that cancels the melody."""
+    def stale_note(self, pitch: int, family: int | None = None) -> Note | None:
+        """The most recent cached note of `pitch` under other settings (of `family` when given), or None. A knob
+        turned while playing changes every note's key: until the fill has rendered the key anew, it plays this
+        one (as a synth plays on while its next patch loads), instead of a 0.3-0.9 s render that cancels the
+        melody. A channel with its own instrument asks for its family: another channel's note is not its sound."""
+        at = 1 + SOUND_FIELDS.index("family")
         for key in reversed(self.notes):
-            if key[0] == pitch:
+            if key[0] == pitch and (family is None or key[at] == family):
                 return self.notes[key]
         return None
 
@@ -381,6 +398,7 @@ class Engine:
             "version": self.version,
             "draws": self.draws,
             "key_draws": {str(k): v for k, v in self.key_draws.items()},
+            "channel_families": {str(k): v for k, v in self.channel_families.items()},
         }
         arrays = {"top": self.top, "bottom": self.bottom, "meta": np.array(json.dumps(meta))}
         for name, stack in (("undo", self.undo_stack), ("redo", self.redo_stack)):
@@ -409,7 +427,12 @@ class Engine:
             raise EngineError(f"{path}: not a readable session ({type(exc).__name__}: {exc})") from None
         settings = _settings_from(meta.get("settings"), path)
         version, draws = (_count(meta.get(k), k, path) for k in ("version", "draws"))
-        key_draws = _key_draws(meta.get("key_draws", {}), path)
+        key_draws = _int_map(meta.get("key_draws", {}), "key_draws", path)
+        channels = _int_map(meta.get("channel_families", {}), "channel_families", path)  # none before /channel
+        for channel, family in channels.items():
+            if not 1 <= channel <= 16:
+                raise EngineError(f"{path}: channel_families has channel {channel}, outside 1..16")
+            self.family_index(family)
         for top, bottom in [maps, *stacks[0], *stacks[1]]:
             if top.shape != codemaps.TOP_SHAPE or bottom.shape != codemaps.BOTTOM_SHAPE:
                 raise EngineError(f"{path}: codemaps of the wrong shape")
@@ -422,6 +445,7 @@ class Engine:
         self.top, self.bottom = maps
         self.undo_stack, self.redo_stack = stacks
         self.settings, self.version, self.draws, self.key_draws = settings, version, draws, key_draws
+        self.channel_families = channels
 
 
 def _settings_from(stored: object, path: Path) -> Settings:
@@ -447,11 +471,11 @@ def _settings_from(stored: object, path: Path) -> Settings:
 _KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
 
-def _key_draws(stored: object, path: Path) -> dict[int, int]:
-    """A session's redrawn keys ({"60": 2}); sessions before /note/redraw have none."""
+def _int_map(stored: object, name: str, path: Path) -> dict[int, int]:
+    """A session's {"60": 2} (redrawn keys, channels' families); sessions before them have none."""
     if not isinstance(stored, dict) or not all(isinstance(k, str) and k.isdigit() for k in stored):
-        raise EngineError(f"{path}: key_draws must map keys to counts, not {str(stored)[:80]}")
-    return {int(k): _count(v, f"key_draws[{k}]", path) for k, v in stored.items()}
+        raise EngineError(f"{path}: {name} must map numbers to counts, not {str(stored)[:80]}")
+    return {int(k): _count(v, f"{name}[{k}]", path) for k, v in stored.items()}
 
 
 def _count(value: object, name: str, path: Path) -> int:

@@ -81,15 +81,19 @@ def cc_value(parameter: str, value: int, families: int, pitch_range: tuple[int, 
 BEND_RANGE = 2.0  # semitones at the pitch wheel's ends: General MIDI's default
 
 
-def to_osc(message: Any) -> tuple[str, list[float]] | None:
-    """A mido message → (address, arguments) for the OSC handlers; None for messages the instrument ignores."""
+def to_osc(message: Any, multitimbral: bool = False) -> tuple[str, list[float]] | None:
+    """A mido message → (address, arguments) for the OSC handlers; None for messages the instrument ignores.
+    `multitimbral`: notes and program changes keep their channel (1-16, as performers count them), so that
+    each channel plays its own instrument (`/channel/note`, `/channel/program`)."""
     kind = getattr(message, "type", None)
+    channel = [getattr(message, "channel", 0) + 1] if multitimbral else []  # mido counts channels from 0
+    prefix = "/channel" if multitimbral else ""
     if kind == "note_on":
-        return "/note", [message.note, message.velocity]
+        return f"{prefix}/note", [*channel, message.note, message.velocity]
     if kind == "note_off":
-        return "/note", [message.note, 0]
+        return f"{prefix}/note", [*channel, message.note, 0]
     if kind == "program_change":
-        return "/program", [message.program]
+        return f"{prefix}/program", [*channel, message.program]
     if kind == "control_change":
         return "/cc", [message.control, message.value]
     if kind == "pitchwheel":  # -8192..8191
@@ -101,9 +105,9 @@ class MidiError(RuntimeError):
     """MIDI input cannot start; the message names the missing package or the ports that exist."""
 
 
-def open_input(name: str, handle: Callable[[str, list[float]], None]) -> Any:
+def open_input(name: str, handle: Callable[[str, list[float]], None], multitimbral: bool = False) -> Any:
     """Open the MIDI input port `name` (a substring of a port name is enough); every message that maps to an
-    address goes to `handle(address, args)` on mido's thread. Returns the port (close it to stop)."""
+    address goes to `handle(address, args)` on mido's thread (`to_osc`). Returns the port (close it to stop)."""
     try:
         import mido
     except ImportError:
@@ -117,7 +121,7 @@ def open_input(name: str, handle: Callable[[str, list[float]], None]) -> Any:
         raise MidiError(f"no MIDI input matches {name!r}; inputs: {', '.join(names) or 'none'}")
 
     def callback(message: Any) -> None:
-        converted = to_osc(message)
+        converted = to_osc(message, multitimbral)
         if converted is not None:
             handle(*converted)
 

@@ -338,6 +338,13 @@ class InstrumentServer:
         self.submit(c, r, "image", t, layer=r.values["layer"])
 
     def on_note(self, c: Client, r: Request, t: float) -> None:
+        self._key(c, r, t, None)
+
+    def on_channel_note(self, c: Client, r: Request, t: float) -> None:
+        self._key(c, r, t, r.values["channel"])
+
+    def _key(self, c: Client, r: Request, t: float, channel: int | None) -> None:
+        """A note-on or note-off (velocity 0) of /note or /channel/note."""
         if r.values["velocity"] == 0:  # note-off: nothing to render; the voices playing the pitch fade out
             self.player.release(r.values["pitch"], self.engine.settings.release)
             for job in self.queue.cancel_notes(c, r.values["pitch"]):  # its note, still waiting: too late now
@@ -347,7 +354,7 @@ class InstrumentServer:
                 self.send(c, "/render/cancelled", r.request_id, "note-off: nothing to render")
             return
         pitch = self.engine.check_pitch(r.values["pitch"])
-        self.submit(c, r, "note", t, pitch=pitch, velocity=r.values["velocity"])
+        self.submit(c, r, "note", t, pitch=pitch, velocity=r.values["velocity"], channel=channel)
 
     def on_note_redraw(self, c: Client, r: Request, t: float) -> None:
         """A note-on of this key, drawn anew: the next render of the key (and every export) is the new draw."""
@@ -402,6 +409,8 @@ class InstrumentServer:
 
     def on_state(self, c: Client, r: Request, t: float) -> None:
         self.send_settings(c)
+        for channel in sorted(self.engine.channel_families):
+            self.send_channel(c, channel)
         self.send(c, "/render/rate", c.rate or self.worker.delivery.rate)
         self.send(c, "/note/cache", *self.engine.fill_status()[:2])
         self.send_codemaps(c)
@@ -434,10 +443,29 @@ class InstrumentServer:
         self._prefill_by = c  # whose /cancel stops it
 
     def on_program(self, c: Client, r: Request, t: float) -> None:
-        program = r.values["program"]
+        self.set_settings(family=self._program_family(r.values["program"]))
+
+    def on_channel_program(self, c: Client, r: Request, t: float) -> None:
+        self._set_channel(r.values["channel"], self._program_family(r.values["program"]))
+
+    def on_channel_instrument(self, c: Client, r: Request, t: float) -> None:
+        value = r.values["instrument"]
+        self._set_channel(r.values["channel"], None if value in (-1, "none") else self.engine.family_index(value))
+
+    def _program_family(self, program: int) -> int:
         if program not in GM_FAMILIES:
             raise EngineError(f"General MIDI program {program} (0-based) has no instrument family")
-        self.set_settings(family=self.engine.family_index(GM_FAMILIES[program][0]))
+        return self.engine.family_index(GM_FAMILIES[program][0])
+
+    def _set_channel(self, channel: int, family: int | None) -> None:
+        self.engine.set_channel_family(channel, family)
+        self._settings_dirty.set()  # saved with the session by the settings saver
+        self.send_channel(None, channel)
+
+    def send_channel(self, client: Client | None, channel: int) -> None:
+        family = self.engine.channel_families.get(channel)
+        name = "none" if family is None else self.engine.manifest.families[family]
+        self._to(client, "/channel/instrument", channel, -1 if family is None else family, name)
 
     def on_bend(self, c: Client, r: Request, t: float) -> None:
         self.player.bend(r.values["semitones"])

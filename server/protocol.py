@@ -71,6 +71,7 @@ class Request:
 
 
 LAYER = Arg("layer", "s", fold=True)
+CHANNEL = Arg("channel", "i", 1, 16)  # MIDI channels as performers count them
 RANGE = (Arg("t0", "i"), Arg("t1", "i"), Arg("f0", "i"), Arg("f1", "i"))
 MIDI = (0, 127)
 RATES = (8000, 192000)  # sample rates a client may ask for (Hz); 16 000 is the model's own
@@ -254,6 +255,18 @@ INBOUND = (
     SETTING["/note/fill"],
     Address("/program", (Arg("program", "i", *MIDI),), "General MIDI program 0-127 → instrument family"),
     Address(
+        "/channel/note",
+        (CHANNEL, Arg("pitch", "i", *MIDI), Arg("velocity", "i", *MIDI)),
+        "/note on a MIDI channel: played with the channel's own instrument when it has one (multi-timbral)",
+        request_id=True,
+    ),
+    Address(
+        "/channel/instrument",
+        (CHANNEL, Arg("instrument", "is", fold=True)),
+        "a channel's own instrument family, by index or name; -1 or none: the current /instrument again",
+    ),
+    Address("/channel/program", (CHANNEL, Arg("program", "i", *MIDI)), "General MIDI program → a channel's instrument"),
+    Address(
         "/bend", (Arg("semitones", "f", -24.0, 24.0),), "pitch bend of --play's notes (MIDI's wheel: +-2 semitones)"
     ),
     Address("/cc", (Arg("controller", "i", *MIDI), Arg("value", "i", *MIDI)), "a mapped controller sets a parameter"),
@@ -302,6 +315,11 @@ OUTBOUND = (
     ),
     Address("/pitch", (Arg("pitch", "i"),), "the conditioning changed (pushed to every client)"),
     Address("/instrument", (Arg("index", "i"), Arg("name", "s"))),
+    Address(
+        "/channel/instrument",
+        (Arg("channel", "i"), Arg("index", "i"), Arg("name", "s")),
+        "a channel's instrument (pushed to every client, and after /state); index -1, name none: the current one",
+    ),
     Address("/temperature", (Arg("temperature", "f"),)),
     Address("/top_p", (Arg("top_p", "f"),)),
     Address("/guidance", (Arg("guidance", "f"),)),

@@ -31,7 +31,7 @@ import numpy as np
 from server import instrument_export
 from server.access import Access, AccessError
 from server.delivery import Delivery, Requester
-from server.engine import Engine, EngineError, Note
+from server.engine import Engine, EngineError, Note, Settings
 from server.output import OutputFolder
 from server.playback import Player
 
@@ -276,6 +276,9 @@ class Worker(threading.Thread):
         self.batch_started = 0.0  # perf_counter when the current batch began: requests waited until then
         self._saver = ThreadPoolExecutor(1, thread_name_prefix="session-saver")  # one save at a time, in order
         self.prefill: list[int] = []  # pitches still to render into the note cache when idle
+        # (pitch, channel) of channel notes played stale: rendered anew when idle (the fill covers only the
+        # current settings, not every channel's instrument)
+        self.refresh: list[tuple[int, int]] = []
         self.stopping = threading.Event()
         self.status = "ready"
         self.warming = False
@@ -299,7 +302,7 @@ class Worker(threading.Thread):
                 log.info("note cache ready: %d notes", total)
         to_fill = to_fill if self.engine.settings.fill else None
         exporting = self.export is not None or bool(self.queue.exports)
-        idle_work = exporting or self.warming or bool(self.prefill) or to_fill is not None
+        idle_work = exporting or self.warming or bool(self.refresh or self.prefill) or to_fill is not None
         # Idle work goes in small slices, each after 10 ms without a request: a burst of requests is never
         # delayed by it, and a lone request waits at most one slice (about 2 ms: a sampled token, a chunk of
         # the inversion, or the few ms the decoder takes to stop, see _prefill_one).
@@ -310,6 +313,10 @@ class Worker(threading.Thread):
             self._export_step()
         elif self.warming:
             self.warming = self.engine.warm()
+        elif self.refresh:
+            pitch, channel = self.refresh[0]
+            if self._prefill_one(pitch, self.engine.channel_settings(channel)):
+                self.refresh.remove((pitch, channel))
         elif self.prefill:
             todo = self.prefill
             try:
@@ -427,7 +434,7 @@ class Worker(threading.Thread):
         elif job.kind == "render":
             return "render"
         elif job.kind == "note":
-            return self._note(p["pitch"], progress, stale=not p.get("fresh", False))
+            return self._note(p["pitch"], progress, stale=not p.get("fresh", False), channel=p.get("channel"))
         elif job.kind == "image":
             self._image(job)
             return "quiet"
@@ -435,13 +442,24 @@ class Worker(threading.Thread):
             raise EngineError(f"unknown job {job.kind}")
         return "edit"
 
-    def _note(self, pitch: int, progress: Callable[[float], None], stale: bool = True) -> Note:
-        """The note for `pitch`: cached for these settings, else (`stale`) cached for earlier ones (the fill
-        renders the current settings' note meanwhile), else rendered now."""
-        note = self.engine.cached_note(pitch) or (self.engine.stale_note(pitch) if stale else None)
+    def _note(
+        self, pitch: int, progress: Callable[[float], None], stale: bool = True, channel: int | None = None
+    ) -> Note:
+        """The note for `pitch` (on `channel`, with its own instrument if it has one): cached for these settings,
+        else (`stale`) cached for earlier ones, rendered anew when idle (by the fill, or for a channel's
+        instrument by `refresh`), else rendered now. Once channels have instruments of their own, a stale note
+        must be of the same instrument: one channel never sounds like another."""
+        e = self.engine
+        s = e.channel_settings(channel)
+        own = s.family if channel in e.channel_families else None
+        note = e.cached_note(pitch, s)
+        if note is None and stale:
+            note = e.stale_note(pitch, s.family if e.channel_families else None)
+            if note is not None and own is not None and (pitch, channel) not in self.refresh:
+                self.refresh.append((pitch, channel))
         if note is None:
-            note = self.engine.make_note(pitch, progress)
-        self.engine.play_note(pitch, note)
+            note = e.make_note(pitch, progress, settings=s)
+        e.play_note(pitch, note)
         return note
 
     def _image(self, job: Job) -> None:
@@ -563,15 +581,16 @@ class Worker(threading.Thread):
             self.status = status
             self.replies.broadcast("/status", status)
 
-    def _prefill_one(self, pitch: int) -> bool:
+    def _prefill_one(self, pitch: int, settings: Settings | None = None) -> bool:
         """Render one pitch into the note cache. It gives way to a request between sampled tokens and between the
         stages and chunks of its decoding and inversion, and a request arriving during its decoder call stops
         that call within a node or two (onnxruntime's terminate flag, set from the receive thread): a request
         waits about one prior step, never a whole note. The engine keeps what was done, and the fill goes on
         from there later. Decoding and inversion (50-100 ms on 2 busy cores) start only after FILL_QUIET s
         without a request: between a performer's clicks the fill samples but does not start what the next click
-        would throw away. Returns whether the note is cached now (False: stopped, or the fill gave up)."""
-        if self.engine.cached_note(pitch) is not None:
+        would throw away. Returns whether the note is cached now (False: stopped, or the fill gave up).
+        `settings`: another instrument's (a channel's) instead of the current ones."""
+        if self.engine.cached_note(pitch, settings) is not None:
             return True
         stop = self.engine.bundle.stoppable()
 
@@ -589,7 +608,7 @@ class Worker(threading.Thread):
 
         self.queue.interrupt = interrupt
         try:
-            self.engine.make_note(pitch, preempt, between=between, run_options=stop)
+            self.engine.make_note(pitch, preempt, settings, between=between, run_options=stop)
             return True
         except Cancelled:
             return False

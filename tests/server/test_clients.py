@@ -100,6 +100,48 @@ def test_mido_messages_become_osc_requests(live):
     assert c.wait_for("/render/done", timeout=60)[1][2] == 64_000
 
 
+def test_each_midi_channel_plays_its_own_instrument(live):
+    """Multi-timbral MIDI (`serve --multitimbral`): a channel's program change is its own instrument; its notes
+    are drawn with it (the same note as the current instrument set to it), other channels play the current one."""
+    mido = pytest.importorskip("mido")
+    np = pytest.importorskip("numpy")
+    on = mido.Message("note_on", channel=1, note=62, velocity=90)
+    assert to_osc(on, multitimbral=True) == ("/channel/note", [2, 62, 90])
+    assert to_osc(mido.Message("note_off", channel=1, note=62), True) == ("/channel/note", [2, 62, 0])
+    assert to_osc(mido.Message("program_change", channel=9, program=73), True) == ("/channel/program", [10, 73])
+    assert to_osc(mido.Message("control_change", channel=1, control=1, value=3), True) == ("/cc", [1, 3])
+    c = live.client()
+    c.send("/note/fill", 0)  # the notes below are drawn by the requests alone
+    c.send("/instrument", "keyboard")
+    c.wait_for("/instrument")
+    c.send(*_flatten(to_osc(mido.Message("program_change", channel=1, program=73), True)))
+    assert c.wait_for("/channel/instrument")[1] == [2, 2, "flute"]
+
+    def played(address, *args):
+        c.send(address, *args)
+        return sf.read(c.wait_for("/render/done", timeout=60)[1][1])[0]
+
+    try:
+        on_2 = played("/channel/note", 2, 50, 90, 101)
+        # No instrument of its own: the current one, never another channel's note of the key played stale.
+        on_1 = played("/channel/note", 1, 50, 90, 102)
+        c.send("/channel/note", 2, 50, 0)  # a note-off on a channel releases like /note's
+        c.send("/state")
+        assert c.wait_for("/channel/instrument")[1] == [2, 2, "flute"]
+        c.send("/instrument", "flute")
+        c.wait_for("/instrument")
+        flute = played("/note", 50, 90, 103)
+        assert np.array_equal(on_2, flute) and not np.array_equal(on_1, flute)
+        c.send("/channel/instrument", 17, "flute")
+        assert "17" in c.wait_for("/error")[1][1]
+        c.send("/channel/instrument", 2, "none")
+        assert c.wait_for("/channel/instrument")[1] == [2, -1, "none"]
+    finally:
+        c.send("/instrument", "keyboard")
+        c.send("/note/fill", 1)
+        c.wait_for("/note/fill")
+
+
 def _flatten(converted):
     address, args = converted
     return (address, *args)

@@ -275,6 +275,23 @@ def test_a_redrawn_key_gets_a_new_note_and_every_other_key_keeps_its_own(engine,
     assert restored.key_draws == {60: 1} and restored.note_key(60) == engine.note_key(60)
 
 
+def test_a_channels_instrument_draws_its_notes_and_survives_a_restart(engine, bundle, tmp_path):
+    flute = engine.family_index("flute")
+    engine.set_channel_family(2, flute)
+    assert engine.channel_settings(2).family == flute and engine.channel_settings(1) == engine.settings
+    assert engine.note_key(60, engine.channel_settings(2)) != engine.note_key(60)
+    note = engine.make_note(60, settings=engine.channel_settings(2))
+    engine.update_settings(temperature=engine.settings.temperature + 0.1)  # a knob: every key is stale now
+    assert engine.stale_note(60, flute) is note and engine.stale_note(60, engine.settings.family) is None
+    path = tmp_path / "s.npz"
+    engine.save(path)
+    restored = Engine(bundle)
+    restored.load(path)
+    assert restored.channel_families == {2: flute}
+    engine.set_channel_family(2, None)
+    assert engine.channel_settings(2) == engine.settings
+
+
 def test_every_setting_that_changes_a_notes_sound_is_in_the_note_cache_key(engine):
     """A setting the conditioning reads but the key leaves out would make the cache serve stale notes; one the
     key holds but the sound ignores (level, gain) would empty the cache for nothing."""
