@@ -28,6 +28,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from export.config import PRESETS
+from server.codemaps import LAYERS
+
 
 def _pitches(text: str) -> list[int]:
     """'24:84' (inclusive range) or '48,60,72'."""
@@ -243,7 +246,7 @@ def cmd_bench(args) -> dict:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="NSynth-layout dataset folder (needed for a new run)")
     p.add_argument("run", type=Path, help="run folder (created if missing)")
-    p.add_argument("--preset", default=None, choices=["paper", "small", "tiny"], help="model sizes (default: small)")
+    p.add_argument("--preset", default=None, choices=list(PRESETS), help="model sizes (default: small)")
     p.add_argument(
         "--set",
         action="append",
@@ -286,7 +289,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("run", type=Path)
         p.add_argument("--device", **device)
         if name == "prior":
-            p.add_argument("--layer", required=True, choices=["top", "bottom"])
+            p.add_argument("--layer", required=True, choices=LAYERS)
             p.add_argument("--steps", type=int, help="total steps (raise it to train an existing prior longer)")
             p.add_argument("--minutes", **minutes)
 
@@ -365,7 +368,6 @@ def parser() -> argparse.ArgumentParser:
 
     from export.family_guidance import FAMILY_NOTES
     from export.harmonics import DEFAULT_RECIPE, PROFILE_RECIPES
-    from server.codemaps import LAYERS
 
     p = sub.add_parser("reguide", help="a bundle with its harmonic guidance re-measured (no training)")
     p.add_argument("bundle", type=Path)
@@ -434,7 +436,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", **device)
 
     p = sub.add_parser("bench", help="prior decoding step: onnxruntime vs torch eager, and full sampling time")
-    p.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
+    p.add_argument("--preset", default="small", choices=list(PRESETS))
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both runtimes (default %(default)s)")
     p.add_argument("--repeats", type=int, help="full samplings timed (default 7; 50 edits with --server)")
     p.add_argument("--server", action="store_true", help="every operation over OSC, against torch eager and the floor")

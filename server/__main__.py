@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from server.bundle import PROVIDERS
 from server.dsp import PHASES
 
 
@@ -323,14 +324,16 @@ def parser() -> argparse.ArgumentParser:
         prog="inpaint-osc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = ap.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    # Options several commands share, declared once: --bundle, and --bundle with --provider.
+    bundle = argparse.ArgumentParser(add_help=False)
+    bundle.add_argument(
         "--bundle", type=Path, default=default_bundle(), help="model bundle folder (default: the shipped one)"
     )
+    common = argparse.ArgumentParser(add_help=False, parents=[bundle])
     common.add_argument(
         "--provider",
         default="cpu",
-        choices=["cpu", "cuda", "coreml", "auto"],
+        choices=[*PROVIDERS, "auto"],
         help="onnxruntime execution provider (default: %(default)s)",
     )
     sub.add_parser("info", parents=[common], help="describe a bundle")
@@ -342,9 +345,7 @@ def parser() -> argparse.ArgumentParser:
         help="the phase of renders: peaks (locked to the spectral peaks) or if (the decoder's IF, the paper's; "
         "default: %(default)s)",
     )
-    s = sub.add_parser("serve", help="the OSC server", formatter_class=_Help, parents=[phase])
-    s.add_argument("--bundle", type=Path, default=default_bundle(), help="model bundle folder")
-    s.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "coreml", "auto"], help="execution provider")
+    s = sub.add_parser("serve", help="the OSC server", formatter_class=_Help, parents=[common, phase])
     s.add_argument(
         "--host",
         default="127.0.0.1",
@@ -390,12 +391,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="log warnings only, not one line per request")
     sub.add_parser("addresses", help="the OSC address table, as markdown")
     bp = sub.add_parser(
-        "bench", help="latency over loopback OSC (JSON)", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        "bench",
+        help="latency over loopback OSC (JSON)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
     )
-    bp.add_argument("--bundle", type=Path, default=default_bundle(), help="model bundle folder")
     bp.add_argument("--repeats", type=int, default=50, help="requests per edit figure")
     bp.add_argument("--threads", type=int, default=2, help="the server's onnxruntime threads")
-    bp.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "coreml"], help="the server's provider")
     bp.add_argument("--fill", action="store_true", help="only edits with the note cache's fill running vs off")
     bp.add_argument(
         "--before",
@@ -413,9 +415,8 @@ def parser() -> argparse.ArgumentParser:
     )
     st = sub.add_parser(
         "stress", help="the reliability suite: fuzz, flood, crash recovery, bad files (JSON)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[bundle],
     )  # fmt: skip
-    st.add_argument("--bundle", type=Path, default=default_bundle(), help="model bundle folder")
     st.add_argument("--scale", default="full", choices=["ci", "full"], help="ci: seconds; full: the issue's sizes")
     st.add_argument("--only", help="comma list of checks: fuzz,flood,crash,files (default: all)")
     st.add_argument("--seed", type=int, default=0)
