@@ -168,11 +168,18 @@ VOICES = 8  # polyphony of both patches: one voice (buffer/array, player, envelo
 # late, after the voice went to another note, is told apart by its pitch. Other ids are not notes.
 NOTE_ID = "10 * $3 + $2"  # of the list "velocity voice pitch", in [expr]'s syntax ($f in Pd, $i in Max)
 VOICE_OF_ID = "($1 >= 240 && $1 < 850) * ($1 % 10)"  # the voice of a note's id (1-8); 0 or 9: not a note
+# The dials of both patches: every number setting of the table, in its order (a new one gets a dial, its range
+# and its echo from `protocol.SETTINGS` alone).
+KNOBS = tuple(s.address for s in protocol.SETTINGS if s.address.args[0].kind == "f")
 MAX_ROUTES = (  # what the Max patch listens to, in its [route]'s outlet order
     "/pong", "/status", "/error", "/render/done", "/render/loop", "/image/done", "/codemap", "/model/info", "/pitch",
-    "/instrument", "/temperature", "/top_p", "/guidance", "/harmonic", "/timbre", "/level", "/gain", "/velocity/curve",
-    "/release", "/note/cache", "/export/progress", "/export/done",
+    "/instrument", *(k.path for k in KNOBS), "/note/cache", "/export/progress", "/export/done",
 )  # fmt: skip
+
+
+def _number(x: float | None) -> float:
+    """A bound as the patch files write it: 10, not 10.0."""
+    return int(x) if x is not None and float(x).is_integer() else x  # type: ignore[return-value]
 
 
 def max_voice() -> MaxPatch:
@@ -356,17 +363,7 @@ def max_patch() -> MaxPatch:
     pitch_echo = echo("/pitch", 1000, 320)
     p.connect(pitch_echo, 0, pitch_box)
     p.connect(pitch_echo, 0, keys)
-    knobs = (
-        "/temperature",
-        "/top_p",
-        "/guidance",
-        "/harmonic",
-        "/timbre",
-        "/level",
-        "/gain",
-        "/velocity/curve",
-        "/release",
-    )
+    knobs = [k.path for k in KNOBS]
     for i, address in enumerate(knobs):
         row, col = i % 5, i // 5
         c("comment", 520 + 160 * col, 80 + 30 * row, address[1:], show=(546 + 170 * col, 70 + 30 * row, 100, 22))
@@ -867,20 +864,13 @@ def pd_patch() -> PdPatch:
     p.connect(whole, 0, p.send(280, 380, "/pitch", 1))
     p.connect(route, 5, p.msg(330, 355, "set $1"))
     p.connect(p.count - 1, 0, pitch)
-    knobs = (
-        ("temperature", 10, 7),
-        ("top_p", 1, 8),
-        ("guidance", 10, 9),
-        ("harmonic", 10, 10),
-        ("timbre", 10, 17),
-        ("level", 0, 11),
-        ("gain", 24, 12),
-        ("release", 4, 14),
-    )
-    for i, (name, high, outlet) in enumerate(knobs):
+    # [oscparse] splits "/velocity/curve" into two symbols, which this [route] does not reach: its dial is Max's.
+    words = outbound.split()
+    knobs = [(k.path[1:], k.args[0], words.index(k.path[1:])) for k in KNOBS if k.path.count("/") == 1]
+    for i, (name, arg, outlet) in enumerate(knobs):
         x = 330 + 85 * i
         p.text(x, 410, name)
-        knob = p.atom(x, 430, 5, -60 if name in ("level", "gain") else 0, high)
+        knob = p.atom(x, 430, 5, _number(arg.low), _number(arg.high))
         p.connect(knob, 0, p.send(x, 455 + 25 * (i % 2), "/" + name, 1))  # staggered: the sends are wide
         p.connect(route, outlet, p.msg(x, 405 - 25 * (i % 2), "set $1"))
         p.connect(p.count - 1, 0, knob)
