@@ -117,7 +117,10 @@ def sample_masked(
     bias = harmonic * prior.harmonic_bias(requested, torch.arange(t, device=src.device)) if harmonic else 0.0
     counts = unmask_counts(t, prior.cfg.passes)
     for i, count in enumerate(counts):
-        z = prior.denoise(tokens.repeat(2, 1) if guided else tokens, pitch, family, memory).float()
+        rows = tokens.repeat(2, 1) if guided else tokens
+        if i and prior.layer == "top":  # its encoder reads its own map, trained on the decoder's gaps
+            memory = prior.encode(rows, pitch, family)
+        z = prior.denoise(rows, pitch, family, memory).float()
         if guided:
             z = z[b:] + guidance * (z[:b] - z[b:])
         z = (z + bias).flatten(0, 1)  # (B T, V)

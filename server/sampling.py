@@ -325,6 +325,8 @@ class MaskedSampler(_LabelledPrior):
         counts = unmask_counts(hidden.size, -(-self.shape.passes * hidden.size // seq.size))
         done = 0
         for i, count in enumerate(counts):
+            if i and self._layer == "top":  # its encoder reads its own map, trained on the decoder's gaps
+                memory = self.encode(seq, cond)
             z = self.logits(seq, cond, memory, hidden)
             if bias is not None:
                 z = z + cond.timbre * bias[hidden].astype(np.float32)
