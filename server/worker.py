@@ -300,9 +300,11 @@ class Worker(threading.Thread):
             self.replies.broadcast("/note/cache", ready, total)
             if ready == total:
                 log.info("note cache ready: %d notes", total)
-        to_fill = to_fill if self.engine.settings.fill else None
+        filling = self.engine.settings.fill  # /note/fill 0: no idle renders of notes nobody asked for
+        to_fill = to_fill if filling else None
+        refresh = self.refresh if filling else []
         exporting = self.export is not None or bool(self.queue.exports)
-        idle_work = exporting or self.warming or bool(self.refresh or self.prefill) or to_fill is not None
+        idle_work = exporting or self.warming or bool(refresh or self.prefill) or to_fill is not None
         # Idle work goes in small slices, each after 10 ms without a request: a burst of requests is never
         # delayed by it, and a lone request waits at most one slice (about 2 ms: a sampled token, a chunk of
         # the inversion, or the few ms the decoder takes to stop, see _prefill_one).
@@ -313,8 +315,8 @@ class Worker(threading.Thread):
             self._export_step()
         elif self.warming:
             self.warming = self.engine.warm()
-        elif self.refresh:
-            pitch, channel = self.refresh[0]
+        elif refresh:
+            pitch, channel = refresh[0]
             if self._prefill_one(pitch, self.engine.channel_settings(channel)):
                 self.refresh.remove((pitch, channel))
         elif self.prefill:
@@ -617,7 +619,7 @@ class Worker(threading.Thread):
                 return False
             # never a retry loop: the fill stops and says why
             log.error("note cache fill stopped at pitch %d:\n%s", pitch, traceback.format_exc())
-            self.prefill = []
+            self.prefill, self.refresh = [], []
             self.engine.update_settings(fill=False)
             self.replies.broadcast("/error", "/note/fill", f"note cache fill stopped: {type(exc).__name__}: {exc}")
             self.replies.send_settings()
