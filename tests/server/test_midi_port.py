@@ -80,5 +80,37 @@ def test_notes_through_a_jack_midi_port_into_midi_in_come_back_as_renders(jack, 
     assert "MIDI input: " in server.log.read_text() and "daw-track" in server.log.read_text()
 
 
+def test_multitimbral_midi_gives_each_channel_its_own_instrument(jack, tiny_bundle, tmp_path):
+    mido, port = jack
+    server = start_server(tiny_bundle[1], tmp_path / "server", "--midi-in", "daw-track", "--multitimbral", "--no-fill")
+    replies = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    replies.bind(("127.0.0.1", server.reply_port))
+    replies.settimeout(60)
+    seen: list[tuple[str, list]] = []
+
+    def wait_for(address: str) -> list:
+        while True:
+            message = osc_packet.OscPacket(replies.recv(65536)).messages[0].message
+            seen.append((message.address, list(message.params)))
+            if message.address == address:
+                return list(message.params)
+
+    try:
+        port.send(mido.Message("program_change", channel=1, program=73))  # channel 2: a flute
+        flute = server_family(tiny_bundle[1], "flute")
+        assert wait_for("/channel/instrument") == [2, flute, "flute"]
+        port.send(mido.Message("note_on", channel=1, note=60, velocity=100))
+        assert wait_for("/render/done")[2] == 64_000
+        port.send(mido.Message("note_on", channel=0, note=60, velocity=100))  # channel 1: the current instrument
+        assert wait_for("/render/done")[2] == 64_000
+    finally:
+        replies.close()
+        server.stop()
+    assert not [v for a, v in seen if a == "/error"]
+    keyboard = [server_family(tiny_bundle[1], "keyboard"), "keyboard"]
+    assert all(v == keyboard for a, v in seen if a == "/instrument")  # the current instrument was left alone
+    assert "multi-timbral" in server.log.read_text()
+
+
 def server_family(bundle, name: str) -> int:
     return json.loads((bundle / "manifest.json").read_text())["families"].index(name)
