@@ -128,7 +128,7 @@ def _design(folder: Path) -> dict:
 
 
 def _checkpoint_figures(folder: Path, layer: str) -> dict:
-    ckpt = run_folder.load_checkpoint(folder / f"{layer}_prior.pt")
+    ckpt = run_folder.load_checkpoint(run_folder.prior_file(folder, layer))
     return _train_figures({**ckpt["metrics"], "step": ckpt["step"]})
 
 

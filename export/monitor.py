@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export import run_folder
 from export.config import RunConfig
 from export.metrics import pitch_kept
 from export.prior import Prior
@@ -199,7 +200,7 @@ class PitchMonitor:
         return np.array(kept)
 
     def renders(self) -> dict[str, float]:
-        if not (self.run / "vqvae.pt").is_file():
+        if not (self.run / run_folder.VQVAE_FILE).is_file():
             return {}
         gen = torch.Generator(device=self.device).manual_seed(0)
         if self.layer == "bottom":
@@ -211,7 +212,7 @@ class PitchMonitor:
             resampled = sample_all(self.model, top, pitch, family, gen)
             kept = self._kept(top, resampled, pitch)[self._reference_ok]
             return {"resample_bottom_pitch_kept": float(kept.mean())}
-        other = self.run / "bottom_prior.pt"
+        other = run_folder.prior_file(self.run, "bottom")
         if not other.is_file():
             return {}
         from export.run_folder import load_prior, set_code_profiles

@@ -226,7 +226,7 @@ def _read_command_log(run: Path) -> list[dict]:
 
 def _family_guidance(run: Path, out: Path, config) -> dict:
     """{'family_guidance': manifest entry} from the run's training codes, or {} for a run without codes."""
-    path = run / "codes" / "train.npz"
+    path = run_folder.codes_file(run, "train")
     if not path.is_file():
         return {}
     z = np.load(path)
@@ -257,7 +257,7 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
     priors, prior_ckpts = {}, {}
     for layer in codemaps.LAYERS:
         priors[layer], prior_ckpts[layer] = run_folder.load_prior(run, config, layer)
-    vq_ckpt = run_folder.load_checkpoint(run / "vqvae.pt")
+    vq_ckpt = run_folder.load_checkpoint(run / run_folder.VQVAE_FILE)
     run_folder.set_code_profiles(run, vqvae, list(priors.values()))  # baked into the step graphs
     out.mkdir(parents=True, exist_ok=True)
     # The manifest is written last: a folder being (re-)exported, or whose export failed, is never a bundle.

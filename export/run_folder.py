@@ -24,6 +24,19 @@ from server.dsp import Normalizer
 
 RUN_FILE = "run.json"
 COMMAND_LOG = "commands.jsonl"  # every inpaint-train command run on this folder, in order
+VQVAE_FILE = "vqvae.pt"
+STATS_FILE = "stats.json"  # the spectrogram normaliser the VQ-VAE was trained with
+CODES_DIR = "codes"
+TENSORBOARD_DIR = "tb"
+
+
+def prior_file(run: Path, layer: str) -> Path:
+    return run / f"{layer}_prior.pt"
+
+
+def codes_file(run: Path, split: str) -> Path:
+    """RUN/codes/{split}.npz (`write_codes` writes it, `code_dataset` reads it)."""
+    return run / CODES_DIR / f"{split}.npz"
 
 
 def create_run(run: Path, config: RunConfig, data: Path) -> None:
@@ -50,7 +63,7 @@ def load_checkpoint(path: Path) -> dict | None:
 
 
 def load_vqvae(run: Path, config: RunConfig) -> VQVAE2:
-    ckpt = load_checkpoint(run / "vqvae.pt")
+    ckpt = load_checkpoint(run / VQVAE_FILE)
     if ckpt is None:
         raise FileNotFoundError(f"{run}: no vqvae.pt; run `inpaint-train vqvae` first")
     model = VQVAE2(config.vqvae, config.spectrogram, Normalizer.from_dict(ckpt["normalizer"]))
@@ -76,7 +89,7 @@ CodeSet = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # top (
 def code_dataset(run: Path, split_name: str, device: torch.device | str = "cpu") -> CodeSet:
     """(top sequences (N, 128), bottom sequences (N, 512), pitch (N,), family (N,)) in the priors' token
     orders, int64 on `device`."""
-    path = run / "codes" / f"{split_name}.npz"
+    path = codes_file(run, split_name)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: run `inpaint-train codes` first")
     z = np.load(path)
@@ -97,18 +110,18 @@ def fork_run(base: Path, run: Path, overrides: list[str], warm_start: bool = Fal
     if (run / RUN_FILE).is_file():
         raise ValueError(f"{run} exists already; fork into a new folder")
     create_run(run, config, data)
-    for name in ("vqvae.pt", "stats.json"):
+    for name in (VQVAE_FILE, STATS_FILE):
         shutil.copy(base / name, run / name)
     # The new run's history starts with the base run's: its manifest then names every command behind it.
     log, base_log = run / COMMAND_LOG, base / COMMAND_LOG
     own = log.read_text() if log.is_file() else ""
     log.write_text((base_log.read_text() if base_log.is_file() else "") + own)
-    (run / "codes").symlink_to((base / "codes").resolve())
+    (run / CODES_DIR).symlink_to((base / CODES_DIR).resolve())
     if warm_start:
         for layer in codemaps.LAYERS:
             model = build_prior(config, layer)
             model.load_state_dict(graft(model.state_dict(), load_prior(base, load_run(base)[0], layer)[0].state_dict()))
-            save_checkpoint(run / f"{layer}_prior.pt", model=model.state_dict(), step=0, config=config.to_dict())
+            save_checkpoint(prior_file(run, layer), model=model.state_dict(), step=0, config=config.to_dict())
     return config
 
 
@@ -137,7 +150,7 @@ def set_code_profiles(run: Path, vqvae: VQVAE2, priors: list[Prior], notes: int 
     guidance."""
     from export.harmonics import code_profiles
 
-    path = run / "codes" / "train.npz"
+    path = codes_file(run, "train")
     if not path.is_file():  # an untrained run (benchmarks): no codes to measure, no harmonic guidance
         return
     z = np.load(path)
@@ -154,7 +167,7 @@ def set_code_profiles(run: Path, vqvae: VQVAE2, priors: list[Prior], notes: int 
 
 
 def load_prior(run: Path, config: RunConfig, layer: str) -> tuple[Prior, dict]:
-    ckpt = load_checkpoint(run / f"{layer}_prior.pt")
+    ckpt = load_checkpoint(prior_file(run, layer))
     if ckpt is None:
         raise FileNotFoundError(f"{run}: no {layer}_prior.pt; run `inpaint-train prior {run} --layer {layer}` first")
     model = build_prior(config, layer)
@@ -165,9 +178,9 @@ def load_prior(run: Path, config: RunConfig, layer: str) -> tuple[Prior, dict]:
 def write_codes(run: Path, split: str, top, bottom, pitch, family) -> int:
     """RUN/codes/{split}.npz, the one layout of a code set: top (N, 32, 4) and bottom (N, 64, 8) uint16, pitch and
     family (N,) int16. Returns N."""
-    (run / "codes").mkdir(exist_ok=True)
+    codes_file(run, split).parent.mkdir(exist_ok=True)
     np.savez(
-        run / "codes" / f"{split}.npz",
+        codes_file(run, split),
         top=np.asarray(top).astype(np.uint16),
         bottom=np.asarray(bottom).astype(np.uint16),
         pitch=np.asarray(pitch).astype(np.int16),

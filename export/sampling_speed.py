@@ -58,7 +58,7 @@ def write_random_run(run: Path, config: cfg.RunConfig, seed: int = 0) -> None:
     run_folder.create_run(run, config, Path("untrained"))
     vqvae = VQVAE2(config.vqvae, config.spectrogram)
     run_folder.save_checkpoint(
-        run / "vqvae.pt",
+        run / run_folder.VQVAE_FILE,
         model=vqvae.state_dict(),
         step=0,
         config=config.to_dict(),
@@ -68,7 +68,7 @@ def write_random_run(run: Path, config: cfg.RunConfig, seed: int = 0) -> None:
     for layer in ("top", "bottom"):
         prior = run_folder.build_prior(config, layer)
         run_folder.save_checkpoint(
-            run / f"{layer}_prior.pt", model=prior.state_dict(), step=0, config=config.to_dict(), metrics={}
+            run_folder.prior_file(run, layer), model=prior.state_dict(), step=0, config=config.to_dict(), metrics={}
         )
 
 

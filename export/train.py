@@ -38,9 +38,13 @@ from export.config import RunConfig
 from export.nsynth import Note, NoteAudio, load_splits
 from export.prior import Prior, mask_source
 from export.run_folder import (
+    STATS_FILE,
+    TENSORBOARD_DIR,
+    VQVAE_FILE,
     CodeSet,
     build_prior,
     code_dataset,
+    codes_file,
     load_checkpoint,
     load_run,
     load_vqvae,
@@ -116,7 +120,7 @@ def _writer(run: Path, ctx: Dist):
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(run / "tb"))
+    return SummaryWriter(str(run / TENSORBOARD_DIR))
 
 
 def _progress(total: int, start: int, ctx: Dist, desc: str):
@@ -343,11 +347,11 @@ def train_vqvae(run: Path, device: str = "auto", minutes: float | None = None) -
         audio = load_audio(splits["train"], config, ctx.device)  # (N, n_samples) int16
         if ctx.main:
             print(f"vqvae: {len(audio)} notes read in {time.monotonic() - t0:.1f} s onto {ctx.device}", file=sys.stderr)
-        ckpt = load_checkpoint(run / "vqvae.pt")
+        ckpt = load_checkpoint(run / VQVAE_FILE)
         if ckpt is None:
             normalizer = fit_normalizer(audio, config)
             if ctx.main:
-                (run / "stats.json").write_text(json.dumps(normalizer.to_dict(), indent=2))
+                (run / STATS_FILE).write_text(json.dumps(normalizer.to_dict(), indent=2))
         else:
             normalizer = Normalizer.from_dict(ckpt["normalizer"])
         model = VQVAE2(config.vqvae, config.spectrogram, normalizer).to(ctx.device)
@@ -399,7 +403,7 @@ def extract_codes(
     dev = resolve_device(device)
     model = load_vqvae(run, config).to(dev)
     melif = MelIF(config.spectrogram).to(dev)
-    (run / "codes").mkdir(exist_ok=True)
+    codes_file(run, "train").parent.mkdir(exist_ok=True)
     counts = {}
     for name, notes in load_splits(data, config.data).items():
         if name not in splits:

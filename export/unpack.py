@@ -44,11 +44,11 @@ def unpack(
     earlier = "".join(json.dumps(c) + "\n" for c in manifest.get("provenance", {}).get("commands", []))
     log.write_text(earlier + (log.read_text() if log.is_file() else ""))
     normalizer = manifest["normalizer"]
-    (run / "stats.json").write_text(json.dumps(normalizer, indent=2))
-    run_folder.save_checkpoint(run / "vqvae.pt", model=vqvae.state_dict(), step=0, normalizer=normalizer)
+    (run / run_folder.STATS_FILE).write_text(json.dumps(normalizer, indent=2))
+    run_folder.save_checkpoint(run / run_folder.VQVAE_FILE, model=vqvae.state_dict(), step=0, normalizer=normalizer)
     for layer in codemaps.LAYERS:
         state = priors[layer].state_dict()
-        run_folder.save_checkpoint(run / f"{layer}_prior.pt", model=state, step=0, config=config.to_dict())
+        run_folder.save_checkpoint(run_folder.prior_file(run, layer), model=state, step=0, config=config.to_dict())
     if train_notes is None:
         counts = train.extract_codes(run)
     else:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.run_folder import codes_file
+
 SMOOTHING = (0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000)
 
 
@@ -59,7 +61,7 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a run folder with codes/train.npz and codes/valid.npz")
     parser.add_argument("--train-notes", type=int, default=0, help="use the first this many (0: all)")
     args = parser.parse_args()
-    train, valid = (np.load(args.run / "codes" / f"{s}.npz") for s in ("train", "valid"))
+    train, valid = (np.load(codes_file(args.run, s)) for s in ("train", "valid"))
     if args.train_notes:
         train = {k: train[k][: args.train_notes] for k in train.files}
     ctx_t, ctx_v = contexts(train), contexts(valid)
