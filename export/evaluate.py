@@ -35,7 +35,7 @@ from export.nsynth import Note, load_splits, read_note, read_notes
 from server import codemaps, dsp, vqvae_audio
 from server.bundle import Bundle
 from server.files import shown
-from server.output import encode_png, spectrogram_picture
+from server.picture import encode_png, spectrogram_picture
 from server.sampling import Conditioning, Inpainter
 
 GRID_PITCHES = (24, 31, 38, 45, 52, 59, 66, 73, 80)  # the paper's generation grid

@@ -288,6 +288,14 @@ class Engine:
             else:
                 self.channel_families[channel] = self.family_index(family)
 
+    def last_edit(self, layer: str) -> np.ndarray | None:
+        """(rows, cols) bool: the cells of `layer` the last edit changed (None before any edit)."""
+        with self.lock:
+            if not self.undo_stack:
+                return None
+            before = self.undo_stack[-1][0 if layer == "top" else 1]
+            return (self.top if layer == "top" else self.bottom) != before
+
     def cached_note(self, pitch: int, s: Settings | None = None) -> Note | None:
         key = self.note_key(pitch, s)
         note = self.notes.get(key)

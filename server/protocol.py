@@ -280,7 +280,12 @@ INBOUND = (
         "sample rate of this client's WAVs and chunks (the host's: 44100, 48000, 96000 ...; 16000 the model's)",
     ),
     Address("/timing", (Arg("on", "i", 0, 1),), "1: follow each /render/done with its /render/timing"),
-    Address("/image", (LAYER,), "PNG of the last render's spectrogram with the layer's grid", request_id=True),
+    Address(
+        "/image",
+        (LAYER,),
+        "PNG of the last render's spectrogram: the layer's grid, the last edit's cells outlined, Hz and seconds marked",
+        request_id=True,
+    ),
     Address("/play", optional=(Arg("loop", "i", 0, 1),), doc="play the last render on the server's output"),
     Address("/stop", doc="stop playback"),
     Address(

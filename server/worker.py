@@ -468,7 +468,11 @@ class Worker(threading.Thread):
         if self.engine.last_spectrogram is None or self.engine.rendered_version != self.engine.version:
             self.engine.render()
         assert self.engine.last_spectrogram is not None
-        path, width, height = self.out.write_png(self.engine.last_spectrogram, job.params["layer"], job.ids()[0])
+        layer = job.params["layer"]
+        e = self.engine
+        path, width, height = self.out.write_png(
+            e.last_spectrogram, layer, job.ids()[0], e.manifest.spectrogram, e.last_edit(layer)
+        )
         for r in job.requesters:
             if r.cancelled:
                 self.replies.send(r.client, "/render/cancelled", r.request_id, "cancelled by /cancel")
