@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from export.bundle_torch import COND, check_read_back, read_torch_models
 from export.prior import Prior
-from export.sampling_speed import TorchPriorSampler
+from export.sampling_speed import TorchPriorSampler, torch_sampler
 from export.spectrogram_torch import MelIF
 from export.vqvae import VQVAE2
 from server import codemaps, dsp
@@ -41,12 +41,20 @@ from server.sampling import Inpainter
 class EagerOps:
     """The benchmark's operations in torch eager, each split into stages like the server's /render/timing."""
 
-    def __init__(self, vqvae: VQVAE2, priors: dict[str, Prior], mask_token: int, spec: dsp.SpectrogramParams):
+    def __init__(
+        self,
+        vqvae: VQVAE2,
+        priors: dict[str, Prior],
+        mask_token: int,
+        spec: dsp.SpectrogramParams,
+        passes: dict[str, int] | None = None,
+    ):
+        """`passes`: each masked prior's decoding passes, as the bundle's manifest says (its config's otherwise)."""
         self.vqvae, self.spec = vqvae, spec
         self.melif = MelIF(spec)
-        self.inpainter = Inpainter(
-            TorchPriorSampler(priors["top"], "top"), TorchPriorSampler(priors["bottom"], "bottom"), mask_token
-        )
+        passes = passes or {}
+        top, bottom = (torch_sampler(priors[k], k, passes.get(k, priors[k].cfg.passes)) for k in ("top", "bottom"))
+        self.inpainter = Inpainter(top, bottom, mask_token)
         self.top, self.bottom = self.inpainter.generate(COND, np.random.default_rng(0))
         self._shape_flops: dict[tuple, int] = {}  # (layer, call, input shapes) → FLOPs of one prior call
         self._flops = 0  # of the prior calls since `flops` began counting
@@ -93,9 +101,11 @@ class EagerOps:
         samplers = (self.inpainter.top, self.inpainter.bottom)
         counter = FlopCounterMode(display=False)
         try:
-            for sampler in samplers:
-                sampler._run_encoder = self._counting(sampler, "encoder", type(sampler)._run_encoder.__get__(sampler))
-                sampler._run_step = self._counting(sampler, "step", type(sampler)._run_step.__get__(sampler))
+            for sampler in samplers:  # a masked sampler is its own denoise graph (`run`)
+                for call, method in (("encoder", "_run_encoder"), ("step", "_run_step"), ("denoise", "run")):
+                    if hasattr(type(sampler), method):
+                        bound = getattr(type(sampler), method).__get__(sampler)
+                        setattr(sampler, method, self._counting(sampler, call, bound))
             analyze = name == "analyze_4s_file"  # the VQ-VAE encoder, no prior: counted directly
             codes = None if analyze else self.edit(name, np.random.default_rng(0), note)  # priors, by shape
             with counter:  # one context: entering a FlopCounterMode clears its counts
@@ -103,8 +113,8 @@ class EagerOps:
                 self.decode(top, bottom)
         finally:
             for sampler in samplers:
-                sampler.__dict__.pop("_run_encoder", None)
-                sampler.__dict__.pop("_run_step", None)
+                for method in ("_run_encoder", "_run_step", "run"):
+                    sampler.__dict__.pop(method, None)
         return self._flops + int(counter.get_total_flops())
 
     def _counting(self, sampler: TorchPriorSampler, call: str, run: Callable) -> Callable:
@@ -171,7 +181,8 @@ def run_server_bench(
     bundle = Bundle(bundle_dir, "cpu", threads=threads)
     config, vqvae, priors = read_torch_models(bundle_dir)
     result["torch_parity_max_abs_diff"] = check_read_back(bundle, vqvae, priors)
-    eager = EagerOps(vqvae, priors, bundle.manifest.mask_token, config.spectrogram)
+    passes = {layer: p.passes for layer, p in bundle.manifest.priors.items()}
+    eager = EagerOps(vqvae, priors, bundle.manifest.mask_token, config.spectrogram, passes)
     gflops = matmul_gflops(threads)
     result["matmul_gflops"] = round(gflops, 1)
     rng = np.random.default_rng(1)

@@ -22,7 +22,7 @@ from export.onnx_export import export_bundle
 from export.prior import Prior
 from export.vqvae import VQVAE2
 from server.bundle import Bundle, FamilyTables, PriorShape, cache_names
-from server.sampling import Conditioning, Inpainter, PriorSampler
+from server.sampling import Conditioning, Inpainter, MaskedSampler, PriorSampler
 
 
 class TorchPriorSampler(PriorSampler):
@@ -39,9 +39,7 @@ class TorchPriorSampler(PriorSampler):
         return self.prior.empty_cache(next(iter(memory.values())).shape[0])
 
     def _run_encoder(self, src, labels):
-        with torch.inference_mode():
-            pitch, family = (torch.from_numpy(labels[k]) for k in ("pitch", "family"))
-            return dict(zip(self._memory_names, self.prior.encode(torch.from_numpy(src), pitch, family), strict=True))
+        return _torch_encode(self.prior, self._memory_names, src, labels)
 
     def _run_step(self, tokens, labels, past, memory):
         with torch.inference_mode():
@@ -50,6 +48,43 @@ class TorchPriorSampler(PriorSampler):
             last = torch.tensor([past[0].shape[2] + tokens.shape[1] - 1])
             harmonic = self.prior.harmonic_bias(pitch, last)
         return logits[:, -1].numpy(), harmonic[:, -1].numpy(), present
+
+
+class TorchMaskedSampler(MaskedSampler):
+    """The masked kind's sampling loop (the server's) driven by torch eager: the baseline. It is its own denoise
+    "session": `MaskedSampler` calls `self._denoise.run(None, feeds)`."""
+
+    def __init__(self, prior: Prior, layer: str, passes: int, family_tables: FamilyTables | None = None):
+        self.prior, self.start, self.mask = prior, prior.start_token, prior.mask_token
+        shape = (len(prior.decoder), prior.cfg.n_heads, prior.head_dim, prior.null_labels)
+        self.shape = PriorShape(*shape, kind="masked", passes=passes)
+        self._memory_names = cache_names("memory", len(prior.decoder))
+        self._memory = None
+        self._layer, self._family_tables = layer, family_tables
+        self._denoise = self
+
+    def _run_encoder(self, src, labels):
+        return _torch_encode(self.prior, self._memory_names, src, labels)
+
+    def run(self, _outputs, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T) tokens, labels and memory → logits and harmonic guidance (B, T, V), as the denoise graph."""
+        with torch.inference_mode():
+            pitch, family, tokens = (torch.from_numpy(feeds[k]) for k in ("pitch", "family", "tokens"))
+            memory = [torch.as_tensor(feeds[name]) for name in self._memory_names]  # `_run_encoder` keeps tensors
+            logits = self.prior.denoise(tokens, pitch, family, memory)
+            harmonic = self.prior.harmonic_bias(pitch, torch.arange(tokens.shape[1]))
+        return logits.numpy(), harmonic.numpy()
+
+
+def torch_sampler(prior: Prior, layer: str, passes: int) -> TorchPriorSampler | TorchMaskedSampler:
+    """The torch baseline of the kind `prior` is (`passes`: the bundle's, for the masked kind)."""
+    return TorchMaskedSampler(prior, layer, passes) if prior.cfg.kind == "masked" else TorchPriorSampler(prior, layer)
+
+
+def _torch_encode(prior: Prior, names: tuple[str, ...], src: np.ndarray, labels: dict) -> dict[str, np.ndarray]:
+    with torch.inference_mode():
+        pitch, family = (torch.from_numpy(labels[k]) for k in ("pitch", "family"))
+        return dict(zip(names, prior.encode(torch.from_numpy(src), pitch, family), strict=True))
 
 
 def write_random_run(run: Path, config: cfg.RunConfig, seed: int = 0) -> None:

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from export.bundle_torch import read_torch_models
 from export.config import override, preset
 from export.monitor import sample_all
 from export.onnx_export import PARITY_TOLERANCE, check_parity, example_inputs, export_graph, graph_module, n_layers
 from export.run_folder import build_prior
+from export.sampling_speed import torch_sampler
 from export.vqvae import VQVAE2
 from server import codemaps
 from server.bundle import Bundle, BundleError
@@ -88,6 +90,15 @@ def test_a_masked_bottom_prior_trains_exports_and_inpaints(tiny_bundle, dataset,
     assert len(calls) == 1 and calls[-1] == 1.0  # one report per pass: 4 passes of the manifest x 1/4 of the map
     _, new = inpainter.inpaint(top, bottom, "bottom", np.ones_like(mask), cond, rng, lambda f: calls.append(f))
     assert len(calls) == 5  # the whole map: the manifest's 4 passes
+
+    # The benchmark's torch baseline decodes it as the server does: the same logits, from torch eager.
+    _, _, priors = read_torch_models(out)
+    eager, served = torch_sampler(priors["bottom"], "bottom", 4), inpainter.bottom
+    src, seq = codemaps.to_sequence(top, "top"), codemaps.to_sequence(bottom, "bottom").copy()
+    seq[::3] = bundle.manifest.mask_token
+    at = np.flatnonzero(seq == bundle.manifest.mask_token)
+    ours, theirs = (s.logits(seq, cond, s.encode(src, cond), at) for s in (served, eager))
+    assert ours.shape == (at.size, bundle.manifest.n_codes) and np.abs(ours - theirs).max() < 1e-3
 
     # Read back into torch from its graphs (the weights the server runs, parity-checked) and unpacked to train on.
     unpacked = run_cli("export", "unpack", str(out), "--data", str(dataset), "--out", str(tmp_path / "again"))
