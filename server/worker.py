@@ -278,7 +278,7 @@ class Worker(threading.Thread):
         self.prefill: list[int] = []  # pitches still to render into the note cache when idle
         # (pitch, channel) of channel notes played stale: rendered anew when idle (the fill covers only the
         # current settings, not every channel's instrument)
-        self.refresh: list[tuple[int, int]] = []
+        self.refresh: list[tuple[int, int | None]] = []
         self.stopping = threading.Event()
         self.status = "ready"
         self.warming = False
@@ -465,11 +465,11 @@ class Worker(threading.Thread):
         return note
 
     def _image(self, job: Job) -> None:
-        if self.engine.last_spectrogram is None or self.engine.rendered_version != self.engine.version:
-            self.engine.render()
-        assert self.engine.last_spectrogram is not None
-        layer = job.params["layer"]
         e = self.engine
+        if e.last_spectrogram is None or e.rendered_version != e.version:
+            e.render()
+        assert e.last_spectrogram is not None
+        layer = job.params["layer"]
         path, width, height = self.out.write_png(
             e.last_spectrogram, layer, job.ids()[0], e.manifest.spectrogram, e.last_edit(layer)
         )

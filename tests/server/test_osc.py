@@ -50,6 +50,9 @@ HAPPY = {
     "/note/prefill": ([], [60, 61], None),
     "/note/fill": ([], [1], "/note/fill"),
     "/program": ([], [40], "/instrument"),
+    "/channel/note": ([], [3, 60, 100, 24], "/render/done"),
+    "/channel/instrument": ([], [3, "none"], "/channel/instrument"),
+    "/channel/program": ([], [3, 40], "/channel/instrument"),
     "/bend": ([], [0.0], None),
     "/cc": ([], [1, 64], "/temperature"),
     "/cc/map": ([("/cc/map", [20, "top_p"])], None, "/top_p"),  # checked by a mapped /cc that follows
@@ -100,6 +103,9 @@ BAD = {
     "/note/prefill": ([70, 60], "low 70 is above high 60"),
     "/note/fill": ([2], "on 2 is outside 0..1"),
     "/program": ([47], "program 47 (0-based) has no instrument family"),
+    "/channel/note": ([17, 60, 100], "channel 17 is outside 1..16"),
+    "/channel/instrument": ([3, "kazoo"], "unknown instrument 'kazoo'"),
+    "/channel/program": ([3, 47], "program 47 (0-based) has no instrument family"),
     "/bend": ([30.0], "semitones 30.0 is outside -24..24"),
     "/cc": ([1, 200], "value 200 is outside 0..127"),
     "/cc/map": ([1, "volume"], "unknown parameter 'volume'"),
@@ -167,6 +173,8 @@ def test_happy_path(live, client, address):
     while wanted is not None and got[0] == reply and got[1][0] != wanted:  # answers to the messages sent first
         got = client.wait_for(reply, "/error", timeout=60)
     assert got[0] == reply, got
+    if address == "/channel/program":
+        client.send("/channel/instrument", 3, "none")  # later tests of this module play single-timbral
     if reply == "/render/done":
         _, wav, frames, rate, seconds, level_db = got[1]
         info = sf.info(wav)
@@ -175,7 +183,8 @@ def test_happy_path(live, client, address):
         audio = sf.read(wav, dtype="float32")[0]
         held = 20 * np.log10(np.sqrt(np.mean(audio[:48_000].astype(np.float64) ** 2)) + 1e-12)
         assert abs(held - level_db) < 0.01  # the level it reports is the file's
-        velocity = args[1] if address == "/note" else 100 if address == "/note/redraw" else 127  # a redraw: 100
+        at = {"/note": 1, "/channel/note": 2}.get(address)  # where the velocity is; a redraw plays at 100
+        velocity = args[at] if at is not None else 100 if address == "/note/redraw" else 127
         expected = -18 + 40 * np.log10(velocity / 127)  # velocity: the GM curve
         assert abs(level_db - expected) < 0.5 or level_db < -90, (level_db, expected)  # normalised, or silence
 
