@@ -180,10 +180,8 @@ class PitchMonitor:
     def _decoder(self):
         """The run's VQ-VAE; the first call also measures the code profiles of the harmonic guidance."""
         if self._vqvae is None:
-            from export.run_folder import load_vqvae, set_code_profiles
-
-            self._vqvae = load_vqvae(self.run, self.config).to(self.device)
-            set_code_profiles(self.run, self._vqvae, [self.model])
+            self._vqvae = run_folder.load_vqvae(self.run, self.config).to(self.device)
+            run_folder.set_code_profiles(self.run, self._vqvae, [self.model])
         return self._vqvae
 
     def _kept(self, top_seq: torch.Tensor, bottom_seq: torch.Tensor, pitch: torch.Tensor) -> np.ndarray:
@@ -215,10 +213,8 @@ class PitchMonitor:
         other = run_folder.prior_file(self.run, "bottom")
         if not other.is_file():
             return {}
-        from export.run_folder import load_prior, set_code_profiles
-
-        bottom_prior = load_prior(self.run, self.config, "bottom")[0].to(self.device)
-        set_code_profiles(self.run, self._decoder(), [bottom_prior])
+        bottom_prior = run_folder.load_prior(self.run, self.config, "bottom")[0].to(self.device)
+        run_folder.set_code_profiles(self.run, self._decoder(), [bottom_prior])
         n = self.notes[0].shape[0]
         grid = [(f, p) for p in DEV_PITCHES for f in range(len(self.config.data.families))]
         chosen = [grid[i] for i in np.random.default_rng(1).permutation(len(grid))[:n]]

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -115,7 +116,8 @@ class JobQueue:
         """Queue `job` (one request); returns the jobs it superseded (their requesters are answered
         `/render/cancelled`). Only its own client's work is superseded or merged with.
 
-        Latest wins under pressure: when the queue is full, the oldest waiting sampling job gives way.
+        Latest wins under pressure: when the queue is full, the oldest waiting sampling job of the client that has
+        the most waiting gives way (one client's flood never cancels another's work).
         """
         [requester] = job.requesters
         with self.cond:
@@ -136,7 +138,9 @@ class JobQueue:
                 raise QueueFull(f"the waiting requests hold over {self.byte_limit >> 20} MB; try again when ready")
             sampling = [j for j in self.pending if j.kind in SAMPLING]
             if job.kind in SAMPLING and len(sampling) >= self.sampling_limit:
-                victim = sampling[0]
+                # The oldest of the client waiting on the most: a flood gives way to itself, never another's.
+                held = Counter(j.requesters[0].client for j in sampling)
+                victim = next(j for j in sampling if held[j.requesters[0].client] == max(held.values()))
                 self._take_back([victim])
                 victim.cancelled = "superseded: too many requests waiting"
                 superseded.append(victim)

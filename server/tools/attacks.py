@@ -171,6 +171,48 @@ def another_clients_generates(server: ServerProcess, n: int = 20) -> tuple[dict,
     return {"inpaints": n, "done": done}, failures
 
 
+def channel_flood(server: ServerProcess, n: int = 120) -> tuple[dict, list[str]]:
+    """16 channels each given an instrument and notes across them, `n` of them in one datagram (more than the
+    queue keeps) just after another client's `/generate` began to wait: that `/generate` is done, not given way
+    to the flood, and every one of the flood's notes gets exactly one ending."""
+    a, b = server.client(), server.client()
+    families = 11
+    programs = [encode("/channel/program", ch, (0, 24, 32, 40, 56, 64, 72, 80, 8, 16, 52)[ch % families])
+                for ch in range(1, 17)]  # fmt: skip
+    notes = [encode("/channel/note", 1 + i % 16, 24 + (7 * i) % 61, 100, 7000 + i) for i in range(n + 8)]
+    a.send_raw(tagged_bundle(None, *programs, *notes[:8]))  # the worker busy on the first notes ...
+    time.sleep(0.03)
+    b.send("/generate", 6999)  # ... so that this one waits when the rest arrive
+    a.send_raw(tagged_bundle(None, *notes[8:]))
+    t0 = time.monotonic()
+    try:
+        generated = b.wait_for("/render/done", "/render/cancelled", "/error", timeout=120)
+    except TimeoutError:
+        generated = ("timeout", [])
+    waited = time.monotonic() - t0
+    endings: dict[int, list[str]] = {}
+    deadline = time.monotonic() + 120
+    while sum(len(v) for v in endings.values()) < n + 8 and time.monotonic() < deadline:
+        try:
+            address, args = a.wait_for(*ENDINGS, timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        if address != "/error" and isinstance(args[0], int) and args[0] >= 7000:
+            endings.setdefault(args[0], []).append(address)
+    for ch in range(1, 17):
+        a.send("/channel/instrument", ch, "none")
+    a.close()
+    b.close()
+    done = sum(v == ["/render/done"] for v in endings.values())
+    cancelled = sum(v == ["/render/cancelled"] for v in endings.values())
+    failures = []
+    if generated[0] != "/render/done":
+        failures.append(f"the other client's /generate ended {generated[0]} {generated[1]} behind the flood")
+    if len(endings) != n + 8 or any(len(v) != 1 for v in endings.values()):
+        failures.append(f"{n + 8} channel notes: {len(endings)} ended, some not exactly once")
+    return {"notes": n + 8, "done": done, "cancelled": cancelled, "other_generate_s": round(waited, 2)}, failures
+
+
 def help_bundle(server: ServerProcess, copies: int = 200) -> tuple[dict, list[str]]:
     """`/help` and `/state` `copies` times in one datagram are answered once each."""
     c = server.client()
@@ -444,6 +486,7 @@ def run_attacks(server: ServerProcess, folder: Path) -> tuple[dict, list[str]]:
         "40 renders in a bundle": lambda: render_bundle(server),
         "exports ahead of a generate": lambda: exports_ahead_of_a_generate(server),
         "another client's generates": lambda: another_clients_generates(server),
+        "16 channels' notes in a datagram": lambda: channel_flood(server),
         "/help in a bundle": lambda: help_bundle(server),
         "replies to itself": lambda: reply_to_itself(server),
         "unknown argument types": lambda: unknown_types(server),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -104,7 +105,6 @@ def test_each_midi_channel_plays_its_own_instrument(live):
     """Multi-timbral MIDI (`serve --multitimbral`): a channel's program change is its own instrument; its notes
     are drawn with it (the same note as the current instrument set to it), other channels play the current one."""
     mido = pytest.importorskip("mido")
-    np = pytest.importorskip("numpy")
     on = mido.Message("note_on", channel=1, note=62, velocity=90)
     assert to_osc(on, multitimbral=True) == ("/channel/note", [2, 62, 90])
     assert to_osc(mido.Message("note_off", channel=1, note=62), True) == ("/channel/note", [2, 62, 0])

@@ -71,3 +71,13 @@ def test_the_queue_is_bounded_in_bytes():
     assert 15 <= n <= 20 and q.pending_bytes <= 1 << 20
     q.take(0)
     assert q.pending_bytes == 0
+
+
+def test_a_flood_of_notes_gives_way_to_itself_never_to_another_clients_waiting_work():
+    q, flooder, other = JobQueue(sampling_limit=4), object(), object()
+    q.put(job("generate", other, 1))
+    for request_id in range(2, 5):
+        q.put(job("note", flooder, request_id, pitch=60, velocity=100))
+    superseded = q.put(job("note", flooder, 5, pitch=62, velocity=100))  # the fifth sampling job: one must go
+    assert [j.ids() for j in superseded] == [[2]] and superseded[0].cancelled == "superseded: too many requests waiting"
+    assert [j.ids() for j in q.pending] == [[1], [3], [4], [5]]  # the other client's generate still waits

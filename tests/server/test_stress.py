@@ -117,4 +117,6 @@ def test_a_hostile_clients_attacks_all_hold(server, tmp_path):
     assert failures == []
     assert figures["export over a project"]["files_kept"] == "3 of 3"
     assert figures["40 renders in a bundle"]["ratio"] <= 3
+    flood = figures["16 channels' notes in a datagram"]
+    assert flood["notes"] == flood["done"] + flood["cancelled"] == 128 and flood["cancelled"] > 0  # the bound held
     assert figures["/help in a bundle"]["200_in_a_bundle"] <= figures["/help in a bundle"]["one_help"] + 2
