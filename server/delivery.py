@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,7 +19,7 @@ import numpy as np
 
 from server import level, looping
 from server.audio import resample
-from server.output import OutputFolder, chunks
+from server.output import CHUNK_FRAMES, OutputFolder, chunks
 from server.playback import PlaybackError, Player
 from server.protocol import TIMING_STAGES
 
@@ -27,6 +27,12 @@ log = logging.getLogger("inpaint-osc")
 CHUNK_RATE = 800.0  # /render/chunk datagrams a second at most (3.4 MB/s; see ChunkStream)
 STREAM_LIMIT = 16  # renders waiting to be streamed, all clients together
 STREAMS_PER_CLIENT = 2  # ... and of one client
+KEPT_PER_CLIENT = 2  # streamed renders a client may ask chunks of again (/render/resend)
+KEPT_LIMIT = 16  # ... all clients together (at 192 kHz 3 MB each)
+
+
+class ResendError(ValueError):
+    """A /render/resend of a render this client cannot have again; nothing is sent."""
 
 
 @dataclass(eq=False)
@@ -80,13 +86,45 @@ class ChunkStream(threading.Thread):
     ordinary receiver has read it: python-osc's ThreadingOSCUDPServer, which starts a thread per datagram, got
     26 of 63 chunks unpaced, 105-122 of 188 at 2 000 a second, all of them at 1 000 on an idle server and
     188 of 188 in 3 of 3 runs at 800 beside the note cache's fill (a 48 kHz render streams in 0.24 s). Its
-    own thread, so the worker renders the next note meanwhile (see `put` for how many wait)."""
+    own thread, so the worker renders the next note meanwhile (see `put` for how many wait). Pacing cannot
+    make UDP reliable (a receiver stalled for tens of ms still loses a few), so each client's last
+    KEPT_PER_CLIENT streamed renders are kept, and `/render/resend` sends the chunks it names again."""
 
     def __init__(self, send: Callable[..., None]):
         super().__init__(name="chunk-stream", daemon=True)
         self.send = send
         self.waiting: deque[tuple[Any, list[tuple[str, tuple]]]] = deque()
         self.cond = threading.Condition()
+        self.kept: OrderedDict[tuple[Any, int], np.ndarray] = OrderedDict()  # (client, id) → the streamed samples
+
+    def keep(self, client: Any, request_id: int, audio: np.ndarray) -> None:
+        """Remember a streamed render for `resend`. A client's newest replace its own oldest; only past
+        KEPT_LIMIT in all does the oldest of anyone's go."""
+        with self.cond:
+            self.kept.pop((client, request_id), None)
+            mine = [key for key in self.kept if key[0] == client]
+            if len(mine) >= KEPT_PER_CLIENT:
+                del self.kept[mine[0]]
+            elif len(self.kept) >= KEPT_LIMIT:
+                self.kept.popitem(last=False)
+            self.kept[(client, request_id)] = audio
+
+    def resend(self, client: Any, request_id: int, offsets: list[int]) -> None:
+        """Stream again the chunks of this client's render `request_id` that start at `offsets`, then its
+        `/render/end` again. Another client's renders are not its to read."""
+        with self.cond:
+            audio = self.kept.get((client, request_id))
+        if audio is None:
+            raise ResendError(f"render {request_id} is not among this client's last {KEPT_PER_CLIENT} streamed renders")
+        bad = [o for o in offsets if o < 0 or o >= audio.shape[0] or o % CHUNK_FRAMES]
+        if bad:
+            raise ResendError(
+                f"render {request_id}: offset {bad[0]} is not a chunk's (multiples of {CHUNK_FRAMES} "
+                f"below {audio.shape[0]})"
+            )
+        wanted = sorted(set(offsets))
+        replies = [("/render/chunk", (request_id, o, *_piece(audio, o))) for o in wanted]
+        self.put(client, [*replies, ("/render/end", (request_id, audio.shape[0]))])
 
     def put(self, client: Any, replies: list[tuple[str, tuple]]) -> None:
         """Queue one render's replies. Past STREAMS_PER_CLIENT of this client's (or STREAM_LIMIT in all) the
@@ -123,6 +161,11 @@ class ChunkStream(threading.Thread):
                 ahead = (i + 1) / CHUNK_RATE - (time.perf_counter() - start)
                 if address == "/render/chunk" and ahead > 0.0005:
                     time.sleep(ahead)
+
+
+def _piece(audio: np.ndarray, offset: int) -> tuple[int, np.ndarray]:
+    piece = audio[offset : offset + CHUNK_FRAMES]
+    return piece.size, piece
 
 
 class Delivery:
@@ -232,6 +275,7 @@ class Delivery:
             ms = [1000 * float(stages.get(name, 0.0)) for name in TIMING_STAGES]
             replies.append(("/render/timing", (r.request_id, *ms)))
         if streamed:  # paced, on the stream thread, so the worker goes on meanwhile
+            self.stream.keep(r.client, r.request_id, audio)
             self.stream.put(r.client, replies)
         else:
             for address, args in replies:

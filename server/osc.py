@@ -29,7 +29,7 @@ from pythonosc.dispatcher import Dispatcher
 
 from server import codemaps, instrument_export, protocol
 from server.access import Access, AccessError
-from server.delivery import Client, Requester
+from server.delivery import Client, Requester, ResendError
 from server.engine import NOTE_MODES, Engine, EngineError
 from server.midi import CC_PARAMETERS, DEFAULT_CC_MAP, GM_FAMILIES, cc_value
 from server.output import OutputFolder
@@ -262,7 +262,7 @@ class InstrumentServer:
         try:
             request = protocol.parse(address, params)
             HANDLERS[address](self, client, request, t0)
-        except (ProtocolError, EngineError, AccessError, QueueFull) as exc:
+        except (ProtocolError, EngineError, AccessError, QueueFull, ResendError) as exc:
             self.error(client, address, str(exc))
         except Exception as exc:  # a bug must cost one message, never the server
             log.exception("handling %s", address[:200])
@@ -494,6 +494,9 @@ class InstrumentServer:
     def on_render_rate(self, c: Client, r: Request, t: float) -> None:
         c.rate = r.values["hz"]
         self.send(c, "/render/rate", c.rate)
+
+    def on_render_resend(self, c: Client, r: Request, t: float) -> None:
+        self.worker.delivery.stream.resend(c, r.values["id"], [offset for (offset,) in r.groups])
 
     def on_timing(self, c: Client, r: Request, t: float) -> None:
         c.timing = bool(r.values["on"])

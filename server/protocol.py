@@ -279,6 +279,12 @@ INBOUND = (
         (Arg("hz", "i", *RATES),),
         "sample rate of this client's WAVs and chunks (the host's: 44100, 48000, 96000 ...; 16000 the model's)",
     ),
+    Address(
+        "/render/resend",
+        (Arg("id", "i", *INT32),),
+        "stream again the chunks at these offsets of one of this client's last streamed renders, then its /render/end",
+        (Arg("offset", "i", *INT32),),
+    ),
     Address("/timing", (Arg("on", "i", 0, 1),), "1: follow each /render/done with its /render/timing"),
     Address(
         "/image",

@@ -58,6 +58,7 @@ HAPPY = {
     "/cc/map": ([("/cc/map", [20, "top_p"])], None, "/top_p"),  # checked by a mapped /cc that follows
     "/render/mode": ([], ["both"], None),
     "/render/rate": ([], [16000], "/render/rate"),
+    "/render/resend": ([("/render/mode", ["chunks"])], [30, 1024], "/render/chunk"),  # after render 30 (below)
     "/timing": ([], [0], None),
     "/image": ([], ["top", 23], "/image/done"),
     "/play": ([("/render", [])], [], None),
@@ -111,6 +112,7 @@ BAD = {
     "/cc/map": ([1, "volume"], "unknown parameter 'volume'"),
     "/render/mode": (["stream"], "unknown render mode 'stream'"),
     "/render/rate": ([4000], "hz 4000 is outside 8000..192000"),
+    "/render/resend": ([999_999, 0], "render 999999 is not among this client's last 2 streamed renders"),
     "/timing": ([2], "on 2 is outside 0..1"),
     "/image": (["side"], "unknown layer 'side'"),
     "/play": ([2], "loop 2 is outside 0..1"),
@@ -158,6 +160,10 @@ def test_happy_path(live, client, address):
         echo(client, "/gain", [0.0])
     for a, v in before:
         client.send(a, *v)
+    if address == "/render/resend":  # a streamed render of this client's to ask again
+        client.send("/render", 30)
+        client.wait_for("/render/done", timeout=30)
+        client.send("/render/mode", "file")
     client.send(address, *args)
     if address == "/play" and not _play_is_possible():
         assert client.wait_for("/error", timeout=30)[1][1].startswith("no audio output")
@@ -173,6 +179,8 @@ def test_happy_path(live, client, address):
     while wanted is not None and got[0] == reply and got[1][0] != wanted:  # answers to the messages sent first
         got = client.wait_for(reply, "/error", timeout=60)
     assert got[0] == reply, got
+    if address == "/render/resend":
+        assert got[1][:3] == [30, 1024, 1024], got[1][:3]
     if address == "/channel/program":
         client.send("/channel/instrument", 3, "none")  # later tests of this module play single-timbral
     if reply == "/render/done":
@@ -336,6 +344,32 @@ def test_chunks_mode_sends_the_samples_of_the_wav(live, client):
     assert total == audio.size == 64_000
     np.testing.assert_array_equal(audio, sf.read(wav, dtype="float32")[0])
     client.send("/render/mode", "file")
+
+
+def test_resend_streams_a_clients_own_chunks_again_and_nobody_elses(live, client):
+    client.send("/render/mode", "chunks")
+    audio, _, _ = render_in_chunks(client, 502)
+    client.send("/render/mode", "file")
+    client.send("/render/resend", 502, 62 * 1024, 0, 0)  # each chunk once, in order, then the ending again
+    got = [client.wait_for("/render/chunk", "/render/end", timeout=30) for _ in range(3)]
+    assert [(a, args[:3]) for a, args in got] == [
+        ("/render/chunk", [502, 0, 1024]),
+        ("/render/chunk", [502, 62 * 1024, 512]),
+        ("/render/end", [502, 64_000]),
+    ]
+    np.testing.assert_array_equal(np.array(got[1][1][3:], np.float32), audio[62 * 1024 :])
+    client.send("/render/resend", 502, 1000)
+    assert "offset 1000 is not a chunk's (multiples of 1024 below 64000)" in client.wait_for("/error")[1][1]
+    other = live.client()
+    try:
+        other.send("/render/resend", 502, 0)  # the same id, another sender: not its to read
+        assert other.wait_for("/error")[1] == [
+            "/render/resend",
+            "render 502 is not among this client's last 2 streamed renders",
+        ]
+        assert not [r for r in other.drain(0.2) if r[0] == "/render/chunk"]
+    finally:
+        other.close()
 
 
 def test_image_is_a_png_with_the_grid(live, client):
