@@ -94,6 +94,7 @@ class JobQueue:
         self.pending_bytes = 0  # their weight (Job.weight)
         self.taken: list[Job] = []  # taken by the worker, not started yet
         self.running: Job | None = None
+        self.yielded: Any = None  # the client whose turn ended the last batch early (see next)
         self.exports: list[Job] = []  # exports waiting, oldest first
         self.exporting: Job | None = None  # the export the worker is stepping through
         self.cond = threading.Condition()
@@ -192,18 +193,41 @@ class JobQueue:
         return False
 
     def take(self, timeout: float) -> bool:
-        """Wait up to `timeout` s for work; move everything pending into the worker's batch."""
+        """Wait up to `timeout` s for work; move everything pending into the worker's batch, in turns: each
+        client's jobs up to and including its first sampling job, then every client's next such turn, each
+        client in the order of its oldest job (a client's own order is kept), the one that just had its turn last."""
         with self.cond:
             if not self.pending:
                 self.cond.wait(timeout)
-            self.taken, self.pending, self.pending_bytes = self.taken + self.pending, [], 0
+            # client → its sampling jobs already placed; the client whose turn ended the last batch goes after
+            turns: Counter[Any] = Counter({self.yielded: 1} if self.yielded is not None else {})
+            self.yielded = None
+            keyed = []
+            for i, j in enumerate(self.pending):
+                client = j.requesters[0].client
+                keyed.append((turns[client], i, j))
+                turns[client] += j.kind in SAMPLING
+            self.taken += [j for *_, j in sorted(keyed, key=lambda k: k[:2])]
+            self.pending, self.pending_bytes = [], 0
             return bool(self.taken)
 
     def next(self) -> Job | None:
-        """The batch's next job, now running; None when the batch is done."""
+        """The batch's next job, now running; None when the batch is done. A batch renders its edits after its
+        last job, so it ends early after a sampling job when another client's work waits: the rest goes back
+        to the queue and is taken again in turns (a client's flood of notes delays another's /generate by one
+        note, not by the flood)."""
         with self.cond:
+            done = self.running
+            if done is not None and done.kind in SAMPLING and self._others_wait(done.requesters[0].client):
+                self.yielded = done.requesters[0].client
+                self.pending[:0] = self.taken
+                self.pending_bytes += sum(j.weight for j in self.taken)
+                self.taken = []
             self.running = self.taken.pop(0) if self.taken else None
             return self.running
+
+    def _others_wait(self, client: Any) -> bool:
+        return any(not j.sent_by(client) for j in (*self.taken, *self.pending))
 
     def cancel_notes(self, client: Any, pitch: int) -> list[Job]:
         """A note-off: the waiting notes of this client's key will not be heard; returns them (to answer)."""

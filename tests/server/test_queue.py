@@ -81,3 +81,40 @@ def test_a_flood_of_notes_gives_way_to_itself_never_to_another_clients_waiting_w
     superseded = q.put(job("note", flooder, 5, pitch=62, velocity=100))  # the fifth sampling job: one must go
     assert [j.ids() for j in superseded] == [[2]] and superseded[0].cancelled == "superseded: too many requests waiting"
     assert [j.ids() for j in q.pending] == [[1], [3], [4], [5]]  # the other client's generate still waits
+
+
+def _started(q: JobQueue) -> list[int]:
+    """The ids of the batch's jobs in the order the worker starts them."""
+    ids = []
+    while (j := q.next()) is not None:
+        ids += j.ids()
+    return ids
+
+
+def test_a_flood_of_notes_delays_another_clients_generate_by_one_note_not_by_the_flood():
+    q, flood, other = JobQueue(), object(), object()
+    for i in range(10):
+        q.put(job("note", flood, 100 + i, pitch=30 + i, velocity=100))
+    assert q.take(0)
+    assert q.next().ids() == [100]  # the flood's first note is running when the other client asks
+    q.put(job("generate", other, 1))
+    assert q.next() is None  # the batch ends after that note (its audio goes out), the rest waits again
+    assert q.take(0)
+    assert _started(q) == [1]  # the other client's turn first; it ends the batch too (its render goes out)
+    assert q.take(0)
+    assert _started(q) == list(range(101, 110))  # alone again: the flood's notes in one batch
+
+
+def test_turns_keep_each_clients_order():
+    q, a, b = JobQueue(), object(), object()
+    q.put(job("generate", a, 1))
+    q.put(job("set", a, 2, layer="top", cells=[]))
+    q.put(job("note", b, 3, pitch=60, velocity=100))
+    q.put(job("set", b, 4, layer="top", cells=[]))
+    q.put(job("set", a, 5, layer="top", cells=[]))
+    assert q.take(0)
+    # a turn: a client's jobs up to and including its first sampling job; every client's first, then the next
+    assert [j.ids() for j in q.taken] == [[1], [3], [2], [4], [5]]
+    assert _started(q) == [1]
+    assert q.take(0) and _started(q) == [3]
+    assert q.take(0) and _started(q) == [2, 5, 4]  # a's edits (b just had its turn), b's; no sampling: one batch
