@@ -94,7 +94,7 @@ def _denoise_gap(bundle: Bundle, layer: str, prior: Prior, src: np.ndarray, rng:
     hidden = rng.random(prior.tgt_len) < 0.5
     seq = np.where(hidden, bundle.manifest.mask_token, rng.integers(0, bundle.manifest.n_codes, prior.tgt_len))
     everywhere = np.arange(prior.tgt_len)
-    ours = sampler.logits(seq, COND, sampler.encode(src, COND), everywhere)
+    ours = sampler.logits(seq, COND, sampler.encode(src, COND), everywhere, COND.guidance)
     pitch, family = torch.tensor([COND.pitch]), torch.tensor([COND.family])
     with torch.inference_mode():
         memory = prior.encode(torch.from_numpy(src[None]), pitch, family)

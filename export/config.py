@@ -44,6 +44,9 @@ class PriorConfig:
     # position in `passes` parallel passes, the most confident first; trained on masked tokens only.
     kind: str = "autoregressive"
     passes: int = 8  # masked kind: decoding passes for a whole map (fewer for fewer masked tokens)
+    # masked kind: classifier-free guidance from its full weight in the first pass to 1 in the last (MAGNeT),
+    # where the label matters most (little is unmasked yet); the last pass then runs without its unguided row
+    anneal_guidance: bool = False
     d_model: int = 512
     n_heads: int = 16
     n_encoder_layers: int = 6

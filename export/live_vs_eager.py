@@ -33,7 +33,7 @@ from export.sampling_speed import TorchPriorSampler, torch_sampler
 from export.spectrogram_torch import MelIF
 from export.vqvae import VQVAE2
 from server import codemaps, dsp
-from server.bundle import Bundle
+from server.bundle import Bundle, PriorShape
 from server.files import shown
 from server.sampling import Inpainter
 
@@ -47,13 +47,14 @@ class EagerOps:
         priors: dict[str, Prior],
         mask_token: int,
         spec: dsp.SpectrogramParams,
-        passes: dict[str, int] | None = None,
+        decoding: dict[str, PriorShape] | None = None,
     ):
-        """`passes`: each masked prior's decoding passes, as the bundle's manifest says (its config's otherwise)."""
+        """`decoding`: the bundle's manifest priors, whose masked passes and guidance schedule it decodes with
+        (the configs' otherwise)."""
         self.vqvae, self.spec = vqvae, spec
         self.melif = MelIF(spec)
-        passes = passes or {}
-        top, bottom = (torch_sampler(priors[k], k, passes.get(k, priors[k].cfg.passes)) for k in ("top", "bottom"))
+        decoding = decoding or {}
+        top, bottom = (torch_sampler(priors[k], k, decoding.get(k)) for k in ("top", "bottom"))
         self.inpainter = Inpainter(top, bottom, mask_token)
         self.top, self.bottom = self.inpainter.generate(COND, np.random.default_rng(0))
         self._shape_flops: dict[tuple, int] = {}  # (layer, call, input shapes) → FLOPs of one prior call
@@ -181,8 +182,7 @@ def run_server_bench(
     bundle = Bundle(bundle_dir, "cpu", threads=threads)
     config, vqvae, priors = read_torch_models(bundle_dir)
     result["torch_parity_max_abs_diff"] = check_read_back(bundle, vqvae, priors)
-    passes = {layer: p.passes for layer, p in bundle.manifest.priors.items()}
-    eager = EagerOps(vqvae, priors, bundle.manifest.mask_token, config.spectrogram, passes)
+    eager = EagerOps(vqvae, priors, bundle.manifest.mask_token, config.spectrogram, bundle.manifest.priors)
     gflops = matmul_gflops(threads)
     result["matmul_gflops"] = round(gflops, 1)
     rng = np.random.default_rng(1)

@@ -25,7 +25,7 @@ from export.config import RunConfig
 from export.metrics import pitch_kept
 from export.prior import Prior
 from server import codemaps, dsp
-from server.sampling import CHOICE_NOISE, DEFAULT_GUIDANCE, DEFAULT_HARMONIC, unmask_counts
+from server.sampling import CHOICE_NOISE, DEFAULT_GUIDANCE, DEFAULT_HARMONIC, pass_guidance, unmask_counts
 
 SHIFTS = (1, 7, 12, -12)
 FAMILY_SHIFTS = (1, 4, 7)
@@ -121,9 +121,10 @@ def sample_masked(
         rows = tokens.repeat(2, 1) if guided else tokens
         if i and prior.layer == "top":  # its encoder reads its own map, trained on the decoder's gaps
             memory = prior.encode(rows, pitch, family)
-        z = prior.denoise(rows, pitch, family, memory).float()
+        weight = pass_guidance(guidance, i, len(counts), prior.cfg.anneal_guidance)
+        z = prior.denoise(rows, pitch, family, memory).float()  # (the server runs a weight of 1 unguided: equal)
         if guided:
-            z = z[b:] + guidance * (z[:b] - z[b:])
+            z = z[b:] + weight * (z[:b] - z[b:])
         z = (z + bias).flatten(0, 1)  # (B T, V)
         draws = nucleus(z, temperature, top_p, generator)
         log_p = torch.log_softmax(z / max(temperature, 1e-6), -1).gather(1, draws[:, None])[:, 0].view(b, t)

@@ -294,7 +294,9 @@ def export_bundle(run: Path, out: Path, name: str | None = None) -> dict:
                 "null_labels": list(p.null_labels),
                 "harmonic_conditioning": p.cfg.harmonic,
                 "kind": p.cfg.kind,
-                **({"passes": p.cfg.passes} if p.cfg.kind == "masked" else {}),
+                **(
+                    {"passes": p.cfg.passes, "anneal_guidance": p.cfg.anneal_guidance} if p.cfg.kind == "masked" else {}
+                ),
             }
             for layer, p in priors.items()
         },

@@ -54,10 +54,20 @@ class TorchMaskedSampler(MaskedSampler):
     """The masked kind's sampling loop (the server's) driven by torch eager: the baseline. It is its own denoise
     "session": `MaskedSampler` calls `self._denoise.run(None, feeds)`."""
 
-    def __init__(self, prior: Prior, layer: str, passes: int, family_tables: FamilyTables | None = None):
+    def __init__(
+        self, prior: Prior, layer: str, decoding: PriorShape | None = None, family_tables: FamilyTables | None = None
+    ):
+        """`decoding`: the bundle's manifest entry, whose passes and guidance schedule the bundle decodes with
+        (its config's when None)."""
         self.prior, self.start, self.mask = prior, prior.start_token, prior.mask_token
         shape = (len(prior.decoder), prior.cfg.n_heads, prior.head_dim, prior.null_labels)
-        self.shape = PriorShape(*shape, kind="masked", passes=passes)
+        passes, anneal = (decoding.passes, decoding.anneal_guidance) if decoding else (None, None)
+        self.shape = PriorShape(
+            *shape,
+            kind="masked",
+            passes=passes or prior.cfg.passes,
+            anneal_guidance=prior.cfg.anneal_guidance if anneal is None else anneal,
+        )
         self._memory_names = cache_names("memory", len(prior.decoder))
         self._memory = None
         self._layer, self._family_tables = layer, family_tables
@@ -76,9 +86,13 @@ class TorchMaskedSampler(MaskedSampler):
         return logits.numpy(), harmonic.numpy()
 
 
-def torch_sampler(prior: Prior, layer: str, passes: int) -> TorchPriorSampler | TorchMaskedSampler:
-    """The torch baseline of the kind `prior` is (`passes`: the bundle's, for the masked kind)."""
-    return TorchMaskedSampler(prior, layer, passes) if prior.cfg.kind == "masked" else TorchPriorSampler(prior, layer)
+def torch_sampler(
+    prior: Prior, layer: str, decoding: PriorShape | None = None
+) -> TorchPriorSampler | TorchMaskedSampler:
+    """The torch baseline of the kind `prior` is (`decoding`: the bundle's manifest entry, for the masked kind)."""
+    if prior.cfg.kind == "masked":
+        return TorchMaskedSampler(prior, layer, decoding)
+    return TorchPriorSampler(prior, layer)
 
 
 def _torch_encode(prior: Prior, names: tuple[str, ...], src: np.ndarray, labels: dict) -> dict[str, np.ndarray]:

@@ -93,6 +93,7 @@ class PriorShape:
     null_labels: tuple[str, ...] = ()
     kind: str = AUTOREGRESSIVE  # a key of PRIOR_KINDS
     passes: int = 8  # the masked kind: decoding passes for a whole map
+    anneal_guidance: bool = False  # the masked kind: /guidance's weight in the first pass, fading to 1 in the last
 
     @property
     def unconditional(self) -> bool:
@@ -168,6 +169,7 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
                 null_labels=_null_labels(v, f"{where}: priors.{layer}"),
                 kind=_kind(v, f"{where}: priors.{layer}"),
                 passes=int(v.get("passes", 8)),
+                anneal_guidance=bool(v.get("anneal_guidance", False)),
             )
             for layer, v in _require(data, "priors", where).items()
         }

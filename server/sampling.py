@@ -101,6 +101,14 @@ def sample_rows(
 CHOICE_NOISE = 4.5
 
 
+def pass_guidance(guidance: float, i: int, passes: int, anneal: bool) -> float:
+    """The classifier-free guidance weight of pass i of `passes`: `guidance` throughout, or annealed (MAGNeT)
+    linearly from it in the first pass to 1 (the plain conditional model) in the last."""
+    if not anneal or passes == 1:
+        return guidance
+    return 1 + (guidance - 1) * (1 - i / (passes - 1))
+
+
 def unmask_counts(n: int, passes: int) -> list[int]:
     """Cells each pass keeps, for n masked cells: min(passes, n) passes, each keeping at least one."""
     k = min(passes, n)
@@ -297,13 +305,18 @@ class MaskedSampler(_LabelledPrior):
         self._denoise = bundle.sessions[f"{layer}_prior_denoise"]
         self.mask = bundle.manifest.mask_token
 
-    def logits(self, seq: np.ndarray, cond: Conditioning, memory: dict[str, np.ndarray], at: np.ndarray) -> np.ndarray:
-        """(T,) tokens → the combined logits (len(at), V) at positions `at` (guidance, harmonic guidance)."""
+    def logits(
+        self, seq: np.ndarray, cond: Conditioning, memory: dict[str, np.ndarray], at: np.ndarray, guidance: float
+    ) -> np.ndarray:
+        """(T,) tokens → the combined logits (len(at), V) at positions `at` (guidance at this weight, harmonic
+        guidance). A weight of 1 runs the conditional row alone, whatever the memory holds."""
         labels = self._labels(cond)
+        if guidance == 1 and labels["pitch"].size == 2:
+            labels, memory = {k: v[:1] for k, v in labels.items()}, {k: v[:1] for k, v in memory.items()}
         tokens = np.repeat(seq[None].astype(np.int64), labels["pitch"].size, axis=0)  # (B, T)
         logits, harmonic = self._denoise.run(None, {"tokens": tokens, **labels, **memory})  # (B, T, V) each
         logits = logits[:, at]
-        z = logits[1] + cond.guidance * (logits[0] - logits[1]) if logits.shape[0] == 2 else logits[0]
+        z = logits[1] + guidance * (logits[0] - logits[1]) if logits.shape[0] == 2 else logits[0]
         return z + cond.harmonic * harmonic[0, at]
 
     def sample(
@@ -327,7 +340,8 @@ class MaskedSampler(_LabelledPrior):
         for i, count in enumerate(counts):
             if i and self._layer == "top":  # its encoder reads its own map, trained on the decoder's gaps
                 memory = self.encode(seq, cond)
-            z = self.logits(seq, cond, memory, hidden)
+            guidance = pass_guidance(cond.guidance, i, len(counts), self.shape.anneal_guidance)
+            z = self.logits(seq, cond, memory, hidden, guidance)
             if bias is not None:
                 z = z + cond.timbre * bias[hidden].astype(np.float32)
             draws, log_p = sample_rows(z, cond.temperature, cond.top_p, rng)

@@ -65,8 +65,9 @@ def test_denoise_graph_matches_torch(tmp_path):
 def test_a_masked_bottom_prior_trains_exports_and_inpaints(tiny_bundle, dataset, tmp_path):
     run, _ = tiny_bundle
     fork, out = tmp_path / "masked", tmp_path / "bundle"
-    steps = ["--set", "bottom_prior.passes=4"]
-    assert run_cli("export", "fork", str(run), str(fork), "--set", *MASKED, *steps, "--warm-start").returncode == 0
+    steps = ["bottom_prior.passes=4", "bottom_prior.family_dropout=0.5", "bottom_prior.anneal_guidance=true"]
+    sets = [arg for kv in (*MASKED, *steps) for arg in ("--set", kv)]
+    assert run_cli("export", "fork", str(run), str(fork), *sets, "--warm-start").returncode == 0
     trained = run_cli("export", "prior", str(fork), "--layer", "bottom", "--device", "cpu")
     assert trained.returncode == 0, trained.stderr[-2000:]
     exported = run_cli("export", "export", str(fork), "--out", str(out))
@@ -74,6 +75,8 @@ def test_a_masked_bottom_prior_trains_exports_and_inpaints(tiny_bundle, dataset,
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["priors"]["bottom"]["kind"] == "masked" and manifest["priors"]["top"]["kind"] == "autoregressive"
     assert "bottom_prior_denoise" in manifest["graphs"] and "bottom_prior_step" not in manifest["graphs"]
+    assert manifest["priors"]["bottom"]["anneal_guidance"] is True
+    assert "family" in manifest["priors"]["bottom"]["null_labels"]  # guidance possible
 
     bundle = Bundle(out)
     inpainter = Inpainter.from_bundle(bundle)
@@ -93,12 +96,25 @@ def test_a_masked_bottom_prior_trains_exports_and_inpaints(tiny_bundle, dataset,
 
     # The benchmark's torch baseline decodes it as the server does: the same logits, from torch eager.
     _, _, priors = read_torch_models(out)
-    eager, served = torch_sampler(priors["bottom"], "bottom", 4), inpainter.bottom
+    eager, served = torch_sampler(priors["bottom"], "bottom", bundle.manifest.priors["bottom"]), inpainter.bottom
     src, seq = codemaps.to_sequence(top, "top"), codemaps.to_sequence(bottom, "bottom").copy()
     seq[::3] = bundle.manifest.mask_token
     at = np.flatnonzero(seq == bundle.manifest.mask_token)
-    ours, theirs = (s.logits(seq, cond, s.encode(src, cond), at) for s in (served, eager))
+    ours, theirs = (s.logits(seq, cond, s.encode(src, cond), at, cond.guidance) for s in (served, eager))
     assert ours.shape == (at.size, bundle.manifest.n_codes) and np.abs(ours - theirs).max() < 1e-3
+    guided = Conditioning(pitch=60, family=2, guidance=3.0)
+    ours, theirs = (s.logits(seq, guided, s.encode(src, guided), at, 3.0) for s in (served, eager))
+    plain = served.logits(seq, cond, served.encode(src, cond), at, 1.0)
+    assert np.abs(ours - theirs).max() < 1e-3 and np.abs(ours - plain).max() > 1e-3  # guidance changed them
+
+    # Guidance annealed over the passes (MAGNeT): the unguided row runs in every pass but the last.
+    batches: list[int] = []
+    graph = served._denoise
+    served._denoise = type("Recorder", (), {"run": lambda _s, out, feeds: batches.append(feeds["tokens"].shape[0])
+                                            or graph.run(out, feeds)})()  # fmt: skip
+    served.sample(seq, np.ones(512, bool), served.encode(src, guided), guided, rng)
+    served._denoise = graph
+    assert batches == [2, 2, 2, 1]
 
     # Read back into torch from its graphs (the weights the server runs, parity-checked) and unpacked to train on.
     unpacked = run_cli("export", "unpack", str(out), "--data", str(dataset), "--out", str(tmp_path / "again"))
