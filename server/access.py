@@ -71,7 +71,10 @@ class Access:
             raise AccessError(f"{path[:200]}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
 
     def _outside(self, path: str, resolved: Path, verb: str) -> AccessError:
-        shown = path if path == str(resolved) else f"{path} (that is {resolved})"
+        # Where `~`, a relative path or `..` led is said; where a link led is not (/proc/self/cwd, /proc/self/fd/N
+        # would tell a client what the server has open).
+        plain = Path(os.path.abspath(os.path.expanduser(path)))
+        shown = path if path == str(resolved) else f"{path} (that is {plain}{', through a link' * (plain != resolved)})"
         roots = ", ".join(map(str, self.roots)) or "none"
         return AccessError(f"{shown}: outside the folders the server may {verb} ({roots}; serve --read-dir)")
 

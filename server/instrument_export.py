@@ -18,7 +18,7 @@ import shutil
 import struct
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -79,14 +79,16 @@ def samples(notes: list[tuple[int, np.ndarray]], model_rate: int, rate: int, set
 # ---- folders ----------------------------------------------------------------------------------------------
 
 
-def check_folder(folder: Path) -> Path:
+def check_folder(folder: Path, replaceable: Container[Path] | None = None) -> Path:
     """`folder` resolved, if an export can be written there: a new folder (its parents are created), an empty
     one, or an earlier export that holds exactly the files its `instrument.json` lists, at their sizes (then
-    replaced whole). A folder with anything else in it is never written: raises ExportError naming why."""
+    replaced whole), and, when `replaceable` is given (the server: the folders it exported to itself), one of
+    those: a client never replaces an export the performer made elsewhere. A folder with anything else in it
+    is never written: raises ExportError naming why."""
     folder = Path(os.path.expanduser(folder)).resolve()
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"{folder} is a file, not a folder")
-    earlier_export(folder)
+    _replaceable(folder, earlier_export(folder), replaceable)
     parent = folder.parent
     while not parent.exists():
         parent = parent.parent
@@ -124,6 +126,13 @@ def earlier_export(folder: Path) -> dict[str, int] | None:
     if problem:
         raise ExportError(f"{folder} is not empty and not an earlier export ({problem}): choose another folder")
     return listed
+
+
+def _replaceable(folder: Path, earlier: dict[str, int] | None, replaceable: Container[Path] | None) -> None:
+    if earlier is not None and replaceable is not None and folder not in replaceable:
+        raise ExportError(
+            f"{folder} holds an export this server did not write (it replaces only its own): choose another folder"
+        )
 
 
 def _proof(folder: Path) -> tuple[str, dict[str, int]]:
@@ -165,13 +174,18 @@ def _remove_export(folder: Path, files: dict[str, int]) -> None:
 LEFTOVER_AGE_S = 600.0  # a temporary export folder untouched this long was left by a killed export
 
 
+TEMPORARY = "inpaint-export-"  # in the names of an export's temporary siblings: `.{name}.inpaint-export-XXXXXXXX.tmp`
+
+
 def sweep_leftovers(folder: Path) -> list[Path]:
     """Remove the temporary siblings an export killed midway (SIGKILL, power cut) left beside `folder`: hidden
-    `.{name}.*.tmp` / `.old` folders, untouched for LEFTOVER_AGE_S, holding nothing but what an export writes
-    (`samples/NNN.wav`, `.sfz`, `.sf2`, instrument.json, no link). Anything else is left alone."""
+    folders named exactly as `write` names them (`.{name}.inpaint-export-` + mkdtemp's 8 characters + `.tmp` or
+    `.old`), untouched for LEFTOVER_AGE_S, holding nothing but what an export writes (`samples/NNN.wav`, `.sfz`,
+    `.sf2`, instrument.json, no link). Anything else, a user's `.{name}.old` included, is left alone."""
     removed = []
-    for candidate in folder.parent.glob(f".{glob_escape(folder.name)}.*"):
-        if candidate.suffix not in (".tmp", ".old") or candidate.is_symlink() or not candidate.is_dir():
+    named = re.compile(rf"\.{re.escape(folder.name)}\.{TEMPORARY}[a-z0-9_]{{8}}\.(tmp|old)")
+    for candidate in folder.parent.glob(f".{glob_escape(folder.name)}.{TEMPORARY}*"):
+        if not named.fullmatch(candidate.name) or candidate.is_symlink() or not candidate.is_dir():
             continue
         try:
             if time.time() - candidate.stat().st_mtime < LEFTOVER_AGE_S or not _only_export_files(candidate):
@@ -194,15 +208,16 @@ def _only_export_files(folder: Path) -> bool:
     return True
 
 
-def write(folder: Path, inst: Instrument) -> tuple[Path, Path]:
+def write(folder: Path, inst: Instrument, replaceable: Container[Path] | None = None) -> tuple[Path, Path]:
     """Write the instrument into `folder` atomically: everything goes into a fresh temporary sibling folder
     (random name, created exclusively) that is then renamed, so `folder` is never half-written. An earlier
-    export there (proven by `earlier_export`) is set aside and its own files removed. Returns (.sfz, .sf2)."""
-    folder = check_folder(folder)
+    export there (proven by `earlier_export`, and one of `replaceable` when given) is set aside and its own
+    files removed. Returns (.sfz, .sf2)."""
+    folder = check_folder(folder, replaceable)
     folder.parent.mkdir(parents=True, exist_ok=True)
     for gone in sweep_leftovers(folder):
         log.warning("removed %s, left by an export that was stopped midway", gone)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.{TEMPORARY}", suffix=".tmp"))
     old: Path | None = None
     try:
         (tmp / "samples").mkdir()
@@ -214,8 +229,9 @@ def write(folder: Path, inst: Instrument) -> tuple[Path, Path]:
         files = written_files(tmp)
         (tmp / MARKER).write_text(json.dumps({**_manifest(inst), "files": files}, indent=2) + "\n")
         earlier = earlier_export(folder)  # checked again now: it may have changed since the request
+        _replaceable(folder, earlier, replaceable)
         if earlier is not None:
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.{TEMPORARY}", suffix=".old"))
             os.replace(folder, old)  # a folder renamed over an empty one: atomic
         os.replace(tmp, folder)  # over an empty folder, or where none is; fails if files appeared meanwhile
     except BaseException:
@@ -409,8 +425,16 @@ class InstrumentExport:
     rendered into it as a `/note` would be), so the worker answers requests between keys; `finish()` writes
     the folder. A bad folder is refused at construction, before any rendering."""
 
-    def __init__(self, engine: Engine, folder: Path, rate: int | None = None, keys: range | None = None):
-        self.engine, self.folder = engine, check_folder(folder)
+    def __init__(
+        self,
+        engine: Engine,
+        folder: Path,
+        rate: int | None = None,
+        keys: range | None = None,
+        replaceable: Container[Path] | None = None,
+    ):
+        self.engine, self.folder = engine, check_folder(folder, replaceable)
+        self.replaceable = replaceable
         self.settings = engine.settings  # one set of settings for every key, even if they change meanwhile
         lo, hi = engine.manifest.pitch_range
         self.keys = keys if keys is not None else range(lo, hi + 1)
@@ -438,7 +462,7 @@ class InstrumentExport:
         }
         looped = samples(self.notes, self.model_rate, self.rate, s)
         inst = Instrument(self.folder.name, self.rate, looped, s.velocity_curve, s.release, about)
-        sfz_path, sf2_path = write(self.folder, inst)
+        sfz_path, sf2_path = write(self.folder, inst, self.replaceable)
         return sfz_path, sf2_path, len(self.notes)
 
 

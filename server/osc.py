@@ -521,7 +521,7 @@ class InstrumentServer:
     def on_export_instrument(self, c: Client, r: Request, t: float) -> None:
         folder = self.access.writable(r.values["path"])
         try:
-            folder = instrument_export.check_folder(folder)
+            folder = instrument_export.check_folder(folder, self.worker.exported_to)
         except instrument_export.ExportError as exc:
             raise EngineError(str(exc)) from None
         lo, hi = self.engine.manifest.pitch_range
@@ -531,17 +531,18 @@ class InstrumentServer:
         if low > high:
             raise EngineError(f"low {low} is above high {high}")
         keys = range(low, high + 1)
+        rate = c.rate or self.worker.delivery.rate  # the export's, whatever /render/rate says meanwhile
         size = instrument_export.estimated_bytes(len(keys), self.engine.manifest.spectrogram.n_samples,
-                                                 self.engine.manifest.spectrogram.sample_rate,
-                                                 c.rate or self.worker.delivery.rate)  # fmt: skip
-        used = self.exported.get(c.host, 0)
+                                                 self.engine.manifest.spectrogram.sample_rate, rate)  # fmt: skip
+        host = "loopback" if ipaddress.ip_address(c.host).is_loopback else c.host  # 127.x.y.z: one machine
+        used = self.exported.get(host, 0)
         if used + size > EXPORT_QUOTA:
             raise EngineError(
-                f"this export would write about {size >> 20} MB; {c.host} has used {used >> 20} of its "
+                f"this export would write about {size >> 20} MB; {host} has used {used >> 20} of its "
                 f"{EXPORT_QUOTA >> 20} MB of exports (the quota lasts until the server restarts)"
             )
-        self.submit(c, r, "export", t, folder=folder, keys=keys)
-        self.exported[c.host] = used + size
+        self.submit(c, r, "export", t, folder=folder, keys=keys, rate=rate)
+        self.exported[host] = used + size
 
     # ---- helpers ------------------------------------------------------------------------------------------
 

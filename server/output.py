@@ -8,6 +8,7 @@ nothing a client sends can choose where a file goes; the oldest renders are dele
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections import deque
 from pathlib import Path
@@ -30,9 +31,12 @@ class OutputFolder:
             raise OSError(f"{self.folder} belongs to another user; choose another --out")
         self.keep = keep
         self.count = 0
-        # Renders of earlier processes count too, oldest first: the folder never holds more than `keep` of each.
+        # Renders of servers that have ended count too, oldest first, so restarts do not fill the folder; only
+        # files named as a server names them, by a process that is gone: a running server's renders (its patch
+        # may be loading one) and the performer's own files are never deleted.
         self.recent: dict[str, deque[Path]] = {
-            kind: deque(sorted(self.folder.glob(f"render-*.{kind}"), key=_mtime)) for kind in ("wav", "png")
+            kind: deque(sorted(filter(_left_by_ended_server, self.folder.glob(f"render-*.{kind}")), key=_mtime))
+            for kind in ("wav", "png")
         }
 
     def _next(self, kind: str, request_id: int) -> Path:
@@ -53,6 +57,24 @@ class OutputFolder:
         pixels = spectrogram_picture(spectrogram, layer, p=p, edited=edited)
         path = atomic_write(self._next("png", request_id), encode_png(pixels))
         return path, pixels.shape[1], pixels.shape[0]
+
+
+def _left_by_ended_server(path: Path) -> bool:
+    named = re.fullmatch(r"render-(\d+)-\d{6}-\d+\.(wav|png)", path.name)
+    if named is None or path.is_symlink():
+        return False
+    pid = int(named.group(1))
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 def _mtime(path: Path) -> float:

@@ -39,6 +39,7 @@ from server.playback import Player
 log = logging.getLogger("inpaint-osc")
 
 SAMPLING = {"generate", "analyze", "note", "inpaint", "resample"}  # expensive: may be superseded or cancelled
+TURN_ENDS = SAMPLING | {"image"}  # jobs that take milliseconds: each ends its client's turn (JobQueue.take)
 REPLACES_ALL = {"generate", "analyze", "note"}  # their result replaces everything sampling work before did
 FILL_QUIET = 0.1  # s without a request before the note cache's fill decodes a note it sampled
 EXPORT_LIMIT = 4  # exports waiting or running, all clients together
@@ -194,7 +195,7 @@ class JobQueue:
 
     def take(self, timeout: float) -> bool:
         """Wait up to `timeout` s for work; move everything pending into the worker's batch, in turns: each
-        client's jobs up to and including its first sampling job, then every client's next such turn, each
+        client's jobs up to and including its first sampling job (or /image), then every client's next such turn, each
         client in the order of its oldest job (a client's own order is kept), the one that just had its turn last."""
         with self.cond:
             if not self.pending:
@@ -206,7 +207,7 @@ class JobQueue:
             for i, j in enumerate(self.pending):
                 client = j.requesters[0].client
                 keyed.append((turns[client], i, j))
-                turns[client] += j.kind in SAMPLING
+                turns[client] += j.kind in TURN_ENDS
             self.taken += [j for *_, j in sorted(keyed, key=lambda k: k[:2])]
             self.pending, self.pending_bytes = [], 0
             return bool(self.taken)
@@ -218,7 +219,7 @@ class JobQueue:
         note, not by the flood)."""
         with self.cond:
             done = self.running
-            if done is not None and done.kind in SAMPLING and self._others_wait(done.requesters[0].client):
+            if done is not None and done.kind in TURN_ENDS and self._others_wait(done.requesters[0].client):
                 self.yielded = done.requesters[0].client
                 self.pending[:0] = self.taken
                 self.pending_bytes += sum(j.weight for j in self.taken)
@@ -311,6 +312,7 @@ class Worker(threading.Thread):
         self.status = "ready"
         self.warming = False
         self.export: instrument_export.InstrumentExport | None = None  # the one `queue.exporting` is stepping
+        self.exported_to: set[Path] = set()  # the folders it exported to: the only exports a client may replace
         self.cache_announced: tuple[int, int] | None = None  # the last /note/cache sent
 
     def run(self) -> None:
@@ -517,8 +519,9 @@ class Worker(threading.Thread):
             if job is None:
                 return
             try:
+                params = job.params
                 self.export = instrument_export.InstrumentExport(
-                    self.engine, job.params["folder"], self.delivery.rate_of(job.requesters[0]), job.params["keys"]
+                    self.engine, params["folder"], params["rate"], params["keys"], self.exported_to
                 )
             except instrument_export.ExportError as exc:
                 self._export_ended(job, "/error", job.address, f"export failed, nothing was written: {exc}")
@@ -552,6 +555,7 @@ class Worker(threading.Thread):
             self._export_ended(job, "/error", job.address, f"internal error: {type(exc).__name__}: {exc}")
         else:
             log.info("exported %d keys to %s", keys, sfz.parent)
+            self.exported_to.add(sfz.parent)
             self._export_ended(job, "/export/done", str(sfz), str(sf2), keys)
 
     def _export_ended(self, job: Job, address: str, *args: Any) -> None:

@@ -32,8 +32,11 @@ def test_reads_stay_under_the_roots_and_the_output_folder_and_say_why(tmp_path):
     for path in ("/etc/passwd", str(tmp_path / "secret.wav"), str(root / "link.wav"), str(root / ".." / "secret.wav")):
         with pytest.raises(AccessError, match="outside the folders the server may read"):
             access.readable(path)
-    with pytest.raises(AccessError, match=r"link.wav \(that is .*secret.wav\)"):
+    with pytest.raises(AccessError, match=r"link.wav \(that is .*sounds/link.wav, through a link\)") as refused:
         access.readable(str(root / "link.wav"))
+    assert "secret" not in str(refused.value)  # where a link leads is not a client's to learn
+    with pytest.raises(AccessError, match=r"\.\./secret.wav \(that is .*/secret.wav\)"):
+        access.readable(str(root / ".." / "secret.wav"))  # where `..` leads is said
     with pytest.raises(AccessError, match="outside"):
         access.readable("/etc/nothing-here")  # outside first: nothing says whether it exists
     with pytest.raises(AccessError, match="no such file"):
@@ -81,13 +84,22 @@ def test_a_path_too_long_for_the_system_is_refused_by_name(tmp_path):
             check(str(tmp_path / ("x" * 60_000)))
 
 
-def test_renders_of_earlier_processes_count_against_keep(tmp_path):
+def test_renders_of_ended_servers_count_against_keep_and_nothing_else_is_deleted(tmp_path):
+    import os
+
     import numpy as np
 
     from server.output import OutputFolder
 
-    for i in range(40):  # what 12 earlier processes left
-        (tmp_path / f"render-{1000 + i}-000001-1.wav").write_bytes(b"old")
+    ended = [pid for pid in range(4_000_000, 4_100_000) if not Path(f"/proc/{pid}").exists()][:40]
+    for pid in ended:  # what 40 servers that have ended left
+        (tmp_path / f"render-{pid}-000001-1.wav").write_bytes(b"old")
+    theirs = tmp_path / f"render-{os.getppid()}-000001-1.wav"  # a server still running shares the folder
+    mine = [tmp_path / "render-take1.wav", tmp_path / "render-1-2-3.wav.bak"]  # the performer's own files
+    for path in (theirs, *mine):
+        path.write_bytes(b"keep")
     out = OutputFolder(tmp_path, keep=32)
     out.write_wav(np.zeros(16, np.float32), 16_000, 1)
-    assert len(list(tmp_path.glob("render-*.wav"))) == 32
+    left = {p.name for p in tmp_path.glob("render-*")}
+    assert {theirs.name, *(p.name for p in mine)} <= left
+    assert len([n for n in left if n.endswith("-000001-1.wav") and n != theirs.name]) == 32  # 31 ended, its own

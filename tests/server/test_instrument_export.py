@@ -223,6 +223,21 @@ def test_an_earlier_export_is_replaced_only_while_it_holds_exactly_its_own_files
         ie.check_folder(folder)
 
 
+def test_the_server_replaces_only_the_exports_it_wrote_itself(tmp_path):
+    performers = tmp_path / "piano"  # made earlier, elsewhere (the CLI, another session)
+    ie.write(performers, instrument(keys=range(60, 61)))
+    before = {p.name: p.read_bytes() for p in performers.rglob("*") if p.is_file()}
+    with pytest.raises(ie.ExportError, match="holds an export this server did not write"):
+        ie.check_folder(performers, replaceable=set())
+    with pytest.raises(ie.ExportError, match="holds an export this server did not write"):
+        ie.write(performers, instrument(keys=range(60, 62)), replaceable=set())
+    assert {p.name: p.read_bytes() for p in performers.rglob("*") if p.is_file()} == before
+    ours = tmp_path / "ours"
+    ie.write(ours, instrument(keys=range(60, 61)), replaceable=set())  # a new folder: written
+    ie.write(ours, instrument(keys=range(60, 62)), replaceable={ours})  # its own: replaced
+    assert sorted(p.name for p in (ours / "samples").iterdir()) == ["060.wav", "061.wav"]
+
+
 def test_an_empty_folder_is_filled_and_a_name_with_a_newline_writes_one_header_line(tmp_path):
     folder = tmp_path / "a\n<region> sample=x.wav lokey=0 hikey=127"
     folder.mkdir()
@@ -282,17 +297,22 @@ def test_a_killed_exports_leftovers_are_swept_and_nothing_else(tmp_path):
     import time
 
     folder = tmp_path / "inst"
-    leftover = tmp_path / ".inst.abc123.tmp"
+    leftover = tmp_path / f".inst.{ie.TEMPORARY}abc12_xy.tmp"
     (leftover / "samples").mkdir(parents=True)
     (leftover / "samples" / "060.wav").write_bytes(b"half")
     (leftover / "inst.sf2").write_bytes(b"half")
-    decoy = tmp_path / ".inst.mine.tmp"  # the same name pattern, but something the performer keeps there
+    decoy = tmp_path / f".inst.{ie.TEMPORARY}minemine.tmp"  # the same name, something the performer keeps there
     decoy.mkdir()
     (decoy / "notes.txt").write_text("keep me")
-    fresh = tmp_path / ".inst.running.tmp"  # an export writing right now
+    fresh = tmp_path / f".inst.{ie.TEMPORARY}running1.tmp"  # an export writing right now
     (fresh / "samples").mkdir(parents=True)
+    users = [tmp_path / ".inst.old", tmp_path / ".inst.backup.tmp"]  # a user's own, holding only an export's kind
+    for path in users:  # of files (a soundfont kept aside): never an export's, whatever they hold
+        path.mkdir()
+        (path / "FluidR3_GM.sf2").write_bytes(b"mine")
     old = time.time() - 2 * ie.LEFTOVER_AGE_S
-    for path in (leftover, decoy):
+    for path in (leftover, decoy, *users):
         os.utime(path, (old, old))
     ie.write(folder, instrument(keys=range(60, 61)))
     assert not leftover.exists() and (decoy / "notes.txt").read_text() == "keep me" and fresh.is_dir()
+    assert all((path / "FluidR3_GM.sf2").read_bytes() == b"mine" for path in users)

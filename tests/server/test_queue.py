@@ -118,3 +118,16 @@ def test_turns_keep_each_clients_order():
     assert _started(q) == [1]
     assert q.take(0) and _started(q) == [3]
     assert q.take(0) and _started(q) == [2, 5, 4]  # a's edits (b just had its turn), b's; no sampling: one batch
+
+
+def test_an_image_ends_a_turn_as_sampling_does():
+    """Pairs of a cheap edit and an /image (which renders) from one client would otherwise hold a batch."""
+    q, flood, other = JobQueue(), object(), object()
+    for i in range(0, 20, 2):
+        q.put(job("erase", flood, 100 + i, layer="top", mask=np.zeros((32, 4), bool)))
+        q.put(job("image", flood, 101 + i, layer="top"))
+    assert q.take(0)
+    assert q.next().ids() == [100] and q.next().ids() == [101]
+    q.put(job("generate", other, 1))
+    assert q.next() is None  # the image ended the flood's turn: the other client is next
+    assert q.take(0) and _started(q) == [1]
