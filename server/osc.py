@@ -50,6 +50,7 @@ ONCE_PER_DATAGRAM = {"/help", "/state", "/model/info", "/codemap/get", "/ping"} 
 SUSTAIN_PEDAL = 64  # MIDI CC 64, unless /cc/map gives it another parameter
 EXPORT_QUOTA = 2 << 30  # bytes of exports one client host may have written in a server's life
 SCHEDULE_AHEAD_S = 10.0  # a bundle may be time-tagged this far ahead (live coders schedule a bar or two)
+OVER_BUDGET = "too many messages: this client's share of the server is used up"
 SCHEDULED_LIMIT = 4096  # messages waiting for their time tag, all clients together
 SCHEDULED_PER_CLIENT = 512  # ... and of one client: one cannot fill the others' share
 
@@ -223,7 +224,7 @@ class InstrumentServer:
             budget = self.budgets[key] = _Budget()
         if not budget.allows(time.monotonic()):
             if budget.tell():  # once a second: the client learns why, the receive thread stays free
-                self.error(self.client(addr), "", "too many messages: this client's share of the server is used up")
+                self.error(self.client(addr), "", OVER_BUDGET)
             return
         cpu = time.thread_time()  # this thread's own time: waiting for the worker's hold on the interpreter is not
         try:
@@ -608,7 +609,16 @@ class _Scheduler(threading.Thread):
                 left = self.waiting.pop(client) - 1
                 if left:
                     self.waiting[client] = left
+            # Charged to its sender's share as if it had come now: scheduling ahead is no way around the budget.
+            budget = self.server.budgets.get((client.host, client.port))
+            if budget is not None and not budget.allows(time.monotonic()):
+                if budget.tell():
+                    self.server.error(client, address, OVER_BUDGET)
+                continue
+            cpu = time.thread_time()
             self.server.handle_message(client, address, params)  # its own try: a bug costs one message
+            if budget is not None:
+                budget.spend(time.thread_time() - cpu)
 
     def stop(self) -> None:
         with self.cond:
@@ -661,7 +671,8 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _brief(params: list[Any]) -> str:
-    text = " ".join(str(p) for p in params[:8])
+    """A message's arguments for the log: the first 8, each at most 60 characters (one line stays short)."""
+    text = " ".join(str(p)[:60] for p in params[:8])
     return text + (" ..." if len(params) > 8 else "")
 
 
