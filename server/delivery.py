@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -67,6 +69,7 @@ class Requester:
     request_id: int
     received: float  # time.perf_counter() at arrival
     cancelled: bool = False  # by its client's /cancel while its job runs on for another client's request
+    at: float | None = None  # its time tag (time.perf_counter() clock): a note-on rendered ahead waits for it
 
 
 class Settings(Protocol):
@@ -168,6 +171,36 @@ def _piece(audio: np.ndarray, offset: int) -> tuple[int, np.ndarray]:
     return piece.size, piece
 
 
+class HeldReplies(threading.Thread):
+    """Replies that wait for their request's time tag, sent at it: a note-on tagged ahead is rendered before its
+    tag (osc.NOTE_LEAD_S) and heard at it, by a patch that plays what arrives as by --play. At most that lead
+    long, so what waits is bounded by how many notes render in it."""
+
+    def __init__(self) -> None:
+        super().__init__(name="held-replies", daemon=True)
+        self.heap: list[tuple[float, int, Callable[[], None]]] = []
+        self.cond = threading.Condition()
+        self.order = itertools.count()
+
+    def put(self, at: float, send: Callable[[], None]) -> None:
+        with self.cond:
+            if not self.is_alive():
+                self.start()
+            heapq.heappush(self.heap, (at, next(self.order), send))
+            self.cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.heap or self.heap[0][0] > time.perf_counter():
+                    self.cond.wait(self.heap[0][0] - time.perf_counter() if self.heap else None)
+                _, _, send = heapq.heappop(self.heap)
+            try:
+                send()
+            except Exception:  # a failed reply costs that reply, never the others
+                log.error("held reply:\n%s", traceback.format_exc())
+
+
 class Delivery:
     """Renders to their requesters. `send(client, address, *args)` is the transport's; `rate` the server's own
     (`--rate`: clients that never sent /render/rate, /play, --play); `player` plays every render (`--play`)."""
@@ -184,6 +217,7 @@ class Delivery:
         self.rate = rate or model_rate
         self.last_audio: tuple[np.ndarray, int] | None = None  # the last render as delivered at self.rate
         self.stream = ChunkStream(send)
+        self.held = HeldReplies()
 
     def rate_of(self, r: Requester) -> int:
         return r.client.rate or self.rate
@@ -240,7 +274,9 @@ class Delivery:
         own = plain[self.rate] if self.rate in plain else resample(shaped, self.model_rate, self.rate)
         self.last_audio = (own, self.rate)
         if self.player is not None:
-            self._play(*self.last_audio, pitch, requesters[0].received if pitch is not None else None)
+            first = requesters[0]
+            struck = (first.at or first.received) if pitch is not None else None
+            self._play(*self.last_audio, pitch, struck, first.at if pitch is not None else None)
 
     def _done(
         self,
@@ -274,16 +310,25 @@ class Delivery:
             stages = {**timings, "queue": max(0.0, batch_started - r.received), "server": seconds}
             ms = [1000 * float(stages.get(name, 0.0)) for name in TIMING_STAGES]
             replies.append(("/render/timing", (r.request_id, *ms)))
-        if streamed:  # paced, on the stream thread, so the worker goes on meanwhile
-            self.stream.keep(r.client, r.request_id, audio)
-            self.stream.put(r.client, replies)
-        else:
-            for address, args in replies:
-                self.send(r.client, address, *args)
 
-    def _play(self, audio: np.ndarray, rate: int, pitch: int | None, struck: float | None) -> None:
+        def emit() -> None:
+            if streamed:  # paced, on the stream thread, so the worker goes on meanwhile
+                self.stream.keep(r.client, r.request_id, audio)
+                self.stream.put(r.client, replies)
+            else:
+                for address, args in replies:
+                    self.send(r.client, address, *args)
+
+        if r.at is not None and r.at > time.perf_counter() + 0.0005:
+            self.held.put(r.at, emit)  # a note-on rendered ahead of its time tag
+        else:
+            emit()
+
+    def _play(
+        self, audio: np.ndarray, rate: int, pitch: int | None, struck: float | None, at: float | None = None
+    ) -> None:
         assert self.player is not None
         try:
-            self.player.play(audio, rate, pitch=pitch, struck=struck)
+            self.player.play(audio, rate, pitch=pitch, struck=struck, at=at)
         except PlaybackError as exc:
             log.warning("%s", exc)

@@ -50,6 +50,11 @@ ONCE_PER_DATAGRAM = {"/help", "/state", "/model/info", "/codemap/get", "/ping"} 
 SUSTAIN_PEDAL = 64  # MIDI CC 64, unless /cc/map gives it another parameter
 EXPORT_QUOTA = 2 << 30  # bytes of exports one client host may have written in a server's life
 SCHEDULE_AHEAD_S = 10.0  # a bundle may be time-tagged this far ahead (live coders schedule a bar or two)
+# A note-on tagged ahead starts this long before its tag (a fresh note renders in about 0.1 s on 2 cores), and
+# its replies and --play wait for the tag: it sounds at the tag, not a render's time after it. Note-offs, and
+# everything else, run at their tag.
+NOTE_LEAD_S = 0.3
+NOTE_ON_VELOCITY = {"/note": 1, "/channel/note": 2}  # where a note-on's velocity is among its arguments
 OVER_BUDGET = "too many messages: this client's share of the server is used up"
 SCHEDULED_LIMIT = 4096  # messages waiting for their time tag, all clients together
 SCHEDULED_PER_CLIENT = 512  # ... and of one client: one cannot fill the others' share
@@ -258,10 +263,12 @@ class InstrumentServer:
             else:
                 self.handle_message(client, address, timed.message.params)
 
-    def handle_message(self, client: Client, address: str, params: list[Any]) -> None:
+    def handle_message(self, client: Client, address: str, params: list[Any], at: float | None = None) -> None:
+        """`at`: the time tag of the bundle it came in (time.perf_counter() clock), for notes and note-offs."""
         t0 = time.perf_counter()
         try:
             request = protocol.parse(address, params)
+            request.at = at
             HANDLERS[address](self, client, request, t0)
         except (ProtocolError, EngineError, AccessError, QueueFull, ResendError) as exc:
             self.error(client, address, str(exc))
@@ -286,7 +293,7 @@ class InstrumentServer:
         request_id = request.request_id
         if request_id is None:
             request_id = next(self._ids)  # atomic: MIDI input calls this from its own thread too
-        job = Job(kind, request.address, [Requester(client, request_id, received)], params)
+        job = Job(kind, request.address, [Requester(client, request_id, received, at=request.at)], params)
         for old in self.queue.put(job):
             for r in old.requesters:
                 self.send(
@@ -347,8 +354,8 @@ class InstrumentServer:
     def _key(self, c: Client, r: Request, t: float, channel: int | None) -> None:
         """A note-on or note-off (velocity 0) of /note or /channel/note."""
         if r.values["velocity"] == 0:  # note-off: nothing to render; the voices playing the pitch fade out
-            self.player.release(r.values["pitch"], self.engine.settings.release)
-            for job in self.queue.cancel_notes(c, r.values["pitch"]):  # its note, still waiting: too late now
+            self.player.release(r.values["pitch"], self.engine.settings.release, r.at)
+            for job in self.queue.cancel_notes(c, r.values["pitch"], r.at):  # its note, still waiting: too late now
                 for q in job.requesters:
                     self.send(q.client, "/render/cancelled", q.request_id, "note-off before its render")
             if r.request_id is not None:
@@ -575,7 +582,7 @@ class _Scheduler(threading.Thread):
     def __init__(self, server: InstrumentServer):
         super().__init__(name="time-tags", daemon=True)
         self.server = server
-        self.heap: list[tuple[float, int, Client, str, list[Any]]] = []
+        self.heap: list[tuple[float, int, Client, str, list[Any], float]] = []  # (runs at, order, ..., its tag)
         self.cond = threading.Condition()
         self.count = itertools.count()  # ties in time keep the bundle's order
         self.waiting: dict[Client, int] = {}  # messages waiting, per client
@@ -594,7 +601,9 @@ class _Scheduler(threading.Thread):
                 )
                 self.server.error(client, address, f"{limit} time-tagged messages are waiting")
                 return
-            heapq.heappush(self.heap, (when, next(self.count), client, address, params))
+            velocity = NOTE_ON_VELOCITY.get(address)
+            note_on = velocity is not None and len(params) > velocity and params[velocity] != 0
+            heapq.heappush(self.heap, (when - NOTE_LEAD_S * note_on, next(self.count), client, address, params, when))
             self.waiting[client] = mine + 1
             self.cond.notify()
 
@@ -605,7 +614,7 @@ class _Scheduler(threading.Thread):
                     self.cond.wait(min(0.2, self.heap[0][0] - time.time()) if self.heap else 0.2)
                 if self.stopping:
                     return
-                _, _, client, address, params = heapq.heappop(self.heap)
+                _, _, client, address, params, tag = heapq.heappop(self.heap)
                 left = self.waiting.pop(client) - 1
                 if left:
                     self.waiting[client] = left
@@ -616,7 +625,8 @@ class _Scheduler(threading.Thread):
                     self.server.error(client, address, OVER_BUDGET)
                 continue
             cpu = time.thread_time()
-            self.server.handle_message(client, address, params)  # its own try: a bug costs one message
+            at = tag - time.time() + time.perf_counter()  # the tag on the clock renders and playback keep
+            self.server.handle_message(client, address, params, at)  # its own try: a bug costs one message
             if budget is not None:
                 budget.spend(time.thread_time() - cpu)
 

@@ -35,6 +35,7 @@ class Voice:
     gain: float = 1.0
     fall: float = 0.0  # gain lost per sample once released
     sustain: tuple[int, int] | None = None  # a note's loop [start, end) while its key is held (server.looping)
+    start_at: float | None = None  # time.perf_counter() it starts sounding at (a note-on tagged ahead); None: now
 
     def next(self, frames: int, ratio: float = 1.0) -> np.ndarray:
         """The next `frames` samples (fewer at the end), read `ratio` samples apart (a pitch bend: 2 ** (st /
@@ -71,14 +72,21 @@ class Mixer:
         self.pedalled: dict[int, float] = {}  # pitch → release seconds of the note-offs it holds back
         self.lock = threading.Lock()
 
-    def add(self, audio: np.ndarray, pitch: int | None = None, loop: bool = False, struck: float | None = None) -> None:
-        """A new voice; a note (`struck`: when its note-on arrived) whose key was released since is not played."""
+    def add(
+        self,
+        audio: np.ndarray,
+        pitch: int | None = None,
+        loop: bool = False,
+        struck: float | None = None,
+        at: float | None = None,
+    ) -> None:
+        """A new voice; a note (`struck`: when its note-on arrived, or its time tag) whose key was released since
+        is not played. `at` (time.perf_counter()): when it starts, to the sample (`mix`); None: at once."""
         with self.lock:
             if struck is not None and self.released.get(pitch, float("-inf")) > struck:
                 return
-            for v in self.voices:
-                if v.pitch == pitch:  # the same key struck again, or a new render: the old one gives way
-                    self._fade(v, CUT_S)
+            if at is None:
+                self._gives_way(pitch)
             audio = np.asarray(audio, np.float32)
             sustain = None
             if pitch is not None and not loop and audio.size > looping.LOOP_END_S * self.rate:
@@ -86,19 +94,26 @@ class Mixer:
                 sustain = (start, end)
             if pitch is not None:
                 self.pedalled.pop(pitch, None)  # the key is down again: the pedal no longer holds its note-off
-            self.voices.append(Voice(audio, pitch, loop, sustain=sustain))
+            self.voices.append(Voice(audio, pitch, loop, sustain=sustain, start_at=at))
             del self.voices[:-MAX_VOICES]
 
-    def release(self, pitch: int | None, seconds: float) -> None:
+    def _gives_way(self, pitch: int | None, to: Voice | None = None) -> None:
+        """The same key struck again, or a new render: the sounding voice of `pitch` fades out fast."""
+        for v in self.voices:
+            if v.pitch == pitch and v is not to and v.start_at is None:
+                self._fade(v, CUT_S)
+
+    def release(self, pitch: int | None, seconds: float, at: float | None = None) -> None:
         """Fade out the voices of `pitch` (every voice when None) over `seconds`; with the pedal down, a key's
-        note-off waits for the pedal."""
+        note-off waits for the pedal. `at`: the note-off's time tag; a note-on tagged after it is not its to end."""
         with self.lock:
-            self.released[pitch] = time.perf_counter()
+            now = time.perf_counter() if at is None else at
+            self.released[pitch] = now
             if self.pedal and pitch is not None:
                 self.pedalled[pitch] = seconds
                 return
             for v in self.voices:
-                if pitch is None or v.pitch == pitch:
+                if (pitch is None or v.pitch == pitch) and (v.start_at is None or v.start_at < now):
                     self._fade(v, seconds)
 
     def bend(self, semitones: float) -> None:
@@ -120,14 +135,24 @@ class Mixer:
     def _fade(self, v: Voice, seconds: float) -> None:
         v.fall = max(v.fall, 1.0 / max(1.0, seconds * self.rate))
 
-    def mix(self, frames: int) -> np.ndarray:
-        """The next `frames` samples of every voice summed: (frames,) float32."""
+    def mix(self, frames: int, now: float | None = None) -> np.ndarray:
+        """The next `frames` samples of every voice summed: (frames,) float32. `now`: the time.perf_counter()
+        the first of them sounds at (the stream's output latency included), which places a voice's `start_at`
+        to the sample."""
         out = np.zeros(frames, np.float32)
+        now = time.perf_counter() if now is None else now
         with self.lock:
-            for v in self.voices:
-                samples = v.next(frames, self.ratio if v.pitch is not None else 1.0)  # bends move notes only
+            for v in list(self.voices):
+                offset = 0
+                if v.start_at is not None:
+                    offset = max(0, round((v.start_at - now) * self.rate))
+                    if offset >= frames:
+                        continue  # not yet
+                    v.start_at = None
+                    self._gives_way(v.pitch, to=v)
+                samples = v.next(frames - offset, self.ratio if v.pitch is not None else 1.0)  # bends move notes only
                 env = np.clip(v.gain - v.fall * np.arange(1, samples.size + 1), 0.0, 1.0)
-                out[: samples.size] += samples * env
+                out[offset : offset + samples.size] += samples * env
                 v.gain = float(env[-1]) if samples.size else 0.0
             self.voices = [v for v in self.voices if v.gain > 0 and (v.loop or v.position < v.audio.size)]
         return out
@@ -171,12 +196,13 @@ class Player:
         loop: bool = False,
         pitch: int | None = None,
         struck: float | None = None,
+        at: float | None = None,
     ) -> None:
         with self._lock:
             if self.mixer is None or self.mixer.rate != sample_rate or self._stream is None:
                 self._open(sample_rate)
             assert self.mixer is not None
-            self.mixer.add(audio, pitch, loop, struck)
+            self.mixer.add(audio, pitch, loop, struck, at)
 
     def _open(self, rate: int) -> None:
         sd = self._device()
@@ -184,8 +210,10 @@ class Player:
         mixer = Mixer(rate)
         mixer.bend(self.bent)
 
-        def callback(outdata: np.ndarray, frames: int, _time: Any, _status: Any) -> None:
-            outdata[:, 0] = mixer.mix(frames)
+        def callback(outdata: np.ndarray, frames: int, times: Any, _status: Any) -> None:
+            # when this block's first sample reaches the output, on the perf_counter clock the tags are kept in
+            ahead = max(0.0, times.outputBufferDacTime - times.currentTime) if times.currentTime else 0.0
+            outdata[:, 0] = mixer.mix(frames, time.perf_counter() + ahead)
 
         try:
             self._stream = sd.OutputStream(samplerate=rate, channels=1, dtype="float32", callback=callback)
@@ -195,9 +223,9 @@ class Player:
             raise PlaybackError(f"playback failed ({exc})") from None
         self.mixer = mixer
 
-    def release(self, pitch: int, seconds: float) -> None:
+    def release(self, pitch: int, seconds: float, at: float | None = None) -> None:
         if self.mixer is not None:  # none yet: nothing sounds, and a note before the first play cannot be late
-            self.mixer.release(pitch, seconds)
+            self.mixer.release(pitch, seconds, at)
 
     def sustain(self, down: bool) -> None:
         if self.mixer is not None:

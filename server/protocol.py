@@ -68,6 +68,7 @@ class Request:
     values: dict[str, Any]
     groups: list[tuple[Any, ...]] = field(default_factory=list)
     request_id: int | None = None
+    at: float | None = None  # its bundle's time tag, on the time.perf_counter() clock; None: untagged
 
 
 LAYER = Arg("layer", "s", fold=True)

@@ -230,13 +230,17 @@ class JobQueue:
     def _others_wait(self, client: Any) -> bool:
         return any(not j.sent_by(client) for j in (*self.taken, *self.pending))
 
-    def cancel_notes(self, client: Any, pitch: int) -> list[Job]:
-        """A note-off: the waiting notes of this client's key will not be heard; returns them (to answer)."""
+    def cancel_notes(self, client: Any, pitch: int, at: float | None = None) -> list[Job]:
+        """A note-off (`at`: its time tag, else now): the waiting notes of this client's key struck before it
+        will not be heard; returns them (to answer). A note tagged after it is the key's next, not its."""
+        off = time.perf_counter() if at is None else at
         with self.cond:
             gone = [
                 j
                 for j in self.pending
-                if j.kind == "note" and j.params["pitch"] == pitch and all(r.client == client for r in j.requesters)
+                if j.kind == "note"
+                and j.params["pitch"] == pitch
+                and all(r.client == client and (r.at is None or r.at < off) for r in j.requesters)
             ]
             self._take_back(gone)
             return gone

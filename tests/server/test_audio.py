@@ -121,3 +121,24 @@ def test_the_pitch_wheel_maps_to_bend():
 
     assert to_osc(mido.Message("pitchwheel", pitch=8191)) == ("/bend", [round(2 * 8191 / 8192, 4)])
     assert to_osc(mido.Message("pitchwheel", pitch=-8192)) == ("/bend", [-2.0])
+
+
+def test_a_note_tagged_ahead_starts_at_its_tag_to_the_sample_and_its_keys_note_off_spares_it():
+    """Issue 28: live coders schedule ahead; --play started a tagged note a render's time after its tag."""
+    from server.playback import Mixer
+
+    rate, block = 48_000, 512
+    mixer = Mixer(rate)
+    old = np.full(rate, 0.5, np.float32)  # the key's previous note, sounding
+    mixer.add(old, pitch=60)
+    t0 = 1000.0  # the block clock: block k's first sample sounds at t0 + k * block / rate
+    tag = t0 + 0.1234  # the next note of the key, rendered ahead, to start at its tag
+    new = np.full(rate, 0.25, np.float32)
+    new[0] = 1.0  # its first sample marked
+    mixer.add(new, pitch=60, struck=tag, at=tag)
+    mixer.release(60, 0.5, at=tag)  # the previous note's note-off, tagged with the new note-on
+    out = np.concatenate([mixer.mix(block, t0 + k * block / rate) for k in range(20)])
+    start = round((tag - t0) * rate)
+    assert np.argmax(out > 0.9) == start  # to the sample: the tag is 5923.2 samples in
+    assert np.all(out[:start] <= 0.5) and out[start] > 0.9  # the old note until then, fading after its note-off
+    assert abs(out[start + 2 * block] - 0.25) < 0.05  # the new note sounds on, the old one faded (10 ms)

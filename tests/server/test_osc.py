@@ -512,6 +512,28 @@ def test_a_bundle_tagged_ahead_runs_at_its_time_tag(client):
     client.wait_for("/pong", timeout=1)
 
 
+def test_a_note_tagged_ahead_is_rendered_before_its_tag_and_answered_at_it(client):
+    """Issue 28: a tagged note ran at its tag and was heard a render's time later; now it is rendered ahead
+    (osc.NOTE_LEAD_S) and its /render/done (what a patch plays on) waits for the tag."""
+    import time
+
+    from server.tools.ntp import tagged_bundle as _tagged
+    from server.wire import encode
+
+    client.send("/note/fill", 0)
+    client.send("/seed", 424_242)  # nothing cached for it: each note is rendered
+    echo(client, "/seed", [424_242])
+    lates = []
+    for i, pitch in enumerate((50, 53, 57)):
+        tag = time.time() + 0.3
+        client.send_raw(_tagged(tag, encode("/note", pitch, 100, 9100 + i)))
+        while client.wait_for("/render/done", timeout=10)[1][0] != 9100 + i:
+            pass
+        lates.append(time.time() - tag)
+    client.send("/note/fill", 1)
+    assert all(-0.002 <= late < 0.015 for late in lates), lates
+
+
 def test_analyze_says_when_a_file_was_cut_or_padded_to_the_note(live, client):
     """Issue 28: a 10 s file was cut at 4 s and a 1.5 s one padded, without a word."""
     for seconds, said in ((10.0, True), (1.5, True), (4.0, False)):
