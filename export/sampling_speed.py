@@ -61,13 +61,8 @@ class TorchMaskedSampler(MaskedSampler):
         (its config's when None)."""
         self.prior, self.start, self.mask = prior, prior.start_token, prior.mask_token
         shape = (len(prior.decoder), prior.cfg.n_heads, prior.head_dim, prior.null_labels)
-        passes, anneal = (decoding.passes, decoding.anneal_guidance) if decoding else (None, None)
-        self.shape = PriorShape(
-            *shape,
-            kind="masked",
-            passes=passes or prior.cfg.passes,
-            anneal_guidance=prior.cfg.anneal_guidance if anneal is None else anneal,
-        )
+        decodes = decoding or prior.cfg  # both have `passes` and `anneal_guidance`
+        self.shape = PriorShape(*shape, kind="masked", passes=decodes.passes, anneal_guidance=decodes.anneal_guidance)
         self._memory_names = cache_names("memory", len(prior.decoder))
         self._memory = None
         self._layer, self._family_tables = layer, family_tables

@@ -125,9 +125,7 @@ class ChunkStream(threading.Thread):
                 f"render {request_id}: offset {bad[0]} is not a chunk's (multiples of {CHUNK_FRAMES} "
                 f"below {audio.shape[0]})"
             )
-        wanted = sorted(set(offsets))
-        replies = [("/render/chunk", (request_id, o, *_piece(audio, o))) for o in wanted]
-        self.put(client, [*replies, ("/render/end", (request_id, audio.shape[0]))])
+        self.put(client, stream_replies(request_id, audio, set(offsets)))
 
     def put(self, client: Any, replies: list[tuple[str, tuple]]) -> None:
         """Queue one render's replies. Past STREAMS_PER_CLIENT of this client's (or STREAM_LIMIT in all) the
@@ -166,9 +164,14 @@ class ChunkStream(threading.Thread):
                     time.sleep(ahead)
 
 
-def _piece(audio: np.ndarray, offset: int) -> tuple[int, np.ndarray]:
-    piece = audio[offset : offset + CHUNK_FRAMES]
-    return piece.size, piece
+def stream_replies(request_id: int, audio: np.ndarray, only: set[int] | None = None) -> list[tuple[str, tuple]]:
+    """A render's `/render/chunk`s (those at the offsets `only`, when given) and its `/render/end`."""
+    replies = [
+        ("/render/chunk", (request_id, offset, piece.size, piece))
+        for offset, piece in chunks(audio)
+        if only is None or offset in only
+    ]
+    return [*replies, ("/render/end", (request_id, audio.size))]
 
 
 class HeldReplies(threading.Thread):
@@ -299,8 +302,7 @@ class Delivery:
         replies: list[tuple[str, tuple]] = []
         streamed = r.client.mode in ("chunks", "both") and with_chunks
         if streamed:
-            replies += [("/render/chunk", (r.request_id, offset, piece.size, piece)) for offset, piece in chunks(audio)]
-            replies.append(("/render/end", (r.request_id, audio.size)))
+            replies += stream_replies(r.request_id, audio)
         if sustain is not None:
             replies.append(
                 ("/render/loop", (r.request_id, *sustain, 1000 * sustain[0] / rate, 1000 * sustain[1] / rate))

@@ -227,15 +227,22 @@ class InstrumentServer:
         budget = self.budgets.get(key)
         if budget is None:
             budget = self.budgets[key] = _Budget()
-        if not budget.allows(time.monotonic()):
-            if budget.tell():  # once a second: the client learns why, the receive thread stays free
-                self.error(self.client(addr), "", OVER_BUDGET)
+        client = self.client(addr)
+        if self.over_budget(budget, client, ""):
             return
         cpu = time.thread_time()  # this thread's own time: waiting for the worker's hold on the interpreter is not
         try:
-            self._handle_packet(self.client(addr), data)
+            self._handle_packet(client, data)
         finally:
             budget.spend(time.thread_time() - cpu)
+
+    def over_budget(self, budget: _Budget, client: Client, address: str) -> bool:
+        """Whether this sender's share is used up; once a second it is told why (the receive thread stays free)."""
+        if budget.allows(time.monotonic()):
+            return False
+        if budget.tell():
+            self.error(client, address, OVER_BUDGET)
+        return True
 
     def _handle_packet(self, client: Client, data: bytes) -> None:
         problem = bundle_problem(data) or type_tag_problem(data)
@@ -620,9 +627,7 @@ class _Scheduler(threading.Thread):
                     self.waiting[client] = left
             # Charged to its sender's share as if it had come now: scheduling ahead is no way around the budget.
             budget = self.server.budgets.get((client.host, client.port))
-            if budget is not None and not budget.allows(time.monotonic()):
-                if budget.tell():
-                    self.server.error(client, address, OVER_BUDGET)
+            if budget is not None and self.server.over_budget(budget, client, address):
                 continue
             cpu = time.thread_time()
             at = tag - time.time() + time.perf_counter()  # the tag on the clock renders and playback keep

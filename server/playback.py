@@ -142,7 +142,7 @@ class Mixer:
         out = np.zeros(frames, np.float32)
         now = time.perf_counter() if now is None else now
         with self.lock:
-            for v in list(self.voices):
+            for v in self.voices:
                 offset = 0
                 if v.start_at is not None:
                     offset = max(0, round((v.start_at - now) * self.rate))
