@@ -65,6 +65,90 @@ def export_over_a_project(server: ServerProcess) -> tuple[dict, list[str]]:
             "answer": reply[1][-1]}, failures  # fmt: skip
 
 
+def export_over_the_performers_export(server: ServerProcess) -> tuple[dict, list[str]]:
+    """An export the performer made elsewhere (the CLI's writer, not this server), and a folder of their own
+    named as an export's leftovers used to be (`.NAME.old` holding a soundfont, untouched for an hour): a
+    client's `/export/instrument` onto the first is refused, one beside the second leaves it whole."""
+    from server import instrument_export as ie
+
+    theirs, beside = server.read_dir / "performers-piano", server.read_dir / "fresh-inst"
+    rate = 16_000
+    tone = (0.3 * np.sin(2 * np.pi * 262 * np.arange(rate) / rate)).astype(np.float32)
+    ie.write(theirs, ie.Instrument("performers-piano", rate, (ie.Sample(60, tone, 0, rate // 2),), 2.0, 0.2, {}))
+    decoy = server.read_dir / ".fresh-inst.old"
+    decoy.mkdir(exist_ok=True)
+    (decoy / "FluidR3_GM.sf2").write_bytes(b"the performer's soundfont")
+    hour_ago = time.time() - 3600
+    os.utime(decoy, (hour_ago, hour_ago))
+    before = {p: p.read_bytes() for p in theirs.rglob("*") if p.is_file()}
+    c = server.client()
+    c.send("/export/instrument", str(theirs), 60, 60)
+    refused = c.wait_for("/export/done", "/error", timeout=60)
+    c.send("/export/instrument", str(beside), 60, 60)
+    written = c.wait_for("/export/done", "/error", timeout=120)
+    c.close()
+    after = {p: p.read_bytes() for p in theirs.rglob("*") if p.is_file()}
+    failures = []
+    if refused[0] != "/error" or after != before:
+        failures.append(f"the performer's export was replaced: {refused}")
+    if written[0] != "/export/done":
+        failures.append(f"the export beside the decoy failed: {written}")
+    if not (decoy / "FluidR3_GM.sf2").is_file():
+        failures.append(f"{decoy} was swept")
+    return {"refused": refused[1][-1][:120], "decoy_kept": (decoy / "FluidR3_GM.sf2").is_file()}, failures
+
+
+def resend_of_anothers_render(server: ServerProcess) -> tuple[dict, list[str]]:
+    """A client streams a render; another asks `/render/resend` of its id: refused, and no chunk reaches it."""
+    a, b = server.client(), server.client()
+    a.send("/render/mode", "chunks")
+    a.send("/render", 8801)
+    a.wait_for("/render/done", timeout=60)
+    a.send("/render/mode", "file")
+    b.send("/render/resend", 8801, 0, 1024)
+    reply = b.wait_for("/error", "/render/chunk", timeout=10)
+    leaked = [r for r in b.drain(0.3) if r[0] == "/render/chunk"]
+    a.close()
+    b.close()
+    failures = [] if reply[0] == "/error" and not leaked else [f"another's chunks reached it: {reply[0]}"]
+    return {"answer": reply[1][-1] if reply[0] == "/error" else reply[0]}, failures
+
+
+def images_ahead_of_a_generate(server: ServerProcess, pairs: int = 60) -> tuple[dict, list[str]]:
+    """`pairs` of `/erase` + `/image` in one datagram (each image renders), just before another client's
+    `/generate`: the images end their sender's turn, so the generate is done after at most a few of them
+    (both clients' replies on one socket: their order is the server's)."""
+    a, b = server.client(), server.client()
+    b.send("/reply_port", a.reply_port)
+    time.sleep(0.05)
+    flood = [
+        m
+        for i in range(pairs)
+        for m in (encode("/erase", "top", 0, 1, i % 32, i % 32 + 1), encode("/image", "top", 9000 + i))
+    ]
+    a.send_raw(tagged_bundle(None, *flood))
+    time.sleep(0.02)
+    b.send("/generate", 8999)
+    images_before, generated = 0, ""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            address, args = a.wait_for("/image/done", "/render/done", "/render/cancelled", timeout=10)
+        except TimeoutError:
+            break
+        if address == "/image/done":
+            images_before += not generated
+        elif args[0] == 8999:
+            generated = address
+            break
+    a.drain(2.0)
+    a.close()
+    b.close()
+    failures = [] if generated == "/render/done" and images_before <= 4 else [
+        f"the other client's /generate ended {generated or 'never'} after {images_before} images"]  # fmt: skip
+    return {"images_before_it": images_before, "pairs": pairs}, failures
+
+
 def planted_save_names(bundle: Path, folder: Path) -> tuple[dict, list[str]]:
     """On a server whose session lies inside a folder clients may export to: folders exported where the
     session's temporary file used to go (its PID-named sibling) and at the session itself. Saves go on (the
@@ -495,6 +579,9 @@ def run_attacks(server: ServerProcess, folder: Path) -> tuple[dict, list[str]]:
     figures, failures = {}, []
     checks: dict[str, Any] = {
         "export over a project": lambda: export_over_a_project(server),
+        "export over the performer's export": lambda: export_over_the_performers_export(server),
+        "resend of another's render": lambda: resend_of_anothers_render(server),
+        "images ahead of a generate": lambda: images_ahead_of_a_generate(server),
         "planted save names": lambda: planted_save_names(server.bundle, folder / "planted"),
         "40 renders in a bundle": lambda: render_bundle(server),
         "exports ahead of a generate": lambda: exports_ahead_of_a_generate(server),
